@@ -1,0 +1,128 @@
+"""reclaim's exceptions and warnings.
+
+The tree::
+
+    ReclaimError                      root of everything reclaim raises on purpose
+    ├── RegistryError                 the registry cannot be used as it is
+    │   ├── RegistryCorruptError      not a reclaim registry, or damaged
+    │   └── RegistryVersionError      written by a newer reclaim
+    ├── BackendNotFoundError          no backend is installed for a kind (LookupError too)
+    ├── MissingExtraError             a backend's driver is not installed (ImportError too)
+    ├── BackendError                  a backend failed; carries .kind, .resource, .run_id
+    │   ├── AcquireError              creating the resource failed
+    │   └── ReleaseError              deleting it failed; the entry stays `failed` for the sweeper
+    └── FixtureStateError             misuse of a Fixture (RuntimeError too)
+
+    ReclaimWarning (UserWarning)      root of reclaim's warnings
+
+Driver errors (psycopg, redis, OSError, ...) are translated at the backend boundary with
+``raise ReleaseError(...) from exc``: callers never need to know a driver's exception classes.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AcquireError",
+    "BackendError",
+    "BackendNotFoundError",
+    "FixtureStateError",
+    "MissingExtraError",
+    "ReclaimError",
+    "ReclaimWarning",
+    "RegistryCorruptError",
+    "RegistryError",
+    "RegistryVersionError",
+    "ReleaseError",
+]
+
+
+class ReclaimError(Exception):
+    """Root of the errors reclaim raises on purpose."""
+
+
+class RegistryError(ReclaimError):
+    """The registry cannot be used as it is. ``path`` names the file (or URL, secrets removed)."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class RegistryCorruptError(RegistryError):
+    """The file is not a reclaim registry, or it is damaged. It is never replaced silently."""
+
+
+class RegistryVersionError(RegistryError):
+    """The registry was written by a newer reclaim whose schema this one does not know."""
+
+
+class BackendNotFoundError(ReclaimError, LookupError):
+    """No backend is installed for a kind named in the registry or asked for by a user."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        message = (
+            f"no reclaim backend is installed for kind {kind!r}"
+            + (f" ({detail})" if detail else "")
+            + "; install the package that provides it (entry-point group 'reclaim.backends'),"
+            " or name it in RECLAIM_BACKENDS as kind=module:Class"
+        )
+        super().__init__(message)
+        self.kind = kind
+
+
+class MissingExtraError(ReclaimError, ImportError):
+    """A backend's driver is missing; the message names the extra to install."""
+
+    def __init__(self, kind: str, extra: str, driver: str) -> None:
+        super().__init__(
+            f"the {kind} backend needs {driver}, which is not installed;"
+            f" install it with: pip install 'reclaim[{extra}]'"
+        )
+        self.kind = kind
+        self.extra = extra
+
+
+class BackendError(ReclaimError):
+    """A backend failed to create or delete a resource.
+
+    Attributes:
+        kind: the backend's registry name, e.g. ``"path.tempdir"``.
+        resource: the resource's name as journaled.
+        run_id: the run that owns it, when known.
+        resource_id: its id in the registry, when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        resource: str,
+        run_id: str | None = None,
+        resource_id: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.resource = resource
+        self.run_id = run_id
+        self.resource_id = resource_id
+
+
+class AcquireError(BackendError):
+    """Creating a resource failed. What was planned stays journaled until released (I1)."""
+
+
+class ReleaseError(BackendError):
+    """Deleting a resource failed after its retries; it stays ``failed`` for the next sweep (I5)."""
+
+
+class FixtureStateError(ReclaimError, RuntimeError):
+    """A Fixture was used in a way its lifecycle does not allow (re-entered while open, ...)."""
+
+
+class ReclaimWarning(UserWarning):
+    """Root of reclaim's warnings."""
+
+
+for _name in __all__:
+    globals()[_name].__module__ = "reclaim"

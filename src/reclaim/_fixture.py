@@ -1,0 +1,432 @@
+"""The user's API: a Fixture acquires resources and releases them, last in first out.
+
+Layer 1 of the crash model. Everything a Fixture acquires is journaled in the registry before the
+backend creates it (I1), so the layers below (watchdog, sweeper) can finish the job if this
+process dies before its ``with`` block ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import inspect
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
+
+from reclaim._errors import AcquireError, FixtureStateError
+from reclaim._reaper import RetryPolicy, release_resource
+from reclaim._registry import Registry, ResourceState
+from reclaim._run import Run, current_run
+from reclaim.backends import Backend, Record, redact_text
+
+__all__ = ["Fixture"]
+
+T = TypeVar("T")
+F = TypeVar("F", bound="Fixture")
+
+Detail = str | bytes | Callable[[], str | bytes]
+
+#: In-process releases retry quickly: a test suite should not stall; the sweeper retries later.
+IN_PROCESS_POLICY: Final = RetryPolicy(attempts=3, first_delay=0.05, factor=4.0, max_delay=1.0)
+
+_OWN_STATES: Final = (ResourceState.PLANNED, ResourceState.ACQUIRED, ResourceState.FAILED)
+
+
+class _State(enum.Enum):
+    #: Made, never entered (or entered and left: it may be entered again).
+    IDLE = "idle"
+    #: Inside its ``with`` block: acquisitions are allowed.
+    OPEN = "open"
+    #: Releasing what it holds.
+    CLOSING = "closing"
+
+
+class _Held:
+    """One resource on the fixture's stack."""
+
+    __slots__ = ("backend", "record", "resource_id", "run", "value")
+
+    def __init__(self, backend: Backend[Any], run: Run, resource_id: int, record: Record) -> None:
+        self.backend = backend
+        self.run = run
+        self.resource_id = resource_id
+        self.record = record
+        self.value: Any = _NOTHING
+
+
+class _Cleanup:
+    __slots__ = ("args", "fn", "kwargs")
+
+    def __init__(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+
+
+class _Child:
+    __slots__ = ("fixture",)
+
+    def __init__(self, fixture: Fixture) -> None:
+        self.fixture = fixture
+
+
+_NOTHING: Final = object()
+_Entry = _Held | _Cleanup | _Child
+
+
+class Fixture:
+    """A context manager (sync and async) that owns resources for the length of a block.
+
+    ::
+
+        with reclaim.Fixture("novice_sarah") as persona:
+            workdir = persona.acquire(TempDir())
+            server = persona.acquire(Process(["python", "-m", "http.server", "0"]))
+        # both released here, last in first out, whether the block failed or not
+
+    Subclasses acquire what they need in :meth:`setup` (or :meth:`asetup`). When set-up raises
+    half-way, what it had acquired is released before the error propagates: ``with`` never calls
+    ``__exit__`` when ``__enter__`` fails, so the Fixture does it itself.
+
+    Errors: when releases fail, every failure is raised together in one ``ExceptionGroup`` at
+    exit, with the block's own error first if it had one. A ``KeyboardInterrupt`` or
+    ``SystemExit`` from the block propagates unchanged (release failures are added to it as
+    notes), so that Ctrl-C keeps meaning Ctrl-C. Failed releases stay in the registry as
+    ``failed``; the next ``reclaim sweep`` retries them.
+
+    Args:
+        name: a name for people (status, events): a persona, a test, a role.
+        registry: where to journal; by default ``RECLAIM_REGISTRY`` or the per-user registry.
+    """
+
+    def __init__(self, name: str = "fixture", *, registry: Registry | str | None = None) -> None:
+        self.name = name
+        self._registry = registry
+        self._state = _State.IDLE
+        self._stack: list[_Entry] = []
+        self._details: dict[str, Detail] = {}
+        self._children: list[Fixture] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} {self._state.value}, holds {len(self)}>"
+
+    def __len__(self) -> int:
+        return sum(1 for e in self._stack if isinstance(e, _Held))
+
+    # --- the parts a subclass overrides ----------------------------------------------------
+
+    def setup(self) -> None:
+        """Acquire what the fixture provides. Released again if this raises half-way."""
+
+    async def asetup(self) -> None:
+        """Async set-up, used by ``async with``; runs :meth:`setup` by default."""
+        self.setup()
+
+    # --- entering and leaving --------------------------------------------------------------
+
+    def _open(self) -> None:
+        if self._state is not _State.IDLE:
+            raise FixtureStateError(
+                f"Fixture {self.name!r} is already open: a Fixture cannot be entered again until"
+                " it has exited; use another Fixture (or fixture.use(...)) to nest"
+            )
+        self._state = _State.OPEN
+        self._pid = os.getpid()
+        self._details = {}
+        self._children = []
+
+    def __enter__(self: F) -> F:
+        self._open()
+        try:
+            self.setup()
+        except BaseException as exc:
+            self._snapshot_details()
+            self._raise_after(exc, self._release_all(), f"set-up of fixture {self.name!r} failed")
+        return self
+
+    async def __aenter__(self: F) -> F:
+        self._open()
+        try:
+            await self.asetup()
+        except BaseException as exc:
+            self._snapshot_details()
+            errors = await self._arelease_all()
+            self._raise_after(exc, errors, f"set-up of fixture {self.name!r} failed")
+        return self
+
+    def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        errors = self._release_all()
+        if errors:
+            self._raise_after(exc, errors, f"releasing fixture {self.name!r} failed")
+
+    async def __aexit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        errors = await self._arelease_all()
+        if errors:
+            self._raise_after(exc, errors, f"releasing fixture {self.name!r} failed")
+
+    @staticmethod
+    def _raise_after(exc: BaseException | None, errors: list[BaseException], message: str) -> None:
+        if exc is not None and not isinstance(exc, Exception):
+            # KeyboardInterrupt, SystemExit, cancellation: propagate it as it is.
+            for error in errors:
+                exc.add_note(f"reclaim: {error}")
+            raise exc
+        if exc is not None and not errors:
+            raise exc
+        group = [exc, *errors] if exc is not None else errors
+        raise BaseExceptionGroup(message, group)
+
+    # --- acquiring -------------------------------------------------------------------------
+
+    def _plan(self, backend: Backend[Any]) -> _Held:
+        if self._state is not _State.OPEN:
+            raise FixtureStateError(
+                f"Fixture {self.name!r} is not open: acquire inside `with {type(self).__name__}"
+                "(...)` (or in its setup())"
+            )
+        if not backend.kind:
+            raise TypeError(f"{type(backend).__name__} has no `kind`: every backend needs one")
+        run = current_run(self._registry)
+        name = backend.adapt_name(run.next_name())
+        record = backend.plan(name)
+        # I1: the name is journaled before the backend creates anything. A crash from here on
+        # leaves a planned entry the watchdog or sweeper releases (a no-op if nothing was made).
+        resource_id = run.registry.plan(run.id, self.name, backend.kind, name, record)
+        held = _Held(backend, run, resource_id, record)
+        with self._lock:
+            self._stack.append(held)
+        return held
+
+    def _acquired(self, held: _Held, value: Any, record: Record) -> None:
+        held.run.registry.mark_acquired(held.resource_id, record)
+        held.record = record
+        held.value = value
+
+    def _acquire_failed(self, held: _Held, exc: BaseException) -> None:
+        if not isinstance(exc, Exception):
+            return  # stays on the stack; released at exit like everything else
+        # The backend may have created part of it: release from the planned record now.
+        with self._lock:
+            self._stack.remove(held)
+        self._release_held(held)
+        reason = redact_text(
+            f"{type(exc).__name__}: {exc}", held.record, held.backend.secret_fields
+        )
+        raise AcquireError(
+            f"{held.backend.kind} {held.record.get('name')!r} could not be created: {reason}",
+            kind=held.backend.kind,
+            resource=str(held.record.get("name")),
+            run_id=held.run.id,
+            resource_id=held.resource_id,
+        ) from exc
+
+    def acquire(self, backend: Backend[T]) -> T:
+        """Create a resource through ``backend`` and own it until the fixture exits.
+
+        Raises:
+            AcquireError: the backend failed; whatever it had created is released again.
+            FixtureStateError: the fixture is not open.
+        """
+        held = self._plan(backend)
+        try:
+            value, record = backend.acquire(str(held.record["name"]))
+        except BaseException as exc:
+            self._acquire_failed(held, exc)
+            raise
+        self._acquired(held, value, record)
+        return value
+
+    async def aacquire(self, backend: Backend[T]) -> T:
+        """Async twin of :meth:`acquire`."""
+        held = self._plan(backend)
+        try:
+            value, record = await backend.aacquire(str(held.record["name"]))
+        except BaseException as exc:
+            self._acquire_failed(held, exc)
+            raise
+        self._acquired(held, value, record)
+        return value
+
+    def add_cleanup(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+        """Call ``fn(*args, **kwargs)`` at exit, in last-in-first-out order with everything else.
+
+        An async function is awaited when the fixture is left with ``async with``. Cleanups live
+        in this process only: unlike acquired resources, the watchdog cannot run them.
+        """
+        if self._state is not _State.OPEN:
+            raise FixtureStateError(f"Fixture {self.name!r} is not open: add cleanups inside it")
+        with self._lock:
+            self._stack.append(_Cleanup(fn, args, kwargs))
+
+    def use(self, other: F) -> F:
+        """Enter another fixture now and exit it with this one (composition)."""
+        if self._state is not _State.OPEN:
+            raise FixtureStateError(f"Fixture {self.name!r} is not open: use() it inside")
+        other.__enter__()
+        with self._lock:
+            self._stack.append(_Child(other))
+            self._children.append(other)
+        return other
+
+    async def ause(self, other: F) -> F:
+        """Async twin of :meth:`use`."""
+        if self._state is not _State.OPEN:
+            raise FixtureStateError(f"Fixture {self.name!r} is not open: ause() it inside")
+        await other.__aenter__()
+        with self._lock:
+            self._stack.append(_Child(other))
+            self._children.append(other)
+        return other
+
+    # --- details ---------------------------------------------------------------------------
+
+    def add_detail(self, name: str, content: Detail) -> None:
+        """Attach something (a log, a URL, a callable that reads a file) for whoever reports a
+        failure. Callables are read when details are asked for, or when set-up fails."""
+        self._details[name] = content
+
+    def get_details(self) -> dict[str, str | bytes]:
+        """This fixture's details and those of the fixtures it uses; clashing names of children
+        get ``-1``, ``-2``... suffixes."""
+        out: dict[str, str | bytes] = {k: _read(v) for k, v in self._details.items()}
+        for child in self._children:
+            for key, value in child.get_details().items():
+                new, n = key, 0
+                while new in out:
+                    n += 1
+                    new = f"{key}-{n}"
+                out[new] = value
+        return out
+
+    def _snapshot_details(self) -> None:
+        # Set-up failed: read callables now, before releasing destroys what they read.
+        for key, value in list(self._details.items()):
+            try:
+                self._details[key] = _read(value)
+            except Exception as exc:
+                self._details[key] = f"<detail could not be read: {exc!r}>"
+
+    # --- releasing -------------------------------------------------------------------------
+
+    def _pop(self) -> _Entry | None:
+        with self._lock:
+            return self._stack.pop() if self._stack else None
+
+    def _begin_release(self) -> bool:
+        if self._state is _State.IDLE:
+            return False  # exiting twice, or never entered: nothing to do (I3)
+        self._state = _State.CLOSING
+        if os.getpid() != self._pid:
+            # A forked child leaving a block it inherited: the resources are the parent's.
+            with self._lock:
+                self._stack.clear()
+            self._state = _State.IDLE
+            return False
+        return True
+
+    def _release_all(self) -> list[BaseException]:
+        """Release everything, last in first out; keep going after any error (a second Ctrl-C
+        included); return the errors."""
+        errors: list[BaseException] = []
+        if not self._begin_release():
+            return errors
+        try:
+            while (entry := self._pop()) is not None:
+                try:
+                    if isinstance(entry, _Held):
+                        self._release_held(entry)
+                    elif isinstance(entry, _Cleanup):
+                        result = entry.fn(*entry.args, **entry.kwargs)
+                        if inspect.isawaitable(result):
+                            _close_awaitable(result)
+                            raise TypeError(
+                                f"cleanup {entry.fn!r} is async: leave the fixture with"
+                                " `async with` to run it"
+                            )
+                    else:
+                        entry.fixture.__exit__(None, None, None)
+                except BaseException as exc:
+                    errors.append(exc)
+        finally:
+            self._state = _State.IDLE
+        return errors
+
+    async def _arelease_all(self) -> list[BaseException]:
+        errors: list[BaseException] = []
+        if not self._begin_release():
+            return errors
+        cancelled: BaseException | None = None
+        try:
+            while (entry := self._pop()) is not None:
+                try:
+                    if isinstance(entry, _Held):
+                        cancelled = await _despite_cancel(
+                            asyncio.to_thread(self._release_held, entry), cancelled
+                        )
+                    elif isinstance(entry, _Cleanup):
+                        result = entry.fn(*entry.args, **entry.kwargs)
+                        if inspect.isawaitable(result):
+                            cancelled = await _despite_cancel(result, cancelled)
+                    else:
+                        cancelled = await _despite_cancel(
+                            entry.fixture.__aexit__(None, None, None), cancelled
+                        )
+                except BaseException as exc:
+                    errors.append(exc)
+        finally:
+            self._state = _State.IDLE
+        if cancelled is not None:
+            # Everything is released; now let the cancellation go on its way, unchanged.
+            for error in errors:
+                cancelled.add_note(f"reclaim: {error}")
+            raise cancelled
+        return errors
+
+    def _release_held(self, held: _Held) -> None:
+        registry = held.run.registry
+        resource = registry.get_resource(held.resource_id)
+        if resource is None:
+            return  # released already (I3)
+        outcome = release_resource(
+            registry,
+            resource,
+            actor="fixture",
+            states=_OWN_STATES,
+            policy=IN_PROCESS_POLICY,
+            backend=type(held.backend),
+        )
+        if outcome.error is not None:
+            raise outcome.error
+        if outcome.released and held.value is not _NOTHING:
+            held.backend.discard(held.value)
+
+
+async def _despite_cancel(
+    awaitable: Awaitable[Any], cancelled: BaseException | None
+) -> BaseException | None:
+    """Await to the end even if the task is cancelled meanwhile (releases must not be skipped);
+    return the cancellation to re-raise once everything is released."""
+    task = asyncio.ensure_future(awaitable)
+    while True:
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            if task.done():
+                raise
+            cancelled = exc
+            continue
+        return cancelled
+
+
+def _read(value: Detail) -> str | bytes:
+    return value() if callable(value) else value
+
+
+def _close_awaitable(result: object) -> None:
+    close = getattr(result, "close", None)
+    if callable(close):
+        close()

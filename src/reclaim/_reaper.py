@@ -1,0 +1,298 @@
+"""Releasing what the registry holds: one resource, one run, or every dead run (the sweep).
+
+The same code serves every layer of the crash model: a Fixture's exit (layer 1), the watchdog
+(layer 3) and the sweeper (layer 4). It needs only the registry and the backends' class-level
+``release(record)`` (I2): no live object, no test code.
+
+Three rules live here:
+
+- I4, never a live run: a run is swept only when its owner is dead, told by host + boot id +
+  pid namespace + pid + start time, or, for an owner this process cannot check, an expired lease.
+- I5, nothing is forgotten silently: a release that fails is retried with back-off, then kept as
+  ``failed`` with its (redacted) error. A kind whose backend cannot be imported is kept too.
+- I6, one reaper at a time: a run is claimed with a compare-and-set before anything of it is
+  released; a claim whose holder died can be taken over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Final
+
+from reclaim._errors import BackendNotFoundError, ReleaseError
+from reclaim._identity import Identity, current_identity
+from reclaim._registry import Registry, ResourceRecord, ResourceState, RunRecord, RunState
+from reclaim.backends import Backend, load_backend, redact_text
+
+__all__ = [
+    "ReleaseOutcome",
+    "RetryPolicy",
+    "SweepReport",
+    "claim_run",
+    "is_alive",
+    "reap_run",
+    "release_resource",
+    "sweep",
+]
+
+#: Every state a reaper that holds the run's claim may release from.
+ALL_STATES: Final = (
+    ResourceState.PLANNED,
+    ResourceState.ACQUIRED,
+    ResourceState.RELEASING,
+    ResourceState.FAILED,
+)
+
+#: A claim held this long by a holder we cannot check is considered abandoned.
+CLAIM_STALE_AFTER: Final = 600.0
+
+#: Events older than this are pruned by a sweep.
+EVENT_RETENTION: Final = 7 * 24 * 3600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential back-off for releases (I5).
+
+    ``attempts`` tries in all; the waits between them are ``first_delay``, then multiplied by
+    ``factor`` each time, never above ``max_delay``.
+    """
+
+    attempts: int = 3
+    first_delay: float = 0.2
+    factor: float = 4.0
+    max_delay: float = 5.0
+
+    def delays(self) -> Iterator[float]:
+        """The wait before each attempt: 0 first, then the back-off."""
+        delay = self.first_delay
+        for n in range(self.attempts):
+            yield 0.0 if n == 0 else min(delay, self.max_delay)
+            if n:
+                delay *= self.factor
+
+
+@dataclasses.dataclass(frozen=True)
+class ReleaseOutcome:
+    """What happened to one resource."""
+
+    resource: ResourceRecord
+    released: bool
+    error: BaseException | None = None
+    skipped: bool = False  # somebody else holds it
+
+
+def release_resource(
+    registry: Registry,
+    resource: ResourceRecord,
+    *,
+    actor: str,
+    states: tuple[ResourceState, ...],
+    policy: RetryPolicy | None = None,
+    backend: type[Backend[Any]] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ReleaseOutcome:
+    """Release one resource: claim it, call its backend with retries, journal the outcome.
+
+    Args:
+        actor: who releases ("fixture", "exit", "watchdog", "sweeper"), for the event log.
+        states: the states it may be taken from; a resource in another state is left alone.
+        backend: the class, when the caller has it; otherwise found by kind (entry points).
+
+    Returns the outcome; the error in it is a :class:`ReleaseError` (or the
+    :class:`BackendNotFoundError`), already journaled as ``failed``.
+    """
+    policy = policy or RetryPolicy()
+    claimed = registry.begin_release(resource.id, states=states)
+    if claimed is None:
+        return ReleaseOutcome(resource, released=False, skipped=True)
+    if backend is None:
+        try:
+            backend = load_backend(claimed.kind)
+        except BackendNotFoundError as exc:
+            # Kept and reported, never dropped (I5): a later sweep with the package installed
+            # releases it, or the user forgets it explicitly.
+            registry.mark_failed(claimed.id, str(exc), attempts=1, actor=actor)
+            return ReleaseOutcome(claimed, released=False, error=exc)
+    last: Exception | None = None
+    attempts = 0
+    try:
+        for delay in policy.delays():
+            if delay:
+                sleep(delay)
+            attempts += 1
+            try:
+                backend.release(claimed.record)
+            except Exception as exc:
+                last = exc
+                continue
+            registry.mark_released(claimed.id, actor=actor)
+            return ReleaseOutcome(claimed, released=True)
+    except BaseException:
+        # Interrupted (KeyboardInterrupt, a second signal): keep the entry for the next reaper.
+        registry.mark_failed(
+            claimed.id, "interrupted while releasing", attempts=attempts, actor=actor
+        )
+        raise
+    assert last is not None
+    reason = redact_text(f"{type(last).__name__}: {last}", claimed.record, backend.secret_fields)
+    registry.mark_failed(claimed.id, reason, attempts=attempts, actor=actor)
+    error = _release_error(claimed, reason, attempts)
+    error.__cause__ = last
+    return ReleaseOutcome(claimed, released=False, error=error)
+
+
+def _release_error(resource: ResourceRecord, reason: str, attempts: int) -> ReleaseError:
+    message = (
+        f"{resource.kind} {resource.name!r} could not be released after {attempts} attempt"
+        f"{'s' if attempts != 1 else ''}: {reason}; it stays in state failed and the next"
+        " `reclaim sweep` retries it"
+    )
+    return ReleaseError(
+        message,
+        kind=resource.kind,
+        resource=resource.name,
+        run_id=resource.run_id,
+        resource_id=resource.id,
+    )
+
+
+# --- liveness and claims -------------------------------------------------------------------
+
+
+def is_alive(run: RunRecord, *, now: float | None = None) -> bool:
+    """Is the run's owner alive (I4)? Checked by pid and start time where this process can,
+    else by the run's lease."""
+    verdict = run.owner.local_verdict()
+    if verdict is not None:
+        return verdict
+    now = time.time() if now is None else now
+    return now - run.heartbeat_at < run.lease_seconds
+
+
+def claim_run(registry: Registry, run: RunRecord, claimer: Identity | None = None) -> str | None:
+    """Become the run's only reaper (I6). Returns the claim token, or None when somebody alive
+    holds it already (or the run changed under us)."""
+    if run.state == RunState.REAPING and run.claimed_by is not None and not _claim_abandoned(run):
+        return None
+    me = claimer or current_identity()
+    token = json.dumps(me.to_json(), sort_keys=True)
+    won = registry.claim_run(run.id, token, expect_state=run.state, expect_claimer=run.claimed_by)
+    return token if won else None
+
+
+def _claim_abandoned(run: RunRecord) -> bool:
+    assert run.claimed_by is not None
+    try:
+        holder = Identity.from_json(json.loads(run.claimed_by))
+    except (ValueError, KeyError, TypeError):
+        return True
+    verdict = holder.local_verdict()
+    if verdict is not None:
+        return not verdict
+    return time.time() - (run.claimed_at or 0.0) > CLAIM_STALE_AFTER
+
+
+def reap_run(
+    registry: Registry,
+    run: RunRecord,
+    *,
+    actor: str,
+    policy: RetryPolicy | None = None,
+    claimer: Identity | None = None,
+) -> list[ReleaseOutcome] | None:
+    """Claim a dead run and release everything it holds, last in first out.
+
+    Returns the outcomes, or None when another reaper holds the run.
+    """
+    token = claim_run(registry, run, claimer)
+    if token is None:
+        return None
+    outcomes: list[ReleaseOutcome] = []
+    try:
+        for resource in reversed(registry.resources(run.id)):
+            outcomes.append(
+                release_resource(registry, resource, actor=actor, states=ALL_STATES, policy=policy)
+            )
+    finally:
+        registry.finish_reap(run.id, token, actor=actor)
+    return outcomes
+
+
+# --- the sweep -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SweepReport:
+    """What a sweep did (or, with ``dry_run``, would do)."""
+
+    released: int = 0
+    failed: int = 0
+    skipped_live: int = 0
+    skipped_grace: int = 0
+    skipped_busy: int = 0
+    runs_reaped: list[str] = dataclasses.field(default_factory=list)
+    outcomes: list[ReleaseOutcome] = dataclasses.field(default_factory=list)
+    would_release: list[tuple[ResourceRecord, bool | None]] = dataclasses.field(
+        default_factory=list
+    )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "released": self.released,
+            "failed": self.failed,
+            "skipped_live": self.skipped_live,
+            "skipped_grace": self.skipped_grace,
+            "skipped_busy": self.skipped_busy,
+            "runs_reaped": list(self.runs_reaped),
+        }
+
+
+def sweep(
+    registry: Registry,
+    *,
+    grace: float = 300.0,
+    dry_run: bool = False,
+    policy: RetryPolicy | None = None,
+    now: float | None = None,
+) -> SweepReport:
+    """Release everything of runs whose owner is dead and which started more than ``grace``
+    seconds ago. Never a live run's (I4); each run claimed first (I6)."""
+    now = time.time() if now is None else now
+    report = SweepReport()
+    for run in registry.list_runs():
+        resources = registry.resources(run.id)
+        if is_alive(run, now=now):
+            report.skipped_live += len(resources)
+            continue
+        if now - run.started_at < grace:
+            report.skipped_grace += len(resources)
+            continue
+        if dry_run:
+            for resource in reversed(resources):
+                report.would_release.append((resource, _exists(resource)))
+            continue
+        outcomes = reap_run(registry, run, actor="sweeper", policy=policy)
+        if outcomes is None:
+            report.skipped_busy += len(resources)
+            continue
+        report.runs_reaped.append(run.id)
+        for outcome in outcomes:
+            report.outcomes.append(outcome)
+            if outcome.released:
+                report.released += 1
+            elif not outcome.skipped:
+                report.failed += 1
+    if not dry_run:
+        registry.prune_events(now - EVENT_RETENTION)
+    return report
+
+
+def _exists(resource: ResourceRecord) -> bool | None:
+    try:
+        return load_backend(resource.kind).exists(resource.record)
+    except Exception:
+        return None

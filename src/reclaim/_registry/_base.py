@@ -1,0 +1,124 @@
+"""The interface every registry implements."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+from reclaim._identity import Identity
+from reclaim._registry._model import EventRecord, ResourceRecord, ResourceState, RunRecord
+
+__all__ = ["Registry"]
+
+
+class Registry(abc.ABC):
+    """A durable journal shared safely by many processes at once.
+
+    Every method is one atomic transaction that also appends its event to the log, so the event
+    log and the tables never disagree. Writes are durable once the method returns: a process
+    killed right after can rely on them (I1).
+    """
+
+    #: Where the registry lives, fit to show (no secrets).
+    location: str
+
+    # --- runs ------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def open_run(
+        self,
+        run_id: str,
+        owner: Identity,
+        *,
+        label: str,
+        parent_id: str | None = None,
+        lease_seconds: float = 60.0,
+    ) -> RunRecord:
+        """Record a new run owned by ``owner``."""
+
+    @abc.abstractmethod
+    def close_run(self, run_id: str) -> None:
+        """The owner ends cleanly. The row goes when nothing is left under it."""
+
+    @abc.abstractmethod
+    def heartbeat(self, run_id: str) -> None:
+        """Renew the run's lease (for owners that other machines cannot check by pid)."""
+
+    @abc.abstractmethod
+    def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    @abc.abstractmethod
+    def list_runs(self) -> list[RunRecord]:
+        """Every run, oldest first."""
+
+    @abc.abstractmethod
+    def claim_run(
+        self, run_id: str, claimer: str, *, expect_state: str, expect_claimer: str | None
+    ) -> bool:
+        """Compare-and-set: make ``claimer`` the run's only reaper if the run is still in
+        ``expect_state`` with ``expect_claimer`` (I6). True when this call won."""
+
+    @abc.abstractmethod
+    def finish_reap(self, run_id: str, claimer: str, *, actor: str) -> None:
+        """The reaper is done: the row goes when nothing is left, else it waits as reaped."""
+
+    # --- resources -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def plan(self, run_id: str, fixture: str, kind: str, name: str, record: dict[str, Any]) -> int:
+        """Journal a resource before it is created (I1); returns its id."""
+
+    @abc.abstractmethod
+    def mark_acquired(self, resource_id: int, record: dict[str, Any]) -> None:
+        """The backend created it; store its full record."""
+
+    @abc.abstractmethod
+    def begin_release(
+        self, resource_id: int, *, states: tuple[ResourceState, ...]
+    ) -> ResourceRecord | None:
+        """Compare-and-set the resource from one of ``states`` to releasing. None when somebody
+        else holds it (or it is gone)."""
+
+    @abc.abstractmethod
+    def mark_released(self, resource_id: int, *, actor: str) -> None:
+        """Released for good: the row goes, the event stays."""
+
+    @abc.abstractmethod
+    def mark_failed(self, resource_id: int, error: str, *, attempts: int, actor: str) -> None:
+        """Release failed after its retries: keep it as failed with the error (I5)."""
+
+    @abc.abstractmethod
+    def resources(self, run_id: str | None = None) -> list[ResourceRecord]:
+        """Resources (of one run, or all), in the order they were planned."""
+
+    @abc.abstractmethod
+    def get_resource(self, resource_id: int) -> ResourceRecord | None: ...
+
+    @abc.abstractmethod
+    def forget(self, resource_id: int, *, actor: str) -> ResourceRecord | None:
+        """Drop an entry without releasing it: only ever on a user's explicit command."""
+
+    # --- events ----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def add_event(
+        self,
+        event: str,
+        *,
+        run_id: str | None = None,
+        resource_id: int | None = None,
+        kind: str | None = None,
+        name: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None: ...
+
+    @abc.abstractmethod
+    def events(self, after_id: int = 0, limit: int = 1000) -> list[EventRecord]:
+        """Events with an id above ``after_id``, oldest first."""
+
+    @abc.abstractmethod
+    def prune_events(self, older_than: float) -> int:
+        """Delete events before the timestamp ``older_than``; returns how many."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...

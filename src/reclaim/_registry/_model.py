@@ -1,0 +1,86 @@
+"""What the registry stores: runs, resources and events, and their lifecycles."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+from reclaim._identity import Identity
+
+__all__ = ["EventRecord", "ResourceRecord", "ResourceState", "RunRecord", "RunState"]
+
+
+class RunState(enum.StrEnum):
+    """Where a run is in its life."""
+
+    #: The owner opened it and, as far as the registry knows, still works in it.
+    OPEN = "open"
+    #: The owner ended cleanly; anything still listed under it failed to release.
+    CLOSED = "closed"
+    #: A reaper (watchdog, sweeper) claimed it and is releasing what it left (I6).
+    REAPING = "reaping"
+    #: A reaper finished; anything still listed under it failed and waits for the next sweep.
+    REAPED = "reaped"
+
+
+class ResourceState(enum.StrEnum):
+    """Where a resource is in its life. A released resource's row is deleted; its history stays
+    in the event log."""
+
+    #: The name is journaled; the backend may or may not have created it yet (I1).
+    PLANNED = "planned"
+    #: The backend created it and its full record is journaled.
+    ACQUIRED = "acquired"
+    #: Somebody claimed it for release and is deleting it now.
+    RELEASING = "releasing"
+    #: Release failed after its retries; ``last_error`` says why; the next sweep retries (I5).
+    FAILED = "failed"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ResourceRecord:
+    """One resource as the registry holds it."""
+
+    id: int
+    run_id: str
+    fixture: str
+    kind: str
+    name: str
+    record: dict[str, Any]
+    state: ResourceState
+    attempts: int
+    last_error: str | None
+    created_at: float
+    updated_at: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One run: a process (or a command under ``reclaim run``) that owns resources."""
+
+    id: str
+    parent_id: str | None
+    label: str
+    owner: Identity
+    state: RunState
+    started_at: float
+    heartbeat_at: float
+    lease_seconds: float
+    closed_at: float | None
+    claimed_by: str | None
+    claimed_at: float | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One line of the append-only event log."""
+
+    id: int
+    at: float
+    event: str
+    run_id: str | None
+    resource_id: int | None
+    kind: str | None
+    name: str | None
+    detail: dict[str, Any]

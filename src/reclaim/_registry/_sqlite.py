@@ -1,0 +1,602 @@
+"""The embedded registry: one SQLite file in WAL mode, shared by every process of a user.
+
+Concurrency: every write is a ``BEGIN IMMEDIATE`` transaction. A deferred transaction that
+upgrades from reading to writing gets SQLITE_BUSY at once in WAL mode, without waiting for the
+busy timeout ("database is locked" under load); taking the write lock up front makes every
+writer wait its turn instead. Readers never block writers in WAL mode.
+
+Durability: ``synchronous=NORMAL``. A committed write survives the death of any process (the
+crash model of reclaim); only a power cut can lose the last commits, and after a power cut every
+process and temp directory of the earlier boot is gone anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+from reclaim._errors import RegistryCorruptError, RegistryError, RegistryVersionError
+from reclaim._identity import Identity
+from reclaim._registry._base import Registry
+from reclaim._registry._model import (
+    EventRecord,
+    ResourceRecord,
+    ResourceState,
+    RunRecord,
+    RunState,
+)
+
+__all__ = ["SCHEMA_VERSION", "SQLiteRegistry"]
+
+#: The schema this reclaim writes. Bump it with a migration in ``_MIGRATIONS``.
+SCHEMA_VERSION: Final = 1
+
+_APPLICATION: Final = "reclaim"
+_SQLITE_MAGIC: Final = b"SQLite format 3\x00"
+_BUSY_TIMEOUT_S: Final = 60.0
+
+_SCHEMA_V1: Final = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE runs (
+    id            TEXT PRIMARY KEY,
+    parent_id     TEXT,
+    label         TEXT NOT NULL,
+    owner         TEXT NOT NULL,
+    state         TEXT NOT NULL,
+    started_at    REAL NOT NULL,
+    heartbeat_at  REAL NOT NULL,
+    lease_seconds REAL NOT NULL,
+    closed_at     REAL,
+    claimed_by    TEXT,
+    claimed_at    REAL
+);
+CREATE TABLE resources (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id     TEXT NOT NULL REFERENCES runs(id),
+    fixture    TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    record     TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX resources_by_run ON resources(run_id, id);
+CREATE TABLE events (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    at          REAL NOT NULL,
+    event       TEXT NOT NULL,
+    run_id      TEXT,
+    resource_id INTEGER,
+    kind        TEXT,
+    name        TEXT,
+    detail      TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX events_by_time ON events(at);
+"""
+
+# Migrations from version N to N+1, applied in one transaction each. Empty while there is one.
+_MIGRATIONS: Final[dict[int, str]] = {}
+
+# Connections inherited through fork are kept, never closed: closing one in the child could
+# release locks the parent holds (SQLite: "do not carry a connection across fork").
+_inherited: list[sqlite3.Connection] = []
+
+
+class SQLiteRegistry(Registry):
+    """The registry in one SQLite file (mode 0600, in a 0700 directory)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
+        self.path = Path(path).expanduser().absolute()
+        self.location = str(self.path)
+        self._lock = threading.RLock()
+        self._conn_obj: sqlite3.Connection | None = None
+        self._pid = -1
+        if not self.path.exists():
+            if not create:
+                raise FileNotFoundError(f"no reclaim registry at {self.path}")
+            self._create_file()
+        else:
+            self._check_file()
+        self._connection()  # opens, validates and migrates
+
+    # --- file creation and validation ------------------------------------------------------
+
+    def _create_file(self) -> None:
+        parent = self.path.parent
+        if not parent.exists():
+            parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # mkdir's mode is filtered by the umask; say it once more.
+            os.chmod(parent, 0o700)
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            return  # another process created it first; it validates it as we would
+        except OSError as exc:
+            raise RegistryError(
+                f"cannot create the reclaim registry {self.path}: {exc.strerror};"
+                " set RECLAIM_REGISTRY to a writable path",
+                path=str(self.path),
+            ) from exc
+        os.fchmod(fd, 0o600)
+        os.close(fd)
+
+    def _check_file(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(len(_SQLITE_MAGIC))
+            info = os.stat(self.path)
+        except OSError as exc:
+            raise RegistryError(
+                f"cannot read the reclaim registry {self.path}: {exc.strerror}", path=str(self.path)
+            ) from exc
+        if head and head != _SQLITE_MAGIC:
+            raise self._corrupt("is not an SQLite database")
+        if info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) & 0o077:
+            # It may hold credentials (I7): tighten a file that somebody loosened.
+            os.chmod(self.path, 0o600)
+
+    def _corrupt(self, what: str) -> RegistryCorruptError:
+        return RegistryCorruptError(
+            f"the reclaim registry {self.path} {what}. reclaim never replaces it: move it away"
+            " (if it is a damaged registry, `sqlite3 FILE .recover` may save its entries) or set"
+            " RECLAIM_REGISTRY to another path",
+            path=str(self.path),
+        )
+
+    def _connection(self) -> sqlite3.Connection:
+        pid = os.getpid()
+        if self._conn_obj is not None and self._pid == pid:
+            return self._conn_obj
+        if self._conn_obj is not None:
+            _inherited.append(self._conn_obj)
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=_BUSY_TIMEOUT_S,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            if sqlite3.sqlite_version_info < (3, 35, 0):
+                raise RegistryError(
+                    f"reclaim needs SQLite 3.35 or newer; this Python has {sqlite3.sqlite_version}",
+                    path=str(self.path),
+                )
+            self._conn_obj, self._pid = conn, pid
+            self._ensure_schema(conn)
+        except sqlite3.DatabaseError as exc:
+            self._conn_obj = None
+            raise self._corrupt(f"cannot be used ({exc})") from exc
+        return conn
+
+    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            if not tables:
+                for statement in _SCHEMA_V1.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.executemany(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)",
+                    [
+                        ("application", _APPLICATION),
+                        ("schema_version", str(SCHEMA_VERSION)),
+                        ("created_at", str(time.time())),
+                    ],
+                )
+            else:
+                meta = {}
+                if "meta" in tables:
+                    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+                if meta.get("application") != _APPLICATION:
+                    raise self._corrupt("is an SQLite database but not a reclaim registry")
+                version = int(meta.get("schema_version", "0"))
+                if version > SCHEMA_VERSION:
+                    raise RegistryVersionError(
+                        f"the reclaim registry {self.path} has schema version {version}, newer"
+                        f" than this reclaim knows ({SCHEMA_VERSION}): upgrade reclaim",
+                        path=str(self.path),
+                    )
+                while version < SCHEMA_VERSION:
+                    for statement in _MIGRATIONS[version].split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    version += 1
+                    conn.execute(
+                        "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),)
+                    )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # --- transactions ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._connection().execute(sql, args).fetchall()
+
+    @staticmethod
+    def _event(
+        conn: sqlite3.Connection,
+        event: str,
+        *,
+        run_id: str | None = None,
+        resource_id: int | None = None,
+        kind: str | None = None,
+        name: str | None = None,
+        detail: dict[str, Any] | None = None,
+        at: float | None = None,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO events (at, event, run_id, resource_id, kind, name, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                time.time() if at is None else at,
+                event,
+                run_id,
+                resource_id,
+                kind,
+                name,
+                json.dumps(detail or {}, separators=(",", ":")),
+            ),
+        )
+
+    # --- runs ------------------------------------------------------------------------------
+
+    def open_run(
+        self,
+        run_id: str,
+        owner: Identity,
+        *,
+        label: str,
+        parent_id: str | None = None,
+        lease_seconds: float = 60.0,
+    ) -> RunRecord:
+        now = time.time()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO runs (id, parent_id, label, owner, state, started_at, heartbeat_at,"
+                " lease_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    parent_id,
+                    label,
+                    json.dumps(owner.to_json()),
+                    RunState.OPEN,
+                    now,
+                    now,
+                    lease_seconds,
+                ),
+            )
+            self._event(
+                conn,
+                "run.opened",
+                run_id=run_id,
+                detail={"pid": owner.pid, "host": owner.host, "label": label},
+                at=now,
+            )
+        return RunRecord(
+            id=run_id,
+            parent_id=parent_id,
+            label=label,
+            owner=owner,
+            state=RunState.OPEN,
+            started_at=now,
+            heartbeat_at=now,
+            lease_seconds=lease_seconds,
+            closed_at=None,
+            claimed_by=None,
+            claimed_at=None,
+        )
+
+    def close_run(self, run_id: str) -> None:
+        now = time.time()
+        with self._write() as conn:
+            left = self._count(conn, run_id)
+            if left:
+                conn.execute(
+                    "UPDATE runs SET state = ?, closed_at = ? WHERE id = ? AND state = ?",
+                    (RunState.CLOSED, now, run_id, RunState.OPEN),
+                )
+            else:
+                conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+            self._event(conn, "run.closed", run_id=run_id, detail={"left": left}, at=now)
+
+    def heartbeat(self, run_id: str) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", (time.time(), run_id))
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        rows = self._read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+        return _run(rows[0]) if rows else None
+
+    def list_runs(self) -> list[RunRecord]:
+        return [
+            _run(r) for r in self._read(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY started_at, id")
+        ]
+
+    def claim_run(
+        self, run_id: str, claimer: str, *, expect_state: str, expect_claimer: str | None
+    ) -> bool:
+        now = time.time()
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE runs SET state = ?, claimed_by = ?, claimed_at = ?"
+                " WHERE id = ? AND state = ? AND claimed_by IS ?",
+                (RunState.REAPING, claimer, now, run_id, expect_state, expect_claimer),
+            )
+            won = cur.rowcount == 1
+            if won:
+                self._event(conn, "run.claimed", run_id=run_id, detail={"by": claimer}, at=now)
+        return won
+
+    def finish_reap(self, run_id: str, claimer: str, *, actor: str) -> None:
+        now = time.time()
+        with self._write() as conn:
+            left = self._count(conn, run_id)
+            if left:
+                conn.execute(
+                    "UPDATE runs SET state = ?, claimed_by = NULL, claimed_at = NULL"
+                    " WHERE id = ? AND claimed_by = ?",
+                    (RunState.REAPED, run_id, claimer),
+                )
+            else:
+                conn.execute("DELETE FROM runs WHERE id = ? AND claimed_by = ?", (run_id, claimer))
+            self._event(
+                conn, "run.reaped", run_id=run_id, detail={"by": actor, "left": left}, at=now
+            )
+
+    @staticmethod
+    def _count(conn: sqlite3.Connection, run_id: str) -> int:
+        row = conn.execute("SELECT count(*) FROM resources WHERE run_id = ?", (run_id,)).fetchone()
+        return int(row[0])
+
+    # --- resources -------------------------------------------------------------------------
+
+    def plan(self, run_id: str, fixture: str, kind: str, name: str, record: dict[str, Any]) -> int:
+        now = time.time()
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT INTO resources (run_id, fixture, kind, name, record, state, created_at,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, fixture, kind, name, json.dumps(record), ResourceState.PLANNED, now, now),
+            )
+            resource_id = cur.lastrowid
+            assert resource_id is not None
+            self._event(
+                conn,
+                "resource.planned",
+                run_id=run_id,
+                resource_id=resource_id,
+                kind=kind,
+                name=name,
+                at=now,
+            )
+        return resource_id
+
+    def mark_acquired(self, resource_id: int, record: dict[str, Any]) -> None:
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute(
+                "UPDATE resources SET record = ?, state = ?, updated_at = ?"
+                " WHERE id = ? AND state = ? RETURNING run_id, kind, name",
+                (json.dumps(record), ResourceState.ACQUIRED, now, resource_id, "planned"),
+            ).fetchone()
+            if row is not None:
+                self._event(
+                    conn,
+                    "resource.acquired",
+                    run_id=row[0],
+                    resource_id=resource_id,
+                    kind=row[1],
+                    name=row[2],
+                    at=now,
+                )
+
+    def begin_release(
+        self, resource_id: int, *, states: tuple[ResourceState, ...]
+    ) -> ResourceRecord | None:
+        marks = ", ".join("?" for _ in states)
+        with self._write() as conn:
+            row = conn.execute(
+                "UPDATE resources SET state = ?, updated_at = ?"
+                f" WHERE id = ? AND state IN ({marks}) RETURNING {_RESOURCE_COLUMNS}",
+                (ResourceState.RELEASING, time.time(), resource_id, *states),
+            ).fetchone()
+        return None if row is None else _resource(row)
+
+    def mark_released(self, resource_id: int, *, actor: str) -> None:
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute(
+                "DELETE FROM resources WHERE id = ? RETURNING run_id, kind, name",
+                (resource_id,),
+            ).fetchone()
+            if row is not None:
+                self._event(
+                    conn,
+                    "resource.released",
+                    run_id=row[0],
+                    resource_id=resource_id,
+                    kind=row[1],
+                    name=row[2],
+                    detail={"by": actor},
+                    at=now,
+                )
+
+    def mark_failed(self, resource_id: int, error: str, *, attempts: int, actor: str) -> None:
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute(
+                "UPDATE resources SET state = ?, attempts = attempts + ?, last_error = ?,"
+                " updated_at = ? WHERE id = ? RETURNING run_id, kind, name, attempts",
+                (ResourceState.FAILED, attempts, error, now, resource_id),
+            ).fetchone()
+            if row is not None:
+                self._event(
+                    conn,
+                    "resource.failed",
+                    run_id=row[0],
+                    resource_id=resource_id,
+                    kind=row[1],
+                    name=row[2],
+                    detail={"by": actor, "error": error, "attempts": row[3]},
+                    at=now,
+                )
+
+    def resources(self, run_id: str | None = None) -> list[ResourceRecord]:
+        if run_id is None:
+            rows = self._read(f"SELECT {_RESOURCE_COLUMNS} FROM resources ORDER BY id")
+        else:
+            rows = self._read(
+                f"SELECT {_RESOURCE_COLUMNS} FROM resources WHERE run_id = ? ORDER BY id",
+                (run_id,),
+            )
+        return [_resource(r) for r in rows]
+
+    def get_resource(self, resource_id: int) -> ResourceRecord | None:
+        rows = self._read(f"SELECT {_RESOURCE_COLUMNS} FROM resources WHERE id = ?", (resource_id,))
+        return _resource(rows[0]) if rows else None
+
+    def forget(self, resource_id: int, *, actor: str) -> ResourceRecord | None:
+        with self._write() as conn:
+            row = conn.execute(
+                f"DELETE FROM resources WHERE id = ? RETURNING {_RESOURCE_COLUMNS}", (resource_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            found = _resource(row)
+            self._event(
+                conn,
+                "resource.forgotten",
+                run_id=found.run_id,
+                resource_id=resource_id,
+                kind=found.kind,
+                name=found.name,
+                detail={"by": actor},
+            )
+        return found
+
+    # --- events ----------------------------------------------------------------------------
+
+    def add_event(
+        self,
+        event: str,
+        *,
+        run_id: str | None = None,
+        resource_id: int | None = None,
+        kind: str | None = None,
+        name: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        with self._write() as conn:
+            self._event(
+                conn,
+                event,
+                run_id=run_id,
+                resource_id=resource_id,
+                kind=kind,
+                name=name,
+                detail=detail,
+            )
+
+    def events(self, after_id: int = 0, limit: int = 1000) -> list[EventRecord]:
+        rows = self._read(
+            "SELECT id, at, event, run_id, resource_id, kind, name, detail FROM events"
+            " WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        )
+        return [
+            EventRecord(
+                id=r[0],
+                at=r[1],
+                event=r[2],
+                run_id=r[3],
+                resource_id=r[4],
+                kind=r[5],
+                name=r[6],
+                detail=json.loads(r[7]),
+            )
+            for r in rows
+        ]
+
+    def prune_events(self, older_than: float) -> int:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM events WHERE at < ?", (older_than,)).rowcount
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn_obj is not None and self._pid == os.getpid():
+                self._conn_obj.close()
+            self._conn_obj = None
+
+
+_RUN_COLUMNS: Final = (
+    "id, parent_id, label, owner, state, started_at, heartbeat_at, lease_seconds, closed_at,"
+    " claimed_by, claimed_at"
+)
+_RESOURCE_COLUMNS: Final = (
+    "id, run_id, fixture, kind, name, record, state, attempts, last_error, created_at, updated_at"
+)
+
+
+def _run(r: tuple[Any, ...]) -> RunRecord:
+    return RunRecord(
+        id=r[0],
+        parent_id=r[1],
+        label=r[2],
+        owner=Identity.from_json(json.loads(r[3])),
+        state=RunState(r[4]),
+        started_at=r[5],
+        heartbeat_at=r[6],
+        lease_seconds=r[7],
+        closed_at=r[8],
+        claimed_by=r[9],
+        claimed_at=r[10],
+    )
+
+
+def _resource(r: tuple[Any, ...]) -> ResourceRecord:
+    return ResourceRecord(
+        id=r[0],
+        run_id=r[1],
+        fixture=r[2],
+        kind=r[3],
+        name=r[4],
+        record=json.loads(r[5]),
+        state=ResourceState(r[6]),
+        attempts=r[7],
+        last_error=r[8],
+        created_at=r[9],
+        updated_at=r[10],
+    )

@@ -1,0 +1,277 @@
+"""The contract every kind of resource implements, and finding a kind by its name.
+
+A backend creates and deletes one kind of thing. It knows nothing of the registry, runs or
+fixtures: reclaim proposes a name, the backend says what must be journaled to find the resource
+again (:meth:`Backend.plan`), creates it (:meth:`Backend.acquire`) and, later and perhaps in
+another process, deletes it from that JSON record alone (:meth:`Backend.release`, invariant I2)::
+
+    class Bucket(Backend[str]):
+        kind = "example.bucket"
+        secret_fields = frozenset({"token"})
+
+        def __init__(self, url: str, token: str) -> None:
+            self.url, self.token = url, token
+
+        def plan(self, name: str) -> Record:
+            return {"name": name, "url": self.url, "token": self.token}
+
+        def acquire(self, name: str) -> tuple[str, Record]:
+            create_bucket(self.url, self.token, name)
+            return name, self.plan(name)
+
+        @classmethod
+        def release(cls, record: Record) -> None:
+            delete_bucket(record["url"], record["token"], record["name"])  # gone already: no-op
+
+        @classmethod
+        def exists(cls, record: Record) -> bool:
+            return bucket_exists(record["url"], record["token"], record["name"])
+
+Register it under the entry-point group ``reclaim.backends`` (the built-ins load the same way)::
+
+    [project.entry-points."reclaim.backends"]
+    "example.bucket" = "mypackage.reclaim_backends:Bucket"
+
+``reclaim.testing.check_backend`` checks that a backend keeps this contract.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, Final, Generic, TypeVar
+
+from reclaim._errors import BackendNotFoundError
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "NAME_PREFIX",
+    "Backend",
+    "Leftover",
+    "Record",
+    "load_backend",
+    "make_name",
+    "parse_name",
+    "redact_record",
+    "redact_text",
+]
+
+#: A resource's JSON record: what release needs to find and delete it, and nothing live.
+Record = dict[str, Any]
+
+#: The entry-point group that maps kinds to backend classes.
+ENTRY_POINT_GROUP: Final = "reclaim.backends"
+
+#: Every name reclaim proposes starts with this, so a registry-less sweep can find them.
+NAME_PREFIX: Final = "rc_"
+
+_NAME_RE: Final = re.compile(r"rc_([0-9a-f]{8})_([0-9a-z]{1,8})_([0-9]+)")
+
+ValueT = TypeVar("ValueT")
+
+_REDACTED: Final = "***"
+
+
+def make_name(run_id: str, seq: int, now: float | None = None) -> str:
+    """The name reclaim proposes: prefix, run id, creation time (base 36 seconds), sequence.
+
+    Lower case ASCII letters, digits and underscores only, at most 30 characters: valid as a
+    PostgreSQL identifier, a Redis key prefix, a queue, stream or directory name.
+    """
+    seconds = int(time.time() if now is None else now)
+    return f"{NAME_PREFIX}{run_id}_{_base36(seconds)}_{seq}"
+
+
+def parse_name(text: str) -> tuple[str, float] | None:
+    """Find a reclaim name inside ``text``: (run id, creation time), or None."""
+    match = _NAME_RE.search(text)
+    if match is None:
+        return None
+    return match.group(1), float(int(match.group(2), 36))
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if n == 0:
+            return out
+
+
+class Leftover:
+    """Something found on a server under reclaim's prefix (for the registry-less sweep)."""
+
+    __slots__ = ("created_at", "record", "run_id")
+
+    def __init__(self, record: Record, run_id: str, created_at: float) -> None:
+        self.record = record
+        self.run_id = run_id
+        self.created_at = created_at
+
+    def __repr__(self) -> str:
+        return f"Leftover({self.record.get('name')!r}, run_id={self.run_id!r})"
+
+
+class Backend(Generic[ValueT]):
+    """Base class of every kind of resource.
+
+    Required: the class attribute :attr:`kind`, and :meth:`acquire`, :meth:`release` and
+    :meth:`exists`. Everything else has a working default.
+
+    Invariants a backend must keep (``reclaim.testing.check_backend`` checks them):
+
+    - :meth:`plan` returns, *before anything is created*, a record from which :meth:`release`
+      can find and delete what :meth:`acquire` will create (I1). Releasing a planned record whose
+      resource was never created is a no-op.
+    - :meth:`release` is a class method that needs only the record (I2): no live object, no
+      state of the instance. It succeeds when the resource is already gone (I3).
+    """
+
+    #: The registry name of this kind, ``"<family>.<thing>"`` (e.g. ``"postgres.schema"``).
+    kind: ClassVar[str] = ""
+
+    #: Record fields that hold credentials: redacted in every output, never logged (I7).
+    secret_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def adapt_name(self, proposed: str) -> str:
+        """Turn the name reclaim proposes into one that fits this kind's naming rules."""
+        return proposed
+
+    def plan(self, name: str) -> Record:
+        """The record journaled before the resource is created: enough to release it (I1).
+
+        The default, ``{"name": name}``, suits backends whose release needs nothing else. A
+        backend that talks to a server adds the connection details release will need.
+        """
+        return {"name": name}
+
+    def acquire(self, name: str) -> tuple[ValueT, Record]:
+        """Create the resource called ``name``; return the value the user gets and its record."""
+        raise NotImplementedError(f"the {type(self).__name__} backend must implement acquire()")
+
+    async def aacquire(self, name: str) -> tuple[ValueT, Record]:
+        """Async twin of :meth:`acquire`; by default runs it in a worker thread."""
+        import asyncio  # noqa: PLC0415  (kept out of the watchdog's imports)
+
+        return await asyncio.to_thread(self.acquire, name)
+
+    @classmethod
+    def release(cls, record: Record) -> None:
+        """Delete the resource the record describes. Already gone: succeed, do nothing (I3)."""
+        raise NotImplementedError(f"the {cls.__name__} backend must implement release()")
+
+    @classmethod
+    async def arelease(cls, record: Record) -> None:
+        """Async twin of :meth:`release`; by default runs it in a worker thread."""
+        import asyncio  # noqa: PLC0415  (kept out of the watchdog's imports)
+
+        await asyncio.to_thread(cls.release, record)
+
+    @classmethod
+    def exists(cls, record: Record) -> bool:
+        """Is the resource still there? For leak checks and ``reclaim sweep --dry-run``."""
+        raise NotImplementedError(f"the {cls.__name__} backend must implement exists()")
+
+    @classmethod
+    def describe(cls, record: Record) -> str:
+        """One line for people (status tables): by default the record's name."""
+        return str(record.get("name", "?"))
+
+    @classmethod
+    def list_leftovers(cls, target: str) -> Iterable[Leftover]:
+        """What exists at ``target`` (a URL or path) under reclaim's prefix. Optional."""
+        raise NotImplementedError(f"the {cls.__name__} backend cannot list leftovers")
+
+    def discard(self, value: ValueT) -> None:
+        """Drop in-process handles after a successful in-process release (reap a child, close a
+        connection). Never called by the watchdog or the sweeper, which have no value."""
+
+
+# --- finding a backend by its kind ---------------------------------------------------------
+
+_cache: dict[str, type[Backend[Any]]] = {}
+
+
+def load_backend(kind: str) -> type[Backend[Any]]:
+    """The backend class registered for ``kind``.
+
+    Looks in ``RECLAIM_BACKENDS`` (``kind=module:Class`` pairs separated by commas, for backends
+    that are not packaged) and then in the entry-point group ``reclaim.backends``, where the
+    built-ins are registered too.
+
+    Raises:
+        BackendNotFoundError: nothing provides ``kind``, or its module failed to import.
+    """
+    found = _cache.get(kind)
+    if found is not None:
+        return found
+    target = _configured().get(kind)
+    if target is None:
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name == kind:
+                target = ep.value
+                break
+    if target is None:
+        raise BackendNotFoundError(kind)
+    module_name, _, qualname = target.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except ImportError as exc:
+        raise BackendNotFoundError(kind, f"{target} failed to import: {exc}") from exc
+    except AttributeError as exc:
+        raise BackendNotFoundError(kind, f"{target} does not exist") from exc
+    if not (isinstance(obj, type) and issubclass(obj, Backend)):
+        raise BackendNotFoundError(kind, f"{target} is not a reclaim.backends.Backend")
+    _cache[kind] = obj
+    return obj
+
+
+def _configured() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in os.environ.get("RECLAIM_BACKENDS", "").split(","):
+        name, sep, target = item.strip().partition("=")
+        if sep and name and ":" in target:
+            out[name.strip()] = target.strip()
+    return out
+
+
+# --- secrets (I7) ----------------------------------------------------------------------------
+
+
+def redact_record(record: Mapping[str, Any], secret_fields: Iterable[str]) -> dict[str, Any]:
+    """A copy of the record with every secret field replaced by ``***``."""
+    secrets = set(secret_fields)
+    return {k: (_REDACTED if k in secrets and v else v) for k, v in record.items()}
+
+
+def redact_text(text: str, record: Mapping[str, Any], secret_fields: Iterable[str]) -> str:
+    """``text`` with every secret value of the record replaced by ``***``.
+
+    Error messages of drivers sometimes quote a DSN or a token; they pass through here before
+    they are stored or shown.
+    """
+    for field in secret_fields:
+        value = record.get(field)
+        for secret in _strings(value):
+            if len(secret) >= 3:
+                text = text.replace(secret, _REDACTED)
+    return text
+
+
+def _strings(value: Any) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _strings(v)

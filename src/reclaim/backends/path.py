@@ -1,0 +1,104 @@
+"""Temporary directories: ``TempDir(prefix=None, parent=None)`` gives a fresh ``pathlib.Path``.
+
+The full path is decided and journaled before the directory is made (I1), so a process killed
+between ``mkdir`` and the record being written leaves nothing the sweeper cannot find. Release
+removes the whole tree; a directory that is already gone is fine (I3).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from reclaim.backends import Backend, Leftover, Record, parse_name
+
+__all__ = ["TempDir"]
+
+
+class TempDir(Backend[Path]):
+    """A directory of its own, mode 0700, removed with everything in it at release.
+
+    Args:
+        prefix: put before reclaim's name, for people reading directory listings.
+        parent: where to make it; the system's temporary directory by default.
+    """
+
+    kind = "path.tempdir"
+
+    def __init__(
+        self, prefix: str | None = None, parent: str | os.PathLike[str] | None = None
+    ) -> None:
+        if prefix is not None and ("/" in prefix or "\0" in prefix):
+            raise ValueError(f"TempDir prefix {prefix!r} must not contain '/' or NUL")
+        self.prefix = prefix or ""
+        self.parent = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+
+    def plan(self, name: str) -> Record:
+        return {"name": name, "path": str(self.parent.absolute() / f"{self.prefix}{name}")}
+
+    def acquire(self, name: str) -> tuple[Path, Record]:
+        record = self.plan(name)
+        path = Path(record["path"])
+        path.mkdir(mode=0o700)  # fails if something is there already: never adopt a stranger
+        return path, record
+
+    @classmethod
+    def release(cls, record: Record) -> None:
+        path = record["path"]
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(info.st_mode):
+            _rmtree(path)
+        else:
+            # Somebody replaced the directory with a file or a symlink: remove that entry,
+            # never what a symlink points at.
+            os.unlink(path)
+
+    @classmethod
+    def exists(cls, record: Record) -> bool:
+        return os.path.lexists(record["path"])
+
+    @classmethod
+    def describe(cls, record: Record) -> str:
+        return str(record.get("path", record.get("name", "?")))
+
+    @classmethod
+    def list_leftovers(cls, target: str) -> Iterator[Leftover]:
+        """Directories in ``target`` (a path, or ``file://`` URL) that carry a reclaim name."""
+        directory = target.removeprefix("file://") or tempfile.gettempdir()
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                parsed = parse_name(entry.name)
+                if parsed is not None and entry.is_dir(follow_symlinks=False):
+                    run_id, created = parsed
+                    yield Leftover({"name": entry.name, "path": entry.path}, run_id, created)
+
+
+def _rmtree(path: str) -> None:
+    # `onexc` is 3.12+; `onerror` is deprecated there (a warning our tests turn into an error).
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=_make_writable_and_retry)
+    else:
+        shutil.rmtree(path, onerror=lambda f, p, info: _make_writable_and_retry(f, p, info[1]))
+
+
+def _make_writable_and_retry(func: Any, path: str, exc: BaseException) -> None:
+    # A test may leave read-only directories behind (a chmod 0500 fixture): make the parent
+    # writable and try once more. Anything else is a real failure and propagates.
+    if isinstance(exc, FileNotFoundError):
+        return
+    if not isinstance(exc, PermissionError):
+        raise exc
+    parent = os.path.dirname(path)
+    os.chmod(parent, stat.S_IRWXU)
+    if os.path.isdir(path) and not os.path.islink(path):
+        os.chmod(path, stat.S_IRWXU)
+    func(path)

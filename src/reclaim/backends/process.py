@@ -1,0 +1,211 @@
+"""Child processes: ``Process(argv, **popen_kwargs)`` gives a running ``subprocess.Popen``.
+
+The child starts in a session and process group of its own, with ``RECLAIM_RESOURCE=<name>`` in
+its environment. Release sends SIGTERM to everything that is still the resource's, waits a grace
+period, then sends SIGKILL (the escalation trio's ``deliver_cancel`` uses); both are overridable.
+
+What counts as "the resource's" is decided from the record alone (I2), and never by pid alone:
+
+- the leader, when its pid still carries the recorded start time;
+- the members of its process group, when the leader is either that same process or gone (a
+  group's number cannot be given to a new process while any member lives, so a group whose
+  leader's pid now has another start time is somebody else's);
+- any process of this machine whose environment carries the resource's marker: grandchildren that
+  left the group with ``setsid``, and the child of a process killed after ``fork`` but before
+  its pid was journaled (the planned-but-never-recorded case of I1).
+
+Every signal goes through a pidfd opened *before* the start time is checked again, so a pid
+reused between the scan and the signal is never hit. Zombies count as gone: they have exited, and
+on machines whose pid 1 does not reap, the zombies of a dead owner's children stay forever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from typing import Any, Final
+
+from reclaim._identity import current_identity, process_state, start_time_of
+from reclaim.backends import Backend, Record
+
+__all__ = ["MARKER_ENV", "Process"]
+
+#: The environment variable that marks every process started for a resource.
+MARKER_ENV: Final = "RECLAIM_RESOURCE"
+
+_KILL_WAIT: Final = 5.0  # seconds to wait for SIGKILL to take effect before calling it a failure
+
+
+class Process(Backend["subprocess.Popen[Any]"]):
+    """A child process in its own process group, stopped and reaped at release.
+
+    Args:
+        argv: the program and its arguments (no shell).
+        grace: seconds between the polite signal and SIGKILL.
+        term_signal: the polite signal, SIGTERM by default.
+        **popen_kwargs: passed to ``subprocess.Popen`` (``stdout``, ``env``, ``cwd``, ...).
+            ``start_new_session`` and ``process_group`` are reclaim's to set.
+    """
+
+    kind = "process"
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        grace: float = 5.0,
+        term_signal: int = signal.SIGTERM,
+        **popen_kwargs: Any,
+    ) -> None:
+        if isinstance(argv, str | bytes) or not argv:
+            raise TypeError("Process argv must be a non-empty list of strings, not a shell line")
+        for key in ("start_new_session", "process_group"):
+            if key in popen_kwargs:
+                raise ValueError(f"Process sets {key} itself: the child needs a group of its own")
+        self.argv = [os.fspath(a) for a in argv]
+        self.grace = float(grace)
+        self.term_signal = int(term_signal)
+        self.popen_kwargs = popen_kwargs
+
+    def plan(self, name: str) -> Record:
+        return {
+            "name": name,
+            "program": os.path.basename(self.argv[0]),
+            "boot_id": current_identity().boot_id,
+            "grace": self.grace,
+            "signal": self.term_signal,
+        }
+
+    def acquire(self, name: str) -> tuple[subprocess.Popen[Any], Record]:
+        record = self.plan(name)
+        kwargs = dict(self.popen_kwargs)
+        env = dict(kwargs.pop("env", None) or os.environ)
+        env[MARKER_ENV] = name
+        popen: subprocess.Popen[Any] = subprocess.Popen(
+            self.argv, env=env, start_new_session=True, **kwargs
+        )
+        # The child is ours and unreaped, so its pid cannot be reused before we read this.
+        started = start_time_of(popen.pid)
+        record.update(pid=popen.pid, pgid=popen.pid, start_time=started)
+        return popen, record
+
+    @classmethod
+    def release(cls, record: Record) -> None:
+        if record.get("boot_id") not in (None, current_identity().boot_id):
+            return  # every process of an earlier boot is gone
+        grace = float(record.get("grace", 5.0))
+        sig = int(record.get("signal", signal.SIGTERM))
+        for _round in range(3):  # members may fork while we stop them; look again after
+            targets = _find(record)
+            if not targets:
+                return
+            _signal_all(targets, sig)
+            remaining = _wait_gone(targets, grace)
+            if remaining:
+                _signal_all(remaining, signal.SIGKILL)
+                remaining = _wait_gone(remaining, _KILL_WAIT)
+            if remaining:
+                pids = ", ".join(str(p) for p in sorted(remaining))
+                raise OSError(f"processes {pids} still run after SIGKILL")
+        if _find(record):
+            raise OSError("the process group keeps starting new processes")
+
+    @classmethod
+    def exists(cls, record: Record) -> bool:
+        if record.get("boot_id") not in (None, current_identity().boot_id):
+            return False
+        return bool(_find(record))
+
+    @classmethod
+    def describe(cls, record: Record) -> str:
+        pid = record.get("pid")
+        return f"{record.get('program', '?')} (pid {pid})" if pid else str(record.get("name"))
+
+    def discard(self, value: subprocess.Popen[Any]) -> None:
+        # Reap our own child so it does not stay a zombie, and give Popen its return code.
+        with contextlib.suppress(subprocess.TimeoutExpired, ChildProcessError):
+            value.wait(timeout=1.0)
+
+
+def _find(record: Record) -> dict[int, int]:
+    """Live processes that belong to the resource: pid -> start time."""
+    found: dict[int, int] = {}
+    pid = record.get("pid")
+    pgid = record.get("pgid", pid)
+    started = record.get("start_time")
+    group_is_ours = False
+    if pid is not None and started is not None:
+        leader = process_state(int(pid))
+        if leader is None or leader.start_time == started:
+            group_is_ours = True
+            if leader is not None and leader.alive:
+                found[leader.pid] = leader.start_time
+    marker = f"{MARKER_ENV}={record['name']}".encode() + b"\0"
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        other = int(entry)
+        if other == me or other in found:
+            continue
+        state = process_state(other)
+        if state is None or not state.alive:
+            continue
+        in_group = group_is_ours and state.pgid == pgid and state.start_time >= int(started or 0)
+        if in_group or _has_marker(other, marker):
+            found[other] = state.start_time
+    return found
+
+
+def _has_marker(pid: int, marker: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read()
+    except OSError:
+        return False
+    return environ.startswith(marker) or (b"\0" + marker) in environ
+
+
+def _signal_all(targets: dict[int, int], sig: int) -> None:
+    for pid, started in targets.items():
+        _send(pid, started, sig)
+
+
+def _send(pid: int, started: int, sig: int) -> None:
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except OSError:  # pragma: no cover - kernels before 5.3
+        if start_time_of(pid) == started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        return
+    try:
+        # The pidfd pins the process: if the start time still matches now, the signal reaches
+        # exactly the process we found, never one that got its pid since.
+        if start_time_of(pid) == started:
+            signal.pidfd_send_signal(fd, sig)
+    except ProcessLookupError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _wait_gone(targets: dict[int, int], timeout: float) -> dict[int, int]:
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        remaining = {}
+        for pid, started in targets.items():
+            state = process_state(pid)
+            if state is not None and state.alive and state.start_time == started:
+                remaining[pid] = started
+        if not remaining or time.monotonic() >= deadline:
+            return remaining
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)

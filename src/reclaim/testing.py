@@ -1,0 +1,142 @@
+"""The conformance kit for backends: ``check_backend`` proves a backend keeps the contract.
+
+Run it in your backend's tests against the real server::
+
+    def test_bucket_backend(tmp_path):
+        reclaim.testing.check_backend(lambda: Bucket(URL, TOKEN), registry=tmp_path / "r.db")
+
+Every built-in backend passes it, through one parametrisation in reclaim's own tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from reclaim._identity import Identity, current_identity
+from reclaim._reaper import sweep
+from reclaim._registry import open_registry
+from reclaim.backends import Backend, Record, load_backend, make_name
+
+__all__ = ["check_backend", "dead_identity"]
+
+
+def dead_identity() -> Identity:
+    """An owner of this machine that is certainly dead: this pid with a start time it never had.
+
+    For tests that need a run whose owner died without killing anything.
+    """
+    me = current_identity()
+    return Identity(host=me.host, boot_id=me.boot_id, pidns=me.pidns, pid=me.pid, start_time=-1)
+
+
+def check_backend(
+    make: Callable[[], Backend[Any]],
+    *,
+    registry: str | os.PathLike[str],
+    delete_outside: Callable[[Record], None] | None = None,
+) -> None:
+    """Check that the backends ``make()`` returns keep reclaim's contract.
+
+    Checks, each with a message that says which rule broke:
+
+    1. the kind is set and ``load_backend(kind)`` finds this class (entry points);
+    2. the planned record is JSON and is all release needs: released before creation it is a
+       no-op, and after creation it finds what acquire made (I1);
+    3. acquire creates (``exists`` says so), the record survives a JSON round trip (I2);
+    4. release deletes, a second release is a no-op (I3);
+    5. release after somebody else deleted it succeeds (``delete_outside``, when given);
+    6. a resource of a dead run is released by the sweeper, which knows only the registry.
+
+    Args:
+        make: returns a fresh backend instance each call.
+        registry: a path for a scratch registry file (created, then left for the caller).
+        delete_outside: deletes the resource behind reclaim's back, as a test or an operator
+            might. Skipped when None.
+
+    Raises:
+        AssertionError: the backend broke the contract; the message says how.
+    """
+    backend = make()
+    cls = type(backend)
+    assert cls.kind, f"{cls.__name__}.kind is empty: every backend needs a registry name"
+    assert load_backend(cls.kind) is cls, (
+        f"load_backend({cls.kind!r}) does not find {cls.__name__}: register it under the"
+        " entry-point group 'reclaim.backends'"
+    )
+    run_id = secrets.token_hex(4)
+
+    def fresh(seq: int) -> tuple[Backend[Any], str, Record]:
+        b = make()
+        name = b.adapt_name(make_name(run_id, seq))
+        planned = _round_trip(b.plan(name), cls, "plan()")
+        return b, name, planned
+
+    # 2. planned but never created: release is a no-op, and nothing exists.
+    b, name, planned = fresh(1)
+    assert not cls.exists(planned), f"{cls.kind}: exists() is true before acquire()"
+    cls.release(planned)
+    assert not cls.exists(planned), f"{cls.kind}: releasing a planned record created something"
+
+    # 3. acquire, exists, and the planned record finds it (I1).
+    value, record = b.acquire(name)
+    record = _round_trip(record, cls, "acquire()")
+    assert cls.exists(record), f"{cls.kind}: exists() is false right after acquire()"
+    assert cls.exists(planned), (
+        f"{cls.kind}: the planned record does not find the created resource; a crash between"
+        " create and record would leak it (I1)"
+    )
+    # 4. release, then release again.
+    cls.release(record)
+    assert not cls.exists(record), f"{cls.kind}: the resource still exists after release()"
+    cls.release(record)
+    b.discard(value)
+
+    # 5. somebody else deleted it first.
+    if delete_outside is not None:
+        b, name, _planned = fresh(2)
+        value, record = b.acquire(name)
+        delete_outside(record)
+        assert not cls.exists(record), f"{cls.kind}: delete_outside did not delete it"
+        cls.release(record)
+        b.discard(value)
+
+    # The crash between create and record: release from the planned record alone.
+    b, name, planned = fresh(3)
+    value, record = b.acquire(name)
+    cls.release(planned)
+    assert not cls.exists(record), (
+        f"{cls.kind}: release(planned record) left the created resource behind (I1)"
+    )
+    b.discard(value)
+
+    # 6. the sweeper releases a dead run's resource from the registry alone.
+    reg = open_registry(os.fspath(registry))
+    try:
+        owner = dead_identity()
+        reg.open_run(run_id, owner, label="check_backend")
+        b, name, planned = fresh(4)
+        rid = reg.plan(run_id, "check_backend", cls.kind, name, planned)
+        value, record = b.acquire(name)
+        reg.mark_acquired(rid, record)
+        report = sweep(reg, grace=0)
+        assert reg.get_resource(rid) is None, (
+            f"{cls.kind}: the sweeper did not release a dead run's resource: {report.to_json()}"
+        )
+        assert not cls.exists(record), f"{cls.kind}: swept, yet the resource still exists"
+    finally:
+        reg.close()
+
+
+def _round_trip(record: Record, cls: type[Backend[Any]], where: str) -> Record:
+    assert isinstance(record, dict), f"{cls.kind}: {where} must return a dict record"
+    assert "name" in record, f"{cls.kind}: the record of {where} has no 'name'"
+    try:
+        again: Record = json.loads(json.dumps(record))
+    except (TypeError, ValueError) as exc:
+        raise AssertionError(f"{cls.kind}: the record of {where} is not JSON: {exc}") from exc
+    assert again == record, f"{cls.kind}: the record of {where} changes in a JSON round trip"
+    return again
