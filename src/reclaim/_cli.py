@@ -25,7 +25,8 @@ from reclaim.backends import load_backend
 
 __all__ = ["main"]
 
-_console = Console(highlight=False, soft_wrap=True)
+# Not on a terminal (a pipe, CI logs): wide enough that paths and errors are never cut short.
+_console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 400)
 _errors = Console(stderr=True, highlight=False)
 
 
@@ -203,6 +204,8 @@ def _print_sweep(report: SweepReport, dry_run: bool) -> None:
             )
     for outcome in report.outcomes:
         r = outcome.resource
+        if r is None:
+            continue
         if outcome.released:
             _console.print(f"[green]released[/green]  {r.kind}  {_describe(r)}")
         elif outcome.error is not None:

@@ -77,9 +77,10 @@ class RetryPolicy:
 
 @dataclasses.dataclass(frozen=True)
 class ReleaseOutcome:
-    """What happened to one resource."""
+    """What happened to one resource (``resource`` is None when it was skipped: somebody else
+    holds it, or it is gone)."""
 
-    resource: ResourceRecord
+    resource: ResourceRecord | None
     released: bool
     error: BaseException | None = None
     skipped: bool = False  # somebody else holds it
@@ -87,7 +88,7 @@ class ReleaseOutcome:
 
 def release_resource(
     registry: Registry,
-    resource: ResourceRecord,
+    resource: ResourceRecord | int,
     *,
     actor: str,
     states: tuple[ResourceState, ...],
@@ -106,9 +107,10 @@ def release_resource(
     :class:`BackendNotFoundError`), already journaled as ``failed``.
     """
     policy = policy or RetryPolicy()
-    claimed = registry.begin_release(resource.id, states=states)
+    resource_id = resource if isinstance(resource, int) else resource.id
+    claimed = registry.begin_release(resource_id, states=states)
     if claimed is None:
-        return ReleaseOutcome(resource, released=False, skipped=True)
+        return ReleaseOutcome(None, released=False, skipped=True)
     if backend is None:
         try:
             backend = load_backend(claimed.kind)

@@ -24,7 +24,7 @@ from reclaim._reaper import release_resource
 from reclaim._registry import Registry, ResourceState, default_location, open_registry
 from reclaim.backends import make_name
 
-__all__ = ["Run", "current_run", "existing_run"]
+__all__ = ["Run", "current_run", "end_run", "existing_run"]
 
 #: Environment variable naming the run a process belongs to (``reclaim run``, xdist workers).
 PARENT_ENV: Final = "RECLAIM_PARENT_RUN"
@@ -98,6 +98,17 @@ def existing_run(registry: str | None = None) -> Run | None:
     with _lock:
         run = _runs.get(registry or default_location())
         return None if run is None or run.closed else run
+
+
+def end_run(registry: str | None = None) -> None:
+    """Close this process's run for ``registry`` now (as a clean exit would), if one is open."""
+    with _lock:
+        run = _runs.pop(registry or default_location(), None)
+    if run is not None:
+        try:
+            run.close()
+        finally:
+            run.registry.close()
 
 
 def _close_all() -> None:

@@ -16,6 +16,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+from reclaim._errors import BackendNotFoundError
 from reclaim._identity import Identity, current_identity
 from reclaim._reaper import sweep
 from reclaim._registry import open_registry
@@ -33,7 +34,7 @@ def dead_identity() -> Identity:
     return Identity(host=me.host, boot_id=me.boot_id, pidns=me.pidns, pid=me.pid, start_time=-1)
 
 
-def check_backend(
+def check_backend(  # noqa: PLR0915  (a linear script of checks reads best in one piece)
     make: Callable[[], Backend[Any]],
     *,
     registry: str | os.PathLike[str],
@@ -63,9 +64,13 @@ def check_backend(
     backend = make()
     cls = type(backend)
     assert cls.kind, f"{cls.__name__}.kind is empty: every backend needs a registry name"
-    assert load_backend(cls.kind) is cls, (
+    try:
+        found: type[Backend[Any]] | None = load_backend(cls.kind)
+    except BackendNotFoundError:
+        found = None
+    assert found is cls, (
         f"load_backend({cls.kind!r}) does not find {cls.__name__}: register it under the"
-        " entry-point group 'reclaim.backends'"
+        " entry-point group 'reclaim.backends' (the watchdog and the sweeper find it there)"
     )
     run_id = secrets.token_hex(4)
 
@@ -127,6 +132,7 @@ def check_backend(
             f"{cls.kind}: the sweeper did not release a dead run's resource: {report.to_json()}"
         )
         assert not cls.exists(record), f"{cls.kind}: swept, yet the resource still exists"
+        b.discard(value)
     finally:
         reg.close()
 

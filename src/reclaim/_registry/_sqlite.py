@@ -160,17 +160,16 @@ class SQLiteRegistry(Registry):
             return self._conn_obj
         if self._conn_obj is not None:
             _inherited.append(self._conn_obj)
+        conn = sqlite3.connect(
+            self.path,
+            timeout=_BUSY_TIMEOUT_S,
+            isolation_level=None,
+            check_same_thread=False,
+        )
         try:
-            conn = sqlite3.connect(
-                self.path,
-                timeout=_BUSY_TIMEOUT_S,
-                isolation_level=None,
-                check_same_thread=False,
-            )
             conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-            if mode != "wal":
-                conn.execute("PRAGMA journal_mode = WAL")
+            self._refuse_foreign(conn)  # before anything is written to the file
+            _set_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             if sqlite3.sqlite_version_info < (3, 35, 0):
@@ -182,8 +181,23 @@ class SQLiteRegistry(Registry):
             self._ensure_schema(conn)
         except sqlite3.DatabaseError as exc:
             self._conn_obj = None
+            conn.close()
             raise self._corrupt(f"cannot be used ({exc})") from exc
+        except BaseException:
+            self._conn_obj = None
+            conn.close()
+            raise
         return conn
+
+    def _refuse_foreign(self, conn: sqlite3.Connection) -> None:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        if not tables:
+            return
+        meta = {}
+        if "meta" in tables:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        if meta.get("application") != _APPLICATION:
+            raise self._corrupt("is an SQLite database but not a reclaim registry")
 
     def _ensure_schema(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
@@ -559,6 +573,24 @@ class SQLiteRegistry(Registry):
             if self._conn_obj is not None and self._pid == os.getpid():
                 self._conn_obj.close()
             self._conn_obj = None
+
+
+def _set_wal(conn: sqlite3.Connection) -> None:
+    # Switching a new file to WAL needs an exclusive lock, and SQLite does not call the busy
+    # handler for it: when several processes create the registry at once, wait our turn here.
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    delay = 0.001
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
 
 _RUN_COLUMNS: Final = (

@@ -1,0 +1,117 @@
+"""Shared fixtures: every test gets its own registry and scratch directory, and whatever a
+test's child processes leave is swept (with reclaim itself) and killed at teardown, also when the
+test fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reclaim._identity import process_state
+from reclaim._reaper import sweep
+from reclaim._registry import open_registry
+from reclaim._run import end_run
+
+TESTS_DIR = Path(__file__).parent
+TEST_BACKENDS = (
+    "test.flaky=reclaim_test_backends:Flaky,test.forgetful=reclaim_test_backends:Forgetful"
+)
+CHILD_TIMEOUT = 60.0
+
+
+@pytest.fixture
+def registry_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh registry file for this test, also exported as RECLAIM_REGISTRY."""
+    path = str(tmp_path / "state" / "registry.sqlite3")
+    monkeypatch.setenv("RECLAIM_REGISTRY", path)
+    monkeypatch.setenv("RECLAIM_BACKENDS", TEST_BACKENDS)
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])
+    )
+    yield path
+    end_run(path)
+    if os.path.exists(path):
+        reg = open_registry(path)
+        try:
+            sweep(reg, grace=0)
+        finally:
+            reg.close()
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Path:
+    """Where tests put temp directories they acquire (so a leak never reaches /tmp)."""
+    path = tmp_path / "scratch"
+    path.mkdir()
+    return path
+
+
+def alive(pid: int) -> bool:
+    """Is the process running (zombies have exited and do not count)?"""
+    state = process_state(pid)
+    return state is not None and state.alive
+
+
+Spawner = Callable[..., tuple[subprocess.Popen[str], dict[str, Any]]]
+
+
+@pytest.fixture
+def spawn(registry_path: str) -> Iterator[Spawner]:
+    """Start ``python -c CODE ARGS...`` that prints one JSON line once it holds its resources.
+
+    Returns the process and the parsed line. Every such process is SIGKILLed at teardown.
+    """
+    started: list[subprocess.Popen[str]] = []
+
+    def _spawn(code: str, *args: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        started.append(proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            _, err = proc.communicate(timeout=CHILD_TIMEOUT)
+            raise AssertionError(f"child failed (exit {proc.returncode}):\n{err}")
+        return proc, json.loads(line)
+
+    yield _spawn
+    for proc in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=CHILD_TIMEOUT)
+        if proc.stdout:
+            proc.stdout.close()
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def kill(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL and wait: the crash the tests are about."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=CHILD_TIMEOUT)
+
+
+def reclaim_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the real ``reclaim`` command (as a user's shell would) with this test's env."""
+    result = subprocess.run(
+        [sys.executable, "-m", "reclaim", *args],
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"reclaim {' '.join(args)} exited {result.returncode}:\n{result}")
+    return result

@@ -1,0 +1,187 @@
+"""The built-in local backends: the conformance kit over each, then what is special to each."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import alive
+from reclaim import BackendNotFoundError
+from reclaim.backends import Backend, Record, load_backend, make_name, parse_name
+from reclaim.backends.path import TempDir
+from reclaim.backends.process import MARKER_ENV, Process
+from reclaim.testing import check_backend
+from reclaim_test_backends import Forgetful
+
+
+def _kill_recorded(record: Record) -> None:
+    os.kill(record["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while alive(record["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _rmdir_recorded(record: Record) -> None:
+    os.rmdir(record["path"])
+
+
+BackendCase = tuple[Callable[[Path], Backend[Any]], Callable[[Record], None]]
+
+#: Every built-in backend that needs no server, for the conformance kit.
+LOCAL_BACKENDS: dict[str, BackendCase] = {
+    "path.tempdir": (lambda scratch: TempDir(parent=scratch), _rmdir_recorded),
+    "process": (lambda scratch: Process(["sleep", "600"], grace=2), _kill_recorded),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LOCAL_BACKENDS))
+def test_conformance(kind: str, scratch: Path, tmp_path: Path, registry_path: str) -> None:
+    make, delete_outside = LOCAL_BACKENDS[kind]
+    check_backend(
+        lambda: make(scratch), registry=tmp_path / "kit.sqlite3", delete_outside=delete_outside
+    )
+
+
+def test_kit_catches_a_backend_that_breaks_i1(
+    scratch: Path, tmp_path: Path, registry_path: str
+) -> None:
+    with pytest.raises(AssertionError, match=r"planned record does not find"):
+        check_backend(lambda: Forgetful(scratch), registry=tmp_path / "kit.sqlite3")
+
+
+def test_kit_needs_the_backend_registered(scratch: Path, tmp_path: Path) -> None:
+    class Unregistered(TempDir):
+        kind = "test.unregistered"
+
+    with pytest.raises(AssertionError, match="entry-point group"):
+        check_backend(lambda: Unregistered(parent=scratch), registry=tmp_path / "kit.sqlite3")
+
+
+def test_built_ins_load_through_entry_points() -> None:
+    assert load_backend("path.tempdir") is TempDir
+    assert load_backend("process") is Process
+    with pytest.raises(BackendNotFoundError, match=r"reclaim\.backends"):
+        load_backend("no.such.kind")
+
+
+def test_names_carry_prefix_run_and_time() -> None:
+    name = make_name("0a1b2c3d", 7, now=1_800_000_000)
+    assert name.startswith("rc_0a1b2c3d_")
+    assert name.endswith("_7")
+    assert parse_name(f"prefix-{name}") == ("0a1b2c3d", 1_800_000_000.0)
+    assert parse_name("tmp_unrelated") is None
+    assert name == name.lower()
+    assert len(name) <= 30
+
+
+def test_tempdir_removes_read_only_trees(registry_path: str, scratch: Path) -> None:
+    backend = TempDir(prefix="ro-", parent=scratch)
+    path, record = backend.acquire(backend.adapt_name("rc_00000000_a_1"))
+    assert path.name == "ro-rc_00000000_a_1"
+    (path / "sub").mkdir()
+    (path / "sub" / "f").write_text("x")
+    (path / "sub").chmod(0o500)
+    TempDir.release(record)
+    assert not path.exists()
+
+
+def test_tempdir_never_follows_a_symlink(scratch: Path) -> None:
+    precious = scratch / "precious"
+    precious.mkdir()
+    (precious / "keep").write_text("x")
+    link = scratch / "rc_00000000_a_1"
+    link.symlink_to(precious)
+    TempDir.release({"name": link.name, "path": str(link)})
+    assert not link.exists()
+    assert (precious / "keep").exists()
+
+
+def test_tempdir_rejects_a_path_in_the_prefix() -> None:
+    with pytest.raises(ValueError, match="must not contain"):
+        TempDir(prefix="../escape")
+
+
+def test_process_escalates_to_sigkill() -> None:
+    backend = Process(["bash", "-c", "trap '' TERM; sleep 600 & wait"], grace=0.3)
+    popen, record = backend.acquire("rc_00000000_a_1")
+    try:
+        time.sleep(0.2)  # let bash install its trap and start its child
+        started = time.monotonic()
+        Process.release(record)
+        assert time.monotonic() - started >= 0.3, "waited the grace period first"
+        assert not Process.exists(record)
+    finally:
+        backend.discard(popen)
+    assert popen.returncode == -signal.SIGKILL
+
+
+def test_process_group_and_escaped_grandchildren(tmp_path: Path) -> None:
+    """Members of the group and a grandchild that left it with setsid are all stopped."""
+    pids_file = tmp_path / "pids"
+    script = f"sleep 600 & echo $! >> {pids_file}; setsid sleep 600 & echo $! >> {pids_file}; wait"
+    backend = Process(["bash", "-c", script], grace=2)
+    popen, record = backend.acquire("rc_00000000_a_2")
+    try:
+        deadline = time.monotonic() + 10
+        while len(pids_file.read_text().split() if pids_file.exists() else []) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        in_group, escaped = (int(p) for p in pids_file.read_text().split())
+        assert os.getpgid(escaped) != record["pgid"]
+        Process.release(record)
+        assert not alive(in_group)
+        assert not alive(escaped)
+        assert not alive(popen.pid)
+    finally:
+        backend.discard(popen)
+
+
+def test_process_never_signals_a_reused_pid() -> None:
+    """A record whose pid now belongs to a stranger (another start time, no marker)."""
+    stranger = subprocess.Popen(["sleep", "600"])
+    try:
+        record = {
+            "name": "rc_00000000_a_3",
+            "pid": stranger.pid,
+            "pgid": stranger.pid,
+            "start_time": 1,  # not the stranger's
+            "grace": 0.1,
+        }
+        assert not Process.exists(record)
+        Process.release(record)
+        time.sleep(0.1)
+        assert alive(stranger.pid)
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_process_planned_record_finds_the_child_by_marker() -> None:
+    """The crash between fork and journaling the pid: the planned record has no pid, yet the
+    child is found through the marker in its environment."""
+    backend = Process([sys.executable, "-c", "import time; time.sleep(600)"], grace=2)
+    planned = backend.plan("rc_00000000_a_4")
+    popen, _record = backend.acquire("rc_00000000_a_4")
+    try:
+        with open(f"/proc/{popen.pid}/environ", "rb") as f:
+            assert f"{MARKER_ENV}=rc_00000000_a_4".encode() in f.read()
+        assert Process.exists(planned)
+        Process.release(planned)
+        assert not alive(popen.pid)
+    finally:
+        backend.discard(popen)
+
+
+def test_process_rejects_shell_strings_and_group_options() -> None:
+    with pytest.raises(TypeError, match="not a shell line"):
+        Process("sleep 1")
+    with pytest.raises(ValueError, match="start_new_session"):
+        Process(["sleep", "1"], start_new_session=False)
