@@ -21,8 +21,9 @@ from reclaim._registry import open_registry
 from reclaim._run import end_run
 
 TESTS_DIR = Path(__file__).parent
-TEST_BACKENDS = (
-    "test.flaky=reclaim_test_backends:Flaky,test.forgetful=reclaim_test_backends:Forgetful"
+TEST_BACKENDS = ",".join(
+    f"test.{name.lower()}=reclaim_test_backends:{name}"
+    for name in ("Flaky", "Forgetful", "SlowDir")
 )
 CHILD_TIMEOUT = 60.0
 

@@ -7,6 +7,7 @@ that quotes its secret token, so tests can prove the token never reaches the reg
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from reclaim.backends import Backend, Record
@@ -64,6 +65,45 @@ class Forgetful(Backend[Path]):
     def release(cls, record: Record) -> None:
         if os.path.isdir(record["path"]):
             os.rmdir(record["path"])
+
+    @classmethod
+    def exists(cls, record: Record) -> bool:
+        return os.path.exists(record["path"])
+
+
+class SlowDir(Backend[Path]):
+    """A directory whose acquire pauses after mkdir (created, not yet recorded) and whose release
+    pauses half-way (one file deleted, the directory not yet): the windows a chaos test kills in.
+    Each pause is announced on stdout first, so a test can kill right inside it."""
+
+    kind = "test.slowdir"
+
+    def __init__(self, directory: Path, pause: float = 0.2) -> None:
+        self.directory = directory
+        self.pause = pause
+
+    def plan(self, name: str) -> Record:
+        return {"name": name, "path": str(self.directory / name), "pause": self.pause}
+
+    def acquire(self, name: str) -> tuple[Path, Record]:
+        record = self.plan(name)
+        path = Path(record["path"])
+        path.mkdir()
+        (path / "a").write_text("a")
+        print("in-acquire", flush=True)
+        time.sleep(self.pause)
+        return path, record
+
+    @classmethod
+    def release(cls, record: Record) -> None:
+        path = Path(record["path"])
+        if not path.exists():
+            return
+        (path / "a").unlink(missing_ok=True)
+        if os.environ.get("RECLAIM_TEST_ANNOUNCE") == "1":
+            print("in-release", flush=True)
+            time.sleep(record["pause"])
+        path.rmdir()
 
     @classmethod
     def exists(cls, record: Record) -> bool:

@@ -7,8 +7,16 @@ import os
 import re
 from pathlib import Path
 
+import pytest
+
 from conftest import Spawner, kill, reclaim_cli
 from test_reaper import HOLDER
+
+
+@pytest.fixture(autouse=True)
+def _no_watchdog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about the sweeper (layer 4): no watchdog may release first."""
+    monkeypatch.setenv("RECLAIM_WATCHDOG", "0")
 
 
 def test_demo_runs_on_a_fresh_registry(tmp_path: Path, registry_path: str) -> None:

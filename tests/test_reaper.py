@@ -19,6 +19,13 @@ from reclaim._registry import open_registry
 from reclaim.testing import dead_identity
 from reclaim_test_backends import SECRET
 
+
+@pytest.fixture(autouse=True)
+def _no_watchdog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about the sweeper (layer 4): no watchdog may release first."""
+    monkeypatch.setenv("RECLAIM_WATCHDOG", "0")
+
+
 HOLDER = """
 import json, sys, time
 import reclaim

@@ -53,10 +53,13 @@ def run_demo(location: str, console: Console) -> bool:
     """Run the demo against the registry at ``location``; True when nothing remains."""
     console.print("[bold]reclaim demo[/bold]: a process is killed with SIGKILL; its leftovers go.")
     console.print(f"[dim]registry: {location}[/dim]\n")
+    # No watchdog for the child: the demo shows what the sweeper does with a run whose owner and
+    # watchdog died together (a whole CI machine killed at once).
     child = subprocess.Popen(
         [sys.executable, "-m", "reclaim._demo", location],
         stdout=subprocess.PIPE,
         text=True,
+        env={**os.environ, "RECLAIM_WATCHDOG": "0"},
     )
     try:
         assert child.stdout is not None

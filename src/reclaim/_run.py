@@ -1,34 +1,62 @@
-"""This process's ownership of resources: the run.
+"""This process's ownership of resources: the run, its watchdog, and its signal handling.
 
 A run is opened lazily, at the first acquisition in a process, and closed when the process ends
 cleanly (``atexit``): whatever is still held then is released, last in first out, and the run's
 row goes. A process that does not end cleanly leaves its run open with its owner dead, and the
 watchdog or the next sweep releases what it held.
 
+Opening a run starts its watchdog (layer 3, see ``_watchdog.py``) and, in the main thread,
+turns SIGTERM and SIGHUP into :class:`Terminated` while the run is open (layer 2), so ``with``
+blocks and finalizers run as they do for Ctrl-C. A handler the user installed is left alone.
+
 A forked child is not the owner of its parent's run: after ``fork`` the child starts with no run
-and opens its own at its first acquisition.
+(and closes its copy of the watchdog pipe, so it cannot keep a dead owner "alive") and opens its
+own at its first acquisition.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import os
 import secrets
+import signal
+import subprocess
 import sys
 import threading
+from types import FrameType
 from typing import Final
 
+from reclaim import _watchdog
 from reclaim._identity import Identity, current_identity
 from reclaim._reaper import release_resource
 from reclaim._registry import Registry, ResourceState, default_location, open_registry
 from reclaim.backends import make_name
 
-__all__ = ["Run", "current_run", "end_run", "existing_run"]
+__all__ = ["Run", "Terminated", "current_run", "end_run", "existing_run"]
 
 #: Environment variable naming the run a process belongs to (``reclaim run``, xdist workers).
 PARENT_ENV: Final = "RECLAIM_PARENT_RUN"
 LABEL_ENV: Final = "RECLAIM_RUN_LABEL"
+#: Set to 0 to start no watchdog (tests of the sweeper; environments that forbid processes).
+WATCHDOG_ENV: Final = "RECLAIM_WATCHDOG"
+
+_SIGNALS: Final = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when SIGTERM or SIGHUP arrives while a run is open.
+
+    A KeyboardInterrupt, so that everything that unwinds on Ctrl-C (``with`` blocks, pytest's
+    teardown, ``finally``) unwinds on SIGTERM too, and ``except Exception`` does not swallow it.
+    A second signal while unwinding is ignored so that the releases finish; a SIGKILL is left to
+    the watchdog.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
+        self.signum = signum
 
 
 class Run:
@@ -52,6 +80,45 @@ class Run:
         else:  # pragma: no cover - five collisions in 2**32
             raise RuntimeError("could not draw a unique run id")
         self.closed = False
+        self.watchdog: subprocess.Popen[bytes] | None = None
+        self._pipe: int | None = None
+        if os.environ.get(WATCHDOG_ENV, "1") != "0":
+            self._start_watchdog()
+
+    def _start_watchdog(self) -> None:
+        read_end, write_end = os.pipe()  # both close-on-exec: no exec'd child inherits them
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(_watchdog.__file__)))
+        try:
+            self.watchdog = subprocess.Popen(
+                [
+                    sys.executable,
+                    _watchdog.__file__,
+                    package_parent,
+                    self.registry.location,
+                    self.id,
+                    str(self.owner.pid),
+                    str(self.owner.start_time),
+                ],
+                stdin=read_end,
+                # Never hold the owner's stdout/stderr: a parent reading them to EOF would wait
+                # for the watchdog too.
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            os.close(write_end)
+            self.registry.add_event(
+                "run.unwatched", run_id=self.id, detail={"error": f"watchdog failed: {exc}"}
+            )
+            return
+        finally:
+            os.close(read_end)
+        self._pipe = write_end
+        _pipes.add(write_end)
+        self.registry.add_event(
+            "run.watched", run_id=self.id, detail={"watchdog_pid": self.watchdog.pid}
+        )
 
     def next_name(self) -> str:
         """A fresh name for a resource of this run."""
@@ -70,6 +137,18 @@ class Run:
                 states=(ResourceState.PLANNED, ResourceState.ACQUIRED, ResourceState.FAILED),
             )
         self.registry.close_run(self.id)
+        self._release_watchdog()
+
+    def _release_watchdog(self) -> None:
+        if self._pipe is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._pipe, _watchdog.CLOSED)
+            _pipes.discard(self._pipe)
+            os.close(self._pipe)
+            self._pipe = None
+        if self.watchdog is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.watchdog.wait(timeout=5)
 
     def __repr__(self) -> str:
         return f"<Run {self.id} pid={self.owner.pid} registry={self.registry.location!r}>"
@@ -77,6 +156,41 @@ class Run:
 
 _lock = threading.Lock()
 _runs: dict[str, Run] = {}
+_pipes: set[int] = set()  # write ends of watchdog pipes, closed in forked children
+
+# --- signals (layer 2) ---------------------------------------------------------------------
+
+_installed: dict[int, object] = {}  # signal -> the handler that was there before ours
+_terminating = False
+
+
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    global _terminating  # noqa: PLW0603
+    if _terminating:
+        return  # already unwinding: let the releases finish
+    _terminating = True
+    raise Terminated(signum)
+
+
+def _install_signal_handlers() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in _SIGNALS:
+        if signum in _installed:
+            continue
+        current = signal.getsignal(signum)
+        if current is signal.SIG_DFL:  # the user's own handler, or SIG_IGN, is left alone
+            signal.signal(signum, _on_signal)
+            _installed[signum] = current
+
+
+def _restore_signal_handlers() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum, previous in list(_installed.items()):
+        if signal.getsignal(signum) is _on_signal:
+            signal.signal(signum, previous)  # type: ignore[arg-type]
+        del _installed[signum]
 
 
 def current_run(registry: Registry | str | None = None) -> Run:
@@ -90,6 +204,7 @@ def current_run(registry: Registry | str | None = None) -> Run:
             label = os.environ.get(LABEL_ENV) or os.path.basename(sys.argv[0] or "python")
             run = Run(reg, current_identity(), label[:120])
             _runs[key] = run
+            _install_signal_handlers()
         return run
 
 
@@ -109,6 +224,9 @@ def end_run(registry: str | None = None) -> None:
             run.close()
         finally:
             run.registry.close()
+            with _lock:
+                if not _runs:
+                    _restore_signal_handlers()
 
 
 def _close_all() -> None:
@@ -123,10 +241,19 @@ def _close_all() -> None:
 
 
 def _forget_after_fork() -> None:
-    # The child is not the owner: it must neither release nor close the parent's run.
-    global _lock  # noqa: PLW0603
+    # The child is not the owner: it must neither release nor close the parent's run, nor keep
+    # the parent's watchdog pipe open (the parent's death would go unnoticed through the pipe).
+    global _lock, _terminating  # noqa: PLW0603
     _lock = threading.Lock()
+    for run in _runs.values():
+        run._pipe = None
+        run.closed = True
     _runs.clear()
+    for fd in list(_pipes):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _pipes.clear()
+    _terminating = False
 
 
 atexit.register(_close_all)

@@ -1,0 +1,269 @@
+"""Layer 3: the watchdog releases what a SIGKILLed owner held, with no other command, and the
+sweeper finishes the job when the watchdog dies too. A chaos loop kills at random moments."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import CHILD_TIMEOUT, Spawner, alive, kill, reclaim_cli
+from reclaim._registry import open_registry
+
+HOLDER = """
+import json, os, sys, time
+import reclaim
+from reclaim.backends.path import TempDir
+from reclaim.backends.process import Process
+from reclaim._run import current_run
+
+with reclaim.Fixture("holder") as f:
+    dirs = [str(f.acquire(TempDir(parent=sys.argv[1]))) for _ in range(int(sys.argv[2]))]
+    proc = f.acquire(Process(["sleep", "600"]))
+    run = current_run()
+    extra = {}
+    if len(sys.argv) > 3 and sys.argv[3] == "fork":
+        pid = os.fork()  # a forked worker that outlives the owner, holding every inherited fd
+        if pid == 0:
+            time.sleep(600)
+            os._exit(0)
+        extra["forked"] = pid
+    if len(sys.argv) > 3 and sys.argv[3] == "exec":
+        # an exec'd child that outlives the owner
+        extra["forked"] = __import__("subprocess").Popen(["sleep", "600"]).pid
+    print(json.dumps({"dirs": dirs, "pid": proc.pid, "run": run.id,
+                      "watchdog": run.watchdog.pid, **extra}), flush=True)
+    time.sleep(600)
+"""
+
+
+def wait_until(predicate: Any, timeout: float = 20.0) -> float:
+    """Poll until ``predicate()`` is true; return the seconds it took. Fails after ``timeout``."""
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"not true after {timeout} s: {predicate}")
+        time.sleep(0.002)
+    return time.monotonic() - started
+
+
+def run_gone(registry_path: str, run_id: str) -> bool:
+    reg = open_registry(registry_path)
+    try:
+        return reg.get_run(run_id) is None
+    finally:
+        reg.close()
+
+
+def test_sigkill_releases_100_dirs_and_a_process(
+    spawn: Spawner, scratch: Path, registry_path: str
+) -> None:
+    proc, held = spawn(HOLDER, str(scratch), "100")
+    assert len(list(scratch.iterdir())) == 100
+    kill(proc)
+    started = time.monotonic()
+    wait_until(lambda: not any(os.path.exists(d) for d in held["dirs"]) and not alive(held["pid"]))
+    elapsed = time.monotonic() - started
+    wait_until(lambda: run_gone(registry_path, held["run"]))
+    reg = open_registry(registry_path)
+    by = {e.detail.get("by") for e in reg.events() if e.event == "resource.released"}
+    assert by == {"watchdog"}
+    reg.close()
+    print(f"\nSIGKILL -> last of 101 releases: {elapsed * 1000:.0f} ms")
+    wait_until(lambda: not alive(held["watchdog"]))
+
+
+@pytest.mark.parametrize("pidfd", ["1", "0"], ids=["pidfd", "pipe-only"])
+@pytest.mark.parametrize("child", ["fork", "exec"])
+def test_children_do_not_keep_a_dead_owner_alive(
+    spawn: Spawner,
+    scratch: Path,
+    registry_path: str,
+    monkeypatch: pytest.MonkeyPatch,
+    pidfd: str,
+    child: str,
+) -> None:
+    monkeypatch.setenv("RECLAIM_WATCHDOG_PIDFD", pidfd)
+    proc, held = spawn(HOLDER, str(scratch), "2", child)
+    try:
+        kill(proc)
+        wait_until(lambda: not any(os.path.exists(d) for d in held["dirs"]))
+        assert alive(held["forked"]), "the child is still there, and did not delay the release"
+    finally:
+        os.kill(held["forked"], signal.SIGKILL)
+
+
+def test_group_and_watchdog_killed_together_then_sweep(
+    spawn: Spawner, scratch: Path, registry_path: str
+) -> None:
+    """A whole container dies at once: owner, its group and its watchdog. Nothing is lost: the
+    next sweep releases everything."""
+    code = HOLDER.replace("import reclaim\n", "import reclaim\nos.setpgid(0, 0)\n")
+    proc, held = spawn(code, str(scratch), "5")
+    os.kill(held["watchdog"], signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=CHILD_TIMEOUT)
+    time.sleep(0.2)
+    assert all(os.path.isdir(d) for d in held["dirs"]), "nobody released anything yet"
+    swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
+    assert swept["released"] == 6
+    assert not any(os.path.exists(d) for d in held["dirs"])
+    assert not alive(held["pid"])
+    assert json.loads(reclaim_cli("status", "--json").stdout) == {"runs": []}
+
+
+def test_clean_exit_stops_the_watchdog_without_work(scratch: Path, registry_path: str) -> None:
+    code = (
+        "import sys, reclaim\n"
+        "from reclaim.backends.path import TempDir\n"
+        "from reclaim._run import current_run\n"
+        "with reclaim.Fixture('clean') as f:\n"
+        "    f.acquire(TempDir(parent=sys.argv[1]))\n"
+        "    print(current_run().watchdog.pid, flush=True)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(scratch)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=CHILD_TIMEOUT,  # also proves the watchdog holds none of our pipes
+    )
+    watchdog = int(out.stdout)
+    wait_until(lambda: not alive(watchdog), timeout=5)
+    reg = open_registry(registry_path)
+    events = [e.event for e in reg.events()]
+    assert "run.closed" in events
+    assert "run.reaped" not in events
+    assert list(scratch.iterdir()) == []
+    reg.close()
+
+
+SIGNALLED = """
+import json, os, signal, sys, time
+import reclaim
+from reclaim.backends.path import TempDir
+
+if sys.argv[2] == "user-handler":
+    signal.signal(signal.SIGTERM, lambda *a: (print("user handler", flush=True), os._exit(7)))
+
+def slow() -> None:
+    time.sleep(0.5)
+    print("slow cleanup done", flush=True)
+
+with reclaim.Fixture("signalled") as f:
+    path = f.acquire(TempDir(parent=sys.argv[1]))
+    f.add_cleanup(slow)
+    later = f.acquire(TempDir(parent=sys.argv[1]))
+    print(json.dumps([str(path), str(later)]), flush=True)
+    time.sleep(600)
+"""
+
+
+def test_sigterm_unwinds_in_process(spawn: Spawner, scratch: Path, registry_path: str) -> None:
+    proc, paths = spawn(SIGNALLED, str(scratch), "default")
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # a second one, during the slow cleanup
+    out, err = proc.communicate(timeout=CHILD_TIMEOUT)
+    assert "slow cleanup done" in out
+    assert "Terminated" in err
+    assert not any(os.path.exists(p) for p in paths)
+    reg = open_registry(registry_path)
+    by = [e.detail.get("by") for e in reg.events() if e.event == "resource.released"]
+    assert by == ["fixture", "fixture"], "released in-process, before the watchdog"
+    reg.close()
+
+
+def test_a_users_sigterm_handler_is_left_alone(spawn: Spawner, scratch: Path) -> None:
+    proc, paths = spawn(SIGNALLED, str(scratch), "user-handler")
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=CHILD_TIMEOUT)
+    assert "user handler" in out
+    assert proc.returncode == 7
+    # The user's handler skipped the with block; the watchdog released instead.
+    wait_until(lambda: not any(os.path.exists(p) for p in paths))
+
+
+CHAOS = """
+import os, sys, time
+import reclaim
+from reclaim.backends.path import TempDir
+from reclaim.backends.process import Process
+from reclaim_test_backends import SlowDir
+
+parent = sys.argv[1]
+print("{}", flush=True)
+while True:
+    with reclaim.Fixture("chaos") as f:
+        f.acquire(TempDir(parent=parent))
+        f.acquire(Process(["sleep", "600"]))
+        f.acquire(SlowDir(__import__("pathlib").Path(parent), pause=0.05))
+        f.acquire(TempDir(parent=parent))
+"""
+
+
+@pytest.mark.slow
+def test_chaos_kills_leave_nothing(scratch: Path, registry_path: str) -> None:
+    """SIGKILL at random moments (and on purpose inside acquire and inside release), 24 times;
+    after each, once the watchdog is done, nothing is on disk, no process of the loop runs, and
+    the registry holds nothing of the killed run."""
+    rng = random.Random(20261121)
+    env = {**os.environ, "RECLAIM_TEST_ANNOUNCE": "1"}
+    windows = {"in-acquire": 0, "in-release": 0, "random": 0}
+    for n in range(24):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CHAOS, str(scratch)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        try:
+            assert proc.stdout is not None
+            proc.stdout.readline()
+            target = ("in-acquire", "in-release", "random")[n % 3]
+            if target == "random":
+                time.sleep(rng.uniform(0.0, 0.3))
+            else:
+                deadline = time.monotonic() + 20
+                while proc.stdout.readline().strip() != target:
+                    assert time.monotonic() < deadline
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=CHILD_TIMEOUT)
+            windows[target] += 1
+            reg = open_registry(registry_path)
+            try:
+                wait_until(lambda r=reg: not r.list_runs() and not any(scratch.iterdir()))
+            finally:
+                reg.close()
+            leftovers = [p for p in _marked_processes() if alive(p)]
+            assert leftovers == [], f"kill {n} ({target}) left processes {leftovers}"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+    assert windows == {"in-acquire": 8, "in-release": 8, "random": 8}
+
+
+def _marked_processes() -> list[int]:
+    """Processes started by reclaim's Process backend (they carry its marker)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if b"RECLAIM_RESOURCE=rc_" in f.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
