@@ -1,0 +1,148 @@
+"""Benchmark: how fast the watchdog releases what a SIGKILLed owner held, and what it costs.
+
+Measured in one run:
+
+- ``kill -> last release``: an owner acquires N temp directories (N = 1, 100, 1000) and is sent
+  SIGKILL; the clock runs from the kill until the last directory is gone from disk, with no
+  other command. Side by side: the same leftovers released by ``reclaim sweep --grace 0`` run
+  right after the kill with the watchdog switched off (layer 4, what a cron job or the next run
+  does), timed from the kill too. For scale: Testcontainers' Ryuk waits 10 s after its client's
+  connection drops before it prunes anything (RYUK_RECONNECTION_TIMEOUT), and only knows Docker.
+- ``watchdog start-up``: from spawning the watchdog to its exit when told at once that the run
+  closed cleanly (an upper bound on the start-up, which the owner never waits for).
+- ``watchdog RSS``: its resident memory while it waits.
+
+Run from the project root: ``uv run python bench/watchdog.py [--repeat 5]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HOLDER = """
+import sys, time, reclaim
+from reclaim.backends.path import TempDir
+with reclaim.Fixture("bench") as f:
+    for _ in range(int(sys.argv[2])):
+        f.acquire(TempDir(parent=sys.argv[1]))
+    print("ready", flush=True)
+    time.sleep(600)
+"""
+
+
+def _kill_and_time(n: int, workdir: Path, *, watchdog: bool) -> float:
+    scratch = Path(tempfile.mkdtemp(dir=workdir))
+    env = {
+        **os.environ,
+        "RECLAIM_REGISTRY": str(scratch / "registry.sqlite3"),
+        "RECLAIM_WATCHDOG": "1" if watchdog else "0",
+    }
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(scratch), str(n)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "ready"
+    started = time.perf_counter()
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    holder.stdout.close()
+    if not watchdog:
+        subprocess.run(
+            [sys.executable, "-m", "reclaim", "sweep", "--grace", "0", "--json"],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+    deadline = started + 120
+    while any(p.name.startswith("rc_") for p in scratch.iterdir()):
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"{n} directories not released within 120 s")
+        time.sleep(0.001)
+    return (time.perf_counter() - started) * 1000
+
+
+def _watchdog_startup_and_rss(workdir: Path) -> tuple[float, int]:
+    from reclaim import _watchdog  # noqa: PLC0415
+
+    sleeper = subprocess.Popen(["sleep", "600"])
+    stat = Path(f"/proc/{sleeper.pid}/stat").read_bytes()
+    start = int(stat[stat.rfind(b")") + 2 :].split()[19])
+    package_parent = str(Path(_watchdog.__file__).parent.parent)
+    argv = [sys.executable, _watchdog.__file__, package_parent, str(workdir / "none.db")]
+    argv += ["00000000", str(sleeper.pid), str(start)]
+    try:
+        read_end, write_end = os.pipe()
+        waiting = subprocess.Popen(argv, stdin=read_end)
+        time.sleep(0.3)
+        rss_kb = 0
+        for line in Path(f"/proc/{waiting.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss_kb = int(line.split()[1])
+        os.write(write_end, b"closed")
+        waiting.wait(timeout=10)
+        os.close(read_end)
+        os.close(write_end)
+
+        read_end, write_end = os.pipe()
+        os.write(write_end, b"closed")
+        started = time.perf_counter()
+        subprocess.run(argv, stdin=read_end, check=True, timeout=10)
+        elapsed = (time.perf_counter() - started) * 1000
+        os.close(read_end)
+        os.close(write_end)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    return elapsed, rss_kb
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    results: dict[str, object] = {}
+    with tempfile.TemporaryDirectory(prefix="reclaim-bench-") as tmp:
+        workdir = Path(tmp)
+        rows = []
+        for n in (1, 100, 1000):
+            repeat = args.repeat if n < 1000 else max(1, args.repeat // 2)
+            wd: list[float] = []
+            sw: list[float] = []
+            for _ in range(repeat):  # interleaved, so noise hits both alike
+                wd.append(_kill_and_time(n, workdir, watchdog=True))
+                sw.append(_kill_and_time(n, workdir, watchdog=False))
+            rows.append((n, statistics.median(wd), statistics.median(sw)))
+            results[f"kill_to_last_release_ms_{n}"] = {
+                "watchdog": statistics.median(wd),
+                "sweep": statistics.median(sw),
+            }
+        startups = [_watchdog_startup_and_rss(workdir) for _ in range(args.repeat)]
+        startup = statistics.median(s for s, _ in startups)
+        rss = statistics.median(r for _, r in startups)
+    results["watchdog_startup_ms"] = startup
+    results["watchdog_rss_kb"] = rss
+    print("| resources | watchdog: SIGKILL -> last release | sweep right after the kill | ratio |")
+    print("|---:|---:|---:|---:|")
+    for n, w, s in rows:
+        print(f"| {n} | {w:.0f} ms | {s:.0f} ms | {s / w:.1f}x |")
+    print(f"\nwatchdog start-up (spawn -> exit on a clean close): {startup:.0f} ms (median)")
+    print(f"watchdog resident memory while waiting: {rss / 1024:.1f} MiB")
+    out = Path(__file__).parent / "results" / "watchdog.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
