@@ -242,9 +242,10 @@ def test_chaos_kills_leave_nothing(scratch: Path, registry_path: str) -> None:
             reg = open_registry(registry_path)
             try:
                 wait_until(lambda r=reg: not r.list_runs() and not any(scratch.iterdir()))
+                runs = {e.run_id for e in reg.events(limit=100_000) if e.event == "run.opened"}
             finally:
                 reg.close()
-            leftovers = [p for p in _marked_processes() if alive(p)]
+            leftovers = [p for p in _marked_processes(runs) if alive(p)]
             assert leftovers == [], f"kill {n} ({target}) left processes {leftovers}"
         finally:
             if proc.poll() is None:
@@ -255,15 +256,18 @@ def test_chaos_kills_leave_nothing(scratch: Path, registry_path: str) -> None:
     assert windows == {"in-acquire": 8, "in-release": 8, "random": 8}
 
 
-def _marked_processes() -> list[int]:
-    """Processes started by reclaim's Process backend (they carry its marker)."""
+def _marked_processes(run_ids: set[str | None]) -> list[int]:
+    """Processes started by reclaim's Process backend for these runs (they carry its marker);
+    other test suites running on the machine at the same time are not looked at."""
+    markers = [f"RECLAIM_RESOURCE=rc_{run_id}_".encode() for run_id in run_ids if run_id]
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/environ", "rb") as f:
-                    if b"RECLAIM_RESOURCE=rc_" in f.read():
-                        found.append(int(entry))
+                    environ = f.read()
+                if any(m in environ for m in markers):
+                    found.append(int(entry))
             except OSError:
                 continue
     return found

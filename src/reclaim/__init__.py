@@ -9,7 +9,9 @@ General layout:
 - ``_reaper.py``: release one resource, one dead run, or sweep every dead run (layer 4).
 - ``backends/``: the backend contract (for backend authors) and the built-in kinds.
 - ``testing.py``: ``check_backend``, the conformance kit for backends.
-- ``_cli.py``: ``reclaim status``, ``sweep``, ``demo``.
+- ``_watchdog.py``: the per-run watchdog process (layer 3); standard library only.
+- ``_cli.py``: ``reclaim status``, ``sweep``, ``forget``, ``watch``, ``run``, ``acquire``,
+  ``release``, ``demo``.
 
 This module re-exports the friendly public API.
 """

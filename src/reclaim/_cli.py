@@ -1,33 +1,54 @@
-"""The ``reclaim`` command: status, sweep, forget and demo.
+"""The ``reclaim`` command: status, sweep, forget, watch, run, acquire, release and demo.
 
-Every command takes ``--json`` for machines; output for people uses rich (tables, colours on a
-terminal, plain text elsewhere). Errors name the resource, what happened and what to do, and exit
-with status 2; ``sweep`` exits with 1 when some release failed, so cron can alert.
+Every command that reports takes ``--json`` for machines; output for people uses rich (tables,
+colours on a terminal, plain text elsewhere). Errors name the resource, what happened and what to
+do, and exit with status 2; ``sweep``, ``acquire`` and ``release`` exit with 1 when a backend
+failed, so scripts and cron can tell the two apart. ``run`` exits with its command's status.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import secrets
+import shlex
+import signal
+import subprocess
 import sys
 import time
-from typing import Any, NoReturn
+import warnings
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any, Final, NoReturn
 
 import click
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from reclaim import __version__
+from reclaim import __version__, _run
 from reclaim._errors import BackendNotFoundError, ReclaimError
-from reclaim._reaper import SweepReport, is_alive, sweep
-from reclaim._registry import Registry, ResourceRecord, RunRecord, default_location, open_registry
-from reclaim.backends import load_backend
+from reclaim._follow import event_json, event_text, follow
+from reclaim._reaper import SweepReport, is_alive, release_resource, sweep
+from reclaim._registry import (
+    ENV_VAR,
+    Registry,
+    ResourceRecord,
+    ResourceState,
+    RunRecord,
+    RunState,
+    default_location,
+    open_registry,
+)
+from reclaim.backends import Backend, load_backend, make_name, redact_text
 
 __all__ = ["main"]
 
 # Not on a terminal (a pipe, CI logs): wide enough that paths and errors are never cut short.
 _console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 400)
-_errors = Console(stderr=True, highlight=False)
+# Errors stay on one line each (the terminal wraps them; logs keep them greppable).
+_errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -248,6 +269,422 @@ def forget(location: str, resource_id: int, yes: bool) -> None:
         return
     registry.forget(resource_id, actor="user")
     _console.print(f"forgot {resource.kind} {resource.name!r}; it was not released")
+
+
+# --- watch ---------------------------------------------------------------------------------
+
+
+class _Stop(BaseException):
+    """SIGTERM or SIGHUP asked ``watch`` to end (a BaseException: nothing on the way catches
+    it)."""
+
+
+def _stop(_signum: int, _frame: FrameType | None) -> None:
+    raise _Stop
+
+
+@cli.command()
+@click.option("--from-start", is_flag=True, help="Print the events already in the log first.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event and line.")
+@click.pass_obj
+def watch(location: str, from_start: bool, as_json: bool) -> None:
+    """Follow the event log as it is written: acquired, released, reaped, failed. Ctrl-C ends.
+
+    Starts after the newest event unless --from-start; waits for a registry that does not
+    exist yet.
+    """
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop)
+
+    def waiting() -> None:
+        _errors.print(f"[dim]Waiting for the registry {location} to be created...[/dim]")
+
+    def ready(registry: Registry) -> None:
+        _errors.print(f"[dim]Watching {registry.location}; Ctrl-C to stop.[/dim]")
+
+    try:
+        for event in follow(location, from_start=from_start, on_waiting=waiting, on_ready=ready):
+            if as_json:
+                sys.stdout.write(json.dumps(event_json(event)) + "\n")
+                sys.stdout.flush()
+            else:
+                _console.print(event_text(event))
+    except (KeyboardInterrupt, _Stop):
+        pass
+    except BrokenPipeError:
+        # The reader went away (`reclaim watch | head`): end quietly, and keep Python from
+        # complaining when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except ReclaimError as exc:
+        _fail(str(exc))
+
+
+# --- run -----------------------------------------------------------------------------------
+
+#: Environment variable naming the run of the command under ``reclaim run``.
+RUN_ENV: Final = "RECLAIM_RUN"
+
+_FORWARDED: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+#: ``si_code`` of a signal the kernel sent (a terminal's Ctrl-C), as opposed to kill(2).
+_SI_KERNEL: Final = 0x80
+
+
+@cli.command(
+    name="run",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@click.option(
+    "--label",
+    metavar="TEXT",
+    help="A name for the run in status and events [default: the command's program name].",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="After the command, one JSON object (run, exit code, releases) as the last line.",
+)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_obj
+def run_command(location: str, label: str | None, as_json: bool, command: tuple[str, ...]) -> None:
+    """Run COMMAND as one run: what it acquires with `reclaim acquire` is released when it
+    ends, and by the watchdog or the next sweep if reclaim itself is killed.
+
+    The command gets RECLAIM_RUN and RECLAIM_REGISTRY in its environment; SIGINT, SIGTERM and
+    SIGHUP sent to reclaim are passed on to it. Exits with the command's status (128+N when it
+    died of signal N).
+    """
+    if "://" not in location:
+        location = os.path.abspath(location)  # the command may change directory
+    run = _open_run(location, label or os.path.basename(command[0]) or "run")
+    env = dict(os.environ)
+    env[RUN_ENV] = run.id
+    env[ENV_VAR] = location
+    code = _supervise(list(command), env)
+    try:
+        held = len(run.registry.resources(run.id))
+        _run.end_run(location)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or reclaim.Terminated (SIGTERM, SIGHUP)
+        signum = getattr(exc, "signum", signal.SIGINT)
+        _fail(
+            f"interrupted while releasing what run {run.id} held; its watchdog (or the next"
+            " `reclaim sweep`) releases the rest, and `reclaim status` shows what is left",
+            128 + signum,
+        )
+    except ReclaimError as exc:
+        _fail(f"closing run {run.id} failed: {exc}; `reclaim sweep` releases what it held", code)
+    left = _leftovers(location, run.id)
+    for resource in left:
+        _errors.print(
+            Text("reclaim: ", style="bold red")
+            + Text(
+                f"{resource.kind} {_describe(resource)!r} of run {run.id} could not be released:"
+                f" {resource.last_error}; it stays in state failed and the next `reclaim sweep`"
+                " retries it"
+            )
+        )
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "run": run.id,
+                    "exit_code": code,
+                    "released": held - len(left),
+                    "failed": [
+                        {"id": r.id, "kind": r.kind, "name": r.name, "last_error": r.last_error}
+                        for r in left
+                    ],
+                }
+            )
+        )
+    sys.exit(code)
+
+
+def _open_run(location: str, label: str) -> _run.Run:
+    # The run's label comes from the environment (see reclaim._run.current_run); set it for
+    # this call only, so that the command's own runs keep their own labels.
+    before = os.environ.get(_run.LABEL_ENV)
+    os.environ[_run.LABEL_ENV] = label
+    try:
+        return _run.current_run(location)
+    except ReclaimError as exc:
+        _fail(str(exc))
+    finally:
+        if before is None:
+            os.environ.pop(_run.LABEL_ENV, None)
+        else:
+            os.environ[_run.LABEL_ENV] = before
+
+
+def _leftovers(location: str, run_id: str) -> list[ResourceRecord]:
+    registry = _open(location, create=False)
+    if registry is None:
+        return []
+    try:
+        return registry.resources(run_id)
+    finally:
+        registry.close()
+
+
+def _supervise(argv: list[str], env: dict[str, str]) -> int:
+    """Start the command, pass signals on to it until it ends, and return its exit status.
+
+    Signals are taken with ``sigtimedwait`` while the command runs, because the way a signal was
+    sent matters for SIGINT: a Ctrl-C on the terminal reaches the whole foreground process
+    group, so the command (in our group) has it already, and a second one would interrupt its
+    clean-up (layer 1). A SIGINT sent with kill(2) to reclaim alone is passed on. SIGTERM and
+    SIGHUP are always passed on. Signals that were ignored when reclaim started stay ignored.
+    """
+    proc: subprocess.Popen[bytes] | None = None
+    early: list[int] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        # Until the mask below is set, and for signals another thread of ours takes: the way
+        # they were sent is unknown, so they are passed on.
+        if proc is None:
+            early.append(signum)
+        else:
+            _forward(proc, signum, from_terminal=False)
+
+    previous: dict[int, Any] = {}
+    for sig in _FORWARDED:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            previous[sig] = signal.signal(sig, on_signal)
+    try:
+        try:
+            proc = subprocess.Popen(argv, env=env)
+        except (FileNotFoundError, NotADirectoryError):
+            _errors.print(
+                Text("reclaim: ", style="bold red")
+                + Text(f"command not found: {argv[0]!r}; check its name and PATH")
+            )
+            return 127
+        except OSError as exc:
+            _errors.print(
+                Text("reclaim: ", style="bold red")
+                + Text(f"cannot run {shlex.join(argv)!r}: {exc.strerror or exc}")
+            )
+            return 126
+        waited = {*previous, signal.SIGCHLD}
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+        try:
+            for signum in early:
+                _forward(proc, signum, from_terminal=False)
+            while proc.poll() is None:
+                info = signal.sigtimedwait(waited, 0.1)
+                if info is not None and info.si_signo != signal.SIGCHLD:
+                    _forward(proc, info.si_signo, from_terminal=info.si_code == _SI_KERNEL)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+    code = proc.returncode
+    return 128 - code if code < 0 else code
+
+
+def _forward(proc: subprocess.Popen[bytes], signum: int, *, from_terminal: bool) -> None:
+    if from_terminal and signum == signal.SIGINT:
+        with contextlib.suppress(OSError):
+            if os.getpgid(proc.pid) == os.getpgrp():
+                return  # the terminal sent it to the command too
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signum)
+
+
+# --- acquire and release -------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("kind")
+@click.option(
+    "--json-args",
+    "json_args",
+    metavar="JSON",
+    default="{}",
+    help='The backend\'s arguments as one JSON object, e.g. \'{"parent": "/tmp"}\'.',
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
+@click.pass_obj
+def acquire(location: str, kind: str, json_args: str, as_json: bool) -> None:
+    """Create a resource of KIND for the run of `reclaim run` (for shell scripts and other
+    languages). Prints its value (a path, a pid); it is released when the run ends."""
+    run_id = os.environ.get(RUN_ENV, "").strip()
+    if not run_id:
+        _fail(
+            f"reclaim acquire needs a run to own the {kind} resource, and {RUN_ENV} is not set:"
+            " use it inside `reclaim run -- COMMAND ...`"
+        )
+    try:
+        args = json.loads(json_args)
+    except ValueError as exc:
+        _fail(f"--json-args for {kind} is not valid JSON ({exc}); pass one object, e.g. '{{}}'")
+    if not isinstance(args, dict):
+        _fail(f"--json-args for {kind} must be a JSON object of keyword arguments, e.g. '{{}}'")
+    try:
+        backend_class = load_backend(kind)
+    except BackendNotFoundError as exc:
+        _fail(str(exc))
+    try:
+        backend = backend_class(**args)
+    except (TypeError, ValueError) as exc:
+        # The message may quote a value; values may be credentials (I7).
+        reason = redact_text(f"{type(exc).__name__}: {exc}", args, backend_class.secret_fields)
+        names = ", ".join(sorted(args)) or "none"
+        _fail(
+            f"the {kind} backend does not accept these arguments (given: {names}): {reason};"
+            f" see help({backend_class.__module__}.{backend_class.__qualname__})"
+        )
+    registry = _open(location, create=False)
+    if registry is None:
+        _fail(
+            f"there is no registry at {location}, so run {run_id} ({RUN_ENV}) cannot be in it:"
+            f" use reclaim acquire inside `reclaim run`, with the same {ENV_VAR}"
+        )
+    try:
+        _check_run(registry, run_id, kind)
+        _acquire(registry, run_id, backend, args, as_json)
+    finally:
+        registry.close()
+
+
+def _check_run(registry: Registry, run_id: str, kind: str) -> None:
+    run = registry.get_run(run_id)
+    if run is None:
+        _fail(
+            f"run {run_id} ({RUN_ENV}) is not in the registry {registry.location}: it has ended,"
+            f" or {ENV_VAR} names another registry; nothing was acquired for {kind}"
+        )
+    if run.state != RunState.OPEN or not is_alive(run):
+        owner = "alive" if is_alive(run) else "dead"
+        _fail(
+            f"run {run_id} is {run.state} and its owner (pid {run.owner.pid}) is {owner}:"
+            f" it takes no new resources; nothing was acquired for {kind}"
+        )
+
+
+def _acquire(
+    registry: Registry, run_id: str, backend: Backend[Any], args: dict[str, Any], as_json: bool
+) -> None:
+    kind = backend.kind
+    taken = {r.name for r in registry.resources(run_id)}
+    while True:
+        # Many `reclaim acquire` processes share the run: a random sequence number (ten digits,
+        # apart from the owner's own 1, 2, 3...) keeps their names apart.
+        name = backend.adapt_name(make_name(run_id, 10**9 + secrets.randbelow(9 * 10**9)))
+        if name not in taken:
+            break
+    try:
+        record = backend.plan(name)
+    except Exception as exc:
+        reason = redact_text(f"{type(exc).__name__}: {exc}", args, backend.secret_fields)
+        _fail(f"{kind} {name!r} could not be planned: {reason}; nothing was created", 1)
+    # I1: the name is journaled before the backend creates anything. If this process dies from
+    # here on, the run's end, the watchdog or the sweeper releases the planned entry.
+    try:
+        resource_id = registry.plan(run_id, "cli", kind, name, record)
+    except Exception as exc:  # the run's row went (it ended) between the check and now
+        _fail(f"run {run_id} ended before {kind} {name!r} could be planned ({exc})")
+    try:
+        with _stdout_to_stderr():
+            value, record = backend.acquire(name)
+    except Exception as exc:
+        outcome = release_resource(
+            registry, resource_id, actor="cli", states=(ResourceState.PLANNED,)
+        )
+        reason = redact_text(f"{type(exc).__name__}: {exc}", record, backend.secret_fields)
+        message = f"{kind} {name!r} could not be created: {reason}"
+        if outcome.error is not None:
+            message += f"; releasing what it may have left failed too: {outcome.error}"
+        else:
+            message += "; nothing of it is held"
+        _fail(message, 1)
+    registry.mark_acquired(resource_id, record)
+    now = registry.get_resource(resource_id)
+    if now is None or now.state != ResourceState.ACQUIRED:
+        # The run ended (and released our planned entry) while the backend was creating it:
+        # what was just created belongs to nobody now, so it goes at once.
+        type(backend).release(record)
+        _fail(f"run {run_id} ended while {kind} {name!r} was being created; it was released", 1)
+    if isinstance(value, subprocess.Popen):
+        # The child is the run's now, not this short-lived process's: do not warn that it is
+        # still running when Python drops the Popen object at exit.
+        warnings.filterwarnings("ignore", "subprocess .* is still running", ResourceWarning)
+        shown: Any = value.pid
+    else:
+        shown = str(value)
+    if as_json:
+        click.echo(json.dumps({"id": resource_id, "kind": kind, "name": name, "value": shown}))
+        return
+    click.echo(shown)
+    _errors.print(
+        f"[dim]reclaim: acquired {kind} {name} as resource {resource_id} of run {run_id}"
+        f" (release it early with `reclaim release {resource_id}`)[/dim]",
+        markup=True,
+        highlight=False,
+    )
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """While a backend creates a resource, whatever it starts writes to stderr, not stdout.
+
+    A process started by ``acquire`` (the ``process`` kind) would otherwise inherit the pipe of a
+    shell's ``$(reclaim acquire ...)``, and the shell would wait for it to end.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+@cli.command()
+@click.argument("resource_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
+@click.pass_obj
+def release(location: str, resource_id: int, as_json: bool) -> None:
+    """Release one resource now, by its id (as `reclaim status` and `reclaim acquire` show)."""
+    registry = _open(location, create=False)
+    resource = None if registry is None else registry.get_resource(resource_id)
+    if registry is None or resource is None:
+        _fail(f"there is no resource {resource_id} in the registry {location}")
+    try:
+        outcome = release_resource(
+            registry,
+            resource_id,
+            actor="cli",
+            states=(ResourceState.PLANNED, ResourceState.ACQUIRED, ResourceState.FAILED),
+        )
+    finally:
+        registry.close()
+    data: dict[str, Any] = {
+        "id": resource_id,
+        "kind": resource.kind,
+        "name": resource.name,
+        "released": outcome.released,
+    }
+    if outcome.released:
+        if as_json:
+            click.echo(json.dumps(data))
+        else:
+            _console.print(f"released {resource.kind} {_describe(resource)}")
+        return
+    if outcome.skipped:
+        message = (
+            f"{resource.kind} {resource.name!r} (resource {resource_id}) is being released by"
+            " another process (a watchdog, a sweep or its owner) right now; see `reclaim status`"
+        )
+    else:
+        message = str(outcome.error)
+    if as_json:
+        click.echo(json.dumps({**data, "error": message}))
+    _fail(message, 1)
 
 
 # --- demo ----------------------------------------------------------------------------------
