@@ -14,8 +14,11 @@ __all__ = ["Registry"]
 class Registry(abc.ABC):
     """A durable journal shared safely by many processes at once.
 
-    Every method is one atomic transaction that also appends its event to the log, so the event
-    log and the tables never disagree. Writes are durable once the method returns: a process
+    Every method is one atomic transaction; a method that changes what exists (a run opened,
+    closed, claimed or reaped; a resource planned, acquired, released, failed or forgotten) also
+    appends its event in that transaction, so the event log and the tables never disagree. The
+    claim of a resource for release (``begin_release``) writes no event: its outcome does.
+    Writes are durable once the method returns: a process
     killed right after can rely on them (I1).
     """
 

@@ -424,7 +424,13 @@ class SQLiteRegistry(Registry):
             row = conn.execute(
                 "UPDATE resources SET record = ?, state = ?, updated_at = ?"
                 " WHERE id = ? AND state = ? RETURNING run_id, kind, name",
-                (json.dumps(record), ResourceState.ACQUIRED, now, resource_id, "planned"),
+                (
+                    json.dumps(record),
+                    ResourceState.ACQUIRED,
+                    now,
+                    resource_id,
+                    ResourceState.PLANNED,
+                ),
             ).fetchone()
             if row is not None:
                 self._event(
