@@ -139,6 +139,10 @@ class Backend(Generic[ValueT]):
     #: Record fields that hold credentials: redacted in every output, never logged (I7).
     secret_fields: ClassVar[frozenset[str]] = frozenset()
 
+    #: URL schemes of the servers this kind lives on (``("redis", "rediss")``): which kinds
+    #: ``reclaim sweep --leftovers URL`` asks. Empty: the kind does not list leftovers.
+    url_schemes: ClassVar[tuple[str, ...]] = ()
+
     def adapt_name(self, proposed: str) -> str:
         """Turn the name reclaim proposes into one that fits this kind's naming rules."""
         return proposed
@@ -185,7 +189,13 @@ class Backend(Generic[ValueT]):
 
     @classmethod
     def list_leftovers(cls, target: str) -> Iterable[Leftover]:
-        """What exists at ``target`` (a URL or path) under reclaim's prefix. Optional."""
+        """What exists at ``target`` (a URL or path) under reclaim's prefix. Optional.
+
+        Each :class:`Leftover` carries a record :meth:`release` accepts, the run id and creation
+        time parsed from the name (:func:`parse_name`). Must never yield a name without
+        reclaim's prefix: ``reclaim sweep --leftovers URL --yes`` releases what this yields
+        whose run is not alive in the registry.
+        """
         raise NotImplementedError(f"the {cls.__name__} backend cannot list leftovers")
 
     def discard(self, value: ValueT) -> None:

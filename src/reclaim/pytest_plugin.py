@@ -1,0 +1,1 @@
+"""reclaim's pytest plugin (being built for issue 4)."""
