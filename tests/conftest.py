@@ -20,10 +20,12 @@ from reclaim._reaper import sweep
 from reclaim._registry import open_registry
 from reclaim._run import end_run
 
+pytest_plugins = ["pytester"]
+
 TESTS_DIR = Path(__file__).parent
 TEST_BACKENDS = ",".join(
     f"test.{name.lower()}=reclaim_test_backends:{name}"
-    for name in ("Flaky", "Forgetful", "SlowDir")
+    for name in ("Flaky", "Forgetful", "SlowDir", "Sticky")
 )
 CHILD_TIMEOUT = 60.0
 

@@ -108,3 +108,28 @@ class SlowDir(Backend[Path]):
     @classmethod
     def exists(cls, record: Record) -> bool:
         return os.path.exists(record["path"])
+
+
+class Sticky(Backend[Path]):
+    """A directory whose release "succeeds" without deleting it: the bug strict mode catches."""
+
+    kind = "test.sticky"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def plan(self, name: str) -> Record:
+        return {"name": name, "path": str(self.directory / name)}
+
+    def acquire(self, name: str) -> tuple[Path, Record]:
+        path = self.directory / name
+        path.mkdir()
+        return path, self.plan(name)
+
+    @classmethod
+    def release(cls, record: Record) -> None:
+        """Forgets to delete."""
+
+    @classmethod
+    def exists(cls, record: Record) -> bool:
+        return os.path.exists(record["path"])

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import pytest
+
 import reclaim
 import reclaim.backends
 
@@ -15,7 +20,7 @@ def _isort_key(name: str) -> tuple[int, str]:
 
 def test_all_is_sorted_and_complete() -> None:
     for module in (reclaim, reclaim.backends):
-        public = {n for n in vars(module) if not n.startswith("_")} - {"annotations"}
+        public = {n for n in dir(module) if not n.startswith("_")} - {"annotations"}
         assert module.__all__ == sorted(module.__all__, key=_isort_key)
         assert set(module.__all__) - {"__version__"} <= public
         exported_objects = [getattr(module, n) for n in module.__all__]
@@ -26,3 +31,28 @@ def test_public_classes_claim_the_public_module() -> None:
     assert reclaim.Fixture.__module__ == "reclaim"
     assert reclaim.ReleaseError.__module__ == "reclaim"
     assert str(reclaim.ResourceState.FAILED) == "failed"
+
+
+def test_unknown_names_raise_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'Fixtur'"):
+        reclaim.Fixtur  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_import_reclaim_is_light() -> None:
+    """The pytest plugin and the watchdog import ``reclaim``; the fixture machinery (asyncio)
+    and the registry (sqlite3) load only on first use."""
+    code = (
+        "import sys, reclaim\n"
+        "heavy = {'asyncio', 'sqlite3', 'reclaim._fixture', 'importlib.metadata'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+        "import reclaim.pytest_plugin\n"  # pytest itself imports importlib.metadata
+        "print(sorted(heavy & set(sys.modules) - {'importlib.metadata'}))\n"
+        "reclaim.Fixture\n"
+        "print('reclaim._fixture' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split("\n")
+    assert out[0] == "[]", out
+    assert out[1] == "[]", out
+    assert out[2] == "True"

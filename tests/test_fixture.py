@@ -187,6 +187,10 @@ def test_secret_never_in_release_error(registry_path: str, scratch: Path) -> Non
     error = info.value.exceptions[0]
     assert "cannot delete" in str(error)
     assert SECRET not in str(error)
+    assert error.__cause__ is None
+    (note,) = error.__notes__
+    assert "PermissionError: cannot delete" in note
+    assert SECRET not in note
 
 
 def test_acquire_failure_releases_the_half_made(registry_path: str, scratch: Path) -> None:
@@ -195,7 +199,9 @@ def test_acquire_failure_releases_the_half_made(registry_path: str, scratch: Pat
     assert list(scratch.iterdir()) == []
     assert "server went away" in str(info.value)
     assert info.value.kind == "path.tempdir"
-    assert isinstance(info.value.__cause__, ConnectionError)
+    # The driver's error is kept as a note, secrets redacted, never as a raw __cause__ (I7).
+    assert info.value.__cause__ is None
+    assert any("ConnectionError: server went away" in note for note in info.value.__notes__)
 
 
 def test_double_exit_and_double_release_are_no_ops(registry_path: str, scratch: Path) -> None:

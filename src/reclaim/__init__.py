@@ -18,22 +18,55 @@ This module re-exports the friendly public API.
 
 from __future__ import annotations
 
-from reclaim._errors import (
-    AcquireError,
-    BackendError,
-    BackendNotFoundError,
-    FixtureStateError,
-    MissingExtraError,
-    ReclaimError,
-    ReclaimWarning,
-    RegistryCorruptError,
-    RegistryError,
-    RegistryVersionError,
-    ReleaseError,
-)
-from reclaim._fixture import Fixture
-from reclaim._reaper import RetryPolicy, SweepReport, sweep
-from reclaim._registry import ResourceState, RunState, default_location, open_registry
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from reclaim._errors import (
+        AcquireError,
+        BackendError,
+        BackendNotFoundError,
+        FixtureStateError,
+        MissingExtraError,
+        ReclaimError,
+        ReclaimWarning,
+        RegistryCorruptError,
+        RegistryError,
+        RegistryVersionError,
+        ReleaseError,
+    )
+    from reclaim._fixture import Fixture
+    from reclaim._reaper import RetryPolicy, SweepReport, sweep
+    from reclaim._registry import ResourceState, RunState, default_location, open_registry
+
+# Names are imported on first use (PEP 562): `import reclaim` stays cheap for the pytest plugin
+# of a suite that acquires nothing, and for the watchdog, which imports reclaim only after its
+# owner died and every millisecond delays the releases.
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "AcquireError",
+            "BackendError",
+            "BackendNotFoundError",
+            "FixtureStateError",
+            "MissingExtraError",
+            "ReclaimError",
+            "ReclaimWarning",
+            "RegistryCorruptError",
+            "RegistryError",
+            "RegistryVersionError",
+            "ReleaseError",
+        ),
+        "reclaim._errors",
+    ),
+    "Fixture": "reclaim._fixture",
+    "RetryPolicy": "reclaim._reaper",
+    "SweepReport": "reclaim._reaper",
+    "sweep": "reclaim._reaper",
+    "ResourceState": "reclaim._registry",
+    "RunState": "reclaim._registry",
+    "default_location": "reclaim._registry",
+    "open_registry": "reclaim._registry",
+}
 
 __all__ = [
     "AcquireError",
@@ -60,6 +93,21 @@ __all__ = [
 
 __version__ = "0.1.0"
 
-for _name in ("Fixture", "ResourceState", "RunState", "RetryPolicy", "SweepReport"):
-    globals()[_name].__module__ = "reclaim"
-del _name
+_REHOMED = frozenset({"Fixture", "ResourceState", "RunState", "RetryPolicy", "SweepReport"})
+
+
+def __getattr__(name: str) -> object:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'reclaim' has no attribute {name!r}")
+    import importlib  # noqa: PLC0415
+
+    value = getattr(importlib.import_module(module_name), name)
+    if name in _REHOMED:
+        value.__module__ = "reclaim"
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 from reclaim._errors import AcquireError, FixtureStateError
-from reclaim._reaper import RetryPolicy, release_resource
+from reclaim._reaper import RetryPolicy, add_redacted_cause, release_resource
 from reclaim._registry import Registry, ResourceState
 from reclaim._run import Run, current_run
 from reclaim.backends import Backend, Record, redact_text
@@ -216,13 +216,15 @@ class Fixture:
         reason = redact_text(
             f"{type(exc).__name__}: {exc}", held.record, held.backend.secret_fields
         )
-        raise AcquireError(
+        error = AcquireError(
             f"{held.backend.kind} {held.record.get('name')!r} could not be created: {reason}",
             kind=held.backend.kind,
             resource=str(held.record.get("name")),
             run_id=held.run.id,
             resource_id=held.resource_id,
-        ) from exc
+        )
+        add_redacted_cause(error, exc, held.record, held.backend.secret_fields)
+        raise error from None
 
     def acquire(self, backend: Backend[T]) -> T:
         """Create a resource through ``backend`` and own it until the fixture exits.
@@ -386,7 +388,8 @@ class Fixture:
             raise cancelled
         return errors
 
-    def _release_held(self, held: _Held) -> None:
+    def _release_held(self, held: _Held) -> bool:
+        """Release one resource; True when this call released it (False: somebody else had)."""
         outcome = release_resource(
             held.run.registry,
             held.resource_id,  # released already, or held by a reaper: skipped (I3)
@@ -399,6 +402,7 @@ class Fixture:
             raise outcome.error
         if outcome.released and held.value is not _NOTHING:
             held.backend.discard(held.value)
+        return outcome.released
 
 
 async def _despite_cancel(

@@ -63,7 +63,7 @@ def follow(
             waited = True
             time.sleep(poll_interval)
     try:
-        after = 0 if from_start or waited else _newest_id(registry)
+        after = 0 if from_start or waited else registry.last_event_id()
         if on_ready is not None:
             on_ready(registry)
         while True:
@@ -75,13 +75,6 @@ def follow(
                 time.sleep(poll_interval)
     finally:
         registry.close()
-
-
-def _newest_id(registry: Registry) -> int:
-    newest = 0
-    while page := registry.events(after_id=newest, limit=_PAGE * 10):
-        newest = page[-1].id
-    return newest
 
 
 def event_json(event: EventRecord) -> dict[str, Any]:

@@ -19,13 +19,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Iterator
+import traceback
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
 from reclaim._errors import BackendNotFoundError, ReleaseError
 from reclaim._identity import Identity, current_identity
 from reclaim._registry import Registry, ResourceRecord, ResourceState, RunRecord, RunState
-from reclaim.backends import Backend, load_backend, redact_text
+from reclaim.backends import Backend, Record, load_backend, redact_text
 
 __all__ = [
     "ReleaseOutcome",
@@ -143,8 +144,20 @@ def release_resource(
     reason = redact_text(f"{type(last).__name__}: {last}", claimed.record, backend.secret_fields)
     registry.mark_failed(claimed.id, reason, attempts=attempts, actor=actor)
     error = _release_error(claimed, reason, attempts)
-    error.__cause__ = last
+    add_redacted_cause(error, last, claimed.record, backend.secret_fields)
     return ReleaseOutcome(claimed, released=False, error=error)
+
+
+def add_redacted_cause(
+    error: BaseException, cause: BaseException, record: Record, secret_fields: Iterable[str]
+) -> None:
+    """Attach ``cause``'s traceback to ``error`` as a note, with the record's secrets redacted.
+
+    Not as ``__cause__``: a driver's exception often quotes a DSN or a token, and pytest, logging
+    and the interpreter all print the cause chain verbatim (I7).
+    """
+    text = "".join(traceback.format_exception(cause)).rstrip()
+    error.add_note("caused by:\n" + redact_text(text, record, secret_fields))
 
 
 def _release_error(resource: ResourceRecord, reason: str, attempts: int) -> ReleaseError:

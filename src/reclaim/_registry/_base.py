@@ -119,6 +119,13 @@ class Registry(abc.ABC):
     def events(self, after_id: int = 0, limit: int = 1000) -> list[EventRecord]:
         """Events with an id above ``after_id``, oldest first."""
 
+    def last_event_id(self) -> int:
+        """The id of the newest event (0 when there is none): where a follower starts."""
+        newest = 0
+        while page := self.events(after_id=newest, limit=10_000):
+            newest = page[-1].id
+        return newest
+
     @abc.abstractmethod
     def prune_events(self, older_than: float) -> int:
         """Delete events before the timestamp ``older_than``; returns how many."""

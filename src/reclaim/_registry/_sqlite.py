@@ -316,7 +316,12 @@ class SQLiteRegistry(Registry):
                 conn,
                 "run.opened",
                 run_id=run_id,
-                detail={"pid": owner.pid, "host": owner.host, "label": label},
+                detail={
+                    "pid": owner.pid,
+                    "host": owner.host,
+                    "label": label,
+                    **({"parent": parent_id} if parent_id else {}),
+                },
                 at=now,
             )
         return RunRecord(
@@ -569,6 +574,10 @@ class SQLiteRegistry(Registry):
             )
             for r in rows
         ]
+
+    def last_event_id(self) -> int:
+        rows = self._read("SELECT COALESCE(MAX(id), 0) FROM events", ())
+        return int(rows[0][0])
 
     def prune_events(self, older_than: float) -> int:
         with self._write() as conn:

@@ -42,7 +42,6 @@ import os
 import re
 import time
 from collections.abc import Iterable, Mapping
-from importlib.metadata import entry_points
 from typing import Any, ClassVar, Final, Generic, TypeVar
 
 from reclaim._errors import BackendNotFoundError
@@ -223,6 +222,8 @@ def load_backend(kind: str) -> type[Backend[Any]]:
         return found
     target = _configured().get(kind)
     if target is None:
+        from importlib.metadata import entry_points  # noqa: PLC0415  (25 ms; only when needed)
+
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             if ep.name == kind:
                 target = ep.value

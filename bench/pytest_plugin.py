@@ -1,0 +1,161 @@
+"""Benchmark: the pytest plugin, next to what a suite would do without reclaim.
+
+Four generated suites of ``--tests`` tests each, run as real ``pytest`` processes, side by side:
+
+- ``reclaim fixture``: each test does ``reclaim.acquire(TempDir())`` through the plugin's
+  ``reclaim`` fixture (journaled, watchdog running, released at teardown).
+- ``yield fixture``: the same with a plain fixture doing ``tempfile.mkdtemp`` and
+  ``shutil.rmtree`` after ``yield`` (no crash safety).
+- ``plugin loaded, unused``: trivial tests, reclaim's plugin loaded as it is once installed.
+- ``plugin disabled``: the same trivial tests with ``-p no:reclaim``.
+
+The first pair gives the cost of crash safety per test; the second, what the plugin costs a
+suite that acquires nothing (the issue asks for "next to nothing"). Each round runs every
+variant once, in a rotated order, so machine noise hits them alike. The report gives the
+median wall time of the whole pytest process, the per-test difference, and the ratios. It
+prints a Markdown table and writes ``bench/results/pytest_plugin.json``.
+
+Run it from the project root::
+
+    uv run python bench/pytest_plugin.py                   # 1000 tests, 5 rounds
+    uv run python bench/pytest_plugin.py --tests 200 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Final
+
+RESULTS: Final = Path(__file__).resolve().parent / "results" / "pytest_plugin.json"
+
+RECLAIM: Final = "reclaim fixture"
+YIELD: Final = "yield fixture"
+LOADED: Final = "plugin loaded, unused"
+DISABLED: Final = "plugin disabled"
+
+SUITES: Final = {
+    RECLAIM: """
+import os, pytest
+from reclaim.backends.path import TempDir
+
+@pytest.mark.parametrize("n", range(int(os.environ["TESTS"])))
+def test_it(reclaim, n):
+    path = reclaim.acquire(TempDir(parent=os.environ["SCRATCH"]))
+    (path / "f").write_text("x")
+""",
+    YIELD: """
+import os, shutil, tempfile, pathlib, pytest
+
+@pytest.fixture
+def workdir():
+    path = pathlib.Path(tempfile.mkdtemp(dir=os.environ["SCRATCH"]))
+    yield path
+    shutil.rmtree(path)
+
+@pytest.mark.parametrize("n", range(int(os.environ["TESTS"])))
+def test_it(workdir, n):
+    (workdir / "f").write_text("x")
+""",
+    LOADED: """
+import os, pytest
+
+@pytest.mark.parametrize("n", range(int(os.environ["TESTS"])))
+def test_it(n):
+    assert n >= 0
+""",
+}
+SUITES[DISABLED] = SUITES[LOADED]
+
+INI: Final = """[pytest]
+asyncio_default_fixture_loop_scope = function
+"""
+
+
+def run_suite(directory: Path, variant: str, env: dict[str, str]) -> float:
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_it.py"]
+    if variant == DISABLED:
+        args[3:3] = ["-p", "no:reclaim"]
+    started = time.perf_counter()
+    result = subprocess.run(
+        args, cwd=directory, env=env, capture_output=True, text=True, check=False
+    )
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"{variant}: pytest failed:\n{result.stdout}\n{result.stderr}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tests", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="reclaim-bench-") as tmp:
+        root = Path(tmp)
+        scratch = root / "scratch"
+        scratch.mkdir()
+        env = {
+            **os.environ,
+            "TESTS": str(args.tests),
+            "SCRATCH": str(scratch),
+            "RECLAIM_REGISTRY": str(root / "state" / "registry.sqlite3"),
+        }
+        dirs: dict[str, Path] = {}
+        for i, (variant, code) in enumerate(SUITES.items()):
+            d = root / f"suite{i}"
+            d.mkdir()
+            (d / "test_it.py").write_text(code)
+            (d / "pytest.ini").write_text(INI)
+            dirs[variant] = d
+        for variant in SUITES:  # warm-up: byte-code caches, page cache
+            run_suite(dirs[variant], variant, env)
+        times: dict[str, list[float]] = {v: [] for v in SUITES}
+        order = list(SUITES)
+        for r in range(args.rounds):
+            for variant in order[r % len(order) :] + order[: r % len(order)]:
+                times[variant].append(run_suite(dirs[variant], variant, env))
+            assert not any(scratch.iterdir()), "a suite left something behind"
+
+    med = {v: statistics.median(t) for v, t in times.items()}
+    per_test_ms = (med[RECLAIM] - med[YIELD]) / args.tests * 1000
+    unused_ms = (med[LOADED] - med[DISABLED]) * 1000
+    result = {
+        "tests": args.tests,
+        "rounds": args.rounds,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+        "median_seconds": med,
+        "all_seconds": times,
+        "ratio_reclaim_to_yield": med[RECLAIM] / med[YIELD],
+        "ratio_loaded_to_disabled": med[LOADED] / med[DISABLED],
+        "crash_safety_ms_per_test": per_test_ms,
+        "unused_plugin_ms_per_session": unused_ms,
+    }
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+
+    print(f"{args.tests} tests per suite, median of {args.rounds} rounds (whole pytest process)\n")
+    print("| suite | median wall time | ratio |")
+    print("|---|---:|---:|")
+    print(f"| {YIELD} | {med[YIELD]:.2f} s | 1.00 |")
+    print(f"| {RECLAIM} | {med[RECLAIM]:.2f} s | {med[RECLAIM] / med[YIELD]:.2f} |")
+    print(f"| {DISABLED} | {med[DISABLED]:.2f} s | 1.00 |")
+    print(f"| {LOADED} | {med[LOADED]:.2f} s | {med[LOADED] / med[DISABLED]:.2f} |")
+    print(
+        f"\ncrash safety costs {per_test_ms:.2f} ms per test; the plugin of a suite that"
+        f" acquires nothing costs {unused_ms:.0f} ms per session (loading it, reading options)"
+    )
+
+
+if __name__ == "__main__":
+    main()
