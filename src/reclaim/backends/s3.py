@@ -1,0 +1,532 @@
+"""S3 buckets: ``S3Bucket(versioned=False)`` gives a fresh, empty bucket (a :class:`Bucket`).
+
+Works with AWS and with any S3-compatible server (MinIO, Ceph, R2, moto's server mode) through
+``endpoint_url``. Release empties the bucket of every object version, delete marker and
+unfinished multipart upload, then deletes it; a bucket that is already gone is fine (I3).
+
+Names. S3 bucket names allow lower case letters, digits, dots and hyphens (3-63 characters),
+never underscores, so reclaim's ``rc_<run>_<time>_<seq>`` becomes ``rc-<run>-<time>-<seq>``
+(:meth:`S3Bucket.adapt_name`), optionally after a prefix of the user's that ends with a hyphen
+(``team-rc-3f2a1b0c-t1a2b3-7``). :meth:`S3Bucket.list_leftovers` maps the hyphens back before
+it asks :func:`~reclaim.backends.parse_name`, and lists only names of exactly that shape.
+
+Configuration, each an argument with the environment variable boto3 itself reads as default:
+
+==================  ==============================================  =====================
+argument            environment                                     default
+==================  ==============================================  =====================
+endpoint_url        ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``   AWS
+region              ``AWS_DEFAULT_REGION``, ``AWS_REGION``          profile, ``us-east-1``
+access_key_id       ``AWS_ACCESS_KEY_ID``                           boto3's chain
+secret_access_key   ``AWS_SECRET_ACCESS_KEY``                       boto3's chain
+session_token       ``AWS_SESSION_TOKEN``                           none
+==================  ==============================================  =====================
+
+Credentials and the record (I2, I7). Static keys given as arguments *or found in the
+environment* are stored in the record, the secret key and session token in
+:attr:`~S3Bucket.secret_fields` (redacted in every output): the watchdog is started by a run's
+first acquisition, perhaps before a test exported its AWS variables, and a sweep from cron has
+none of them, so only the record is sure to be there. ``keep_credentials=False`` stores no keys;
+release then uses whatever boto3 finds where it runs (environment, profile, instance role). Keys
+that boto3 finds by itself (profiles, SSO, instance roles) are never stored either way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Final, cast
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from reclaim._errors import AcquireError, BackendError, MissingExtraError, ReleaseError
+from reclaim.backends import Backend, Leftover, Record, parse_name, redact_text
+
+try:
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    _HAVE_BOTO3 = True
+except ImportError:  # the module imports without its driver; using it raises MissingExtraError
+    _HAVE_BOTO3 = False
+
+if TYPE_CHECKING:
+    from types_boto3_s3.client import S3Client
+    from types_boto3_s3.literals import BucketLocationConstraintType
+
+__all__ = ["Bucket", "S3Bucket"]
+
+_KIND: Final = "s3.bucket"
+
+#: A bucket name reclaim makes or accepts from a record: S3's rules, minus dots (a dotted name
+#: breaks TLS of virtual-hosted addressing), so nothing else can reach a URL.
+_BUCKET_RE: Final = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
+
+#: A user's prefix: starts like a bucket name, ends with the hyphen before reclaim's name.
+_PREFIX_RE: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,29}-")
+
+#: Exactly the reclaim part of a bucket name: ``rc-<8 hex>-<base 36 time>-<seq>``.
+_RECLAIM_PART: Final = r"rc-[0-9a-f]{8}-[0-9a-z]{1,8}-[0-9]+"
+
+#: A region: AWS's (``eu-west-1``) or an S3-compatible server's (``auto``, ``garage``). It can
+#: become part of a host name, so one DNS label at most.
+_REGION_RE: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+
+#: Codes meaning "that bucket does not exist": head_bucket has no body, so only "404".
+_GONE: Final = frozenset({"NoSuchBucket", "404"})
+
+#: delete_objects takes at most this many keys per call (S3's limit).
+_DELETE_BATCH: Final = 1000
+
+#: At most this many versions are listed before they are deleted (memory stays bounded).
+_ROUND: Final = 100_000
+
+#: Empty-then-delete passes before giving up: a writer may still be adding objects.
+_PASSES: Final = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Bucket:
+    """What a test gets from :class:`S3Bucket`: the bucket's name and how to reach it.
+
+    ``str(bucket)`` is the name. :meth:`client` returns a boto3 S3 client configured like the
+    backend that made the bucket (endpoint, region, credentials).
+    """
+
+    name: str
+    region: str
+    endpoint_url: str | None
+    _record: Record = dataclasses.field(repr=False, compare=False)
+
+    @property
+    def url(self) -> str:
+        """``s3://<name>``, the form the AWS CLI and many tools take."""
+        return f"s3://{self.name}"
+
+    def client(self) -> S3Client:
+        """A new boto3 S3 client for this bucket's server, with the backend's credentials."""
+        return _client(self._record)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class S3Bucket(Backend[Bucket]):
+    """A bucket of its own, emptied of every version and deleted at release.
+
+    Args:
+        versioned: turn on versioning after creating it (release removes every version and
+            delete marker either way).
+        prefix: put before reclaim's name, e.g. ``"team-"`` where a policy demands a prefix; lower
+            case letters, digits and hyphens, ending with a hyphen.
+        endpoint_url: an S3-compatible server (``http://127.0.0.1:9000``); AWS when None.
+        region: the bucket's region (else the environment's, the AWS profile's, ``us-east-1``);
+            created with a location constraint outside ``us-east-1``.
+        access_key_id, secret_access_key, session_token: static credentials.
+        keep_credentials: store the static credentials in the record, so that the watchdog and
+            the sweeper can release without them in their environment (see the module's notes).
+
+    Raises:
+        MissingExtraError: boto3 is not installed (``pip install 'reclaim[s3]'``).
+        ValueError: an argument that cannot be part of a bucket name or an endpoint.
+    """
+
+    kind = _KIND
+    secret_fields = frozenset({"secret_access_key", "session_token"})
+    url_schemes = ("s3", "s3+http", "s3+https")
+
+    def __init__(
+        self,
+        *,
+        versioned: bool = False,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        session_token: str | None = None,
+        keep_credentials: bool = True,
+    ) -> None:
+        _require_driver()
+        if prefix and not _PREFIX_RE.fullmatch(prefix):
+            raise ValueError(
+                f"S3Bucket prefix {prefix!r} must be lower case letters, digits and hyphens,"
+                " start with a letter or digit, end with '-', and be at most 31 characters"
+            )
+        self.versioned = versioned
+        self.prefix = prefix
+        self.endpoint_url = _check_endpoint(
+            endpoint_url or _env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+        )
+        self.region = _check_region(
+            region or _env("AWS_DEFAULT_REGION", "AWS_REGION") or _profile_region() or ""
+        )
+        key_id = access_key_id or _env("AWS_ACCESS_KEY_ID")
+        secret = secret_access_key or _env("AWS_SECRET_ACCESS_KEY")
+        if bool(key_id) != bool(secret):
+            raise ValueError(
+                "S3Bucket needs both an access key id and a secret access key, or neither"
+                " (then boto3 finds credentials itself); set AWS_ACCESS_KEY_ID and"
+                " AWS_SECRET_ACCESS_KEY together"
+            )
+        self._credentials: dict[str, str | None] = {
+            "access_key_id": key_id,
+            "secret_access_key": secret,
+            "session_token": (session_token or _env("AWS_SESSION_TOKEN")) if key_id else None,
+        }
+        self.keep_credentials = keep_credentials
+
+    def __repr__(self) -> str:  # never the secret
+        where = self.endpoint_url or "aws"
+        return f"S3Bucket(endpoint_url={where!r}, region={self.region!r})"
+
+    def _connection(self) -> Record:
+        """Endpoint, region and credentials: what a client needs, with every key."""
+        return {"endpoint_url": self.endpoint_url, "region": self.region, **self._credentials}
+
+    def adapt_name(self, proposed: str) -> str:
+        """``rc_3f2a1b0c_t1a2b3_7`` -> ``<prefix>rc-3f2a1b0c-t1a2b3-7``: S3 forbids underscores."""
+        name = self.prefix + proposed.replace("_", "-")
+        _check_bucket(name)
+        return name
+
+    def plan(self, name: str) -> Record:
+        _check_bucket(name)
+        record = {"name": name, **self._connection()}
+        if not self.keep_credentials:
+            record.update(dict.fromkeys(self._credentials))
+        return record
+
+    def acquire(self, name: str) -> tuple[Bucket, Record]:
+        """Create the bucket (versioned if asked); fails if the name exists already."""
+        record = self.plan(name)
+        # Created with the credentials given now, even if the record keeps none of them.
+        client = _client(self._connection())
+        try:
+            if self.region == "us-east-1":
+                client.create_bucket(Bucket=name)
+            else:
+                client.create_bucket(
+                    Bucket=name,
+                    # Any region's name: S3-compatible servers have their own.
+                    CreateBucketConfiguration={
+                        "LocationConstraint": cast("BucketLocationConstraintType", self.region)
+                    },
+                )
+            if self.versioned:
+                client.put_bucket_versioning(
+                    Bucket=name, VersioningConfiguration={"Status": "Enabled"}
+                )
+        except (ClientError, BotoCoreError) as exc:
+            raise AcquireError(
+                _message(record, "could not be created", exc, _ACQUIRE_HINT),
+                kind=_KIND,
+                resource=name,
+            ) from exc
+        value = Bucket(name, self.region, self.endpoint_url, self._connection())
+        return value, record
+
+    @classmethod
+    def release(cls, record: Record) -> None:
+        """Abort unfinished uploads, delete every object version and delete marker (in batches
+        of 1000), then the bucket. A bucket that does not exist is already released (I3)."""
+        client = _client(record)
+        bucket = _check_bucket(record["name"])
+        try:
+            for _ in range(_PASSES):
+                _abort_uploads(client, bucket)
+                _delete_versions(client, bucket, record)
+                try:
+                    client.delete_bucket(Bucket=bucket)
+                except ClientError as exc:
+                    if _code(exc) == "BucketNotEmpty":  # somebody is still writing: again
+                        continue
+                    raise
+                return
+        except ClientError as exc:
+            if _code(exc) in _GONE:
+                return
+            raise ReleaseError(
+                _message(record, "could not be deleted", exc, _RELEASE_HINT),
+                kind=_KIND,
+                resource=bucket,
+            ) from exc
+        except BotoCoreError as exc:
+            raise ReleaseError(
+                _message(record, "could not be deleted", exc, _UNREACHABLE_HINT),
+                kind=_KIND,
+                resource=bucket,
+            ) from exc
+        raise ReleaseError(
+            _redact(
+                f"{_where(record)} could not be deleted: still not empty after {_PASSES} passes;"
+                " something keeps writing to it (or an object lock holds versions)",
+                record,
+            ),
+            kind=_KIND,
+            resource=bucket,
+        )
+
+    @classmethod
+    def exists(cls, record: Record) -> bool:
+        """``head_bucket``: True when it answers, False on 404."""
+        client = _client(record)
+        bucket = _check_bucket(record["name"])
+        try:
+            client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            if _code(exc) in _GONE:
+                return False
+            raise BackendError(
+                _message(record, "could not be looked up", exc, _RELEASE_HINT),
+                kind=_KIND,
+                resource=bucket,
+            ) from exc
+        except BotoCoreError as exc:
+            raise BackendError(
+                _message(record, "could not be looked up", exc, _UNREACHABLE_HINT),
+                kind=_KIND,
+                resource=bucket,
+            ) from exc
+        return True
+
+    @classmethod
+    def describe(cls, record: Record) -> str:
+        where = record.get("endpoint_url") or f"aws {record.get('region', '?')}"
+        return f"s3://{record.get('name', '?')} at {where}"
+
+    @classmethod
+    def list_leftovers(cls, target: str) -> Iterator[Leftover]:
+        """Buckets at ``target`` whose whole name is reclaim's (``rc-<run>-<time>-<seq>``).
+
+        ``target`` is ``s3://`` (AWS), ``s3://host[:port]`` (https), or ``s3+http://host:port``
+        for a local server, with optional ``?region=...`` and ``?prefix=team-`` (list only
+        names with that prefix; without it, only names that start with ``rc-``). Credentials
+        come from ``user:password@`` in the URL or from the environment, as for
+        :class:`S3Bucket`, and go into each leftover's record.
+        """
+        _require_driver()
+        parts = urlsplit(target)
+        if parts.scheme not in cls.url_schemes:
+            raise ValueError(f"{target!r} is not an s3://, s3+http:// or s3+https:// URL")
+        query = parse_qs(parts.query)
+        prefix = query.get("prefix", [""])[0]
+        if prefix and not _PREFIX_RE.fullmatch(prefix):
+            raise ValueError(f"prefix {prefix!r} in {parts.scheme}:// URL is not a bucket prefix")
+        endpoint = None
+        if parts.hostname:
+            scheme = "http" if parts.scheme == "s3+http" else "https"
+            endpoint = f"{scheme}://{parts.netloc.rpartition('@')[2]}"
+        backend = cls(
+            endpoint_url=endpoint,
+            region=query.get("region", [None])[0],
+            access_key_id=unquote(parts.username) if parts.username else None,
+            secret_access_key=unquote(parts.password) if parts.password else None,
+        )
+        shape = re.compile(re.escape(prefix) + _RECLAIM_PART)
+        connection = backend._connection()
+        client = _client(connection)
+        try:
+            pages = list(client.get_paginator("list_buckets").paginate())
+        except (ClientError, BotoCoreError) as exc:
+            where = backend.endpoint_url or "aws"
+            reason = _redact(_reason(exc), connection)
+            raise BackendError(
+                f"s3 buckets at {where} could not be listed: {reason}; {_UNREACHABLE_HINT}",
+                kind=_KIND,
+                resource=where,
+            ) from exc
+        for page in pages:
+            for item in page.get("Buckets", []):
+                name = item.get("Name", "")
+                if not shape.fullmatch(name):
+                    continue
+                parsed = parse_name(name[len(prefix) :].replace("-", "_"))
+                if parsed is None:  # pragma: no cover  (the shape above is parse_name's)
+                    continue
+                run_id, created = parsed
+                record = backend.plan(name)
+                region = item.get("BucketRegion")
+                if region and _REGION_RE.fullmatch(region):
+                    record["region"] = region
+                yield Leftover(record, run_id, created)
+
+
+# --- talking to S3 ---------------------------------------------------------------------------
+
+_ACQUIRE_HINT: Final = "check the endpoint, the region and that the credentials may s3:CreateBucket"
+_RELEASE_HINT: Final = (
+    "check that the credentials may s3:ListBucketVersions, s3:DeleteObjectVersion,"
+    " s3:ListBucketMultipartUploads, s3:AbortMultipartUpload and s3:DeleteBucket"
+)
+_UNREACHABLE_HINT: Final = "check that the S3 endpoint is up and reachable from here"
+
+
+def _require_driver() -> None:
+    if not _HAVE_BOTO3:
+        raise MissingExtraError(_KIND, "s3", "boto3")
+
+
+def _client(record: Record) -> S3Client:
+    """A boto3 client from a record alone (I2). A session per call: the default session is not
+    safe to share between threads, and the watchdog may release from several."""
+    _require_driver()
+    endpoint = _check_endpoint(record.get("endpoint_url"))
+    region = _check_region(record.get("region") or "")
+    config = Config(
+        connect_timeout=5,
+        read_timeout=60,
+        # Throttling (503 SlowDown) and dropped connections are retried with botocore's
+        # bounded exponential back-off; the reaper retries the whole release on top (I5).
+        retries={"max_attempts": 3, "mode": "standard"},
+        # Local and S3-compatible servers are addressed by path; AWS picks for itself.
+        s3={"addressing_style": "path" if endpoint else "auto"},
+    )
+    session = boto3.session.Session()
+    return session.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id=record.get("access_key_id") or None,
+        aws_secret_access_key=record.get("secret_access_key") or None,
+        aws_session_token=record.get("session_token") or None,
+        config=config,
+    )
+
+
+def _abort_uploads(client: S3Client, bucket: str) -> None:
+    """Unfinished multipart uploads, which also keep a bucket from being deleted. All pages are
+    listed first, for the same reason as in :func:`_delete_versions`."""
+    pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket)
+    uploads = [(u["Key"], u["UploadId"]) for page in pages for u in page.get("Uploads", [])]
+    for key, upload_id in uploads:
+        try:
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        except ClientError as exc:
+            if _code(exc) != "NoSuchUpload":  # finished or aborted meanwhile
+                raise
+
+
+def _delete_versions(client: S3Client, bucket: str, record: Record) -> None:
+    """Every object version and delete marker: list (all pages), then delete in batches of 1000.
+
+    Listing is finished before anything is deleted: paging on past entries that were deleted
+    meanwhile is not something every S3-compatible server gets right (moto's server returns an
+    empty page when the version id marker no longer exists). A huge bucket is done in rounds of
+    at most ``_ROUND`` entries, each listing from the start again.
+    """
+    paginator = client.get_paginator("list_object_versions")
+    while True:
+        entries: list[Any] = []
+        complete = True
+        for page in paginator.paginate(Bucket=bucket):
+            entries += [
+                {"Key": v["Key"], "VersionId": v["VersionId"]}
+                for v in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
+            ]
+            if len(entries) >= _ROUND:
+                complete = False
+                break
+        for start in range(0, len(entries), _DELETE_BATCH):
+            batch = entries[start : start + _DELETE_BATCH]
+            out = client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+            errors = [e for e in out.get("Errors", []) if e.get("Code") != "NoSuchVersion"]
+            if errors:
+                first = errors[0]
+                raise ReleaseError(
+                    _redact(
+                        f"{_where(record)} could not be emptied: {len(errors)} of {len(batch)}"
+                        f" versions were not deleted, the first {first.get('Key')!r}:"
+                        f" {first.get('Code')} {first.get('Message', '')}; {_RELEASE_HINT}",
+                        record,
+                    ),
+                    kind=_KIND,
+                    resource=bucket,
+                )
+        if complete:
+            return
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
+        error = exc.response.get("Error", {})
+        operation = getattr(exc, "operation_name", "?")
+        return (
+            f"{operation} answered HTTP {status} {error.get('Code', '?')}"
+            f" ({error.get('Message', 'no message')})"
+        )
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _where(record: Record) -> str:
+    return f"{_KIND} {record.get('name')!r} at {record.get('endpoint_url') or 'aws'}"
+
+
+def _message(record: Record, what: str, exc: Exception, hint: str) -> str:
+    return _redact(f"{_where(record)} {what}: {_reason(exc)}; {hint}", record)
+
+
+def _redact(text: str, record: Record) -> str:
+    return redact_text(text, record, S3Bucket.secret_fields)
+
+
+# --- validation: nothing unchecked reaches a URL (I7) ----------------------------------------
+
+
+def _check_bucket(name: Any) -> str:
+    if not isinstance(name, str) or not _BUCKET_RE.fullmatch(name):
+        raise ValueError(
+            f"{name!r} is not a bucket name reclaim makes: 3-63 lower case letters, digits and"
+            " hyphens, starting and ending with a letter or digit"
+        )
+    return name
+
+
+def _check_endpoint(url: Any) -> str | None:
+    if url is None or url == "":
+        return None
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.query
+        or parts.fragment
+        or "@" in parts.netloc
+    ):
+        raise ValueError(
+            f"S3 endpoint {url!r} must be an http:// or https:// URL with a host and no"
+            " credentials, query or fragment (e.g. http://127.0.0.1:9000)"
+        )
+    return str(url).rstrip("/")
+
+
+def _check_region(region: Any) -> str:
+    if region == "":
+        return "us-east-1"
+    if not isinstance(region, str) or not _REGION_RE.fullmatch(region):
+        raise ValueError(
+            f"{region!r} is not a region name: lower case letters, digits and hyphens"
+            " (like 'eu-west-1')"
+        )
+    return region
+
+
+def _profile_region() -> str | None:
+    """The region of the AWS profile in use (``~/.aws/config``), when one is set there."""
+    return boto3.session.Session().region_name
+
+
+def _env(*names: str) -> str | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
