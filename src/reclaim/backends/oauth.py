@@ -1,0 +1,630 @@
+"""OAuth grants, revoked by RFC 7009 (``OAuthGrant``) or by GitHub's app API (``GithubGrant``).
+
+A test that logs a user in through OAuth holds a grant in the authorization server: a refresh
+token that can mint access tokens for weeks. A crashed run leaves it valid. These backends own
+such a grant and revoke it at release, from the record alone.
+
+What is owned, and I1. There is no API that lists the tokens of a client, so a token is found
+only by its own value. Two ways to get one:
+
+- **A token the test was given** (``OAuthGrant(access_token=..., refresh_token=...)``,
+  ``GithubGrant(token)``; the default and the recommended way): the test obtained it by a
+  login flow and hands it to reclaim. The token is in the *planned* record, journaled before
+  ``acquire`` does anything, so from that moment every layer of the crash model revokes it.
+  ``acquire`` checks that the token is live (introspection, or GitHub's check) and refuses a
+  dead one. Because the token exists before reclaim owns it, ``exists`` is true for the planned
+  record too: ``reclaim.testing.check_backend``, which checks a resource *created* by acquire,
+  does not apply; the tests of this module check each of its rules that does.
+- **Client credentials** (``OAuthGrant()`` with no token): ``acquire`` asks the token endpoint
+  for a token (RFC 6749 section 4.4). The gap: the token exists a moment before its record
+  does. A process killed in between leaves a token nobody can find, which stays valid until it
+  expires (``expires_in``). Give test clients short token lifetimes.
+
+Release revokes the refresh token first (RFC 7009 section 2.1: revoking it SHOULD revoke the
+access tokens of the grant), then the access token. Revocation answers 200 for unknown and
+already revoked tokens too, so a second release is a no-op (I3). When a revocation call fails,
+introspection (RFC 7662) decides: every token inactive means released.
+
+Tokens and client secrets are secret fields (I7): they are in the record because release needs
+them, and never in an error message. Needs httpx: ``pip install 'reclaim[http]'``.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import email.utils
+import os
+import re
+import time
+from collections.abc import Callable, Container, Mapping
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+from urllib.parse import quote, quote_plus, urlsplit
+
+from reclaim._errors import AcquireError, BackendError, MissingExtraError, ReleaseError
+from reclaim.backends import Backend, Record, redact_text
+
+_NO_HTTPX: ImportError | None = None
+try:
+    import httpx
+except ImportError as _exc:  # the `http` extra is missing: the module imports, backends refuse
+    _NO_HTTPX = _exc
+
+__all__ = ["GithubGrant", "Grant", "OAuthGrant"]
+
+#: GitHub client ids: "Iv1.0123abcd...", "Ov23li...", or 20 hex digits for old OAuth apps.
+_GITHUB_CLIENT_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,100}")
+#: The REST API version GitHub's application endpoints are documented for.
+GITHUB_API_VERSION: Final = "2022-11-28"
+
+
+@dataclasses.dataclass(frozen=True)
+class Grant:
+    """The tokens a test gets. Tokens are left out of ``repr`` (test reports print values).
+
+    Attributes:
+        access_token: the access token, when there is one.
+        refresh_token: the refresh token, when there is one.
+        token_type: as the server said, usually ``"Bearer"``.
+        expires_at: the access token's expiry (seconds since the epoch), when known.
+        scope: the granted scope, space-separated, when known.
+    """
+
+    access_token: str | None = dataclasses.field(repr=False)
+    refresh_token: str | None = dataclasses.field(default=None, repr=False)
+    token_type: str = "Bearer"  # noqa: S105  (a token type, not a password)
+    expires_at: float | None = None
+    scope: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        """``{"Authorization": "Bearer <access token>"}``, for the test's own calls."""
+        if not self.access_token:
+            raise ValueError("this grant holds no access token (only a refresh token)")
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+
+class OAuthGrant(Backend[Grant]):
+    """A grant of an OAuth 2.0 authorization server, revoked by RFC 7009 at release.
+
+    ::
+
+        tokens = log_in_through_the_browser()          # the test's own login flow
+        grant = persona.acquire(OAuthGrant(
+            "https://auth.test/realms/e2e/protocol/openid-connect",
+            access_token=tokens["access_token"], refresh_token=tokens["refresh_token"],
+            revocation_url=".../revoke", introspection_url=".../token/introspect",
+        ))
+        # revoked here, or by the watchdog or the sweeper if the test dies
+
+    Args:
+        issuer: the base URL of the endpoints (``{issuer}/token``, ``/revoke``, ``/introspect``
+            unless given one by one); ``OAUTH_ISSUER`` by default.
+        access_token, refresh_token: tokens the test already holds. Never read from the
+            environment: whatever is acquired is revoked at release. With neither, a token is
+            asked for with the client credentials grant.
+        client_id, client_secret: the client's credentials (``OAUTH_CLIENT_ID``,
+            ``OAUTH_CLIENT_SECRET``); revocation and introspection authenticate with them.
+        scope: the scope to ask for (client credentials only).
+        token_url, revocation_url, introspection_url: the endpoints, when they do not follow the
+            issuer (``OAUTH_TOKEN_URL``, ``OAUTH_REVOCATION_URL``, ``OAUTH_INTROSPECTION_URL``).
+        client_auth: ``"basic"`` (``client_secret_basic``, the default) or ``"post"``
+            (``client_secret_post``: the credentials in the form body).
+        timeout: seconds per HTTP call.
+    """
+
+    kind = "oauth.grant"
+    secret_fields = frozenset({"client_secret", "access_token", "refresh_token"})
+
+    def __init__(
+        self,
+        issuer: str | None = None,
+        *,
+        access_token: str | None = None,
+        refresh_token: str | None = None,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        scope: str | None = None,
+        token_url: str | None = None,
+        revocation_url: str | None = None,
+        introspection_url: str | None = None,
+        client_auth: Literal["basic", "post"] = "basic",
+        timeout: float = 10.0,
+    ) -> None:
+        base = (issuer or os.environ.get("OAUTH_ISSUER") or "").rstrip("/")
+
+        def endpoint(given: str | None, env: str, path: str) -> str:
+            url = given or os.environ.get(env) or (f"{base}{path}" if base else "")
+            if not url:
+                raise ValueError(
+                    f"OAuthGrant needs the {path.strip('/')} endpoint: pass issuer (or"
+                    f" OAUTH_ISSUER), or the endpoint's URL (or {env})"
+                )
+            return _check_url(url, env.lower().removeprefix("oauth_"))
+
+        self.given = bool(access_token or refresh_token)
+        self.revocation_url = endpoint(revocation_url, "OAUTH_REVOCATION_URL", "/revoke")
+        self.introspection_url = endpoint(
+            introspection_url, "OAUTH_INTROSPECTION_URL", "/introspect"
+        )
+        self.token_url = None if self.given else endpoint(token_url, "OAUTH_TOKEN_URL", "/token")
+        if client_auth not in ("basic", "post"):
+            raise ValueError(f"client_auth must be 'basic' or 'post', not {client_auth!r}")
+        self.client_id = client_id or os.environ.get("OAUTH_CLIENT_ID")
+        self.client_secret = client_secret or os.environ.get("OAUTH_CLIENT_SECRET")
+        if not self.given and not (self.client_id and self.client_secret):
+            raise ValueError(
+                "OAuthGrant with no token asks for one with the client credentials grant, which"
+                " needs client_id and client_secret (or OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET)"
+            )
+        self.access_token = access_token
+        self.refresh_token = refresh_token
+        self.scope = scope
+        self.client_auth = client_auth
+        self.timeout = timeout
+
+    def plan(self, name: str) -> Record:
+        # A given token is journaled here, before acquire: from now on it is revoked whatever
+        # happens (I1). A client-credentials token is not known yet (see the module's text).
+        return {
+            "name": name,
+            "grant": "given" if self.given else "client_credentials",
+            "revocation_url": self.revocation_url,
+            "introspection_url": self.introspection_url,
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+            "client_auth": self.client_auth,
+            "access_token": self.access_token,
+            "refresh_token": self.refresh_token,
+            "expires_at": None,
+            "timeout": self.timeout,
+        }
+
+    def acquire(self, name: str) -> tuple[Grant, Record]:
+        record = self.plan(name)
+        with _oauth_call(record, AcquireError) as http:
+            if self.given:
+                info: dict[str, Any] = {}
+                for field in ("refresh_token", "access_token"):
+                    if record[field]:
+                        info = _introspect(http, record, field)
+                        if info.get("active") is not True:
+                            raise http.fail(
+                                f"the {field.replace('_', ' ')} it was given is not active"
+                                " (expired, revoked or unknown to this server): there is"
+                                " nothing to own"
+                            )
+                expires = info.get("exp") if record["access_token"] else None
+                scope = info.get("scope")
+                token_type = str(info.get("token_type") or "Bearer")
+            else:
+                assert self.token_url is not None
+                form = {"grant_type": "client_credentials"}
+                if self.scope:
+                    form["scope"] = self.scope
+                response = http.send(
+                    "POST", self.token_url, ok=(200,), **_client_auth(record, form)
+                )
+                assert response is not None
+                tokens = _json_object(response)
+                if not isinstance(tokens.get("access_token"), str):
+                    raise http.fail("the token endpoint answered 200 but sent no access_token")
+                record["access_token"] = tokens["access_token"]
+                refresh = tokens.get("refresh_token")
+                record["refresh_token"] = refresh if isinstance(refresh, str) else None
+                lifetime = tokens.get("expires_in")
+                expires = time.time() + lifetime if isinstance(lifetime, int | float) else None
+                scope = tokens.get("scope", self.scope)
+                token_type = str(tokens.get("token_type") or "Bearer")
+        record["expires_at"] = float(expires) if isinstance(expires, int | float) else None
+        grant = Grant(
+            record["access_token"],
+            record["refresh_token"],
+            token_type,
+            record["expires_at"],
+            scope if isinstance(scope, str) else None,
+        )
+        return grant, record
+
+    @classmethod
+    def release(cls, record: Record) -> None:
+        fields = [f for f in ("refresh_token", "access_token") if record.get(f)]
+        with _oauth_call(record, ReleaseError) as http:
+            errors: list[BackendError] = []
+            for field in fields:  # the refresh token first: it takes its access tokens along
+                form = {"token": record[field], "token_type_hint": field}
+                try:
+                    # RFC 7009 section 2.2: 200 also for a token that is unknown or revoked.
+                    http.send(
+                        "POST", record["revocation_url"], ok=(200,), **_client_auth(record, form)
+                    )
+                except BackendError as exc:
+                    errors.append(exc)
+            if not errors:
+                return
+            # The server refused a revocation (unsupported_token_type for access tokens, ...):
+            # the grant is released all the same if no token of it is active any more.
+            try:
+                still = [f for f in fields if _introspect(http, record, f).get("active") is True]
+            except BackendError:
+                still = fields  # cannot tell: the refusal stands
+            if still:
+                raise errors[0]
+
+    @classmethod
+    def exists(cls, record: Record) -> bool:
+        fields = [f for f in ("refresh_token", "access_token") if record.get(f)]
+        with _oauth_call(record, BackendError) as http:
+            return any(_introspect(http, record, f).get("active") is True for f in fields)
+
+    @classmethod
+    def describe(cls, record: Record) -> str:
+        client = f" of client {record['client_id']}" if record.get("client_id") else ""
+        return f"OAuth grant {record.get('name')}{client} at {_show(record['revocation_url'])}"
+
+
+def _oauth_call(record: Record, error: type[BackendError]) -> _Call:
+    return _Call(
+        OAuthGrant.kind,
+        str(record["name"]),
+        record,
+        OAuthGrant.secret_fields,
+        error,
+        headers={"Accept": "application/json"},
+        timeout=float(record.get("timeout", 10.0)),
+    )
+
+
+def _client_auth(record: Record, form: Mapping[str, str]) -> dict[str, Any]:
+    """The request arguments that send ``form`` with the client's authentication (RFC 6749
+    section 2.3.1): HTTP Basic of the form-encoded id and secret, or both in the body."""
+    data = dict(form)
+    headers: dict[str, str] = {}
+    client_id, secret = record.get("client_id"), record.get("client_secret")
+    if client_id and secret and record.get("client_auth", "basic") == "basic":
+        pair = f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+    elif client_id:
+        data["client_id"] = client_id
+        if secret:
+            data["client_secret"] = secret
+    return {"data": data, "headers": headers}
+
+
+def _introspect(http: _Call, record: Record, field: str) -> dict[str, Any]:
+    """RFC 7662: ``{"active": false}`` for a token that is expired, revoked or unknown."""
+    form = {"token": record[field], "token_type_hint": field}
+    response = http.send(
+        "POST", record["introspection_url"], ok=(200,), **_client_auth(record, form)
+    )
+    assert response is not None
+    info = _json_object(response)
+    if not isinstance(info.get("active"), bool):
+        raise http.fail("the introspection endpoint answered without the boolean 'active'")
+    return info
+
+
+class GithubGrant(Backend[Grant]):
+    """A user's authorization of a GitHub OAuth app or GitHub App, removed at release.
+
+    Release is ``DELETE /applications/{client_id}/grant``: every token of that user for the
+    app goes, and the app leaves the user's authorized apps (``revoke="token"`` deletes only
+    this token). The check, ``POST /applications/{client_id}/token``, answers 404 for a token
+    that is revoked or invalid: release asks it first, so a second release is a no-op (I3), and
+    asks it again when the delete is refused.
+
+    The token is one the test obtained (web or device flow) and hands over: it is journaled
+    before acquire runs (I1). Caveat: GitHub answers 404 to a wrong client secret too, it is
+    said; a secret rotated between acquire and release would then look like a revoked token.
+
+    Args:
+        access_token: the user's token (``gho_...``, ``ghu_...``). Never read from the
+            environment (``GITHUB_TOKEN`` in CI is not a user token, and must not be revoked).
+        client_id, client_secret: the app's credentials (``GITHUB_CLIENT_ID``,
+            ``GITHUB_CLIENT_SECRET``), sent as HTTP Basic; the secret is a secret field.
+        api_url: ``https://api.github.com`` (``GITHUB_API_URL``; GitHub Enterprise:
+            ``https://HOST/api/v3``).
+        revoke: ``"grant"`` (the default) or ``"token"``.
+        timeout: seconds per HTTP call.
+    """
+
+    kind = "oauth.github"
+    secret_fields = frozenset({"client_secret", "access_token"})
+
+    def __init__(
+        self,
+        access_token: str,
+        *,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        api_url: str | None = None,
+        revoke: Literal["grant", "token"] = "grant",
+        timeout: float = 10.0,
+    ) -> None:
+        if not access_token:
+            raise ValueError("GithubGrant needs the user's access token it is to own")
+        self.client_id = client_id or os.environ.get("GITHUB_CLIENT_ID", "")
+        self.client_secret = client_secret or os.environ.get("GITHUB_CLIENT_SECRET", "")
+        if not (self.client_id and self.client_secret):
+            raise ValueError(
+                "GithubGrant needs the app's client_id and client_secret (or GITHUB_CLIENT_ID"
+                " and GITHUB_CLIENT_SECRET)"
+            )
+        if not _GITHUB_CLIENT_ID.fullmatch(self.client_id):
+            raise ValueError(f"{self.client_id!r} is not a GitHub client id")
+        if revoke not in ("grant", "token"):
+            raise ValueError(f"revoke must be 'grant' or 'token', not {revoke!r}")
+        api = api_url or os.environ.get("GITHUB_API_URL") or "https://api.github.com"
+        self.api_url = _check_url(api.rstrip("/"), "api_url")
+        self.access_token = access_token
+        self.revoke = revoke
+        self.timeout = timeout
+
+    def plan(self, name: str) -> Record:
+        return {
+            "name": name,
+            "api_url": self.api_url,
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+            "access_token": self.access_token,
+            "revoke": self.revoke,
+            "timeout": self.timeout,
+        }
+
+    def acquire(self, name: str) -> tuple[Grant, Record]:
+        record = self.plan(name)
+        with _github_call(record, AcquireError) as http:
+            info = _github_check(http, record)
+            if info is None:
+                raise http.fail(
+                    "GitHub does not know the token it was given for this app (revoked, expired"
+                    " or of another app): there is nothing to own"
+                )
+        scopes = info.get("scopes")
+        scope = (
+            " ".join(s for s in scopes if isinstance(s, str)) if isinstance(scopes, list) else None
+        )
+        grant = Grant(self.access_token, None, "bearer", _iso_time(info.get("expires_at")), scope)
+        return grant, record
+
+    @classmethod
+    def release(cls, record: Record) -> None:
+        with _github_call(record, ReleaseError) as http:
+            if _github_check(http, record) is None:
+                return  # revoked already (or never valid): nothing to do (I3)
+            what = "grant" if record.get("revoke", "grant") == "grant" else "token"
+            url = f"{_github_app(record)}/{what}"
+            try:
+                http.send(
+                    "DELETE",
+                    url,
+                    ok=(200, 204),
+                    gone=(404,),
+                    json={"access_token": record["access_token"]},
+                )
+            except BackendError:
+                # 422 ("validation failed, or the endpoint has been spammed"), or a delete of
+                # a token revoked meanwhile: released if the check no longer knows the token.
+                if _github_check(http, record) is not None:
+                    raise
+
+    @classmethod
+    def exists(cls, record: Record) -> bool:
+        with _github_call(record, BackendError) as http:
+            return _github_check(http, record) is not None
+
+    @classmethod
+    def describe(cls, record: Record) -> str:
+        return f"GitHub {record.get('revoke', 'grant')} of app {record.get('client_id')}"
+
+
+def _github_app(record: Record) -> str:
+    client_id = str(record["client_id"])
+    if not _GITHUB_CLIENT_ID.fullmatch(client_id):
+        raise ValueError(f"{client_id!r} is not a GitHub client id")
+    return f"{record['api_url']}/applications/{quote(client_id, safe='')}"
+
+
+def _github_call(record: Record, error: type[BackendError]) -> _Call:
+    pair = f"{record['client_id']}:{record['client_secret']}".encode()
+    headers = {
+        "Accept": "application/vnd.github+json",
+        "X-GitHub-Api-Version": GITHUB_API_VERSION,
+        "User-Agent": "reclaim",
+        "Authorization": "Basic " + base64.b64encode(pair).decode("ascii"),
+    }
+    return _Call(
+        GithubGrant.kind,
+        str(record["name"]),
+        record,
+        GithubGrant.secret_fields,
+        error,
+        headers=headers,
+        timeout=float(record.get("timeout", 10.0)),
+    )
+
+
+def _github_check(http: _Call, record: Record) -> dict[str, Any] | None:
+    """``POST /applications/{client_id}/token``: the authorization, or None (404) when the token
+    is revoked or invalid."""
+    response = http.send(
+        "POST",
+        f"{_github_app(record)}/token",
+        ok=(200,),
+        gone=(404,),
+        json={"access_token": record["access_token"]},
+    )
+    return None if response is None else _json_object(response)
+
+
+def _iso_time(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+# --- HTTP: one operation on one resource ------------------------------------------------------
+# The same block is in accounts.py, oauth.py and openfga.py: each backend module stands alone.
+
+#: A provider answering 429 (or 403/503 with Retry-After, or with its rate limit used up, as
+#: GitHub does) is asked again, this many times in all,
+RATE_LIMIT_TRIES: Final = 5
+#: waiting what it asks for, never longer than this (without a hint: 0.5 s, 1 s, 2 s, 4 s).
+MAX_RETRY_AFTER: Final = 30.0
+
+
+def _pause(seconds: float) -> None:
+    """Wait before asking a rate-limiting provider again (tests replace it to see the waits)."""
+    time.sleep(seconds)
+
+
+class _Call:
+    """The HTTP calls of one operation: retries on rate limits, clear errors, no secret shown."""
+
+    def __init__(
+        self,
+        kind: str,
+        resource: str,
+        record: Record,
+        secret_fields: frozenset[str],
+        error: type[BackendError],
+        *,
+        headers: Mapping[str, str],
+        timeout: float,
+    ) -> None:
+        if _NO_HTTPX is not None:
+            raise MissingExtraError(kind, "http", "httpx") from _NO_HTTPX
+        self.kind, self.resource, self.record = kind, resource, record
+        self.secret_fields, self.error = secret_fields, error
+        self.client = httpx.Client(headers=dict(headers), timeout=timeout)
+
+    def __enter__(self) -> _Call:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.client.close()
+
+    def fail(self, message: str) -> BackendError:
+        """An error of this operation's kind, naming the resource, with secrets redacted."""
+        text = redact_text(message, self.record, self.secret_fields)
+        return self.error(
+            f"{self.kind} {self.resource!r}: {text}", kind=self.kind, resource=self.resource
+        )
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        ok: Container[int],
+        gone: Container[int] = (),
+        is_gone: Callable[[httpx.Response], bool] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response | None:
+        """The answer when its status is in ``ok``; None when it is in ``gone`` (and
+        ``is_gone`` agrees); an error otherwise."""
+        shown = _show(url)
+        for attempt in range(1, RATE_LIMIT_TRIES + 1):
+            try:
+                response = self.client.request(method, url, **kwargs)
+            except httpx.HTTPError as exc:
+                raise self.fail(
+                    f"{method} {shown} failed: {type(exc).__name__}: {exc}; is the server up"
+                    " and is the URL right?"
+                ) from exc
+            wait = _retry_after(response, attempt)
+            if wait is None or attempt == RATE_LIMIT_TRIES:
+                break
+            _pause(wait)
+        status = response.status_code
+        if status in ok:
+            return response
+        if status in gone and (is_gone is None or is_gone(response)):
+            return None
+        raise self.fail(
+            f"{method} {shown} answered HTTP {status}{_provider_error(response)}; {_advice(status)}"
+        )
+
+
+def _retry_after(response: httpx.Response, attempt: int) -> float | None:
+    """How long to wait before asking again, or None when the answer is not "slow down"."""
+    status, headers = response.status_code, response.headers
+    header = headers.get("retry-after")
+    reset = headers.get("x-ratelimit-reset", "")
+    used_up = headers.get("x-ratelimit-remaining") == "0" and reset.isdigit()
+    if status != 429 and not (status in (403, 503) and (header or used_up)):
+        return None
+    seconds: float | None = None
+    if header is not None:
+        header = header.strip()
+        if header.isdigit():
+            seconds = float(header)
+        else:
+            try:
+                when = email.utils.parsedate_to_datetime(header)
+            except (TypeError, ValueError):
+                when = None
+            if when is not None:
+                seconds = (when - datetime.now(UTC)).total_seconds()
+    elif used_up:
+        seconds = float(reset) - time.time()
+    if seconds is None:
+        seconds = 0.5 * 2 ** (attempt - 1)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def _provider_error(response: httpx.Response) -> str:
+    """The provider's own error code and message, short: `` (uniqueness: userName taken)``."""
+    try:
+        data = response.json()
+    except ValueError:
+        text = " ".join(response.text.split())[:200]
+        return f" ({text})" if text else ""
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        data = data["error"]
+    if not isinstance(data, dict):
+        return ""
+    codes = ("scimType", "error", "code", "errorCode")
+    messages = ("error_description", "detail", "message", "errorMessage")
+    code = next((str(data[k]) for k in codes if data.get(k)), "")
+    message = next((str(data[k]) for k in messages if data.get(k)), "")
+    found = ": ".join(p for p in (code, message) if p)
+    return f" ({found[:300]})" if found else ""
+
+
+def _advice(status: int) -> str:
+    if status in (401, 403):
+        return "the credentials were refused: check the token or client credentials it was given"
+    if status == 409:
+        return "it exists already, and reclaim never adopts what it did not create"
+    if status == 429:
+        return f"the provider still asked to slow down after {RATE_LIMIT_TRIES} tries"
+    if status >= 500:
+        return "the provider failed; it may work again later"
+    return "check the URL and what the backend was given"
+
+
+def _show(url: str) -> str:
+    """A URL for messages: without user info and query (which may hold credentials)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return parts._replace(netloc=netloc, query="", fragment="").geturl()
+
+
+def _check_url(url: str, what: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{what} {url!r} must be an http:// or https:// URL with a host")
+    return url

@@ -1,0 +1,679 @@
+"""OpenFGA: a store per test (``OpenFgaStore``), or a test's tuples in a shared store
+(``OpenFgaTuples``).
+
+``OpenFgaStore`` creates a store named with reclaim's name and deletes it at release. Its id is
+known only once ``POST /stores`` has answered, so release finds a store whose id was never
+recorded by its name, paging through ``GET /stores`` (I1); OpenFGA allows several stores with
+one name, and each of them carrying this exact reclaim name is deleted. ``DELETE
+/stores/{id}`` answers 204 even for a store that is gone (I3), so ``exists`` asks ``GET
+/stores/{id}`` (404 once deleted).
+
+``OpenFgaTuples`` is for suites that share one store (with the application's authorization
+model) between tests. The tuples a test writes are its resource. They are found again *by
+content*, not by a list in the record: every tuple must carry reclaim's name in its object id or
+its user id (``document:{name}-budget``, ``user:{name}``), and ``FgaTuples.write`` refuses one
+that does not. Release reads the store's tuples and deletes those that carry the name, with
+``on_missing: "ignore"`` (OpenFGA 1.10 or later), so a tuple the test wrote a moment before it
+was killed is found although no record mentions it, and a second release is a no-op. The cost:
+release reads every tuple of the store (100 a page).
+
+The API token (OpenFGA's pre-shared key, ``Authorization: Bearer``) is a secret field. Needs
+httpx: ``pip install 'reclaim[http]'``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import re
+import time
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+from urllib.parse import unquote, urlsplit
+
+from reclaim._errors import AcquireError, BackendError, MissingExtraError, ReleaseError
+from reclaim.backends import Backend, Leftover, Record, parse_name, redact_text
+
+_NO_HTTPX: ImportError | None = None
+try:
+    import httpx
+except ImportError as _exc:  # the `http` extra is missing: the module imports, backends refuse
+    _NO_HTTPX = _exc
+
+__all__ = ["FgaStore", "FgaTuples", "OpenFgaStore", "OpenFgaTuples", "TupleLike"]
+
+#: OpenFGA's HTTP port on a development machine (``openfga run``).
+DEFAULT_API_URL: Final = "http://localhost:8080"
+#: Store and model ids are ULIDs: 26 characters of Crockford's base 32.
+_ULID: Final = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
+#: A name reclaim proposes, and nothing else (``parse_name`` would also find one inside text).
+_RECLAIM_NAME: Final = re.compile(r"rc_[0-9a-f]{8}_[0-9a-z]{1,8}_[0-9]+")
+#: OpenFGA's default limits: tuples per write call, and page size of reads and store lists.
+_BATCH: Final = 100
+
+#: A tuple as the value's helpers take it: ``("user:anne", "viewer", "document:x")``, or a
+#: mapping with ``user``, ``relation``, ``object`` (and ``condition`` when written).
+TupleLike = Mapping[str, Any] | tuple[str, str, str]
+
+
+class _Handle:
+    """What the values share: the store's address and the HTTP calls on it."""
+
+    _kind = ""
+    _secret_fields: frozenset[str] = frozenset()
+
+    def __init__(self, record: Record, store_id: str, model_id: str | None) -> None:
+        self._record = record
+        self.name: str = record["name"]
+        self.api_url: str = record["api_url"]
+        self.store_id = store_id
+        self.model_id = model_id
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} store={self.store_id} at {self.api_url}>"
+
+    def _call(self) -> _Call:
+        return _fga_call(self._kind, self._secret_fields, self._record, BackendError)
+
+    def write(self, *tuples: TupleLike) -> None:
+        """Write tuples (100 a call; more are several calls, not one transaction)."""
+        keys = [_tuple_key(t, with_condition=True) for t in tuples]
+        with self._call() as http:
+            for batch in _batches(keys):
+                body: dict[str, Any] = {"writes": {"tuple_keys": batch}}
+                if self.model_id:
+                    body["authorization_model_id"] = self.model_id
+                http.send(
+                    "POST", f"{_store_url(self._record, self.store_id)}/write", ok=(200,), json=body
+                )
+
+    def delete(self, *tuples: TupleLike) -> None:
+        """Delete tuples; one that does not exist is skipped (``on_missing: "ignore"``)."""
+        keys = [_tuple_key(t, with_condition=False) for t in tuples]
+        with self._call() as http:
+            _delete_tuples(http, self._record, self.store_id, keys)
+
+    def check(self, user: str, relation: str, object: str) -> bool:
+        """Is ``user`` related to ``object`` by ``relation`` (``POST .../check``)?"""
+        body: dict[str, Any] = {"tuple_key": {"user": user, "relation": relation, "object": object}}
+        if self.model_id:
+            body["authorization_model_id"] = self.model_id
+        with self._call() as http:
+            response = http.send(
+                "POST", f"{_store_url(self._record, self.store_id)}/check", ok=(200,), json=body
+            )
+            assert response is not None
+            return _json_object(response).get("allowed") is True
+
+
+class FgaStore(_Handle):
+    """The store a test gets (``OpenFgaStore``): ``id``, ``name``, ``model_id`` (when a model
+    was written), and ``write``/``delete``/``check``/``read`` on it."""
+
+    _kind = "openfga.store"
+    _secret_fields = frozenset({"api_token"})
+
+    @property
+    def id(self) -> str:
+        """The store's id (a ULID)."""
+        return self.store_id
+
+    def read(self) -> list[dict[str, Any]]:
+        """Every tuple of the store (their ``key``s)."""
+        with self._call() as http:
+            return list(_read_tuples(http, self._record, self.store_id))
+
+
+class FgaTuples(_Handle):
+    """A test's tuples in a shared store (``OpenFgaTuples``). Every tuple written through it
+    must carry :attr:`name` in its object or user id: that is how release finds it."""
+
+    _kind = "openfga.tuples"
+    _secret_fields = frozenset({"api_token"})
+
+    def ref(self, type_: str, suffix: str = "") -> str:
+        """``"<type>:<name><suffix>"``, an object or user id that carries the name.
+
+        ``suffix`` must not start with a digit (``_1`` + ``2`` would be another name's).
+        """
+        if suffix[:1].isdigit():
+            raise ValueError(f"suffix {suffix!r} must not start with a digit")
+        return f"{type_}:{self.name}{suffix}"
+
+    def write(self, *tuples: TupleLike) -> None:
+        """Write tuples, each carrying :attr:`name` in its object or user (else ValueError)."""
+        for t in tuples:
+            key = _tuple_key(t, with_condition=False)
+            if not _carries(self.name, key):
+                raise ValueError(
+                    f"tuple {key} does not carry {self.name!r} in its object or user id, so a"
+                    " crash would leave it where release cannot find it: write e.g."
+                    f" {{'object': 'document:{self.name}-1', ...}} (see FgaTuples.ref)"
+                )
+        super().write(*tuples)
+
+    def read(self) -> list[dict[str, Any]]:
+        """The tuples of the store that carry :attr:`name` (their ``key``s)."""
+        with self._call() as http:
+            return [
+                k for k in _read_tuples(http, self._record, self.store_id) if _carries(self.name, k)
+            ]
+
+
+class OpenFgaStore(Backend[FgaStore]):
+    """An OpenFGA store of its own, deleted at release.
+
+    ::
+
+        store = persona.acquire(OpenFgaStore("http://127.0.0.1:8080", model=MODEL))
+        store.write(("user:anne", "viewer", "document:budget"))
+        assert store.check("user:anne", "viewer", "document:budget")
+
+    Args:
+        api_url: OpenFGA's HTTP API; ``FGA_API_URL``, else ``http://localhost:8080``.
+        api_token: the pre-shared key, when the server has one; ``FGA_API_TOKEN`` by default.
+        model: an authorization model (the JSON of ``POST /stores/{id}/authorization-models``:
+            ``schema_version``, ``type_definitions``...) written into the new store.
+        timeout: seconds per HTTP call.
+    """
+
+    kind = "openfga.store"
+    secret_fields = frozenset({"api_token"})
+    url_schemes = ("openfga+http", "openfga+https")
+
+    def __init__(
+        self,
+        api_url: str | None = None,
+        *,
+        api_token: str | None = None,
+        model: Mapping[str, Any] | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        url = api_url or os.environ.get("FGA_API_URL") or DEFAULT_API_URL
+        self.api_url = _check_url(url.rstrip("/"), "api_url")
+        self.api_token = api_token if api_token is not None else os.environ.get("FGA_API_TOKEN")
+        self.model = dict(model) if model is not None else None
+        self.timeout = timeout
+
+    def plan(self, name: str) -> Record:
+        return {
+            "name": name,
+            "id": None,
+            "api_url": self.api_url,
+            "api_token": self.api_token,
+            "timeout": self.timeout,
+        }
+
+    def acquire(self, name: str) -> tuple[FgaStore, Record]:
+        record = self.plan(name)
+        with _fga_call(self.kind, self.secret_fields, record, AcquireError) as http:
+            response = http.send(
+                "POST", f"{self.api_url}/stores", ok=(200, 201), json={"name": name}
+            )
+            assert response is not None
+            store_id = _check_ulid(_json_object(response).get("id"), http, "store id")
+            record["id"] = store_id
+            model_id = None
+            if self.model is not None:
+                response = http.send(
+                    "POST",
+                    f"{_store_url(record, store_id)}/authorization-models",
+                    ok=(200, 201),
+                    json=self.model,
+                )
+                assert response is not None
+                found = _json_object(response).get("authorization_model_id")
+                model_id = _check_ulid(found, http, "authorization model id")
+        return FgaStore(record, store_id, model_id), record
+
+    @classmethod
+    def release(cls, record: Record) -> None:
+        with _fga_call(cls.kind, cls.secret_fields, record, ReleaseError) as http:
+            ids = [record["id"]] if record.get("id") else _stores_named(http, record)
+            for store_id in ids:
+                # 204, also for a store deleted before (delete_store.go); a 404 is gone only
+                # when OpenFGA itself says so.
+                http.send(
+                    "DELETE",
+                    _store_url(record, store_id),
+                    ok=range(200, 300),
+                    gone=(404,),
+                    is_gone=_store_not_found,
+                )
+
+    @classmethod
+    def exists(cls, record: Record) -> bool:
+        with _fga_call(cls.kind, cls.secret_fields, record, BackendError) as http:
+            if not record.get("id"):
+                return bool(_stores_named(http, record))
+            url = _store_url(record, record["id"])
+            found = http.send("GET", url, ok=(200,), gone=(404,), is_gone=_store_not_found)
+            return found is not None
+
+    @classmethod
+    def describe(cls, record: Record) -> str:
+        ident = f" ({record['id']})" if record.get("id") else ""
+        return f"OpenFGA store {record.get('name')}{ident} at {record.get('api_url')}"
+
+    @classmethod
+    def list_leftovers(cls, target: str) -> Iterator[Leftover]:
+        """Stores whose name is a reclaim name, at ``openfga+http://HOST:PORT`` (the API URL
+        with ``openfga+`` before its scheme). The token is ``FGA_API_TOKEN``, or the URL's
+        password (``openfga+https://:TOKEN@fga.test``)."""
+        parts = urlsplit(target)
+        if parts.scheme not in cls.url_schemes:
+            raise ValueError(f"{target!r} is not an openfga+http(s):// URL")
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        api = parts._replace(scheme=parts.scheme.removeprefix("openfga+"), netloc=netloc).geturl()
+        token = unquote(parts.password) if parts.password else os.environ.get("FGA_API_TOKEN")
+        template: Record = {
+            "name": "rc_",
+            "id": None,
+            "api_url": _check_url(api.rstrip("/"), "target"),
+            "api_token": token,
+            "timeout": 10.0,
+        }
+        with _fga_call(cls.kind, cls.secret_fields, template, BackendError) as http:
+            for store in _list_stores(http, template):
+                name, store_id = store.get("name"), store.get("id")
+                if not isinstance(name, str) or not isinstance(store_id, str):
+                    continue
+                parsed = parse_name(name)
+                if parsed is None or not _RECLAIM_NAME.fullmatch(name):
+                    continue  # never anything without reclaim's exact name
+                yield Leftover({**template, "name": name, "id": store_id}, parsed[0], parsed[1])
+
+
+class OpenFgaTuples(Backend[FgaTuples]):
+    """The tuples one test writes into a store it shares with others, deleted at release.
+
+    ::
+
+        fga = persona.acquire(OpenFgaTuples(store_id, tuples=[
+            {"user": "user:{name}", "relation": "owner", "object": "document:{name}-1"},
+        ]))
+        fga.write(("user:anne", "viewer", fga.ref("document", "-1")))
+
+    Every tuple must carry reclaim's name (``{name}`` in ``tuples`` is replaced by it) in its
+    object or user id: release finds the tuples by it, with no list in the record (see the
+    module's text).
+
+    Args:
+        store_id: the shared store; ``FGA_STORE_ID`` by default.
+        api_url: ``FGA_API_URL``, else ``http://localhost:8080``.
+        api_token: ``FGA_API_TOKEN`` by default; a secret field.
+        tuples: written by acquire.
+        model_id: the authorization model to write against (``FGA_MODEL_ID``; default: the
+            store's latest).
+        timeout: seconds per HTTP call.
+    """
+
+    kind = "openfga.tuples"
+    secret_fields = frozenset({"api_token"})
+
+    def __init__(
+        self,
+        store_id: str | None = None,
+        *,
+        api_url: str | None = None,
+        api_token: str | None = None,
+        tuples: Sequence[TupleLike] = (),
+        model_id: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        store = store_id or os.environ.get("FGA_STORE_ID", "")
+        if not _ULID.fullmatch(store):
+            raise ValueError(
+                f"OpenFgaTuples needs the id of the shared store (a ULID), not {store!r}:"
+                " pass store_id or set FGA_STORE_ID"
+            )
+        model = model_id or os.environ.get("FGA_MODEL_ID") or None
+        if model is not None and not _ULID.fullmatch(model):
+            raise ValueError(f"model_id {model!r} is not an OpenFGA id (a ULID)")
+        url = api_url or os.environ.get("FGA_API_URL") or DEFAULT_API_URL
+        self.api_url = _check_url(url.rstrip("/"), "api_url")
+        self.api_token = api_token if api_token is not None else os.environ.get("FGA_API_TOKEN")
+        self.store_id = store
+        self.model_id = model
+        self.tuples = [_tuple_key(t, with_condition=True) for t in tuples]
+        for key in self.tuples:
+            if "{name}" not in key["user"] and "{name}" not in key["object"]:
+                raise ValueError(
+                    f"tuple {key} must carry '{{name}}' in its user or object id: release finds"
+                    " a test's tuples by reclaim's name, e.g. 'document:{name}-1'"
+                )
+        self.timeout = timeout
+
+    def plan(self, name: str) -> Record:
+        return {
+            "name": name,
+            "api_url": self.api_url,
+            "store_id": self.store_id,
+            "model_id": self.model_id,
+            "api_token": self.api_token,
+            "timeout": self.timeout,
+        }
+
+    def acquire(self, name: str) -> tuple[FgaTuples, Record]:
+        record = self.plan(name)
+        value = FgaTuples(record, self.store_id, self.model_id)
+        tuples = [_fill(t, name) for t in self.tuples]
+        try:
+            value.write(*tuples)
+        except BackendError as exc:
+            raise AcquireError(str(exc), kind=self.kind, resource=name) from exc
+        return value, record
+
+    @classmethod
+    def release(cls, record: Record) -> None:
+        with _fga_call(cls.kind, cls.secret_fields, record, ReleaseError) as http:
+            store_id = _check_ulid(record["store_id"], http, "store id")
+            mine = [
+                _tuple_key(k, with_condition=False)
+                for k in _read_tuples(http, record, store_id)
+                if _carries(record["name"], k)
+            ]
+            _delete_tuples(http, record, store_id, mine)
+
+    @classmethod
+    def exists(cls, record: Record) -> bool:
+        with _fga_call(cls.kind, cls.secret_fields, record, BackendError) as http:
+            store_id = _check_ulid(record["store_id"], http, "store id")
+            return any(_carries(record["name"], k) for k in _read_tuples(http, record, store_id))
+
+    @classmethod
+    def describe(cls, record: Record) -> str:
+        return f"OpenFGA tuples of {record.get('name')} in store {record.get('store_id')}"
+
+
+# --- OpenFGA calls ---------------------------------------------------------------------------
+
+
+def _fga_call(
+    kind: str, secret_fields: frozenset[str], record: Record, error: type[BackendError]
+) -> _Call:
+    headers = {"Accept": "application/json"}
+    if record.get("api_token"):
+        headers["Authorization"] = f"Bearer {record['api_token']}"
+    return _Call(
+        kind,
+        str(record["name"]),
+        record,
+        secret_fields,
+        error,
+        headers=headers,
+        timeout=float(record.get("timeout", 10.0)),
+    )
+
+
+def _store_url(record: Record, store_id: str) -> str:
+    # Only a ULID reaches the path: checked here whatever the record says.
+    if not _ULID.fullmatch(str(store_id)):
+        raise ValueError(f"{store_id!r} is not an OpenFGA store id (a ULID)")
+    return f"{record['api_url']}/stores/{store_id}"
+
+
+def _store_not_found(response: httpx.Response) -> bool:
+    """A 404 that OpenFGA gave for a missing store, not one of a wrong URL: a proxy's 404 must
+    not make a release look done."""
+    return _json_object(response).get("code") == "store_id_not_found"
+
+
+def _check_ulid(value: Any, http: _Call, what: str) -> str:
+    if not isinstance(value, str) or not _ULID.fullmatch(value):
+        raise http.fail(f"the server gave no valid {what} (a ULID): {str(value)[:40]!r}")
+    return value
+
+
+def _paged(
+    http: _Call, method: str, url: str, field: str, **kwargs: Any
+) -> Iterator[dict[str, Any]]:
+    """The items of every page, following ``continuation_token`` until it is empty; none when
+    the answer counts as gone."""
+    token, seen = "", set()
+    while True:
+        if method == "GET":
+            params = {"page_size": str(_BATCH), **({"continuation_token": token} if token else {})}
+            response = http.send(method, url, ok=(200,), params=params, **kwargs)
+        else:
+            body = {"page_size": _BATCH, **({"continuation_token": token} if token else {})}
+            response = http.send(method, url, ok=(200,), json=body, **kwargs)
+        if response is None:
+            return
+        data = _json_object(response)
+        yield from (item for item in data.get(field) or [] if isinstance(item, dict))
+        token = str(data.get("continuation_token") or "")
+        if not token or token in seen:  # the end, or a server that repeats itself
+            return
+        seen.add(token)
+
+
+def _list_stores(http: _Call, record: Record) -> Iterator[dict[str, Any]]:
+    return _paged(http, "GET", f"{record['api_url']}/stores", "stores")
+
+
+def _stores_named(http: _Call, record: Record) -> list[str]:
+    """The ids of the stores called exactly this record's name (I1: the id was not recorded)."""
+    return [
+        str(s["id"])
+        for s in _list_stores(http, record)
+        if s.get("name") == record["name"]
+        and isinstance(s.get("id"), str)
+        and _ULID.fullmatch(s["id"])
+    ]
+
+
+def _read_tuples(http: _Call, record: Record, store_id: str) -> Iterator[dict[str, Any]]:
+    """The key of every tuple in the store; none when the store is gone."""
+    url = f"{_store_url(record, store_id)}/read"
+    for item in _paged(http, "POST", url, "tuples", gone=(404,), is_gone=_store_not_found):
+        key = item.get("key")
+        if isinstance(key, dict):
+            yield key
+
+
+def _delete_tuples(http: _Call, record: Record, store_id: str, keys: list[dict[str, Any]]) -> None:
+    url = f"{_store_url(record, store_id)}/write"
+    for batch in _batches(keys):
+        body = {"deletes": {"tuple_keys": batch, "on_missing": "ignore"}}
+        sent = http.send("POST", url, ok=(200,), gone=(404,), is_gone=_store_not_found, json=body)
+        if sent is None:
+            return  # the whole store went meanwhile, and its tuples with it
+
+
+def _tuple_key(t: TupleLike | Mapping[str, Any], *, with_condition: bool) -> dict[str, Any]:
+    if isinstance(t, tuple):
+        user, relation, obj = t
+        key: dict[str, Any] = {"user": user, "relation": relation, "object": obj}
+    else:
+        key = {k: t.get(k) for k in ("user", "relation", "object")}
+        if with_condition and t.get("condition") is not None:
+            key["condition"] = t["condition"]
+    for part in ("user", "relation", "object"):
+        if not isinstance(key[part], str) or not key[part]:
+            raise ValueError(f"a tuple needs a non-empty string {part!r}: {t!r}")
+    return key
+
+
+def _fill(key: Mapping[str, Any], name: str) -> dict[str, Any]:
+    filled = dict(key)
+    for part in ("user", "object"):
+        filled[part] = str(filled[part]).replace("{name}", name)
+    return filled
+
+
+def _carries(name: str, key: Mapping[str, Any]) -> bool:
+    """Does the tuple carry this exact name in its user or object? Not a longer one: ``..._1``
+    is not found inside ``..._12``."""
+    pattern = re.compile(r"(?<![0-9a-z])" + re.escape(name) + r"(?![0-9])")
+    return any(pattern.search(str(key.get(part, ""))) for part in ("user", "object"))
+
+
+def _batches(keys: list[dict[str, Any]]) -> Iterable[list[dict[str, Any]]]:
+    return (keys[i : i + _BATCH] for i in range(0, len(keys), _BATCH))
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+# --- HTTP: one operation on one resource ------------------------------------------------------
+# The same block is in accounts.py, oauth.py and openfga.py: each backend module stands alone.
+
+#: A provider answering 429 (or 403/503 with Retry-After, or with its rate limit used up, as
+#: GitHub does) is asked again, this many times in all,
+RATE_LIMIT_TRIES: Final = 5
+#: waiting what it asks for, never longer than this (without a hint: 0.5 s, 1 s, 2 s, 4 s).
+MAX_RETRY_AFTER: Final = 30.0
+
+
+def _pause(seconds: float) -> None:
+    """Wait before asking a rate-limiting provider again (tests replace it to see the waits)."""
+    time.sleep(seconds)
+
+
+class _Call:
+    """The HTTP calls of one operation: retries on rate limits, clear errors, no secret shown."""
+
+    def __init__(
+        self,
+        kind: str,
+        resource: str,
+        record: Record,
+        secret_fields: frozenset[str],
+        error: type[BackendError],
+        *,
+        headers: Mapping[str, str],
+        timeout: float,
+    ) -> None:
+        if _NO_HTTPX is not None:
+            raise MissingExtraError(kind, "http", "httpx") from _NO_HTTPX
+        self.kind, self.resource, self.record = kind, resource, record
+        self.secret_fields, self.error = secret_fields, error
+        self.client = httpx.Client(headers=dict(headers), timeout=timeout)
+
+    def __enter__(self) -> _Call:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.client.close()
+
+    def fail(self, message: str) -> BackendError:
+        """An error of this operation's kind, naming the resource, with secrets redacted."""
+        text = redact_text(message, self.record, self.secret_fields)
+        return self.error(
+            f"{self.kind} {self.resource!r}: {text}", kind=self.kind, resource=self.resource
+        )
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        ok: Container[int],
+        gone: Container[int] = (),
+        is_gone: Callable[[httpx.Response], bool] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response | None:
+        """The answer when its status is in ``ok``; None when it is in ``gone`` (and
+        ``is_gone`` agrees); an error otherwise."""
+        shown = _show(url)
+        for attempt in range(1, RATE_LIMIT_TRIES + 1):
+            try:
+                response = self.client.request(method, url, **kwargs)
+            except httpx.HTTPError as exc:
+                raise self.fail(
+                    f"{method} {shown} failed: {type(exc).__name__}: {exc}; is the server up"
+                    " and is the URL right?"
+                ) from exc
+            wait = _retry_after(response, attempt)
+            if wait is None or attempt == RATE_LIMIT_TRIES:
+                break
+            _pause(wait)
+        status = response.status_code
+        if status in ok:
+            return response
+        if status in gone and (is_gone is None or is_gone(response)):
+            return None
+        raise self.fail(
+            f"{method} {shown} answered HTTP {status}{_provider_error(response)}; {_advice(status)}"
+        )
+
+
+def _retry_after(response: httpx.Response, attempt: int) -> float | None:
+    """How long to wait before asking again, or None when the answer is not "slow down"."""
+    status, headers = response.status_code, response.headers
+    header = headers.get("retry-after")
+    reset = headers.get("x-ratelimit-reset", "")
+    used_up = headers.get("x-ratelimit-remaining") == "0" and reset.isdigit()
+    if status != 429 and not (status in (403, 503) and (header or used_up)):
+        return None
+    seconds: float | None = None
+    if header is not None:
+        header = header.strip()
+        if header.isdigit():
+            seconds = float(header)
+        else:
+            try:
+                when = email.utils.parsedate_to_datetime(header)
+            except (TypeError, ValueError):
+                when = None
+            if when is not None:
+                seconds = (when - datetime.now(UTC)).total_seconds()
+    elif used_up:
+        seconds = float(reset) - time.time()
+    if seconds is None:
+        seconds = 0.5 * 2 ** (attempt - 1)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def _provider_error(response: httpx.Response) -> str:
+    """The provider's own error code and message, short: `` (uniqueness: userName taken)``."""
+    try:
+        data = response.json()
+    except ValueError:
+        text = " ".join(response.text.split())[:200]
+        return f" ({text})" if text else ""
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        data = data["error"]
+    if not isinstance(data, dict):
+        return ""
+    codes = ("scimType", "error", "code", "errorCode")
+    messages = ("error_description", "detail", "message", "errorMessage")
+    code = next((str(data[k]) for k in codes if data.get(k)), "")
+    message = next((str(data[k]) for k in messages if data.get(k)), "")
+    found = ": ".join(p for p in (code, message) if p)
+    return f" ({found[:300]})" if found else ""
+
+
+def _advice(status: int) -> str:
+    if status in (401, 403):
+        return "the credentials were refused: check the token or client credentials it was given"
+    if status == 409:
+        return "it exists already, and reclaim never adopts what it did not create"
+    if status == 429:
+        return f"the provider still asked to slow down after {RATE_LIMIT_TRIES} tries"
+    if status >= 500:
+        return "the provider failed; it may work again later"
+    return "check the URL and what the backend was given"
+
+
+def _show(url: str) -> str:
+    """A URL for messages: without user info and query (which may hold credentials)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return parts._replace(netloc=netloc, query="", fragment="").geturl()
+
+
+def _check_url(url: str, what: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{what} {url!r} must be an http:// or https:// URL with a host")
+    return url

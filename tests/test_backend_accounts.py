@@ -1,0 +1,556 @@
+"""User accounts through SCIM 2.0 and a generic REST API, against local stand-in servers
+(``tests/providers/scim.py``): the conformance kit over every flavour of create answer; release
+finds an account whose id was never recorded by its exact name and never touches another; hostile
+ids and names cannot leave their URL or filter; secrets stay out of errors, the registry and
+``reclaim status``; 429 is retried after Retry-After; a SIGKILLed owner's accounts are deleted by
+its watchdog, or by ``reclaim sweep`` when the watchdog died too; a provider that is down keeps the
+entry failed until a sweep after it is back."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import reclaim
+from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli
+from providers.scim import RestUsers, ScimServer
+from reclaim import AcquireError, BackendError, ReleaseError
+from reclaim._registry import open_registry
+from reclaim.backends import Backend, Record, accounts, load_backend
+from reclaim.backends import make_name as _make_name
+from reclaim.backends.accounts import Account, RestAccount, ScimUser
+from reclaim.testing import check_backend, dead_identity
+
+RUN = "0a1b2c3d"
+NOW = 1_800_000_000  # one creation time for every name made here: the same name, every call
+
+
+def make_name(run_id: str, seq: int) -> str:
+    return _make_name(run_id, seq, now=NOW)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll until ``predicate()`` is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout} s: {predicate}")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def scim() -> Iterator[ScimServer]:
+    with ScimServer() as server:
+        yield server
+
+
+@pytest.fixture
+def rest() -> Iterator[RestUsers]:
+    with RestUsers() as server:
+        yield server
+
+
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The back-off waits the backend asks for, recorded instead of slept."""
+    seen: list[float] = []
+    monkeypatch.setattr(accounts, "_pause", seen.append)
+    return seen
+
+
+# --- the conformance kit -----------------------------------------------------------------------
+
+REST_FLAVOURS: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "envelope": {"envelope": True},  # {"data": {...}}, lookups {"items": [...]}
+    "location-only": {"location_only": True},  # 201, no body: the id from Location
+    "gone-410": {"gone_status": 410},
+}
+
+
+@pytest.mark.parametrize("flavour", sorted(REST_FLAVOURS))
+def test_rest_conformance(flavour: str, tmp_path: Path, registry_path: str) -> None:
+    with RestUsers(**REST_FLAVOURS[flavour]) as server:
+        id_field = "data.id" if flavour == "envelope" else "id"
+
+        def make() -> RestAccount:
+            body = {"username": "{name}", "email": "{name}@example.test"}
+            return RestAccount(server.collection, body, token=server.token, id_field=id_field)
+
+        def delete_outside(record: Record) -> None:
+            server.users.pop(record["id"])
+
+        check_backend(make, registry=tmp_path / "kit.sqlite3", delete_outside=delete_outside)
+        assert server.users == {}
+
+
+@pytest.mark.parametrize("domain", [None, "example.test"], ids=["username", "email"])
+def test_scim_conformance(
+    domain: str | None, scim: ScimServer, tmp_path: Path, registry_path: str
+) -> None:
+    def delete_outside(record: Record) -> None:
+        scim.users.pop(record["id"])
+
+    check_backend(
+        lambda: ScimUser(scim.base_url, token=scim.token, email_domain=domain),
+        registry=tmp_path / "kit.sqlite3",
+        delete_outside=delete_outside,
+    )
+    assert scim.users == {}
+
+
+def test_kinds_load_through_entry_points() -> None:
+    assert load_backend("account.rest") is RestAccount
+    assert load_backend("account.scim") is ScimUser
+
+
+# --- I1: the planned record finds the account by its exact name --------------------------------
+
+
+def test_scim_second_delete_is_404_and_release_is_a_no_op(scim: ScimServer) -> None:
+    backend = ScimUser(scim.base_url, token=scim.token)
+    _, record = backend.acquire(make_name(RUN, 1))
+    ScimUser.release(record)
+    ScimUser.release(record)
+    deletes = [status for method, _, status in scim.answered if method == "DELETE"]
+    assert deletes == [204, 404]
+    assert scim.users == {}
+
+
+def test_lookup_deletes_only_the_exact_name(registry_path: str) -> None:
+    """An API that ignores the filter and lists everyone: release of a planned record (no id)
+    deletes the one account whose name field is exactly the planned name."""
+    with RestUsers(ignore_filter=True) as server:
+        name = make_name(RUN, 1)
+        strangers = [f"{name}2", name.upper(), f"x{name}", "bob", f"{name}@example.test"]
+        for stranger in strangers:
+            server.add(stranger)
+        backend = RestAccount(server.collection, token=server.token)
+        planned = backend.plan(name)
+        assert planned["id"] is None
+        assert not RestAccount.exists(planned)
+        backend.acquire(name)
+        assert RestAccount.exists(planned)
+        RestAccount.release(planned)
+        assert server.usernames() == set(strangers)
+
+
+def test_scim_lookup_is_case_insensitive_and_exact(scim: ScimServer) -> None:
+    name = make_name(RUN, 3)
+    scim.add(f"{name}0@example.test")
+    scim.add(f"{name}@example.testing")
+    backend = ScimUser(scim.base_url, token=scim.token, email_domain="example.test")
+    planned = backend.plan(name)
+    user_id = scim.add(f"{name}@EXAMPLE.TEST")  # created by a run that died before recording
+    assert ScimUser.exists(planned)
+    ScimUser.release(planned)
+    assert user_id not in scim.users
+    assert scim.user_names() == {f"{name}0@example.test", f"{name}@example.testing"}
+
+
+def test_a_duplicate_is_refused_never_adopted(scim: ScimServer) -> None:
+    name = make_name(RUN, 4)
+    scim.add(name)
+    with pytest.raises(AcquireError, match=r"409 \(uniqueness: .*never adopts") as info:
+        ScimUser(scim.base_url, token=scim.token).acquire(name)
+    assert info.value.kind == "account.scim"
+    assert info.value.resource == name
+
+
+def test_acquire_failure_in_a_fixture_leaves_nothing(registry_path: str) -> None:
+    """The server creates the account but answers without an id: the Fixture releases the
+    planned record, which finds the account by name (the window of I1, in-process)."""
+    with RestUsers(hide_id=True) as server, reclaim.Fixture("half") as fixture:
+        with pytest.raises(AcquireError, match="no id at 'id' and no Location header"):
+            fixture.acquire(RestAccount(server.collection, token=server.token))
+        assert [m for m, _ in server.calls] == ["POST", "GET", "DELETE"]
+        assert server.users == {}
+
+
+# --- hostile input -----------------------------------------------------------------------------
+
+
+def test_a_hostile_id_stays_inside_its_url(rest: RestUsers) -> None:
+    record = RestAccount(rest.collection, token=rest.token).plan(make_name(RUN, 5))
+    victim = rest.add("admin")
+    record["id"] = f"../{victim}?force=1"
+    RestAccount.release(record)  # 404 for that odd id: gone, and nothing else was touched
+    (delete,) = [r for r in rest.requests if r.method == "DELETE"]
+    assert delete.raw_path == f"/api/users/..%2F{victim}%3Fforce%3D1"
+    assert delete.query == {}
+    assert rest.usernames() == {"admin"}
+    for bad in ("..", "."):
+        record["id"] = bad
+        with pytest.raises(ReleaseError, match="cannot be used in a URL"):
+            RestAccount.release(record)
+
+
+def test_a_hostile_scim_name_stays_inside_its_filter(scim: ScimServer) -> None:
+    keep = scim.add("rc_keep_me")
+    record = ScimUser(scim.base_url, token=scim.token).plan(make_name(RUN, 6))
+    record["user_name"] = '" or userName sw "rc'  # as a tampered registry could hold
+    ScimUser.release(record)
+    assert keep in scim.users
+    (query,) = [r for r in scim.requests if r.method == "GET"]
+    assert query.arg("filter") == 'userName eq "\\" or userName sw \\"rc"'
+
+
+def test_constructors_refuse_what_would_break_i1_or_inject() -> None:
+    with pytest.raises(ValueError, match=r"must carry reclaim's name"):
+        RestAccount("http://127.0.0.1:1/users", {"username": "fixed"})
+    with pytest.raises(ValueError, match=r"\{id\}"):
+        RestAccount("http://127.0.0.1:1/users", item_url="{collection}/x")
+    with pytest.raises(ValueError, match="http:// or https://"):
+        RestAccount("file:///etc/passwd")
+    with pytest.raises(ValueError, match="no query"):
+        RestAccount("http://127.0.0.1:1/users?tenant=a")
+    with pytest.raises(ValueError, match="header"):
+        RestAccount("http://127.0.0.1:1/users", headers={"X-A": "b\r\nInjected: yes"})
+    with pytest.raises(ValueError, match="host name"):
+        ScimUser("http://127.0.0.1:1/scim/v2", email_domain='x.test" or userName pr "')
+    with pytest.raises(ValueError, match="cannot set userName"):
+        ScimUser("http://127.0.0.1:1/scim/v2", attributes={"userName": "admin"})
+
+
+def test_defaults_come_from_the_environment(
+    scim: ScimServer, rest: RestUsers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SCIM_BASE_URL", raising=False)
+    with pytest.raises(ValueError, match="SCIM_BASE_URL"):
+        ScimUser()
+    monkeypatch.setenv("SCIM_BASE_URL", scim.base_url)
+    monkeypatch.setenv("SCIM_TOKEN", scim.token)
+    monkeypatch.setenv("RECLAIM_ACCOUNT_URL", rest.collection)
+    monkeypatch.setenv("RECLAIM_ACCOUNT_TOKEN", rest.token)
+    for backend in (ScimUser(), RestAccount()):
+        account, record = backend.acquire(make_name(RUN, 7))
+        assert account.login == make_name(RUN, 7)
+        type(backend).release(record)
+    assert scim.users == {}
+    assert rest.users == {}
+
+
+# --- what a test gets --------------------------------------------------------------------------
+
+
+def test_password_is_given_but_never_journaled(scim: ScimServer, rest: RestUsers) -> None:
+    name = make_name(RUN, 8)
+    attributes = {"displayName": "Sarah {name}", "name": {"givenName": "Sarah"}}
+    backend = ScimUser(
+        scim.base_url,
+        token=scim.token,
+        email_domain="example.test",
+        password=True,
+        attributes=attributes,
+    )
+    user, record = backend.acquire(name)
+    assert isinstance(user, Account)
+    assert user.password
+    assert scim.passwords[user.id] == user.password
+    assert user.password not in json.dumps(record)
+    assert user.password not in repr(user)
+    (body,) = scim.created_bodies
+    assert body["displayName"] == f"Sarah {name}"
+    assert body["emails"] == [{"value": f"{name}@example.test", "type": "work", "primary": True}]
+    assert user.url == f"{scim.base_url}/Users/{user.id}"
+
+    rest_backend = RestAccount(
+        rest.collection, {"username": "{name}", "password": "{password}"}, token=rest.token
+    )
+    account, rest_record = rest_backend.acquire(name)
+    assert account.password
+    assert rest.passwords[account.id] == account.password
+    assert account.password not in json.dumps(rest_record)
+    assert "{password}" not in json.dumps(rest_record)
+    ScimUser.release(record)
+    RestAccount.release(rest_record)
+
+
+def test_describe_names_the_account(scim: ScimServer) -> None:
+    backend = ScimUser(scim.base_url, token=scim.token)
+    _, record = backend.acquire(make_name(RUN, 9))
+    assert ScimUser.describe(record) == f"SCIM user {make_name(RUN, 9)} id {record['id']}"
+    ScimUser.release(record)
+
+
+# --- secrets and errors ------------------------------------------------------------------------
+
+
+def test_wrong_token_is_a_clear_error_without_the_token(scim: ScimServer) -> None:
+    wrong = "wrong-token-9z8y7x"
+    with pytest.raises(AcquireError) as info:
+        ScimUser(scim.base_url, token=wrong).acquire(make_name(RUN, 10))
+    text = str(info.value)
+    assert "HTTP 401" in text
+    assert "credentials were refused" in text
+    assert make_name(RUN, 10) in text
+    assert wrong not in text
+
+
+def test_a_provider_quoting_the_token_is_redacted(scim: ScimServer) -> None:
+    """Called directly (no Fixture, no reaper to redact after it), the error has no token."""
+    _, record = ScimUser(scim.base_url, token=scim.token).acquire(make_name(RUN, 16))
+    scim.inject(1, 403, {"detail": f"token {scim.token} may not delete"}, method="DELETE")
+    with pytest.raises(ReleaseError, match="HTTP 403") as info:
+        ScimUser.release(record)
+    assert "token *** may not delete" in str(info.value)
+    assert scim.token not in str(info.value)
+    ScimUser.release(record)
+
+
+def _dead_run_holding(registry_path: str, backend: Backend[Any]) -> tuple[int, Record]:
+    """A run whose owner is dead, holding one acquired resource: for the sweeper."""
+    reg = open_registry(registry_path)
+    try:
+        run_id = os.urandom(4).hex()
+        reg.open_run(run_id, dead_identity(), label="accounts")
+        name = make_name(run_id, 1)
+        resource_id = reg.plan(run_id, "accounts", backend.kind, name, backend.plan(name))
+        _, record = backend.acquire(name)
+        reg.mark_acquired(resource_id, record)
+        return resource_id, record
+    finally:
+        reg.close()
+
+
+def test_secret_never_reaches_the_registry_or_status(scim: ScimServer, registry_path: str) -> None:
+    """A provider that quotes the token in its error: the failed entry keeps a redacted error."""
+    resource_id, record = _dead_run_holding(
+        registry_path, ScimUser(scim.base_url, token=scim.token)
+    )
+    echo = {"detail": f"token {scim.token} may not delete users", "status": "403"}
+    scim.inject(3, 403, echo, method="DELETE")
+    failed = json.loads(reclaim_cli("sweep", "--grace", "0", "--json", check=False).stdout)
+    assert failed["failed"] == 1
+    reg = open_registry(registry_path)
+    try:
+        kept = reg.get_resource(resource_id)
+        assert kept is not None
+        assert kept.state == "failed"
+        assert kept.last_error is not None
+        assert "HTTP 403" in kept.last_error
+        assert "may not delete users" in kept.last_error
+        assert scim.token not in kept.last_error
+    finally:
+        reg.close()
+    for args in (("status", "--json"), ("status",)):
+        out = reclaim_cli(*args).stdout
+        assert scim.token not in out
+        assert "failed" in out
+    assert record["id"] in scim.users
+    swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
+    assert swept["released"] == 1
+    assert scim.users == {}
+
+
+def test_429_is_retried_after_retry_after(scim: ScimServer, waits: list[float]) -> None:
+    backend = ScimUser(scim.base_url, token=scim.token)
+    scim.throttle(2, retry_after="7")
+    _, record = backend.acquire(make_name(RUN, 11))
+    assert waits == [7.0, 7.0]
+    scim.throttle(1, retry_after=None)  # no header: the back-off's own first wait
+    scim.throttle(1, retry_after="120")  # capped
+    ScimUser.release(record)
+    assert waits[2:] == [0.5, accounts.MAX_RETRY_AFTER]
+    assert scim.users == {}
+    assert [s for _, _, s in scim.injected] == [429, 429, 429, 429]
+
+
+def test_429_without_end_fails_clearly(scim: ScimServer, waits: list[float]) -> None:
+    backend = ScimUser(scim.base_url, token=scim.token)
+    _, record = backend.acquire(make_name(RUN, 12))
+    scim.throttle(accounts.RATE_LIMIT_TRIES)
+    with pytest.raises(ReleaseError, match=r"HTTP 429 .*slow down after 5 tries"):
+        ScimUser.release(record)
+    assert len(waits) == accounts.RATE_LIMIT_TRIES - 1
+    assert record["id"] in scim.users, "nothing deleted, nothing pretended"
+    ScimUser.release(record)
+
+
+def test_retry_after_as_a_date(scim: ScimServer, waits: list[float]) -> None:
+    when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 3600))
+    scim.throttle(1, retry_after=when)
+    ScimUser.release(ScimUser(scim.base_url, token=scim.token).plan(make_name(RUN, 13)))
+    assert waits == [accounts.MAX_RETRY_AFTER]
+
+
+def test_a_wrong_base_url_is_an_error_not_a_release(scim: ScimServer) -> None:
+    """A lookup that meets a 404 (a wrong base URL) must not make a release look done."""
+    backend = ScimUser(scim.base_url, token=scim.token)
+    planned = backend.plan(make_name(RUN, 15))
+    backend.acquire(make_name(RUN, 15))
+    wrong = {**planned, "base_url": f"{scim.url}/scim/v1"}
+    with pytest.raises(ReleaseError, match="HTTP 404"):
+        ScimUser.release(wrong)
+    assert scim.user_names() == {make_name(RUN, 15)}
+    ScimUser.release(planned)
+
+
+def test_exists_reports_an_unreachable_server() -> None:
+    server = ScimServer().start()
+    server.stop()
+    token = "t-unreachable"
+    record = ScimUser(server.url + "/scim/v2", token=token).plan(make_name(RUN, 14))
+    with pytest.raises(BackendError, match=r"ConnectError.*is the server up"):
+        ScimUser.exists(record)
+
+
+def test_missing_httpx_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['httpx'] = None\n"
+        "from reclaim.backends.accounts import ScimUser\n"
+        "b = ScimUser('http://127.0.0.1:1/scim/v2', token='t')\n"
+        "try:\n"
+        "    b.acquire('rc_0a1b2c3d_a_1')\n"
+        "except ImportError as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.startswith("MissingExtraError")
+    assert "pip install 'reclaim[http]'" in out.stdout
+
+
+# --- the registry-less sweep -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("operators", [("eq", "sw"), ("eq",)], ids=["sw", "eq-only"])
+def test_leftovers_are_reclaim_names_only(operators: tuple[str, ...]) -> None:
+    """Paged; a provider without ``sw`` is listed in full, and still only reclaim names come."""
+    with ScimServer(page_size=2, operators=operators) as server:
+        ours = [make_name(RUN, n) for n in (1, 2)] + [f"{make_name(RUN, 3)}@example.test"]
+        foreign = [
+            f"{make_name(RUN, 4)}_admin",
+            f"x{make_name(RUN, 5)}",
+            make_name(RUN, 6).upper(),
+            "rc_admin",
+            "rc_0a1b2c3d_zz",
+            "bob@example.test",
+        ]
+        for name in ours + foreign:
+            server.add(name)
+        target = f"scim+http://:{server.token}@127.0.0.1:{server.port}/scim/v2"
+        found = list(ScimUser.list_leftovers(target))
+        assert sorted(f.record["user_name"] for f in found) == sorted(ours)
+        assert {f.run_id for f in found} == {RUN}
+        for leftover in found:
+            assert server.token not in repr(leftover)
+            ScimUser.release(leftover.record)
+        assert server.user_names() == set(foreign)
+
+
+# --- crashes -----------------------------------------------------------------------------------
+
+HOLDER = """
+import json, os, sys, time
+import reclaim
+from reclaim.backends.accounts import RestAccount, ScimUser
+from reclaim._run import current_run
+
+go = sys.argv[1] if len(sys.argv) > 1 else None
+try:
+    with reclaim.Fixture("sarah") as f:
+        scim = f.acquire(ScimUser(email_domain="example.test"))
+        rest = f.acquire(RestAccount(body={"username": "{name}", "email": "{name}@x.test"}))
+        run = current_run()
+        watchdog = run.watchdog.pid if run.watchdog else None
+        print(json.dumps({"run": run.id, "watchdog": watchdog,
+                          "logins": [scim.login, rest.login]}), flush=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (go and os.path.exists(go)):
+            time.sleep(0.01)
+except BaseException as exc:
+    notes = [str(e) for e in getattr(exc, "exceptions", [])]
+    print(json.dumps({"error": str(exc), "notes": notes}), flush=True)
+"""
+
+
+@pytest.fixture
+def servers(
+    scim: ScimServer, rest: RestUsers, monkeypatch: pytest.MonkeyPatch
+) -> tuple[ScimServer, RestUsers]:
+    """Both stand-ins, named in the environment the child processes inherit."""
+    monkeypatch.setenv("SCIM_BASE_URL", scim.base_url)
+    monkeypatch.setenv("SCIM_TOKEN", scim.token)
+    monkeypatch.setenv("RECLAIM_ACCOUNT_URL", rest.collection)
+    monkeypatch.setenv("RECLAIM_ACCOUNT_TOKEN", rest.token)
+    return scim, rest
+
+
+def test_sigkill_then_the_watchdog_deletes_the_accounts(
+    spawn: Spawner, servers: tuple[ScimServer, RestUsers], registry_path: str
+) -> None:
+    scim, rest = servers
+    proc, held = spawn(HOLDER)
+    assert scim.user_names() == {held["logins"][0]}
+    assert rest.usernames() == {held["logins"][1]}
+    scim.throttle(1, retry_after="1")  # the watchdog meets a rate limit, and waits it out
+    kill(proc)
+    wait_until(lambda: not scim.users and not rest.users)
+    assert [s for _, _, s in scim.injected] == [429]
+    reg = open_registry(registry_path)
+    try:
+        wait_until(lambda: reg.get_run(held["run"]) is None)
+        by = {e.detail.get("by") for e in reg.events() if e.event == "resource.released"}
+        assert by == {"watchdog"}
+    finally:
+        reg.close()
+
+
+def test_watchdog_killed_too_then_sweep(
+    spawn: Spawner, servers: tuple[ScimServer, RestUsers], registry_path: str
+) -> None:
+    scim, rest = servers
+    proc, held = spawn(HOLDER)
+    os.kill(held["watchdog"], signal.SIGKILL)
+    kill(proc)
+    time.sleep(0.3)
+    assert scim.user_names() == {held["logins"][0]}, "nobody released anything yet"
+    assert rest.usernames() == {held["logins"][1]}
+    swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
+    assert swept["released"] == 2
+    assert scim.users == {}
+    assert rest.users == {}
+    assert json.loads(reclaim_cli("status", "--json").stdout) == {"runs": []}
+
+
+def test_provider_down_keeps_the_entry_failed_until_a_later_sweep(
+    spawn: Spawner, servers: tuple[ScimServer, RestUsers], registry_path: str, tmp_path: Path
+) -> None:
+    scim, rest = servers
+    go = tmp_path / "go"
+    proc, held = spawn(HOLDER, str(go))
+    scim.down()
+    try:
+        go.write_text("")
+        proc.wait(timeout=CHILD_TIMEOUT)
+        assert proc.stdout is not None
+        outcome = json.loads(proc.stdout.readline())
+        assert "releasing fixture 'sarah' failed" in outcome["error"]
+        (note,) = outcome["notes"]
+        assert "account.scim" in note
+        assert "stays in state failed" in note
+        assert scim.token not in note
+        assert rest.users == {}, "the REST account, whose provider is up, went"
+        status = json.loads(reclaim_cli("status", "--json").stdout)
+        (run,) = status["runs"]
+        (entry,) = run["resources"]
+        assert (entry["kind"], entry["condition"]) == ("account.scim", "failed")
+        assert "is the server up" in entry["last_error"]
+        assert scim.token not in json.dumps(status)
+        assert scim.user_names() == {held["logins"][0]}
+    finally:
+        scim.up()
+    swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
+    assert (swept["released"], swept["failed"]) == (1, 0)
+    assert scim.users == {}

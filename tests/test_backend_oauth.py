@@ -1,0 +1,564 @@
+"""OAuth grants against local stand-in servers (``tests/providers/oauth.py``): an RFC 7009/7662
+authorization server and GitHub's OAuth-app endpoints.
+
+Proves, for a token the test was given and for a client-credentials token: the planned record
+already revokes a given token (I1); release revokes (refresh token first, with its access
+tokens), a second release and a release after someone else revoked are no-ops (I3); introspection
+decides when the server refuses a revocation; the sweeper revokes from the registry alone (I2);
+tokens and client secrets never reach an error, the registry or ``reclaim status`` (I7); 429 and
+GitHub's 403 with Retry-After are retried; a SIGKILLed owner's grants are revoked by the
+watchdog, or by ``reclaim sweep`` when the watchdog died too; a server that is down keeps the
+entry failed until a sweep after it is back.
+
+``reclaim.testing.check_backend`` does not apply: it checks a resource that acquire *creates*,
+while a given token exists before reclaim owns it (see ``reclaim.backends.oauth``). Each of its
+checks that does apply is made here."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import CHILD_TIMEOUT, kill, reclaim_cli
+from providers.oauth import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    GITHUB_CLIENT_ID,
+    GITHUB_CLIENT_SECRET,
+    GithubServer,
+    OAuthServer,
+)
+from reclaim import AcquireError, ReleaseError, sweep
+from reclaim._registry import open_registry
+from reclaim.backends import Record, load_backend
+from reclaim.backends import make_name as _make_name
+from reclaim.backends import oauth as oauth_module
+from reclaim.backends.oauth import GithubGrant, Grant, OAuthGrant
+from reclaim.testing import dead_identity
+
+RUN = "0a1b2c3d"
+NOW = 1_800_000_000  # one creation time for every name made here: the same name, every call
+
+
+def make_name(run_id: str, seq: int) -> str:
+    return _make_name(run_id, seq, now=NOW)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll until ``predicate()`` is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout} s: {predicate}")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def auth() -> Iterator[OAuthServer]:
+    with OAuthServer() as server:
+        yield server
+
+
+@pytest.fixture
+def github() -> Iterator[GithubServer]:
+    with GithubServer() as server:
+        yield server
+
+
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The back-off waits the backend asks for, recorded instead of slept."""
+    seen: list[float] = []
+    monkeypatch.setattr(oauth_module, "_pause", seen.append)
+    return seen
+
+
+def given(server: OAuthServer, **kwargs: Any) -> tuple[OAuthGrant, str, str | None]:
+    access, refresh = server.issue()
+    backend = OAuthGrant(
+        server.url,
+        access_token=access,
+        refresh_token=refresh,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        **kwargs,
+    )
+    return backend, access, refresh
+
+
+def github_grant(server: GithubServer, token: str, **kwargs: Any) -> GithubGrant:
+    return GithubGrant(
+        token,
+        client_id=GITHUB_CLIENT_ID,
+        client_secret=GITHUB_CLIENT_SECRET,
+        api_url=server.url,
+        **kwargs,
+    )
+
+
+def round_trip(record: Record) -> Record:
+    again: Record = json.loads(json.dumps(record))
+    assert again == record
+    return again
+
+
+def test_kinds_load_through_entry_points() -> None:
+    assert load_backend("oauth.grant") is OAuthGrant
+    assert load_backend("oauth.github") is GithubGrant
+
+
+# --- a token the test was given ----------------------------------------------------------------
+
+
+def test_given_tokens_are_owned_from_the_planned_record(auth: OAuthServer) -> None:
+    """I1: the token is journaled before acquire, so the planned record alone revokes it."""
+    backend, access, refresh = given(auth)
+    planned = round_trip(backend.plan(make_name(RUN, 1)))
+    assert OAuthGrant.exists(planned)
+    OAuthGrant.release(planned)
+    assert not auth.active(access)
+    assert refresh is not None
+    assert not auth.active(refresh)
+    with pytest.raises(AcquireError, match="refresh token it was given is not active"):
+        backend.acquire(make_name(RUN, 1))
+
+
+def test_given_tokens_acquire_release_twice(auth: OAuthServer) -> None:
+    backend, access, refresh = given(auth)
+    grant, record = backend.acquire(make_name(RUN, 2))
+    record = round_trip(record)
+    assert isinstance(grant, Grant)
+    assert grant.access_token == access
+    assert grant.refresh_token == refresh
+    assert grant.headers() == {"Authorization": f"Bearer {access}"}
+    assert grant.scope == "openid profile"
+    assert grant.expires_at is not None
+    assert access not in repr(grant)
+    assert OAuthGrant.exists(record)
+    OAuthGrant.release(record)
+    assert not OAuthGrant.exists(record)
+    assert auth.live_tokens() == []
+    OAuthGrant.release(record)  # revocation answers 200 for a revoked token (RFC 7009)
+    revokes = [s for m, p, s in auth.answered if p == "/revoke"]
+    assert revokes == [200, 200, 200, 200]
+    assert auth.revoked == [refresh], "the refresh token first; its access token went with it"
+
+
+def test_release_after_someone_else_revoked(auth: OAuthServer) -> None:
+    backend, _, _ = given(auth)
+    _, record = backend.acquire(make_name(RUN, 3))
+    for token in auth.tokens.values():
+        token.active = False
+    assert not OAuthGrant.exists(record)
+    OAuthGrant.release(record)
+
+
+def test_access_tokens_the_server_will_not_revoke(registry_path: str) -> None:
+    """RFC 7009 section 2.2.1: ``unsupported_token_type`` for access tokens. With a refresh token
+    the grant goes all the same (introspection says so); with only an access token the release
+    fails, and says why."""
+    with OAuthServer(access_revocable=False) as server:
+        backend, _, _ = given(server)
+        _, record = backend.acquire(make_name(RUN, 4))
+        OAuthGrant.release(record)
+        assert server.live_tokens() == []
+
+        lone, _ = server.issue(refresh=False)
+        only_access = OAuthGrant(
+            server.url, access_token=lone, client_id=CLIENT_ID, client_secret=CLIENT_SECRET
+        )
+        _, record = only_access.acquire(make_name(RUN, 5))
+        with pytest.raises(ReleaseError, match=r"HTTP 400 \(unsupported_token_type\)") as info:
+            OAuthGrant.release(record)
+        assert lone not in str(info.value)
+        assert server.active(lone)
+
+
+def test_client_auth_basic_or_post(auth: OAuthServer) -> None:
+    for client_auth, basic in (("basic", True), ("post", False)):
+        backend, _, _ = given(auth, client_auth=client_auth)
+        _, record = backend.acquire(make_name(RUN, 6))
+        OAuthGrant.release(record)
+        revokes = [r for r in auth.requests if r.path == "/revoke"][-2:]
+        assert len(revokes) == 2
+        for revoke in revokes:
+            assert (revoke.basic() == (CLIENT_ID, CLIENT_SECRET)) is basic
+            assert ("client_secret" in revoke.form()) is not basic
+    assert auth.live_tokens() == []
+
+
+# --- client credentials ------------------------------------------------------------------------
+
+
+def test_client_credentials_grant(registry_path: str) -> None:
+    with OAuthServer(refresh_on_client_credentials=True) as server:
+        backend = OAuthGrant(
+            server.url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, scope="api:read"
+        )
+        planned = backend.plan(make_name(RUN, 7))
+        assert planned["access_token"] is None
+        assert not OAuthGrant.exists(planned)
+        OAuthGrant.release(planned)  # nothing known, nothing to do
+        grant, record = backend.acquire(make_name(RUN, 7))
+        record = round_trip(record)
+        assert grant.scope == "api:read"
+        assert grant.refresh_token is not None
+        assert record["expires_at"] is not None
+        assert OAuthGrant.exists(record)
+        OAuthGrant.release(record)
+        assert server.live_tokens() == []
+        OAuthGrant.release(record)
+
+
+def test_bad_client_secret_is_clear_and_secret_free(auth: OAuthServer) -> None:
+    wrong = "wrong-client-secret-1f2e"
+    backend = OAuthGrant(auth.url, client_id=CLIENT_ID, client_secret=wrong)
+    with pytest.raises(AcquireError) as info:
+        backend.acquire(make_name(RUN, 8))
+    text = str(info.value)
+    assert "HTTP 401 (invalid_client: client authentication failed)" in text
+    assert "oauth.grant" in text
+    assert wrong not in text
+
+
+def test_a_provider_quoting_secrets_is_redacted(auth: OAuthServer) -> None:
+    """Called directly (no Fixture, no reaper to redact after it), the error has no secret."""
+    backend, access, refresh = given(auth)
+    _, record = backend.acquire(make_name(RUN, 18))
+    echo = {"error": "server_error", "error_description": f"{refresh} {access} {CLIENT_SECRET}"}
+    auth.inject(3, 500, echo)  # both revocations, then the introspection that would decide
+    with pytest.raises(ReleaseError) as info:
+        OAuthGrant.release(record)
+    text = str(info.value)
+    assert "HTTP 500 (server_error: *** *** ***)" in text
+    for secret in (access, refresh, CLIENT_SECRET):
+        assert secret is not None
+        assert secret not in text
+    OAuthGrant.release(record)
+    assert auth.live_tokens() == []
+
+
+def test_constructor_errors_name_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("OAUTH_ISSUER", "OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET", "OAUTH_REVOCATION_URL"):
+        monkeypatch.delenv(var, raising=False)
+    token = "at-x"
+    with pytest.raises(ValueError, match="OAUTH_REVOCATION_URL"):
+        OAuthGrant(access_token=token)
+    with pytest.raises(ValueError, match="client credentials grant"):
+        OAuthGrant("http://127.0.0.1:1")
+    with pytest.raises(ValueError, match="http:// or https://"):
+        OAuthGrant("ftp://auth.test", access_token=token)
+    monkeypatch.setenv("OAUTH_ISSUER", "http://127.0.0.1:1/realms/e2e")
+    backend = OAuthGrant(access_token=token, introspection_url="http://127.0.0.1:1/i")
+    assert backend.revocation_url == "http://127.0.0.1:1/realms/e2e/revoke"
+    assert backend.introspection_url == "http://127.0.0.1:1/i"
+
+
+# --- rate limits and secrets -------------------------------------------------------------------
+
+
+def test_429_and_503_are_retried_after_retry_after(auth: OAuthServer, waits: list[float]) -> None:
+    backend, _, _ = given(auth)
+    _, record = backend.acquire(make_name(RUN, 9))
+    auth.throttle(1, retry_after="2")
+    auth.throttle(1, retry_after="3", status=503)
+    OAuthGrant.release(record)
+    assert waits == [2.0, 3.0]
+    assert auth.live_tokens() == []
+
+
+def test_sweeper_revokes_from_the_registry_alone_and_keeps_secrets(
+    auth: OAuthServer, registry_path: str
+) -> None:
+    backend, access, refresh = given(auth)
+    reg = open_registry(registry_path)
+    try:
+        reg.open_run(RUN, dead_identity(), label="oauth")
+        name = make_name(RUN, 10)
+        rid = reg.plan(RUN, "oauth", backend.kind, name, backend.plan(name))
+        _, record = backend.acquire(name)
+        reg.mark_acquired(rid, record)
+        echo = {"error": "server_error", "error_description": f"cannot revoke {refresh}"}
+        auth.inject(9, 500, echo)
+        assert sweep(reg, grace=0).failed == 1
+        kept = reg.get_resource(rid)
+        assert kept is not None
+        assert kept.last_error is not None
+        assert "HTTP 500 (server_error: cannot revoke ***)" in kept.last_error
+        for secret in (access, refresh, CLIENT_SECRET):
+            assert secret is not None
+            assert secret not in kept.last_error
+        for args in (("status", "--json"), ("status",)):
+            out = reclaim_cli(*args).stdout
+            assert "failed" in out
+            for secret in (access, refresh, CLIENT_SECRET):
+                assert secret is not None
+                assert secret not in out
+        assert auth.active(access)
+        auth.heal()
+        assert sweep(reg, grace=0).released == 1
+        assert auth.live_tokens() == []
+    finally:
+        reg.close()
+
+
+def test_missing_httpx_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['httpx'] = None\n"
+        "from reclaim.backends.oauth import OAuthGrant\n"
+        "b = OAuthGrant('http://127.0.0.1:1', access_token='at')\n"
+        "try:\n"
+        "    b.acquire('rc_0a1b2c3d_a_1')\n"
+        "except ImportError as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.startswith("MissingExtraError")
+    assert "pip install 'reclaim[http]'" in out.stdout
+
+
+# --- GitHub ------------------------------------------------------------------------------------
+
+
+def test_github_grant_release_twice(github: GithubServer) -> None:
+    token = github.issue()
+    sibling = github.issue()  # another token of the same user for the same app
+    stranger = github.issue(user="hubot")
+    backend = github_grant(github, token)
+    planned = round_trip(backend.plan(make_name(RUN, 11)))
+    grant, record = backend.acquire(make_name(RUN, 11))
+    assert round_trip(record) == planned
+    assert grant.access_token == token
+    assert grant.scope == "read:user"
+    assert token not in repr(grant)
+    assert GithubGrant.exists(record)
+    GithubGrant.release(record)
+    assert not GithubGrant.exists(record)
+    assert not github.valid(sibling), "the whole grant went"
+    assert github.valid(stranger)
+    GithubGrant.release(record)  # the check answers 404: nothing to do
+    deletes = [r for r in github.requests if r.method == "DELETE"]
+    assert len(deletes) == 1
+    assert deletes[0].path == f"/applications/{GITHUB_CLIENT_ID}/grant"
+    assert deletes[0].basic() == (GITHUB_CLIENT_ID, GITHUB_CLIENT_SECRET)
+    assert deletes[0].json() == {"access_token": token}
+
+
+def test_github_revoke_one_token(github: GithubServer) -> None:
+    token, sibling = github.issue(), github.issue()
+    _, record = github_grant(github, token, revoke="token").acquire(make_name(RUN, 12))
+    GithubGrant.release(record)
+    assert not github.valid(token)
+    assert github.valid(sibling)
+
+
+def test_github_acquire_refuses_a_dead_token(github: GithubServer) -> None:
+    with pytest.raises(AcquireError, match="does not know the token"):
+        github_grant(github, "gho_revoked_or_never_valid").acquire(make_name(RUN, 13))
+
+
+def test_github_refused_delete_stays_failed(github: GithubServer) -> None:
+    token = github.issue()
+    _, record = github_grant(github, token).acquire(make_name(RUN, 14))
+    echo = {"message": f"Validation Failed for {token}"}
+    github.inject(1, 422, echo, method="DELETE")
+    with pytest.raises(ReleaseError, match=r"HTTP 422 \(Validation Failed for \*\*\*\)") as info:
+        GithubGrant.release(record)
+    assert token not in str(info.value)
+    assert GITHUB_CLIENT_SECRET not in str(info.value)
+    assert github.valid(token), "the check still knows it: not released, and not pretended"
+    GithubGrant.release(record)
+    assert not github.valid(token)
+
+
+def test_github_secondary_rate_limit_is_retried(github: GithubServer, waits: list[float]) -> None:
+    token = github.issue()
+    _, record = github_grant(github, token).acquire(make_name(RUN, 15))
+    github.throttle(1, retry_after="4", status=403)
+    GithubGrant.release(record)
+    assert waits == [4.0]
+    assert not github.valid(token)
+
+
+def test_github_client_id_cannot_leave_its_path(github: GithubServer) -> None:
+    with pytest.raises(ValueError, match="not a GitHub client id"):
+        GithubGrant(
+            "gho_x",
+            client_id="../../orgs/acme",
+            client_secret=GITHUB_CLIENT_SECRET,
+            api_url=github.url,
+        )
+    record = github_grant(github, github.issue()).plan(make_name(RUN, 16))
+    record["client_id"] = "x/../../orgs/acme"  # a tampered registry
+    with pytest.raises(ValueError, match="not a GitHub client id"):
+        GithubGrant.release(record)
+    assert github.requests == []
+
+
+def test_github_credentials_come_from_the_environment(
+    github: GithubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GITHUB_CLIENT_ID", raising=False)
+    with pytest.raises(ValueError, match="GITHUB_CLIENT_ID"):
+        GithubGrant("gho_x")
+    monkeypatch.setenv("GITHUB_CLIENT_ID", GITHUB_CLIENT_ID)
+    monkeypatch.setenv("GITHUB_CLIENT_SECRET", GITHUB_CLIENT_SECRET)
+    monkeypatch.setenv("GITHUB_API_URL", github.url)
+    token = github.issue()
+    _, record = GithubGrant(token).acquire(make_name(RUN, 17))
+    GithubGrant.release(record)
+    assert not github.valid(token)
+
+
+# --- crashes -----------------------------------------------------------------------------------
+
+HOLDER = """
+import json, os, sys, time
+import reclaim
+from reclaim.backends.oauth import GithubGrant, OAuthGrant
+from reclaim._run import current_run
+
+cfg = json.loads(sys.stdin.readline())  # tokens on stdin, not in argv where ps shows them
+go = cfg.get("go")
+try:
+    with reclaim.Fixture("sarah") as f:
+        f.acquire(OAuthGrant(access_token=cfg["access"], refresh_token=cfg["refresh"]))
+        f.acquire(OAuthGrant())  # client credentials
+        f.acquire(GithubGrant(cfg["github"]))
+        run = current_run()
+        watchdog = run.watchdog.pid if run.watchdog else None
+        print(json.dumps({"run": run.id, "watchdog": watchdog}), flush=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (go and os.path.exists(go)):
+            time.sleep(0.01)
+except BaseException as exc:
+    notes = [str(e) for e in getattr(exc, "exceptions", [])]
+    print(json.dumps({"error": str(exc), "notes": notes}), flush=True)
+"""
+
+
+@pytest.fixture
+def holder(
+    auth: OAuthServer,
+    github: GithubServer,
+    monkeypatch: pytest.MonkeyPatch,
+    registry_path: str,
+) -> Iterator[Callable[..., tuple[subprocess.Popen[str], dict[str, Any], dict[str, Any]]]]:
+    """Start the holder child with fresh tokens; SIGKILLed at teardown if still running."""
+    monkeypatch.setenv("OAUTH_ISSUER", auth.url)
+    monkeypatch.setenv("OAUTH_CLIENT_ID", CLIENT_ID)
+    monkeypatch.setenv("OAUTH_CLIENT_SECRET", CLIENT_SECRET)
+    monkeypatch.setenv("GITHUB_CLIENT_ID", GITHUB_CLIENT_ID)
+    monkeypatch.setenv("GITHUB_CLIENT_SECRET", GITHUB_CLIENT_SECRET)
+    monkeypatch.setenv("GITHUB_API_URL", github.url)
+    started: list[subprocess.Popen[str]] = []
+
+    def start(
+        go: str | None = None,
+    ) -> tuple[subprocess.Popen[str], dict[str, Any], dict[str, Any]]:
+        access, refresh = auth.issue()
+        cfg = {"access": access, "refresh": refresh, "github": github.issue(), "go": go}
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HOLDER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        started.append(proc)
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        proc.stdin.write(json.dumps(cfg) + "\n")
+        proc.stdin.close()
+        line = proc.stdout.readline()
+        if not line:
+            _, err = proc.communicate(timeout=CHILD_TIMEOUT)
+            raise AssertionError(f"holder failed (exit {proc.returncode}):\n{err}")
+        return proc, json.loads(line), cfg
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=CHILD_TIMEOUT)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+Holder = Callable[..., tuple[subprocess.Popen[str], dict[str, Any], dict[str, Any]]]
+
+
+def test_sigkill_then_the_watchdog_revokes(
+    holder: Holder, auth: OAuthServer, github: GithubServer, registry_path: str
+) -> None:
+    proc, held, cfg = holder()
+    assert len(auth.live_tokens()) == 3, "the given pair and a client-credentials token"
+    assert github.valid(cfg["github"])
+    auth.throttle(1, retry_after="1")  # the watchdog meets a rate limit, and waits it out
+    kill(proc)
+    wait_until(lambda: not auth.live_tokens() and not github.tokens)
+    assert [s for _, _, s in auth.injected] == [429]
+    reg = open_registry(registry_path)
+    try:
+        wait_until(lambda: reg.get_run(held["run"]) is None)
+        by = {e.detail.get("by") for e in reg.events() if e.event == "resource.released"}
+        assert by == {"watchdog"}
+    finally:
+        reg.close()
+
+
+def test_watchdog_killed_too_then_sweep(
+    holder: Holder, auth: OAuthServer, github: GithubServer, registry_path: str
+) -> None:
+    proc, held, cfg = holder()
+    os.kill(held["watchdog"], signal.SIGKILL)
+    kill(proc)
+    time.sleep(0.3)
+    assert len(auth.live_tokens()) == 3, "nobody revoked anything yet"
+    assert github.valid(cfg["github"])
+    swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
+    assert swept["released"] == 3
+    assert auth.live_tokens() == []
+    assert github.tokens == {}
+
+
+def test_server_down_keeps_the_entries_failed_until_a_later_sweep(
+    holder: Holder, auth: OAuthServer, github: GithubServer, registry_path: str, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    proc, _, cfg = holder(str(go))
+    auth.down()
+    try:
+        go.write_text("")
+        proc.wait(timeout=CHILD_TIMEOUT)
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        outcome = json.loads(out)
+        assert len(outcome["notes"]) == 2
+        assert all("oauth.grant" in n and "stays in state failed" in n for n in outcome["notes"])
+        assert not github.tokens, "GitHub was up: its grant went"
+        status = reclaim_cli("status", "--json").stdout
+        (run,) = json.loads(status)["runs"]
+        assert [r["condition"] for r in run["resources"]] == ["failed", "failed"]
+        assert all("is the server up" in r["last_error"] for r in run["resources"])
+        for secret in (cfg["access"], cfg["refresh"], CLIENT_SECRET):
+            assert secret not in status
+            assert secret not in out
+        assert len(auth.live_tokens()) == 3
+    finally:
+        auth.up()
+    swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
+    assert (swept["released"], swept["failed"]) == (2, 0)
+    assert auth.live_tokens() == []
