@@ -30,6 +30,14 @@ from rich.text import Text
 from reclaim import __version__, _run
 from reclaim._errors import BackendNotFoundError, ReclaimError
 from reclaim._follow import event_json, event_text, follow
+from reclaim._leftovers import (
+    DEFAULT_OLDER_THAN,
+    LeftoverReport,
+    find_leftovers,
+    parse_duration,
+    redact_url,
+    release_leftovers,
+)
 from reclaim._reaper import SweepReport, is_alive, release_resource, sweep
 from reclaim._registry import (
     ENV_VAR,
@@ -184,6 +192,18 @@ def status(location: str, as_json: bool) -> None:
 # --- sweep ---------------------------------------------------------------------------------
 
 
+def _duration_option(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> float | None:
+    """A duration: ``90s``, ``30m``, ``2h``, ``1d``, ``1w``, or plain seconds."""
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @cli.command(name="sweep")
 @click.option("--dry-run", is_flag=True, help="Show what would be released; change nothing.")
 @click.option(
@@ -194,10 +214,58 @@ def status(location: str, as_json: bool) -> None:
     metavar="SECONDS",
     help="Leave runs that started less than this long ago (their watchdog may be at work).",
 )
+@click.option(
+    "--leftovers",
+    "leftover_urls",
+    metavar="URL",
+    multiple=True,
+    help="Instead of the registry, ask the server at URL (repeatable; a directory is file://)"
+    " what it holds under reclaim's prefix whose run is not alive here. Lists only, unless --yes.",
+)
+@click.option(
+    "--older-than",
+    callback=_duration_option,
+    default=None,
+    metavar="DURATION",
+    help="With --leftovers: leave what was created less than this long ago (90s, 30m, 2h, 1d)"
+    " [default: 1d].",
+)
+@click.option("--yes", is_flag=True, help="With --leftovers: release what is listed.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 @click.pass_obj
-def sweep_command(location: str, dry_run: bool, grace: float, as_json: bool) -> None:
-    """Release what dead runs left behind. Never touches a live run's resources."""
+def sweep_command(
+    location: str,
+    *,
+    dry_run: bool,
+    grace: float,
+    leftover_urls: tuple[str, ...],
+    older_than: float | None,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    """Release what dead runs left behind. Never touches a live run's resources.
+
+    With --leftovers URL, find what the registry does not know (it was lost with a machine):
+    everything on that server whose name carries reclaim's prefix, whose run is not alive in
+    this registry (a run it does not know counts as dead) and which is older than --older-than.
+    Names without reclaim's prefix are never touched.
+    """
+    if leftover_urls:
+        ctx = click.get_current_context()
+        if ctx.get_parameter_source("grace") != click.core.ParameterSource.DEFAULT:
+            _fail("--grace is for the registry sweep; with --leftovers, use --older-than")
+        if dry_run and yes:
+            _fail("--dry-run and --yes contradict each other; --leftovers only lists without --yes")
+        _sweep_leftovers(
+            location,
+            list(leftover_urls),
+            DEFAULT_OLDER_THAN if older_than is None else older_than,
+            yes,
+            as_json,
+        )
+        return
+    if older_than is not None or yes:
+        _fail("--older-than and --yes go with --leftovers URL (the registry sweep needs neither)")
     registry = _open(location, create=False)
     report = SweepReport() if registry is None else sweep(registry, grace=grace, dry_run=dry_run)
     if as_json:
@@ -245,6 +313,106 @@ def _print_sweep(report: SweepReport, dry_run: bool) -> None:
     if skipped:
         line += "; left alone: " + ", ".join(skipped)
     _console.print(f"[bold]{line}.[/bold]")
+
+
+def _sweep_leftovers(
+    location: str, urls: list[str], older_than: float, yes: bool, as_json: bool
+) -> None:
+    registry = _open(location, create=False)
+    try:
+        try:
+            report = find_leftovers(registry, urls, older_than=older_than)
+        except LookupError as exc:
+            _fail(str(exc))
+        if yes:
+            release_leftovers(report, registry)
+    finally:
+        if registry is not None:
+            registry.close()
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+    else:
+        _print_leftovers(report)
+    if report.failed:
+        sys.exit(1)
+
+
+_ACTION_STYLE: Final = {
+    "release": ("would release", "yellow"),
+    "released": ("released", "green"),
+    "failed": ("failed", "bold red"),
+    "keep-live": ("kept: run alive", "dim"),
+    "keep-young": ("kept: too young", "dim"),
+}
+
+
+def _print_leftovers(report: LeftoverReport) -> None:
+    where = ", ".join(redact_url(u) for u in report.urls)
+    _console.print(
+        f"Leftovers under reclaim's prefix at {where}"
+        f" [dim](kinds: {', '.join(report.kinds) or 'none'};"
+        f" older than {_duration(report.older_than)} may go)[/dim]"
+    )
+    _print_problems(report)
+    if report.items:
+        table = Table(box=None, padding=(0, 2), show_edge=False, pad_edge=False)
+        for column in ("kind", "resource", "run", "created", "action"):
+            table.add_column(column, style="dim" if column == "created" else None)
+        for item in report.items:
+            label, style = _ACTION_STYLE[item.action]
+            table.add_row(
+                item.kind,
+                item.describe(),
+                f"{item.leftover.run_id} ({item.run_state})",
+                _ago(item.leftover.created_at),
+                Text(label, style=style),
+            )
+        _console.print(table)
+        for item in report.items:
+            if item.error is not None:
+                _console.print(Text(f"{item.describe()}: {item.error}", style="red"))
+    _console.print(f"[bold]{_leftovers_summary(report)}.[/bold]")
+    if report.dry_run and report.count("release"):
+        _console.print("Nothing was changed: run again with --yes to release them.")
+
+
+def _print_problems(report: LeftoverReport) -> None:
+    for problem in report.problems:
+        if problem.importable:
+            style = "bold red" if problem.fatal else "yellow"
+            label = "failed" if problem.fatal else "not asked"
+            _console.print(Text(f"  {label}: {problem.kind}: {problem.error}", style=style))
+    broken = [p.kind for p in report.problems if not p.importable]
+    if broken:
+        _console.print(
+            Text(
+                f"  not asked (their backends cannot be imported; --json says why):"
+                f" {', '.join(broken)}",
+                style="dim",
+            )
+        )
+
+
+def _leftovers_summary(report: LeftoverReport) -> str:
+    if report.dry_run:
+        line = f"Would release {report.count('release')}"
+    else:
+        line = f"Released {report.count('released')}, failed {report.count('failed')}"
+    kept = []
+    if report.count("keep-live"):
+        kept.append(f"{report.count('keep-live')} of live runs")
+    if report.count("keep-young"):
+        kept.append(f"{report.count('keep-young')} younger than {_duration(report.older_than)}")
+    if kept:
+        line += "; kept " + ", ".join(kept)
+    return line
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 # --- forget --------------------------------------------------------------------------------

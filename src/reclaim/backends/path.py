@@ -30,6 +30,7 @@ class TempDir(Backend[Path]):
     """
 
     kind = "path.tempdir"
+    url_schemes = ("file",)
 
     def __init__(
         self, prefix: str | None = None, parent: str | os.PathLike[str] | None = None

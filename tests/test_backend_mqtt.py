@@ -1,0 +1,492 @@
+"""The MQTT backend against the real broker (Mosquitto): it keeps the backend contract
+(conformance kit); release clears every retained message under the prefix, however many, and
+nothing outside it (not even a topic whose name merely starts with the same characters); the
+claim stays out of the test's own subscriptions; hostile names never become topic filters; a
+silent broker makes a bounded, clear error; a SIGKILLed owner leaves no retained message
+(watchdog; sweeper when the watchdog dies too); a release that met an unreachable broker stays
+failed until a sweep succeeds; only reclaim's prefixes are listed as leftovers; the password is
+never shown.
+
+What is on the broker is checked by an oracle written here with paho directly: it subscribes,
+then publishes a token after the SUBACK and collects every retained message until the token
+comes back. Every topic a test makes is cleared at teardown, also when the test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+import reclaim
+from _services import TcpProxy, require
+from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli
+from reclaim._registry import open_registry
+from reclaim.backends import Record, load_backend, make_name
+from reclaim.backends.mqtt import CLAIM_SUFFIX, MqttTopic
+from reclaim.testing import check_backend
+from test_watchdog import run_gone, wait_until
+
+WAIT = 10.0  # seconds the oracle waits for any one answer of the broker
+
+
+@pytest.fixture
+def mqtt_url() -> str:
+    """The broker's URL, or a skip when Mosquitto is not running."""
+    return require("mqtt")
+
+
+@contextlib.contextmanager
+def client(url: str) -> Iterator[mqtt.Client]:
+    """A connected paho client with its network thread, for the test's own checks."""
+    parts = urlsplit(url)
+    connected = threading.Event()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"oracle-{secrets.token_hex(6)}")
+    c.on_connect = lambda *_args: connected.set()
+    c.connect(parts.hostname or "127.0.0.1", parts.port or 1883)
+    c.loop_start()
+    try:
+        assert connected.wait(WAIT), "the broker did not accept the oracle's connection"
+        yield c
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def retained(url: str, topic_filter: str, marker: str) -> dict[str, bytes]:
+    """Every retained message the broker sends for a new subscription to ``topic_filter``.
+
+    ``marker`` must match the filter: a non-retained token published there after the SUBACK
+    marks the end (the broker queued the retained messages before it).
+    """
+    found: dict[str, bytes] = {}
+    subscribed, done = threading.Event(), threading.Event()
+    token = secrets.token_hex(8).encode()
+
+    def on_message(_c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        if message.retain:
+            found[message.topic] = bytes(message.payload)
+        elif message.topic == marker and message.payload == token:
+            done.set()
+
+    with client(url) as c:
+        c.on_message = on_message
+        c.on_subscribe = lambda *_args: subscribed.set()
+        c.subscribe(topic_filter, qos=1)
+        assert subscribed.wait(WAIT), "no SUBACK"
+        c.publish(marker, token, qos=1)
+        assert done.wait(WAIT), "the oracle's token did not come back"
+    return found
+
+
+def under(url: str, name: str) -> dict[str, bytes]:
+    """The retained messages under ``name/`` and on its claim topic."""
+    return {
+        **retained(url, f"{name}/#", f"{name}/.oracle"),
+        **retained(url, name + CLAIM_SUFFIX, name + CLAIM_SUFFIX),
+    }
+
+
+def publish(url: str, messages: dict[str, bytes], *, qos: int = 1, retain: bool = True) -> None:
+    """Publish, and return once the broker has handled every message."""
+    with client(url) as c:
+        infos = [c.publish(t, payload, qos=qos, retain=retain) for t, payload in messages.items()]
+        # QoS 0 is never acknowledged: a QoS 1 message after it is, and the broker handles one
+        # connection's packets in order.
+        infos.append(c.publish(f"reclaim-test/barrier/{secrets.token_hex(4)}", b"", qos=1))
+        for info in infos:
+            info.wait_for_publish(WAIT)
+
+
+def clear(url: str, name: str) -> None:
+    """Delete what a test left under a name, with the oracle (not the backend under test)."""
+    publish(url, dict.fromkeys(under(url, name), b""))
+
+
+@pytest.fixture
+def names(mqtt_url: str) -> Iterator[set[str]]:
+    """Prefix names (and other first topic levels) this test uses; cleared at teardown."""
+    used: set[str] = set()
+    yield used
+    for name in used:
+        clear(mqtt_url, name)
+
+
+def recording(url: str, used: set[str], **kwargs: Any) -> Callable[[], MqttTopic]:
+    """A ``make`` for the kit whose backends note every name they plan (before creating it)."""
+
+    def make() -> MqttTopic:
+        backend = MqttTopic(url, **kwargs)
+        plan = backend.plan
+
+        def plan_and_note(name: str) -> Record:
+            used.add(name)
+            return plan(name)
+
+        backend.plan = plan_and_note  # type: ignore[method-assign]  # only to clean up after
+        return backend
+
+    return make
+
+
+# --- the contract ----------------------------------------------------------------------------
+
+
+def test_conformance(mqtt_url: str, tmp_path: Path, registry_path: str, names: set[str]) -> None:
+    check_backend(
+        recording(mqtt_url, names),
+        registry=tmp_path / "kit.sqlite3",
+        delete_outside=lambda record: clear(mqtt_url, record["name"]),
+    )
+
+
+def test_loads_through_its_entry_point() -> None:
+    assert load_backend("mqtt.topic") is MqttTopic
+
+
+def test_release_clears_the_prefix_and_nothing_else(
+    mqtt_url: str, registry_path: str, names: set[str]
+) -> None:
+    with reclaim.Fixture("mqtt") as f:
+        prefix = f.acquire(MqttTopic(mqtt_url))
+        name = prefix.rstrip("/")
+        lookalike, elsewhere = f"{name}0", f"keep_{secrets.token_hex(4)}"
+        names.update({name, lookalike, elsewhere})
+        assert prefix == f"{name}/"
+        inside = {
+            f"{prefix}a": b"1",
+            f"{prefix}a/b/c": b"2",
+            f"{prefix}with space/and-dash": b"3",
+            f"{prefix}": b"4",  # the empty level right under the prefix
+            name: b"5",  # the prefix's parent topic: "name/#" matches it, and it carries our name
+        }
+        outside = {f"{lookalike}/t": b"kept", f"{elsewhere}/t": b"kept", lookalike: b"kept"}
+        publish(mqtt_url, inside)
+        publish(mqtt_url, {f"{prefix}live": b"not retained"}, retain=False)
+        publish(mqtt_url, outside)
+        publish(mqtt_url, {f"{prefix}q0": b"6"}, qos=0)
+        seen = retained(mqtt_url, f"{prefix}#", f"{prefix}.oracle")
+        assert seen == {**inside, f"{prefix}q0": b"6"}, "the claim is not under the prefix"
+        assert MqttTopic.exists(MqttTopic(mqtt_url).plan(name))
+    assert under(mqtt_url, name) == {}
+    assert retained(mqtt_url, f"{lookalike}/#", f"{lookalike}/.oracle") == {
+        f"{lookalike}/t": b"kept",
+        lookalike: b"kept",
+    }
+    assert retained(mqtt_url, f"{elsewhere}/#", f"{elsewhere}/.oracle") == {
+        f"{elsewhere}/t": b"kept"
+    }
+
+
+def test_the_claim_makes_an_empty_prefix_visible(mqtt_url: str, names: set[str]) -> None:
+    backend = MqttTopic(mqtt_url)
+    name = make_name(secrets.token_hex(4), 1)
+    names.add(name)
+    planned = backend.plan(name)
+    assert not MqttTopic.exists(planned)
+    MqttTopic.release(planned)  # never acquired: nothing to do
+    prefix, record = backend.acquire(name)
+    claim = under(mqtt_url, name)
+    assert list(claim) == [name + CLAIM_SUFFIX]
+    assert json.loads(claim[name + CLAIM_SUFFIX])["prefix"] == prefix
+    assert MqttTopic.exists(record)
+    MqttTopic.release(record)
+    MqttTopic.release(record)
+    assert not MqttTopic.exists(record)
+    assert under(mqtt_url, name) == {}
+
+
+def test_many_retained_messages_beyond_the_in_flight_window(
+    mqtt_url: str, registry_path: str, names: set[str]
+) -> None:
+    """More retained messages than the broker keeps in flight per client (Mosquitto: 20), at
+    QoS 0 and 1: release still clears them all."""
+    with reclaim.Fixture("mqtt") as f:
+        prefix = f.acquire(MqttTopic(mqtt_url))
+        names.add(prefix.rstrip("/"))
+        publish(mqtt_url, {f"{prefix}q1/{i}": b"x" for i in range(400)}, qos=1)
+        publish(mqtt_url, {f"{prefix}q0/{i}": b"y" for i in range(100)}, qos=0)
+        assert len(retained(mqtt_url, f"{prefix}#", f"{prefix}.oracle")) == 500
+    assert under(mqtt_url, prefix.rstrip("/")) == {}
+
+
+# --- hostile input and a silent broker ---------------------------------------------------------
+
+HOSTILE = [
+    "#",
+    "+",
+    "",
+    "rc_0a1b2c3d_abc_1/#",
+    "rc_0a1b2c3d_abc_1/+",
+    "rc_0a1b2c3d_abc_1\x00",
+    "+/rc_0a1b2c3d_abc_1",
+    "$SYS",
+    "x/rc_0a1b2c3d_abc_1",
+    "rc_0a1b2c3d_abc_1 ",
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_names_never_become_topic_filters(
+    mqtt_url: str, name: str, names: set[str]
+) -> None:
+    bystander = f"keep_{secrets.token_hex(4)}"
+    names.add(bystander)
+    publish(mqtt_url, {f"{bystander}/t": b"kept"})
+    backend = MqttTopic(mqtt_url)
+    record = {**backend.plan("rc_0a1b2c3d_abc_1"), "name": name}
+    for call in (
+        lambda: backend.adapt_name(name),
+        lambda: backend.acquire(name),
+        lambda: MqttTopic.release(record),
+        lambda: MqttTopic.exists(record),
+    ):
+        with pytest.raises(ValueError, match="not a topic prefix reclaim makes"):
+            call()
+    assert retained(mqtt_url, f"{bystander}/#", f"{bystander}/.o") == {f"{bystander}/t": b"kept"}
+
+
+def test_a_silent_broker_is_a_bounded_clear_error() -> None:
+    """A server that accepts the connection and never answers: a TimeoutError naming the step,
+    after the timeout, never a hang or a silent success."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    try:
+        url = f"mqtt://127.0.0.1:{silent.getsockname()[1]}"
+        record = MqttTopic(url, timeout=0.3).plan(make_name("0a1b2c3d", 1))
+        for call in (lambda: MqttTopic.release(record), lambda: MqttTopic.exists(record)):
+            with pytest.raises(TimeoutError, match=r"sent no CONNACK within 0\.3 s"):
+                call()
+    finally:
+        silent.close()
+
+
+def test_bad_urls_are_clear_and_keep_the_password_out() -> None:
+    for url, message in [
+        ("http://u:hunter2secret@127.0.0.1:1883", "must start with mqtt://"),
+        ("mqtt://u:hunter2secret@127.0.0.1:notaport", "is not valid"),
+        ("mqtt://u:hunter2secret@:1883", "names no host"),
+    ]:
+        with pytest.raises(ValueError, match=message) as info:
+            MqttTopic(url)
+        assert "hunter2secret" not in str(info.value)
+    with pytest.raises(ValueError, match="timeout"):
+        MqttTopic("mqtt://127.0.0.1", timeout=0)
+
+
+def test_without_paho_the_module_imports_and_names_the_extra() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['paho'] = None\n"
+        "import reclaim.backends.mqtt as m\n"
+        "try:\n"
+        "    m.MqttTopic('mqtt://127.0.0.1')\n"
+        "except ImportError as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=CHILD_TIMEOUT,
+    ).stdout
+    assert "MissingExtraError" in out
+    assert "pip install 'reclaim[mqtt]'" in out
+
+
+# --- crashes ---------------------------------------------------------------------------------
+
+HOLDER = """
+import json, sys, time
+from urllib.parse import urlsplit
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+import reclaim
+from reclaim.backends.mqtt import MqttTopic
+from reclaim._run import current_run
+
+with reclaim.Fixture("mqtt-holder") as f:
+    prefix = f.acquire(MqttTopic(sys.argv[1]))
+    parts = urlsplit(sys.argv[1])
+    c = mqtt.Client(CallbackAPIVersion.VERSION2)
+    c.connect(parts.hostname, parts.port)
+    c.loop_start()
+    for i in range(5):
+        c.publish(f"{prefix}sensor/{i}", f"v{i}", qos=1, retain=True).wait_for_publish(10)
+    c.disconnect()
+    c.loop_stop()
+    run = current_run()
+    watchdog = run.watchdog.pid if run.watchdog is not None else None
+    print(json.dumps({"prefix": prefix, "run": run.id, "watchdog": watchdog}), flush=True)
+    time.sleep(600)
+"""
+
+
+def test_sigkilled_owner_leaves_no_retained_message(
+    spawn: Spawner, mqtt_url: str, registry_path: str, names: set[str]
+) -> None:
+    proc, held = spawn(HOLDER, mqtt_url)
+    name = held["prefix"].rstrip("/")
+    names.add(name)
+    assert len(under(mqtt_url, name)) == 6  # five messages and the claim
+    kill(proc)
+    wait_until(lambda: under(mqtt_url, name) == {}, timeout=30)
+    wait_until(lambda: run_gone(registry_path, held["run"]), timeout=30)
+
+
+def test_owner_and_watchdog_killed_then_sweep(
+    spawn: Spawner, mqtt_url: str, registry_path: str, names: set[str]
+) -> None:
+    proc, held = spawn(HOLDER, mqtt_url)
+    name = held["prefix"].rstrip("/")
+    names.add(name)
+    os.kill(held["watchdog"], signal.SIGKILL)
+    kill(proc)
+    time.sleep(0.2)
+    assert len(under(mqtt_url, name)) == 6, "nobody released anything yet"
+    swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
+    assert swept["released"] == 1
+    assert swept["failed"] == 0
+    assert under(mqtt_url, name) == {}
+
+
+# --- a broker that is briefly unreachable ------------------------------------------------------
+
+THROUGH_PROXY = """
+import json, os, sys, time
+import reclaim
+from reclaim.backends.mqtt import MqttTopic
+from reclaim._run import current_run
+
+go = sys.argv[2]
+try:
+    with reclaim.Fixture("mqtt-proxied") as f:
+        prefix = f.acquire(MqttTopic(sys.argv[1], timeout=2))
+        print(json.dumps({"prefix": prefix, "run": current_run().id}), flush=True)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(go) and time.monotonic() < deadline:
+            time.sleep(0.01)
+except BaseException as exc:
+    inner = " ".join(str(e) for e in getattr(exc, "exceptions", ()))
+    print(json.dumps({"error": f"{exc!r} {inner}"}), flush=True)
+"""
+
+
+def test_unreachable_broker_keeps_the_entry_failed_until_a_sweep(
+    spawn: Spawner,
+    mqtt_url: str,
+    registry_path: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    names: set[str],
+) -> None:
+    monkeypatch.setenv("RECLAIM_WATCHDOG", "0")  # the sweep, not a watchdog, finishes the job
+    password = f"pw:{secrets.token_hex(8)}@/"
+    parts = urlsplit(mqtt_url)
+    with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 1883) as proxy:
+        url = f"mqtt://tester:{quote(password, safe='')}@127.0.0.1:{proxy.port}"
+        go = tmp_path / "go"
+        proc, held = spawn(THROUGH_PROXY, url, str(go))
+        name = held["prefix"].rstrip("/")
+        names.add(name)
+        publish(mqtt_url, {f"{held['prefix']}state": b"on"})
+        proxy.stop()  # the broker "goes down" for reclaim; it still runs for our checks
+        go.touch()
+        assert proc.stdout is not None
+        outcome = json.loads(proc.stdout.readline())
+        proc.wait(timeout=CHILD_TIMEOUT)
+        assert "could not be released" in outcome["error"]
+        assert "unreachable" in outcome["error"]
+        assert len(under(mqtt_url, name)) == 2, "the release could not reach the broker"
+
+        reg = open_registry(registry_path)
+        try:
+            (entry,) = reg.resources(held["run"])
+        finally:
+            reg.close()
+        assert entry.state == "failed"
+        assert entry.record["password"] == password, "the record holds what release needs (I2)"
+        shown = [
+            outcome["error"],
+            entry.last_error or "",
+            reclaim_cli("status").stdout,
+            reclaim_cli("status", "--json").stdout,
+        ]
+        assert "failed" in shown[2]
+        for text in shown:
+            assert password not in text
+            assert quote(password, safe="") not in text
+
+        proxy.start()  # back up
+        swept = reclaim_cli("sweep", "--grace", "0").stdout
+    assert "Released 1, failed 0." in swept
+    assert password not in swept
+    assert under(mqtt_url, name) == {}
+
+
+# --- leftovers without a registry ------------------------------------------------------------
+
+
+def test_list_leftovers_yields_only_reclaim_prefixes(mqtt_url: str, names: set[str]) -> None:
+    run_id = secrets.token_hex(4)
+    then = time.time() - 7200
+    data, claimed, parent = (make_name(run_id, seq, now=then) for seq in (1, 2, 3))
+    foreign = [
+        f"rc_{run_id}_zz",  # no sequence number
+        f"{data}_extra",  # a reclaim name inside a longer level is not reclaim's
+        f"app_{data}",
+        f"rc_{run_id}_ABC_1",  # upper case
+    ]
+    names.update([data, claimed, parent, claimed + CLAIM_SUFFIX, *foreign])
+    publish(
+        mqtt_url,
+        {
+            f"{data}/a/b": b"1",
+            claimed + CLAIM_SUFFIX: b"{}",
+            parent: b"the parent topic only",
+            f"{claimed}{CLAIM_SUFFIX}/below": b"not a claim: a level below it",
+            **{f"{level}/t": b"foreign" for level in foreign},
+        },
+    )
+    found = [lo for lo in MqttTopic.list_leftovers(mqtt_url) if lo.run_id == run_id]
+    assert sorted(lo.record["name"] for lo in found) == sorted([data, claimed, parent])
+    for leftover in found:
+        assert leftover.created_at == float(int(then))
+        assert leftover.record["password"] == ""
+        MqttTopic.release(leftover.record)  # the record is all release needs
+    for name in (data, claimed, parent):
+        assert under(mqtt_url, name) == {}
+    for level in foreign:
+        assert retained(mqtt_url, f"{level}/#", f"{level}/.o") == {f"{level}/t": b"foreign"}
+    below = f"{claimed}{CLAIM_SUFFIX}/#"
+    assert list(retained(mqtt_url, below, f"{claimed}{CLAIM_SUFFIX}/.o")) == [below[:-1] + "below"]
+
+
+def test_listing_waits_for_every_retained_message(mqtt_url: str, names: set[str]) -> None:
+    """One look sees them all: more prefixes than the broker sends before the SUBACK (it keeps
+    20 QoS 1 messages in flight per client, the rest follow as they are acknowledged), so a
+    listing that stopped at the SUBACK would miss most; the end marker waits for the rest."""
+    run_id = secrets.token_hex(4)
+    then = time.time() - 7200
+    many = [make_name(run_id, seq, now=then) for seq in range(1, 61)]
+    names.update(many)
+    publish(mqtt_url, {f"{name}/t": b"x" for name in many})
+    found = {lo.record["name"] for lo in MqttTopic.list_leftovers(mqtt_url) if lo.run_id == run_id}
+    assert found == set(many)
