@@ -1,0 +1,627 @@
+"""Disposable inboxes (mail.tm, mailsac) against local stand-in servers (``tests/providers``):
+the conformance kit; a message is waited for and read, sync and async, and its link and code
+pulled out; mail.tm's account is found from the journaled password alone (a stale token or a
+crash before the id was recorded change nothing) and a stranger's address is never adopted;
+mail.tm's 8 requests per second are respected and a 429 is retried after Retry-After, then
+reported; mailsac's public inbox is emptied and its reserved address given back; leftovers are
+reclaim names only; hostile names never reach a URL; secrets stay out of errors, the registry,
+``reclaim status`` and the child's traceback; a SIGKILLed owner's inboxes are deleted by its
+watchdog, or by ``reclaim sweep`` when the watchdog died too; a provider that is down keeps the
+entry failed until a sweep after it is back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import reclaim
+from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli
+from providers.mailsac import MailsacServer
+from providers.mailtm import MailTmServer
+from reclaim import AcquireError, BackendError, MissingExtraError, ReleaseError
+from reclaim._reaper import RetryPolicy, sweep
+from reclaim._registry import ResourceState, open_registry
+from reclaim.backends import email, load_backend, make_name
+from reclaim.backends.email import (
+    MailsacInbox,
+    MailTmInbox,
+    Message,
+    find_code,
+    find_links,
+)
+from reclaim.testing import check_backend, dead_identity
+
+RUN = "0a1b2c3d"
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll until ``predicate()`` is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout} s: {predicate}")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def mailtm() -> Iterator[MailTmServer]:
+    with MailTmServer() as server:
+        yield server
+
+
+@pytest.fixture
+def mailsac() -> Iterator[MailsacServer]:
+    with MailsacServer() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _fresh_domain_cache() -> None:
+    """Stand-ins of earlier tests may have had this port and other domains."""
+    MailTmInbox._domains.clear()
+
+
+def name(seq: int) -> str:
+    """A reclaim name of the run ``RUN`` (at a fixed time, so that it is the same each call)."""
+    return make_name(RUN, seq, now=1_800_000_000)
+
+
+# --- the conformance kit -----------------------------------------------------------------------
+
+
+def test_mailtm_conformance(mailtm: MailTmServer, tmp_path: Path) -> None:
+    check_backend(
+        lambda: MailTmInbox(base_url=mailtm.url),
+        registry=tmp_path / "kit.sqlite3",
+        delete_outside=lambda record: mailtm.delete_account(record["address"]),
+    )
+    assert mailtm.addresses() == set()
+
+
+def test_mailsac_conformance(mailsac: MailsacServer, tmp_path: Path) -> None:
+    check_backend(
+        lambda: MailsacInbox(mailsac.api_key, base_url=mailsac.api_url, reserve=True),
+        registry=tmp_path / "kit.sqlite3",
+        delete_outside=lambda record: mailsac.unreserve(record["address"]),
+    )
+    assert mailsac.owners == {}
+
+
+def test_kinds_load_through_entry_points() -> None:
+    assert load_backend("email.mailtm") is MailTmInbox
+    assert load_backend("email.mailsac") is MailsacInbox
+
+
+# --- reading mail ------------------------------------------------------------------------------
+
+WELCOME_TEXT = "Welcome! Confirm at https://app.example/verify?t=abc&u=7. Your code: 482910."
+WELCOME_HTML = '<p><a href="https://app.example/verify?t=abc&amp;u=7">Confirm</a> code 482910</p>'
+
+
+def test_mailtm_wait_read_link_and_code(mailtm: MailTmServer, registry_path: str) -> None:
+    with reclaim.Fixture("signup") as persona:
+        inbox = persona.acquire(MailTmInbox(base_url=mailtm.url))
+        assert inbox.address.endswith("@reclaim-test.example"), "an active domain was picked"
+        assert inbox.address.startswith("rc_")
+        mailtm.deliver(inbox.address, subject="Newsletter", text="nothing to see")
+        mailtm.deliver(
+            inbox.address, subject="Confirm your account", text=WELCOME_TEXT, html=WELCOME_HTML
+        )
+        message = inbox.wait_for_message(subject="Confirm", timeout=10, interval=0.05)
+        assert message.subject == "Confirm your account"
+        assert message.link(contains="/verify") == "https://app.example/verify?t=abc&u=7"
+        assert message.code() == "482910"
+        assert message.sender == "noreply@example.com"
+        # The newsletter is still there for whoever asks; the confirmation is not returned twice.
+        assert inbox.wait_for_message(timeout=10, interval=0.05).subject == "Newsletter"
+        with pytest.raises(TimeoutError, match="did not reach"):
+            inbox.wait_for_message(timeout=0.2, interval=0.05)
+        assert [m.subject for m in inbox.messages()] == ["Newsletter", "Confirm your account"]
+    assert mailtm.addresses() == set()
+
+
+def test_mailtm_async_flavour(mailtm: MailTmServer, registry_path: str) -> None:
+    async def main() -> Message:
+        async with reclaim.Fixture("async-signup") as persona:
+            inbox = await persona.aacquire(MailTmInbox(base_url=mailtm.url))
+            mailtm.deliver(inbox.address, subject="Your code", text="Code 1234 expires soon")
+            message = await inbox.await_for_message(contains="Code", timeout=10, interval=0.05)
+            assert [m.id for m in await inbox.amessages()] == [message.id]
+            return message
+
+    assert asyncio.run(main()).code(length=4) == "1234"
+    assert mailtm.addresses() == set()
+
+
+def test_mailtm_arelease_and_a_second_release(mailtm: MailTmServer) -> None:
+    backend = MailTmInbox(base_url=mailtm.url)
+    _inbox, record = asyncio.run(backend.aacquire(name(1)))
+    asyncio.run(MailTmInbox.arelease(record))
+    assert mailtm.addresses() == set()
+    MailTmInbox.release(record)  # the token is refused now, so is the password: gone (I3)
+    assert not MailTmInbox.exists(record)
+
+
+def test_mailtm_expired_token_is_renewed_with_the_password(mailtm: MailTmServer) -> None:
+    inbox, record = MailTmInbox(base_url=mailtm.url).acquire(name(1))
+    mailtm.expire_tokens()
+    mailtm.deliver(inbox.address, subject="Later", text="still readable")
+    assert inbox.wait_for_message(timeout=10, interval=0.05).text == "still readable"
+    mailtm.expire_tokens()
+    MailTmInbox.release(record)
+    assert mailtm.addresses() == set()
+
+
+def test_mailtm_release_needs_no_account_id(mailtm: MailTmServer) -> None:
+    """The crash between create and record: the planned record (address and password, no id)
+    finds the account by logging in (I1)."""
+    backend = MailTmInbox(base_url=mailtm.url)
+    planned = backend.plan(name(1))
+    assert "account_id" not in planned
+    backend.acquire(name(1))
+    assert MailTmInbox.exists(planned)
+    MailTmInbox.release(planned)
+    assert mailtm.addresses() == set()
+
+
+def test_mailtm_never_adopts_a_strangers_address(mailtm: MailTmServer, registry_path: str) -> None:
+    backend = MailTmInbox(base_url=mailtm.url)
+    taken = f"{name(1)}@reclaim-test.example"
+    mailtm.create_account(taken, "the-strangers-password")
+    with pytest.raises(AcquireError, match=r"422.*already used.*only if its own password"):
+        backend.acquire(name(1))
+    MailTmInbox.release(backend.plan(name(1)))  # our password opens nothing: a no-op
+    assert mailtm.addresses() == {taken}
+
+
+def test_mailtm_picks_the_domain_it_is_given(registry_path: str) -> None:
+    with MailTmServer(domains=("one.example", "two.example")) as server:
+        backend = MailTmInbox(base_url=server.url, domain="two.example")
+        inbox, record = backend.acquire(name(1))
+        assert inbox.address == f"{name(1)}@two.example"
+        MailTmInbox.release(record)
+
+
+def test_a_retired_domain_is_asked_for_again(registry_path: str) -> None:
+    with MailTmServer(domains=("old.example",)) as server:
+        _inbox, first = MailTmInbox(base_url=server.url).acquire(name(1))
+        assert first["address"].endswith("@old.example")
+        server.domains = ["new.example"]  # mail.tm retires domains now and then
+        with pytest.raises(AcquireError, match="not valid"):
+            MailTmInbox(base_url=server.url).acquire(name(2))
+        _inbox, third = MailTmInbox(base_url=server.url).acquire(name(3))
+        assert third["address"].endswith("@new.example")
+        for record in (first, third):
+            MailTmInbox.release(record)
+        assert server.addresses() == set()
+
+
+def test_mailsac_public_inbox_is_emptied(mailsac: MailsacServer) -> None:
+    backend = MailsacInbox(mailsac.api_key, base_url=mailsac.api_url)
+    inbox, record = backend.acquire(name(1))
+    assert inbox.address == f"{name(1)}@mailsac.com"
+    assert mailsac.owners == {}, "a public inbox reserves nothing"
+    assert not MailsacInbox.exists(record), "an empty public inbox holds nothing"
+    mailsac.deliver(inbox.address, subject="Verify", html=WELCOME_HTML)
+    mailsac.deliver(inbox.address, subject="Starred", text="kept by a delete-all", starred=True)
+    message = inbox.wait_for_message(subject="Verify", timeout=10, interval=0.05)
+    assert message.link() == "https://app.example/verify?t=abc&u=7"
+    assert message.code(length=6) == "482910"
+    assert MailsacInbox.exists(record)
+    MailsacInbox.release(record)
+    assert mailsac.messages(inbox.address) == [], "starred mail goes too"
+    assert not MailsacInbox.exists(record)
+    MailsacInbox.release(record)
+
+
+def test_mailsac_reserved_address_second_release_is_400(mailsac: MailsacServer) -> None:
+    backend = MailsacInbox(mailsac.api_key, base_url=mailsac.api_url, reserve=True)
+    inbox, record = backend.acquire(name(1))
+    mailsac.deliver(inbox.address, subject="hello", text="hi")
+    MailsacInbox.release(record)
+    assert mailsac.owners == {}
+    assert mailsac.messages(inbox.address) == []
+    before = len(mailsac.seen)
+    MailsacInbox.release(record)  # 400 "already deleted" counts as done (I3)
+    assert ("DELETE", f"/api/addresses/{inbox.address}") in mailsac.seen[before:]
+
+
+def test_mailsac_address_owned_by_another_account(mailsac: MailsacServer) -> None:
+    address = f"{name(1)}@mailsac.com"
+    mailsac.reserve(address, "somebody-else")
+    backend = MailsacInbox(mailsac.api_key, base_url=mailsac.api_url, reserve=True)
+    with pytest.raises(AcquireError, match=r"401.*Owned by another account"):
+        backend.acquire(name(1))
+    with pytest.raises(ReleaseError, match="401"):
+        MailsacInbox.release(backend.plan(name(1)))
+    assert mailsac.owners == {address: "somebody-else"}
+
+
+def test_mailsac_async_flavour(mailsac: MailsacServer, registry_path: str) -> None:
+    async def main() -> str:
+        backend = MailsacInbox(mailsac.api_key, base_url=mailsac.api_url, reserve=True)
+        async with reclaim.Fixture("async") as persona:
+            inbox = await persona.aacquire(backend)
+            mailsac.deliver(inbox.address, subject="code", text="use 55667788")
+            message = await inbox.await_for_message(timeout=10, interval=0.05)
+            return message.code()
+
+    assert asyncio.run(main()) == "55667788"
+    assert mailsac.owners == {}
+    assert mailsac.mail == []
+
+
+def test_find_links_and_codes() -> None:
+    text = "See https://a.example/x?y=1&amp;z=2, then (https://b.example/p). Code 0042 on 2026"
+    assert find_links(text) == ["https://a.example/x?y=1&z=2", "https://b.example/p"]
+    assert find_code(text) == "0042"
+    assert find_code("ref https://x.example/123456 and 987654", length=6) == "987654"
+    with pytest.raises(LookupError, match="no code of 6 digits"):
+        find_code("only 1234 here", length=6)
+    message = Message("1", "a@b.example", "s", "no links", "", "")
+    with pytest.raises(LookupError, match="no link"):
+        message.link()
+
+
+# --- rate limits and 429 --------------------------------------------------------------------
+
+
+def test_rate_limiter_books_slots() -> None:
+    now = [100.0]
+    limiter = email._RateLimiter(8, 1.0, clock=lambda: now[0])
+    assert [limiter.reserve() for _ in range(8)] == [0.0] * 8
+    assert limiter.reserve() == pytest.approx(1.0), "the 9th waits for the 1st to age out"
+    now[0] += 0.5
+    assert limiter.reserve() == pytest.approx(0.5 + 0.0), "the 10th: the 2nd's slot + 1 s"
+    now[0] += 5
+    assert limiter.reserve() == pytest.approx(0.0)
+
+
+def test_mailtm_stand_in_enforces_its_limit() -> None:
+    with MailTmServer(rate=8, window=3600) as server:
+        codes = [httpx.get(f"{server.url}/domains").status_code for _ in range(9)]
+        assert codes == [200] * 8 + [429]
+
+
+def test_mailtm_client_keeps_under_the_limit(registry_path: str) -> None:
+    """The server allows 8 requests per 0.9 s (stricter than mail.tm); the client's pacing of 8
+    per 1.05 s gets no 429 over some 30 requests, where an unpaced client would get many."""
+    with MailTmServer(rate=8, window=0.9) as server:
+        backend = MailTmInbox(base_url=server.url)
+        records = [backend.acquire(name(n))[1] for n in range(1, 7)]
+        for record in records:
+            MailTmInbox.release(record)
+            assert not MailTmInbox.exists(record)
+        assert len(server.seen) >= 30
+        assert server.too_many == 0
+        assert server.addresses() == set()
+
+
+def test_429_is_retried(mailtm: MailTmServer) -> None:
+    backend = MailTmInbox(base_url=mailtm.url)
+    _inbox, record = backend.acquire(name(1))
+    mailtm.fail_next(3, 429)
+    MailTmInbox.release(record)
+    assert mailtm.injected == 3
+    assert mailtm.addresses() == set()
+
+
+def test_a_server_error_on_delete_is_not_a_release(mailtm: MailTmServer) -> None:
+    _inbox, record = MailTmInbox(base_url=mailtm.url).acquire(name(1))
+    mailtm.fail_next(10, 500, body={"hydra:description": "boom"}, only="DELETE /accounts/")
+    with pytest.raises(ReleaseError, match=r"DELETE /accounts/\{id\} answered HTTP 500: boom"):
+        MailTmInbox.release(record)
+    assert mailtm.addresses() == {record["address"]}
+    mailtm.clear_failures()
+    MailTmInbox.release(record)
+    assert mailtm.addresses() == set()
+
+
+def test_retry_after_is_honoured_and_bounded() -> None:
+    def response(value: str | None) -> httpx.Response:
+        return httpx.Response(429, headers={} if value is None else {"Retry-After": value})
+
+    assert email._retry_after(response("3"), 0) == 3.0
+    assert email._retry_after(response("86400"), 0) == email._MAX_RETRY_WAIT
+    assert email._retry_after(response(None), 0) == 0.5
+    assert email._retry_after(response(None), 2) == 2.0
+    assert email._retry_after(response("Wed, 21 Oct 2015 07:28:00 GMT"), 0) == 0.0
+    assert email._retry_after(response("soon"), 1) == 1.0
+
+
+def test_endless_429_fails_then_a_later_sweep_releases(
+    mailtm: MailTmServer, registry_path: str
+) -> None:
+    """429 for ever: bounded back-off, then the entry stays failed with a clear error (I5);
+    once the provider answers again the sweep releases it."""
+    reg = open_registry(registry_path)
+    try:
+        reg.open_run(RUN, dead_identity(), label="crashed")
+        backend = MailTmInbox(base_url=mailtm.url)
+        planned = backend.plan(name(1))
+        rid = reg.plan(RUN, "f", backend.kind, name(1), planned)
+        _inbox, record = backend.acquire(name(1))
+        reg.mark_acquired(rid, record)
+        mailtm.fail_next(1000, 429)
+        fast = RetryPolicy(attempts=2, first_delay=0.01)
+        first = sweep(reg, grace=0, policy=fast)
+        assert (first.released, first.failed) == (0, 1)
+        kept = reg.get_resource(rid)
+        assert kept is not None
+        assert kept.state == ResourceState.FAILED
+        assert kept.last_error is not None
+        assert "answered HTTP 429" in kept.last_error
+        assert mailtm.addresses() == {record["address"]}
+        mailtm.clear_failures()
+        second = sweep(reg, grace=0, policy=fast)
+        assert (second.released, second.failed) == (1, 0)
+        assert mailtm.addresses() == set()
+    finally:
+        reg.close()
+
+
+# --- names, URLs and secrets -------------------------------------------------------------------
+
+
+def test_hostile_names_never_reach_a_url(mailtm: MailTmServer, mailsac: MailsacServer) -> None:
+    with pytest.raises(ValueError, match="not valid"):
+        MailTmInbox(base_url=mailtm.url, domain="evil.example/../accounts")
+    with pytest.raises(ValueError, match="not valid"):
+        MailsacInbox(mailsac.api_key, base_url=mailsac.api_url, domain="x.example?_mailsacKey=")
+    with pytest.raises(ValueError, match="reclaim name"):
+        MailTmInbox(base_url=mailtm.url, domain="reclaim-test.example").plan("../../accounts")
+    hostile = {
+        "name": name(1),
+        "base_url": mailsac.api_url,
+        "address": "x@mailsac.com/../../addresses",
+        "api_key": mailsac.api_key,
+        "reserve": True,
+    }
+    with pytest.raises(ValueError, match="not an email address"):
+        MailsacInbox.release(hostile)
+    with pytest.raises(ValueError, match="not an email address"):
+        MailTmInbox.release({**hostile, "base_url": mailtm.url, "password": "x" * 10})
+    with pytest.raises(ValueError, match="http"):
+        MailTmInbox.release({**hostile, "base_url": "file:///etc", "address": "a@b.example"})
+    assert mailsac.seen == []
+    assert mailtm.seen == []
+
+
+def test_secrets_stay_out_of_errors_registry_and_status(
+    mailsac: MailsacServer, registry_path: str
+) -> None:
+    key = mailsac.api_key
+    reg = open_registry(registry_path)
+    try:
+        reg.open_run(RUN, dead_identity(), label="crashed")
+        backend = MailsacInbox(key, base_url=mailsac.api_url, reserve=True)
+        rid = reg.plan(RUN, "f", backend.kind, name(1), backend.plan(name(1)))
+        _inbox, record = backend.acquire(name(1))
+        reg.mark_acquired(rid, record)
+        # A provider whose error text quotes the key it was given.
+        echo = {"message": f"internal error for key {key}", "error": "E_BROKEN"}
+        mailsac.fail_next(1000, 500, body=echo)
+        with pytest.raises(ReleaseError) as caught:
+            MailsacInbox.release(record)
+        assert "HTTP 500" in str(caught.value)
+        assert "E_BROKEN" in str(caught.value), "the provider's code is named"
+        assert key not in str(caught.value)
+        assert caught.value.__cause__ is None
+        assert caught.value.__suppress_context__
+
+        fast = RetryPolicy(attempts=2, first_delay=0.01)
+        assert sweep(reg, grace=0, policy=fast).failed == 1
+        kept = reg.get_resource(rid)
+        assert kept is not None
+        assert kept.last_error is not None
+        assert "internal error for key ***" in kept.last_error
+        status = reclaim_cli("status", "--json").stdout
+        assert '"condition": "failed"' in status
+        assert key not in status
+        assert key not in reclaim_cli("status").stdout
+        mailsac.clear_failures()
+        assert sweep(reg, grace=0, policy=fast).released == 1
+        assert mailsac.owners == {}
+    finally:
+        reg.close()
+
+
+def test_a_wrong_key_is_a_clear_error_without_the_key(mailsac: MailsacServer) -> None:
+    wrong = "k_wrong0123456789"
+    with pytest.raises(AcquireError) as caught:
+        MailsacInbox(wrong, base_url=mailsac.api_url).acquire(name(1))
+    text = str(caught.value)
+    assert "email.mailsac" in text
+    assert name(1) in text
+    assert "answered HTTP 401" in text
+    assert wrong not in text
+
+
+def test_an_unreachable_server_is_a_clear_error(mailtm: MailTmServer) -> None:
+    _inbox, record = MailTmInbox(base_url=mailtm.url).acquire(name(1))
+    mailtm.down()
+    with pytest.raises(ReleaseError, match="cannot be reached") as caught:
+        MailTmInbox.release(record)
+    assert record["password"] not in str(caught.value)
+    with pytest.raises(BackendError, match="could not be looked up"):
+        MailTmInbox.exists(record)
+    mailtm.up()
+    MailTmInbox.release(record)
+    assert mailtm.addresses() == set()
+
+
+def test_credentials_and_urls_come_from_the_environment(
+    mailsac: MailsacServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAILSAC_KEY", mailsac.api_key)
+    monkeypatch.setenv("RECLAIM_MAILSAC_URL", mailsac.api_url)
+    backend = MailsacInbox()
+    assert backend.plan(name(1))["base_url"] == mailsac.api_url
+    assert backend.plan(name(1))["api_key"] == mailsac.api_key
+    monkeypatch.delenv("MAILSAC_KEY")
+    with pytest.raises(ValueError, match="MAILSAC_KEY"):
+        MailsacInbox()
+
+
+def test_missing_httpx_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(email, "httpx", None)
+    with pytest.raises(MissingExtraError, match=r"reclaim\[http\]"):
+        MailTmInbox()
+    with pytest.raises(MissingExtraError, match=r"reclaim\[http\]"):
+        MailsacInbox("k_x")
+
+
+def test_the_module_imports_without_httpx() -> None:
+    code = (
+        "import sys; sys.modules['httpx'] = None\n"
+        "from reclaim.backends.email import MailTmInbox\n"
+        "from reclaim.backends.phone import TwilioNumber\n"
+        "try:\n"
+        "    MailTmInbox()\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=CHILD_TIMEOUT,
+    )
+    assert "pip install 'reclaim[http]'" in out.stdout
+
+
+# --- leftovers ---------------------------------------------------------------------------------
+
+
+def test_mailsac_leftovers_are_reclaim_names_only(mailsac: MailsacServer) -> None:
+    backend = MailsacInbox(mailsac.api_key, base_url=mailsac.api_url, reserve=True)
+    _inbox, record = backend.acquire(name(1))
+    ours = mailsac.api_keys[mailsac.api_key]
+    lookalikes = [
+        "rc_prod@mailsac.com",
+        f"x{name(2)}@mailsac.com",
+        f"{name(2)}_old@mailsac.com",
+        f"{name(2)}.bak@mailsac.com",
+        "rc_0A1B2C3D_abc_1@mailsac.com",
+        "support@mailsac.com",
+    ]
+    for address in lookalikes:
+        mailsac.reserve(address, ours)
+    mailsac.reserve(f"{name(3)}@mailsac.com", "somebody-else")
+    target = f"mailsac+http://{mailsac.api_key}@127.0.0.1:{mailsac.port}"
+    found = list(MailsacInbox.list_leftovers(target))
+    assert [f.record["address"] for f in found] == [record["address"]]
+    assert found[0].run_id == RUN
+    for leftover in found:
+        MailsacInbox.release(leftover.record)
+    assert set(mailsac.owners) == {*lookalikes, f"{name(3)}@mailsac.com"}
+    assert MailsacInbox.url_schemes == ("mailsac", "mailsac+http")
+    assert MailTmInbox.url_schemes == (), "mail.tm cannot list accounts"
+
+
+# --- killed processes --------------------------------------------------------------------------
+
+CHILD = """
+import json, os, sys, time
+import reclaim
+from reclaim._run import current_run
+from reclaim.backends.email import MailsacInbox, MailTmInbox
+
+mailtm, mailsac, key, marker = sys.argv[1:5]
+with reclaim.Fixture("signup") as persona:
+    a = persona.acquire(MailTmInbox(base_url=mailtm))
+    b = persona.acquire(MailsacInbox(key, base_url=mailsac, reserve=True))
+    run = current_run()
+    watchdog = run.watchdog.pid if run.watchdog else None
+    print(json.dumps({"addresses": [a.address, b.address], "run": run.id,
+                      "watchdog": watchdog}), flush=True)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.01)
+"""
+
+
+def _child_args(mailtm: MailTmServer, mailsac: MailsacServer, marker: Path) -> list[str]:
+    return [mailtm.url, mailsac.api_url, mailsac.api_key, str(marker)]
+
+
+def test_sigkill_then_the_watchdog_deletes_the_inboxes(
+    spawn: Spawner, mailtm: MailTmServer, mailsac: MailsacServer, tmp_path: Path
+) -> None:
+    proc, held = spawn(CHILD, *_child_args(mailtm, mailsac, tmp_path / "never"))
+    assert mailtm.addresses() == {held["addresses"][0]}
+    assert set(mailsac.owners) == {held["addresses"][1]}
+    kill(proc)
+    wait_until(lambda: not mailtm.addresses() and not mailsac.owners)
+
+
+def test_watchdog_killed_too_then_sweep(
+    spawn: Spawner,
+    mailtm: MailTmServer,
+    mailsac: MailsacServer,
+    tmp_path: Path,
+    registry_path: str,
+) -> None:
+    proc, held = spawn(CHILD, *_child_args(mailtm, mailsac, tmp_path / "never"))
+    os.kill(held["watchdog"], signal.SIGKILL)
+    kill(proc)
+    assert mailtm.addresses() == {held["addresses"][0]}, "nobody released anything yet"
+    swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
+    assert swept["released"] == 2
+    assert mailtm.addresses() == set()
+    assert mailsac.owners == {}
+    assert json.loads(reclaim_cli("status", "--json").stdout) == {"runs": []}
+
+
+def test_provider_down_keeps_the_entry_failed_until_a_later_sweep(
+    spawn: Spawner,
+    mailtm: MailTmServer,
+    mailsac: MailsacServer,
+    tmp_path: Path,
+    registry_path: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The child leaves its block while mail.tm is unreachable: the in-process release fails,
+    the child exits with the error (no secret in its traceback), the entry stays failed; the
+    sweep after mail.tm is back deletes the account."""
+    monkeypatch.setenv("RECLAIM_WATCHDOG", "0")
+    marker = tmp_path / "leave"
+    proc, held = spawn(CHILD, *_child_args(mailtm, mailsac, marker))
+    reg = open_registry(registry_path)
+    try:
+        (password,) = [
+            r.record["password"] for r in reg.resources(held["run"]) if r.kind == "email.mailtm"
+        ]
+    finally:
+        reg.close()
+    mailtm.down()
+    marker.write_text("")
+    _out, err = proc.communicate(timeout=CHILD_TIMEOUT)
+    assert proc.returncode != 0
+    assert "could not be deleted" in err
+    assert "cannot be reached" in err
+    assert password not in err
+    assert mailsac.owners == {}, "the provider that was up was released in-process"
+
+    status: dict[str, Any] = json.loads(reclaim_cli("status", "--json").stdout)
+    (run,) = status["runs"]
+    (entry,) = run["resources"]
+    assert (entry["kind"], entry["state"]) == ("email.mailtm", "failed")
+    assert password not in json.dumps(status)
+
+    mailtm.up()
+    swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
+    assert swept["released"] == 1
+    assert mailtm.addresses() == set()

@@ -1,0 +1,577 @@
+"""Phone numbers (Twilio, sms-activate) against local stand-in servers (``tests/providers``):
+the conformance kit; SMS and codes are waited for, sync and async; a Twilio number bought but
+never recorded is found by its FriendlyName (I1), across pages, and a 404 that is not Twilio's
+20404 is never taken for "released"; an sms-activate activation refused as too young
+(EARLY_CANCEL_DENIED) stays failed until a later sweep cancels it, a used one is finished, every
+"already over" answer counts as released, and a planned record never cancels a stranger's
+activation; leftovers are reclaim names only; hostile ids never reach a URL; credentials stay out
+of errors, the registry, ``reclaim status``, tracebacks and httpx's log; a SIGKILLed owner's
+numbers are released by its watchdog, or by ``reclaim sweep`` when the watchdog died too; a
+provider that is down keeps the entry failed until a sweep after it is back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import reclaim
+from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli
+from providers.mailtm import MailTmServer, Reply, Request, json_reply
+from providers.smsactivate import SmsActivateServer
+from providers.twilio import TwilioServer
+from reclaim import AcquireError, BackendError, ReleaseError
+from reclaim._reaper import RetryPolicy, sweep
+from reclaim._registry import ResourceState, open_registry
+from reclaim._run import end_run
+from reclaim.backends import load_backend, make_name
+from reclaim.backends.phone import SmsActivateNumber, TwilioNumber
+from reclaim.testing import check_backend, dead_identity
+
+RUN = "0a1b2c3d"
+FAST = RetryPolicy(attempts=2, first_delay=0.01)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll until ``predicate()`` is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout} s: {predicate}")
+        time.sleep(0.01)
+
+
+def name(seq: int) -> str:
+    """A reclaim name of the run ``RUN`` (at a fixed time, so that it is the same each call)."""
+    return make_name(RUN, seq, now=1_800_000_000)
+
+
+@pytest.fixture
+def twilio() -> Iterator[TwilioServer]:
+    with TwilioServer() as server:
+        yield server
+
+
+@pytest.fixture
+def sms() -> Iterator[SmsActivateServer]:
+    with SmsActivateServer() as server:
+        yield server
+
+
+def twilio_number(server: TwilioServer, **kwargs: Any) -> TwilioNumber:
+    return TwilioNumber(server.account_sid, server.auth_token, base_url=server.url, **kwargs)
+
+
+def sms_number(server: SmsActivateServer, **kwargs: Any) -> SmsActivateNumber:
+    return SmsActivateNumber(server.api_key, base_url=server.api_url, **kwargs)
+
+
+# --- the conformance kit -----------------------------------------------------------------------
+
+
+def test_twilio_conformance(twilio: TwilioServer, tmp_path: Path) -> None:
+    check_backend(
+        lambda: twilio_number(twilio),
+        registry=tmp_path / "kit.sqlite3",
+        delete_outside=lambda record: twilio.release_number(record["sid"]),
+    )
+    assert twilio.owned() == {}
+
+
+def test_smsactivate_conformance(sms: SmsActivateServer, tmp_path: Path) -> None:
+    """With ``find_unrecorded`` the planned record finds the activation too (I1)."""
+    check_backend(
+        lambda: sms_number(sms, find_unrecorded=True),
+        registry=tmp_path / "kit.sqlite3",
+        delete_outside=lambda record: sms.cancel(record["activation_id"]),
+    )
+    assert sms.active() == {}
+
+
+def test_kinds_load_through_entry_points() -> None:
+    assert load_backend("phone.twilio") is TwilioNumber
+    assert load_backend("phone.smsactivate") is SmsActivateNumber
+
+
+# --- Twilio --------------------------------------------------------------------------------------
+
+
+def test_twilio_sms_and_codes(twilio: TwilioServer, registry_path: str) -> None:
+    with reclaim.Fixture("verify") as persona:
+        phone = persona.acquire(twilio_number(twilio))
+        assert twilio.owned() == {phone_name(twilio, phone.number): phone.number}
+        twilio.deliver_sms(phone.number, "Your Example code is 551234", sender="+15550001111")
+        twilio.deliver_sms(phone.number, "Second code: 9876")
+        assert phone.wait_for_code(length=6, timeout=10, interval=0.05) == "551234"
+        second = phone.wait_for_sms(contains="Second", timeout=10, interval=0.05)
+        assert second.code() == "9876"
+        with pytest.raises(TimeoutError, match="did not reach"):
+            phone.wait_for_sms(timeout=0.2, interval=0.05)
+        assert [s.sender for s in phone.messages()] == ["+15550001111", "+15017122661"]
+    assert twilio.owned() == {}
+
+
+def phone_name(server: TwilioServer, number: str) -> str:
+    return next(n for n, owned in server.owned().items() if owned == number)
+
+
+def test_twilio_async_flavour(twilio: TwilioServer, registry_path: str) -> None:
+    async def main() -> str:
+        async with reclaim.Fixture("async") as persona:
+            phone = await persona.aacquire(twilio_number(twilio, area_code="500"))
+            twilio.deliver_sms(phone.number, "code 4455")
+            assert [s.body for s in await phone.amessages()] == ["code 4455"]
+            sms = await phone.await_for_sms(timeout=10, interval=0.05)
+            return sms.code()
+
+    assert asyncio.run(main()) == "4455"
+    assert twilio.owned() == {}
+    _phone, record = asyncio.run(twilio_number(twilio).aacquire(name(1)))
+    asyncio.run(TwilioNumber.arelease(record))
+    assert twilio.owned() == {}
+
+
+def test_twilio_friendly_name_finds_an_unrecorded_number(twilio: TwilioServer) -> None:
+    """The crash between buying and recording the sid: the planned record finds the number by
+    its FriendlyName and releases it; the numbers of other names are left alone."""
+    backend = twilio_number(twilio)
+    stranger = twilio.buy(twilio.available[-1], "production-line")
+    planned = backend.plan(name(1))
+    phone, _record = backend.acquire(name(1))
+    assert twilio.owned()[name(1)] == phone.number
+    assert TwilioNumber.exists(planned)
+    TwilioNumber.release(planned)
+    assert not TwilioNumber.exists(planned)
+    assert list(twilio.owned()) == ["production-line"]
+    assert stranger in twilio.numbers
+
+
+def test_twilio_second_release_is_20404(twilio: TwilioServer) -> None:
+    _phone, record = twilio_number(twilio).acquire(name(1))
+    TwilioNumber.release(record)
+    before = len(twilio.seen)
+    TwilioNumber.release(record)
+    assert twilio.seen[before:] == [
+        (
+            "DELETE",
+            f"/2010-04-01/Accounts/{twilio.account_sid}/IncomingPhoneNumbers/{record['sid']}.json",
+        )
+    ]
+
+
+def test_a_404_that_is_not_twilios_is_not_a_release(twilio: TwilioServer) -> None:
+    _phone, record = twilio_number(twilio).acquire(name(1))
+    # Another server answers 404 without Twilio's code 20404.
+    with MailTmServer() as stranger, pytest.raises(ReleaseError, match="HTTP 404"):
+        TwilioNumber.release({**record, "base_url": stranger.url})
+    assert twilio.owned() == {name(1): record["number"]}
+    TwilioNumber.release(record)
+
+
+def test_twilio_buys_the_number_it_is_given(twilio: TwilioServer) -> None:
+    phone, record = twilio_number(twilio, phone_number="+15005550006").acquire(name(1))
+    assert phone.number == "+15005550006"
+    with pytest.raises(AcquireError, match=r"21422.*not available"):
+        twilio_number(twilio, phone_number="+15005550006").acquire(name(2))
+    TwilioNumber.release(record)
+    assert twilio.owned() == {}
+
+
+def test_twilio_lists_across_pages_and_only_reclaim_names(registry_path: str) -> None:
+    with TwilioServer(page_size_limit=2) as server:
+        backend = twilio_number(server)
+        lookalikes = [
+            "rc_prod",
+            f"x{name(9)}",
+            f"{name(9)} copy",
+            f"{name(9)}_old",
+            "rc_0A1B2C3D_abc_1",
+        ]
+        for friendly in lookalikes:
+            server.buy(server.available[-1], friendly)
+        ours = [backend.acquire(name(n))[1] for n in (1, 2)]
+        target = f"twilio+http://{server.account_sid}:{server.auth_token}@127.0.0.1:{server.port}"
+        found = list(TwilioNumber.list_leftovers(target))
+        assert sorted(f.record["name"] for f in found) == [name(1), name(2)]
+        assert {f.run_id for f in found} == {RUN}
+        assert len([s for s in server.seen if s[1].endswith("IncomingPhoneNumbers.json")]) >= 4
+        for leftover in found:
+            TwilioNumber.release(leftover.record)
+        assert sorted(server.owned()) == sorted(lookalikes)
+        assert not any(TwilioNumber.exists(r) for r in ours)
+    assert TwilioNumber.url_schemes == ("twilio", "twilio+http")
+    assert SmsActivateNumber.url_schemes == (), "activations carry no name to list by"
+
+
+class NextPageElsewhere(TwilioServer):
+    """A Twilio whose listing points its next page at another host."""
+
+    def handle(self, request: Request) -> Reply:
+        if request.method == "GET" and request.path.endswith("/IncomingPhoneNumbers.json"):
+            return json_reply(
+                200,
+                {"incoming_phone_numbers": [], "next_page_uri": "https://evil.example/steal"},
+            )
+        return super().handle(request)
+
+
+def test_credentials_never_follow_a_next_page_elsewhere(registry_path: str) -> None:
+    with NextPageElsewhere() as server:
+        planned = twilio_number(server).plan(name(1))
+        with pytest.raises(BackendError, match="unexpected next_page_uri"):
+            TwilioNumber.exists(planned)
+        with pytest.raises(ReleaseError, match="unexpected next_page_uri"):
+            TwilioNumber.release(planned)
+
+
+def test_twilio_hostile_values_never_reach_a_url(twilio: TwilioServer) -> None:
+    with pytest.raises(ValueError, match="account SID"):
+        TwilioNumber("AC../../Accounts/x", "t", base_url=twilio.url)
+    with pytest.raises(ValueError, match="phone number"):
+        twilio_number(twilio, phone_number="+1500/../../x")
+    with pytest.raises(ValueError, match="country code"):
+        twilio_number(twilio, country="US/../GB")
+    with pytest.raises(ValueError, match="number_type"):
+        twilio_number(twilio, number_type="Local.json?x=")
+    with pytest.raises(ValueError, match="reclaim name"):
+        twilio_number(twilio).plan("rc_../../x")
+    record = twilio_number(twilio).plan(name(1))
+    with pytest.raises(ValueError, match="number SID"):
+        TwilioNumber.release({**record, "sid": "PN0/../../../Accounts"})
+    with pytest.raises(ValueError, match="account SID"):
+        TwilioNumber.release({**record, "account_sid": "AC1?PageSize=1"})
+    assert twilio.seen == []
+
+
+def test_twilio_429_is_retried(twilio: TwilioServer) -> None:
+    _phone, record = twilio_number(twilio).acquire(name(1))
+    twilio.fail_next(2, 429)
+    TwilioNumber.release(record)
+    assert twilio.injected == 2
+    assert twilio.owned() == {}
+
+
+def test_twilio_token_stays_out_of_errors_registry_and_status(
+    twilio: TwilioServer, registry_path: str
+) -> None:
+    token = twilio.auth_token
+    reg = open_registry(registry_path)
+    try:
+        reg.open_run(RUN, dead_identity(), label="crashed")
+        backend = twilio_number(twilio)
+        rid = reg.plan(RUN, "f", backend.kind, name(1), backend.plan(name(1)))
+        _phone, record = backend.acquire(name(1))
+        reg.mark_acquired(rid, record)
+        echo = {"code": 20500, "message": f"Internal error for token {token}", "status": 500}
+        twilio.fail_next(1000, 500, body=echo)
+        with pytest.raises(ReleaseError) as caught:
+            TwilioNumber.release(record)
+        text = str(caught.value)
+        assert "HTTP 500 (provider code 20500)" in text
+        assert record["number"] in text, "the message names the number"
+        assert token not in text
+        assert sweep(reg, grace=0, policy=FAST).failed == 1
+        kept = reg.get_resource(rid)
+        assert kept is not None
+        assert kept.state == ResourceState.FAILED
+        assert kept.last_error is not None
+        assert "token ***" in kept.last_error
+        status = reclaim_cli("status", "--json").stdout
+        assert '"condition": "failed"' in status
+        assert token not in status
+        assert token not in reclaim_cli("status").stdout
+        twilio.clear_failures()
+        assert sweep(reg, grace=0, policy=FAST).released == 1
+        assert twilio.owned() == {}
+    finally:
+        reg.close()
+
+
+def test_twilio_credentials_from_the_environment(
+    twilio: TwilioServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TWILIO_ACCOUNT_SID", twilio.account_sid)
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", twilio.auth_token)
+    monkeypatch.setenv("RECLAIM_TWILIO_URL", twilio.url)
+    _phone, record = TwilioNumber().acquire(name(1))
+    assert record["auth_token"] == twilio.auth_token, "release needs it: a secret field (I7)"
+    assert "auth_token" in TwilioNumber.secret_fields
+    TwilioNumber.release(record)
+    monkeypatch.delenv("TWILIO_AUTH_TOKEN")
+    with pytest.raises(ValueError, match="TWILIO_AUTH_TOKEN"):
+        TwilioNumber()
+
+
+# --- sms-activate -----------------------------------------------------------------------------
+
+
+def test_smsactivate_code_then_finish(sms: SmsActivateServer, registry_path: str) -> None:
+    with reclaim.Fixture("verify") as persona:
+        activation = persona.acquire(sms_number(sms, service="tg", country=6))
+        assert activation.number.startswith("+7999")
+        assert activation.status() == "STATUS_WAIT_CODE"
+        with pytest.raises(TimeoutError, match="no code"):
+            activation.wait_for_code(timeout=0.2, interval=0.05)
+        sms.deliver_sms(activation.activation_id, "Telegram code 73519")
+        assert activation.wait_for_code(timeout=10, interval=0.05) == "73519"
+    # A used activation cannot be cancelled: release finished it.
+    assert sms.state(activation.activation_id) == "finish"
+    assert sms.active() == {}
+
+
+def test_smsactivate_async_flavour(sms: SmsActivateServer) -> None:
+    async def main() -> str:
+        activation, record = await sms_number(sms).aacquire(name(1))
+        sms.deliver_sms(activation.activation_id, "code 8080")
+        try:
+            return await activation.await_for_code(timeout=10, interval=0.05)
+        finally:
+            await SmsActivateNumber.arelease(record)
+
+    assert asyncio.run(main()) == "8080"
+    assert sms.active() == {}
+
+
+@pytest.mark.parametrize("http_errors", [False, True], ids=["original-200", "clone-400"])
+@pytest.mark.parametrize("answer", ["ACCESS_CANCEL_ALREADY", "BAD_STATUS", "NO_ACTIVATION"])
+def test_every_already_over_answer_is_released(answer: str, http_errors: bool) -> None:
+    with SmsActivateServer(second_cancel=answer, http_errors=http_errors) as server:
+        activation, record = sms_number(server).acquire(name(1))
+        SmsActivateNumber.release(record)
+        assert server.state(activation.activation_id) == "cancel"
+        SmsActivateNumber.release(record)  # answered `answer`: over already (I3)
+        assert not SmsActivateNumber.exists(record)
+        assert server.seen.count(("GET", "/stubs/handler_api.php")) >= 3
+
+
+def test_early_cancel_stays_failed_until_a_later_sweep(registry_path: str) -> None:
+    with SmsActivateServer(min_cancel_age=3600) as server:
+        reg = open_registry(registry_path)
+        try:
+            reg.open_run(RUN, dead_identity(), label="crashed")
+            backend = sms_number(server, min_cancel_age=3600)
+            rid = reg.plan(RUN, "f", backend.kind, name(1), backend.plan(name(1)))
+            activation, record = backend.acquire(name(1))
+            reg.mark_acquired(rid, record)
+            first = sweep(reg, grace=0, policy=FAST)
+            assert (first.released, first.failed) == (0, 1), "refused: never counted as done"
+            kept = reg.get_resource(rid)
+            assert kept is not None
+            assert kept.state == ResourceState.FAILED
+            assert kept.last_error is not None
+            assert "EARLY_CANCEL_DENIED" in kept.last_error
+            assert "3600 s after purchase" in kept.last_error
+            assert server.state(activation.activation_id) == "wait"
+            server.age(3600)
+            second = sweep(reg, grace=0, policy=FAST)
+            assert (second.released, second.failed) == (1, 0)
+            assert server.state(activation.activation_id) == "cancel"
+        finally:
+            reg.close()
+
+
+def test_early_cancel_in_a_fixture_is_reported(registry_path: str) -> None:
+    with SmsActivateServer(min_cancel_age=3600) as server:
+        with pytest.raises(BaseExceptionGroup) as caught, reclaim.Fixture("short") as persona:
+            persona.acquire(sms_number(server, min_cancel_age=3600))
+        (error,) = caught.value.exceptions
+        assert isinstance(error, ReleaseError)
+        assert "EARLY_CANCEL_DENIED" in str(error)
+        assert "next `reclaim sweep` retries it" in str(error)
+        reg = open_registry(registry_path)
+        try:
+            (entry,) = reg.resources()
+            assert entry.state == ResourceState.FAILED
+            server.age(3600)
+            end_run(registry_path)  # the run's end retries what it still holds
+            assert reg.resources() == []
+        finally:
+            reg.close()
+        assert server.active() == {}
+
+
+def test_planned_record_never_cancels_a_strangers_activation(sms: SmsActivateServer) -> None:
+    """By default the gap is honest: a planned record without an activation id cancels
+    nothing (an activation carries no name of ours), so a stranger's is never touched."""
+    stranger = sms.rent("ot", 0)
+    backend = sms_number(sms)
+    planned = backend.plan(name(1))
+    activation, record = backend.acquire(name(1))
+    assert not SmsActivateNumber.exists(planned)
+    SmsActivateNumber.release(planned)
+    assert set(sms.active()) == {stranger, int(activation.activation_id)}
+    SmsActivateNumber.release(record)
+    assert set(sms.active()) == {stranger}
+
+
+def test_find_unrecorded_cancels_only_what_started_after_the_plan(
+    sms: SmsActivateServer,
+) -> None:
+    before = sms.rent("ot", 0)
+    other_service = sms.rent("wa", 0)
+    backend = sms_number(sms, find_unrecorded=True)
+    planned = backend.plan(name(1))
+    assert planned["known_before"] == [str(before)]
+    activation, _record = backend.acquire(name(1))
+    assert SmsActivateNumber.exists(planned)
+    SmsActivateNumber.release(planned)
+    assert sms.state(activation.activation_id) == "cancel"
+    assert set(sms.active()) == {before, other_service}
+
+
+def test_smsactivate_errors_are_clear_and_keyless(sms: SmsActivateServer) -> None:
+    wrong = "wrong-key-0123456789"
+    with pytest.raises(AcquireError) as caught:
+        SmsActivateNumber(wrong, base_url=sms.api_url).acquire(name(1))
+    assert "BAD_KEY (the API key was refused)" in str(caught.value)
+    assert wrong not in str(caught.value)
+    sms.refuse_numbers = "NO_NUMBERS"
+    with pytest.raises(AcquireError, match=r"NO_NUMBERS \(no number is available"):
+        sms_number(sms).acquire(name(1))
+    with pytest.raises(AcquireError, match="BAD_SERVICE"):
+        sms.refuse_numbers = None
+        sms_number(sms, service="zz").acquire(name(1))
+
+
+def test_api_key_never_reaches_httpx_log(
+    sms: SmsActivateServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="httpx"):
+        _activation, record = sms_number(sms).acquire(name(1))
+        SmsActivateNumber.release(record)
+    assert "action=getNumber" in caplog.text, "httpx logged the requests"
+    assert "api_key=***" in caplog.text
+    assert sms.api_key not in caplog.text
+
+
+def test_smsactivate_hostile_values_never_reach_a_url(sms: SmsActivateServer) -> None:
+    record = sms_number(sms).plan(name(1))
+    with pytest.raises(ValueError, match="activation id"):
+        SmsActivateNumber.release({**record, "activation_id": "1&status=6"})
+    with pytest.raises(ValueError, match="service"):
+        SmsActivateNumber.release({**record, "service": "ot&action=getBalance"})
+    with pytest.raises(ValueError, match="service"):
+        sms_number(sms, service="../x")
+    assert sms.seen == []
+
+
+def test_smsactivate_key_from_the_environment(
+    sms: SmsActivateServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SMS_ACTIVATE_API_KEY", sms.api_key)
+    monkeypatch.setenv("RECLAIM_SMS_ACTIVATE_URL", sms.api_url)
+    monkeypatch.setenv("SMS_ACTIVATE_SERVICE", "wa")
+    monkeypatch.setenv("SMS_ACTIVATE_COUNTRY", "12")
+    _activation, record = SmsActivateNumber().acquire(name(1))
+    assert (record["service"], record["country"]) == ("wa", 12)
+    SmsActivateNumber.release(record)
+    monkeypatch.delenv("SMS_ACTIVATE_API_KEY")
+    with pytest.raises(ValueError, match="SMS_ACTIVATE_API_KEY"):
+        SmsActivateNumber()
+
+
+# --- killed processes --------------------------------------------------------------------------
+
+CHILD = """
+import json, os, sys, time
+import reclaim
+from reclaim._run import current_run
+from reclaim.backends.phone import SmsActivateNumber, TwilioNumber
+
+twilio, sid, token, sms, key, marker = sys.argv[1:7]
+with reclaim.Fixture("phone") as persona:
+    a = persona.acquire(TwilioNumber(sid, token, base_url=twilio))
+    b = persona.acquire(SmsActivateNumber(key, base_url=sms, min_cancel_age=0))
+    run = current_run()
+    watchdog = run.watchdog.pid if run.watchdog else None
+    print(json.dumps({"numbers": [a.number, b.number], "activation": b.activation_id,
+                      "run": run.id, "watchdog": watchdog}), flush=True)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.01)
+"""
+
+
+def _child_args(twilio: TwilioServer, sms: SmsActivateServer, marker: Path) -> list[str]:
+    return [
+        twilio.url,
+        twilio.account_sid,
+        twilio.auth_token,
+        sms.api_url,
+        sms.api_key,
+        str(marker),
+    ]
+
+
+def test_sigkill_then_the_watchdog_releases_the_numbers(
+    spawn: Spawner, twilio: TwilioServer, sms: SmsActivateServer, tmp_path: Path
+) -> None:
+    proc, held = spawn(CHILD, *_child_args(twilio, sms, tmp_path / "never"))
+    assert list(twilio.owned().values()) == [held["numbers"][0]]
+    assert list(sms.active()) == [int(held["activation"])]
+    kill(proc)
+    wait_until(lambda: not twilio.owned() and not sms.active())
+    assert sms.state(held["activation"]) == "cancel"
+
+
+def test_watchdog_killed_too_then_sweep(
+    spawn: Spawner,
+    twilio: TwilioServer,
+    sms: SmsActivateServer,
+    tmp_path: Path,
+    registry_path: str,
+) -> None:
+    proc, held = spawn(CHILD, *_child_args(twilio, sms, tmp_path / "never"))
+    os.kill(held["watchdog"], signal.SIGKILL)
+    kill(proc)
+    assert twilio.owned(), "nobody released anything yet"
+    assert sms.active()
+    swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
+    assert swept["released"] == 2
+    assert twilio.owned() == {}
+    assert sms.active() == {}
+    assert json.loads(reclaim_cli("status", "--json").stdout) == {"runs": []}
+
+
+def test_provider_down_keeps_the_entry_failed_until_a_later_sweep(
+    spawn: Spawner,
+    twilio: TwilioServer,
+    sms: SmsActivateServer,
+    tmp_path: Path,
+    registry_path: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The child leaves its block while Twilio is unreachable: the in-process release fails,
+    the child exits with the error (no token in its traceback), the entry stays failed; the
+    sweep after Twilio is back releases the number."""
+    monkeypatch.setenv("RECLAIM_WATCHDOG", "0")
+    marker = tmp_path / "leave"
+    proc, held = spawn(CHILD, *_child_args(twilio, sms, marker))
+    twilio.down()
+    marker.write_text("")
+    _out, err = proc.communicate(timeout=CHILD_TIMEOUT)
+    assert proc.returncode != 0
+    assert "could not be released" in err
+    assert held["numbers"][0] in err
+    assert twilio.auth_token not in err
+    assert sms.api_key not in err
+    assert sms.active() == {}, "the provider that was up was released in-process"
+
+    status: dict[str, Any] = json.loads(reclaim_cli("status", "--json").stdout)
+    (run,) = status["runs"]
+    (entry,) = run["resources"]
+    assert (entry["kind"], entry["state"]) == ("phone.twilio", "failed")
+    assert twilio.auth_token not in json.dumps(status)
+
+    twilio.up()
+    swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
+    assert swept["released"] == 1
+    assert twilio.owned() == {}
