@@ -1,0 +1,661 @@
+"""The NATS JetStream backends against a real server: streams and KV buckets keep the backend
+contract; a stream captures its subjects (``{name}`` filled in) and serves what was published; a
+bucket stores and serves keys; the ``durable_consumer`` safety net makes the server delete an
+idle durable consumer by itself; the sync API works inside a running event loop and the async
+one on it; a SIGKILLed owner's watchdog (or, with the watchdog killed too, ``reclaim sweep``)
+leaves nothing on the server; a server that is briefly away keeps the release ``failed`` until a
+sweep finishes it; hostile names and subjects never reach the JetStream API; leftover listings
+never name what reclaim did not make; passwords and tokens stay out of records, errors and
+status output.
+
+Every test cleans up on the server whether it passed or not: every stream the backends planned
+in this process, and every stream whose name carries the test's token, is deleted with plain
+nats-py at teardown; children's resources are swept by the ``registry_path`` fixture (their run
+is dead by then) and deleted by the test's own finally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import nats
+import nats.js.api
+import nats.js.errors
+import pytest
+from nats.aio.client import Client as NATS
+
+import reclaim
+from _services import TcpProxy, require, with_port
+from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli
+from reclaim import AcquireError, BackendError, ReleaseError
+from reclaim._registry import open_registry
+from reclaim.backends import Record, make_name, redact_record
+from reclaim.backends.nats import NatsKeyValue, NatsStream, durable_consumer
+from reclaim.testing import check_backend
+
+T = TypeVar("T")
+
+
+# --- the server, and everything a test made on it deleted whatever happens --------------------
+
+
+@dataclasses.dataclass
+class Server:
+    """The NATS server of the tests and what to delete at teardown.
+
+    ``token`` is this test's own 8 hex digits: names made with :meth:`name` carry it as their
+    run id, and every stream whose name contains it is deleted at teardown.
+    """
+
+    url: str
+    token: str
+    planned: list[Record] = dataclasses.field(default_factory=list)
+    streams: list[str] = dataclasses.field(default_factory=list)
+
+    def name(self, seq: int) -> str:
+        return make_name(self.token, seq)
+
+    def run(self, work: Callable[[NATS], Awaitable[T]], url: str | None = None) -> T:
+        """Run ``work`` with a connection of its own (from sync code)."""
+
+        async def main() -> T:
+            nc = await nats.connect(url or self.url, allow_reconnect=False, connect_timeout=5)
+            try:
+                return await work(nc)
+            finally:
+                await nc.close()
+
+        return asyncio.run(main())
+
+    def names(self) -> set[str]:
+        """Every stream on the server (``$JS.API.STREAM.NAMES``, page by page)."""
+
+        async def work(nc: NATS) -> set[str]:
+            found: set[str] = set()
+            while True:
+                reply = await nc.request(
+                    "$JS.API.STREAM.NAMES", json.dumps({"offset": len(found)}).encode(), timeout=5
+                )
+                page = json.loads(reply.data)
+                batch = page.get("streams") or []
+                found.update(batch)
+                if not batch or len(found) >= page["total"]:
+                    return found
+
+        return self.run(work)
+
+    def has(self, stream: str) -> bool:
+        async def work(nc: NATS) -> bool:
+            try:
+                await nc.jetstream().stream_info(stream)
+            except nats.js.errors.NotFoundError:
+                return False
+            return True
+
+        return self.run(work)
+
+    def delete(self, *streams: str) -> None:
+        async def work(nc: NATS) -> None:
+            js = nc.jetstream()
+            for stream in streams:
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await js.delete_stream(stream)
+
+        self.run(work)
+
+    def cleanup(self) -> None:
+        doomed = set(self.streams)
+        for record in self.planned:
+            doomed |= {record["name"], f"KV_{record['name']}"}
+        doomed |= {stream for stream in self.names() if self.token in stream}
+        self.delete(*sorted(doomed))
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    """The test's view of the server. Every record the backends plan in this process is noted
+    (the backends' ``plan`` is wrapped, nothing else changes) and its stream deleted at teardown
+    with plain nats-py; tests list it before ``spawn`` so that it is torn down after their
+    children."""
+    me = Server(url=require("nats"), token=secrets.token_hex(4))
+    for cls in (NatsStream, NatsKeyValue):
+        original = cls.plan
+
+        def noting(self: Any, name: str, _original: Any = original) -> Record:
+            record: Record = _original(self, name)
+            me.planned.append(record)
+            return record
+
+        monkeypatch.setattr(cls, "plan", noting)
+    try:
+        yield me
+    finally:
+        me.cleanup()
+
+
+def _with_userinfo(url: str, userinfo: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=f"{userinfo}@{parts.netloc.rpartition('@')[2]}").geturl()
+
+
+# --- the contract -------------------------------------------------------------------------------
+
+
+def test_conformance_stream(server: Server, tmp_path: Path) -> None:
+    check_backend(
+        lambda: NatsStream(server.url),
+        registry=tmp_path / "kit.sqlite3",
+        delete_outside=lambda record: server.delete(record["name"]),
+    )
+
+
+def test_conformance_stream_with_subjects_and_config(server: Server, tmp_path: Path) -> None:
+    check_backend(
+        lambda: NatsStream(
+            server.url,
+            subjects=["orders.{name}.>"],
+            storage=nats.js.api.StorageType.MEMORY,
+            max_age=60,
+        ),
+        registry=tmp_path / "kit.sqlite3",
+        delete_outside=lambda record: server.delete(record["name"]),
+    )
+
+
+def test_conformance_kv(server: Server, tmp_path: Path) -> None:
+    check_backend(
+        lambda: NatsKeyValue(server.url, history=3),
+        registry=tmp_path / "kit.sqlite3",
+        delete_outside=lambda record: server.delete(f"KV_{record['name']}"),
+    )
+
+
+# --- streams and buckets ----------------------------------------------------------------------
+
+
+def test_a_stream_captures_its_subjects_and_goes_at_exit(
+    server: Server, registry_path: str
+) -> None:
+    with reclaim.Fixture("stream") as f:
+        name = f.acquire(NatsStream(server.url, subjects=["orders.{name}.>", "audit.{name}"]))
+        default = f.acquire(NatsStream(server.url))
+
+        async def work(nc: NATS) -> list[Any]:
+            js = nc.jetstream()
+            await js.publish(f"orders.{name}.created", b"order 1")
+            await js.publish(f"audit.{name}", b"audit 1")
+            await js.publish(default, b"bare")
+            await js.publish(f"{default}.a.b", b"deep")
+            info = await js.stream_info(name)
+            first = await js.get_msg(name, 1)
+            other = await js.stream_info(default)
+            return [info.config.subjects, info.state.messages, first.data, other.state.messages]
+
+        subjects, count, data, default_count = server.run(work)
+        assert subjects == [f"orders.{name}.>", f"audit.{name}"]
+        assert count == 2
+        assert data == b"order 1"
+        assert default_count == 2, "by default the stream takes its name and everything under it"
+    assert not server.has(name)
+    assert not server.has(default)
+
+
+def test_stream_config_reaches_the_server(server: Server) -> None:
+    backend = NatsStream(
+        server.url, storage=nats.js.api.StorageType.MEMORY, max_age=90, max_msgs=10
+    )
+    name, record = backend.acquire(server.name(1))
+
+    async def work(nc: NATS) -> nats.js.api.StreamConfig:
+        return (await nc.jetstream().stream_info(name)).config
+
+    config = server.run(work)
+    assert config.storage == nats.js.api.StorageType.MEMORY
+    assert config.max_age == 90
+    assert config.max_msgs == 10
+    NatsStream.release(record)
+    NatsStream.release(record)  # double release: a no-op
+    assert not server.has(name)
+
+
+def test_a_kv_bucket_stores_keys_and_goes_with_them(server: Server, registry_path: str) -> None:
+    with reclaim.Fixture("kv") as f:
+        bucket = f.acquire(NatsKeyValue(server.url, history=2))
+
+        async def work(nc: NATS) -> bytes | None:
+            kv = await nc.jetstream().key_value(bucket)
+            await kv.put("colour", b"blue")
+            await kv.put("colour", b"green")
+            return (await kv.get("colour")).value
+
+        assert server.run(work) == b"green"
+        assert server.has(f"KV_{bucket}")
+    assert not server.has(f"KV_{bucket}")
+    assert NatsKeyValue.exists({"name": bucket, "url": server.url}) is False
+
+
+def test_durable_consumer_is_deleted_by_the_server_when_idle(server: Server) -> None:
+    """The safety net for consumers on streams reclaim does not own: nothing deletes the
+    consumer but the server's ``inactive_threshold``."""
+    name, record = NatsStream(server.url).acquire(server.name(1))
+    config = durable_consumer("idle-worker", inactive_threshold=0.5, ack_policy="explicit")
+    assert config.durable_name == "idle-worker"
+
+    async def add(nc: NATS) -> float | None:
+        info = await nc.jetstream().add_consumer(name, config=config)
+        return info.config.inactive_threshold
+
+    assert server.run(add) == 0.5
+
+    async def gone(nc: NATS) -> bool:
+        try:
+            await nc.jetstream().consumer_info(name, "idle-worker")
+        except nats.js.errors.NotFoundError:
+            return True
+        return False
+
+    _wait_until(lambda: server.run(gone), timeout=30)
+    NatsStream.release(record)
+
+
+def test_durable_consumer_checks_its_arguments() -> None:
+    with pytest.raises(ValueError, match="letters, digits"):
+        durable_consumer("a.b")
+    with pytest.raises(ValueError, match="positive"):
+        durable_consumer("w", inactive_threshold=0)
+    with pytest.raises(ValueError, match="reclaim's to set"):
+        durable_consumer("w", name="x")
+    with pytest.raises(ValueError, match="not a ConsumerConfig field"):
+        durable_consumer("w", no_such_option=1)
+    assert durable_consumer("w").inactive_threshold == 3600.0
+
+
+def test_sync_calls_inside_a_running_loop_and_async_calls_on_it(
+    server: Server, registry_path: str
+) -> None:
+    async def main() -> tuple[str, str]:
+        async with reclaim.Fixture("async") as f:
+            stream = await f.aacquire(NatsStream(server.url))
+            bucket = f.acquire(NatsKeyValue(server.url))  # sync, from inside the loop
+            assert NatsStream.exists({"name": stream, "url": server.url})
+            assert NatsKeyValue.exists({"name": bucket, "url": server.url})
+        return stream, bucket
+
+    stream, bucket = asyncio.run(main())
+    assert not server.has(stream)
+    assert not server.has(f"KV_{bucket}")
+
+    async def arelease_twice() -> None:
+        _, record = await NatsStream(server.url).aacquire(server.name(9))
+        await NatsStream.arelease(record)
+        await NatsStream.arelease(record)
+        assert not NatsStream.exists(record)
+
+    asyncio.run(arelease_twice())
+
+
+# --- names, subjects, config ------------------------------------------------------------------
+
+
+def test_hostile_names_never_reach_the_jetstream_api(server: Server) -> None:
+    victim = server.name(7)
+    _, record = NatsStream(server.url).acquire(victim)
+    for hostile in ("*", ">", f"{victim}.>", f"{victim} x", f"rc_{server.token}_a_1/../x", ""):
+        for cls in (NatsStream, NatsKeyValue):
+            with pytest.raises(ValueError, match="not a name reclaim makes"):
+                cls.release({"name": hostile, "url": server.url})
+    with pytest.raises(ValueError, match="not a name reclaim makes"):
+        NatsStream(server.url).acquire("rc_x.>")
+    assert server.has(victim)
+    NatsStream.release(record)
+
+
+@pytest.mark.parametrize(
+    "subject",
+    ["a b", "a..b", ".a", "a.", "a.>.b", "a*.b", "$JS.API.>", "$SYS.>", "a.b>", "", "a\tb"],
+)
+def test_bad_subjects_are_refused(subject: str) -> None:
+    with pytest.raises(ValueError, match="is not allowed"):
+        NatsStream("nats://127.0.0.1:4222", subjects=[subject])
+
+
+def test_good_subjects_and_config_checks() -> None:
+    NatsStream("nats://127.0.0.1:4222", subjects=["a.*.c", "a.>", "{name}.x", ">", "A-b_c:d"])
+    with pytest.raises(TypeError, match="list of subjects"):
+        NatsStream("nats://127.0.0.1:4222", subjects="a.b")
+    with pytest.raises(ValueError, match="empty"):
+        NatsStream("nats://127.0.0.1:4222", subjects=[])
+    with pytest.raises(ValueError, match="reclaim's to set"):
+        NatsStream("nats://127.0.0.1:4222", name="x")
+    with pytest.raises(ValueError, match="not a StreamConfig field"):
+        NatsStream("nats://127.0.0.1:4222", max_agee=3)
+    with pytest.raises(ValueError, match="reclaim's to set"):
+        NatsKeyValue("nats://127.0.0.1:4222", bucket="x")
+
+
+# --- leftovers ----------------------------------------------------------------------------------
+
+
+def test_leftover_streams_and_buckets_are_only_reclaims(server: Server) -> None:
+    stream, stream_record = NatsStream(server.url).acquire(server.name(1))
+    bucket, bucket_record = NatsKeyValue(server.url).acquire(server.name(2))
+    foreign = [
+        f"{server.name(3)}_x",  # a reclaim name with something after it
+        f"x{server.name(4)}",
+        f"rc_{server.token[:7]}_abc_1_{server.token}",
+        f"RC_{server.token}_ABC_1",
+        f"rc_{server.token}_abc_{server.token}",
+        f"OBJ_{server.name(5)}",  # an object store
+        f"KV_{server.name(6)}_x",
+    ]
+
+    async def make(nc: NATS) -> None:
+        js = nc.jetstream()
+        for name in foreign:
+            await js.add_stream(name=name, subjects=[f"foreign.{name}"])
+
+    server.run(make)
+    listed = {left.record["name"]: left for left in NatsStream.list_leftovers(server.url)}
+    buckets = {left.record["name"]: left for left in NatsKeyValue.list_leftovers(server.url)}
+    for name in foreign:
+        assert name not in listed
+        assert name.removeprefix("KV_") not in buckets
+        assert name.removeprefix("OBJ_") not in buckets
+        assert name.removeprefix("OBJ_") not in listed
+    assert stream in listed
+    assert bucket not in listed, "a bucket's stream is KV_<name>: not a stream of reclaim's"
+    assert bucket in buckets
+    assert stream not in buckets
+    assert listed[stream].run_id == server.token
+    assert buckets[bucket].record == bucket_record | {"name": bucket}
+    NatsStream.release(listed[stream].record)
+    NatsKeyValue.release(buckets[bucket].record)
+    assert not NatsStream.exists(stream_record)
+    assert not NatsKeyValue.exists(bucket_record)
+    assert all(server.has(name) for name in foreign)
+
+
+# --- crashes --------------------------------------------------------------------------------
+
+
+HOLDER = """
+import asyncio, json, os, sys, time
+import nats
+import reclaim
+from reclaim.backends.nats import NatsKeyValue, NatsStream
+from reclaim._run import current_run
+
+url = sys.argv[1]
+if len(sys.argv) > 2:
+    os.setpgid(0, 0)
+
+async def fill(streams, bucket):
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    for stream in streams:
+        await js.publish(stream, b"held")
+    kv = await js.key_value(bucket)
+    await kv.put("k", b"v")
+    await nc.close()
+
+with reclaim.Fixture("nats-holder") as f:
+    streams = [f.acquire(NatsStream(url)) for _ in range(2)]
+    bucket = f.acquire(NatsKeyValue(url))
+    asyncio.run(fill(streams, bucket))
+    run = current_run()
+    print(json.dumps({"streams": streams, "bucket": bucket, "run": run.id,
+                      "watchdog": run.watchdog.pid}), flush=True)
+    time.sleep(600)
+"""
+
+
+def _held(server: Server, held: dict[str, Any]) -> list[str]:
+    """The child's streams the server still lists (``$JS.API.STREAM.NAMES``)."""
+    wanted = [*held["streams"], f"KV_{held['bucket']}"]
+    names = server.names()
+    return [stream for stream in wanted if stream in names]
+
+
+def _forget_child(server: Server, held: dict[str, Any] | None) -> None:
+    if held is not None:
+        server.streams += [*held["streams"], f"KV_{held['bucket']}"]
+
+
+def test_sigkill_the_watchdog_leaves_nothing_on_the_server(
+    server: Server, spawn: Spawner, registry_path: str
+) -> None:
+    held = None
+    try:
+        proc, held = spawn(HOLDER, server.url)
+        assert len(_held(server, held)) == 3
+        kill(proc)
+        _wait_until(lambda: _held(server, held) == [])
+
+        def run_gone() -> bool:
+            reg = open_registry(registry_path)
+            try:
+                return reg.get_run(held["run"]) is None
+            finally:
+                reg.close()
+
+        _wait_until(run_gone)
+        reg = open_registry(registry_path)
+        try:
+            by = [e.detail.get("by") for e in reg.events() if e.event == "resource.released"]
+        finally:
+            reg.close()
+        assert by == ["watchdog"] * 3
+    finally:
+        _forget_child(server, held)
+
+
+def test_owner_and_watchdog_killed_then_sweep_leaves_nothing(
+    server: Server, spawn: Spawner, registry_path: str
+) -> None:
+    password = f"pw-{secrets.token_hex(8)}"
+    url = _with_userinfo(server.url, f"tester:{password}")
+    held = None
+    try:
+        proc, held = spawn(HOLDER, url, "own-group")
+        os.kill(held["watchdog"], signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=CHILD_TIMEOUT)
+        time.sleep(0.2)
+        assert len(_held(server, held)) == 3, "nobody released anything yet"
+        status = reclaim_cli("status").stdout + reclaim_cli("status", "--json").stdout
+        assert password not in status
+        swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
+        assert (swept["released"], swept["failed"]) == (3, 0)
+        assert _held(server, held) == []
+        assert json.loads(reclaim_cli("status", "--json").stdout) == {"runs": []}
+    finally:
+        _forget_child(server, held)
+
+
+DOWN = """
+import json, sys
+import reclaim
+from reclaim.backends.nats import NatsKeyValue, NatsStream
+from reclaim._run import current_run
+
+url = sys.argv[1]
+with reclaim.Fixture("briefly-down") as f:
+    stream = f.acquire(NatsStream(url))
+    bucket = f.acquire(NatsKeyValue(url))
+    print(json.dumps({"streams": [stream], "bucket": bucket, "run": current_run().id}),
+          flush=True)
+    sys.stdin.readline()  # the test takes the server away, then lets the fixture exit
+"""
+
+
+def test_a_server_briefly_down_keeps_the_release_failed_until_a_sweep(
+    server: Server, registry_path: str
+) -> None:
+    """Reached through a proxy that is stopped before the fixture exits: the in-process release
+    fails, the entries stay ``failed`` with a redacted error, and once the server is back
+    ``reclaim sweep`` deletes them."""
+    password = f"pw-{secrets.token_hex(8)}"
+    real = urlsplit(server.url)
+    proxy = TcpProxy(real.hostname or "127.0.0.1", real.port or 4222)
+    proxy.start()
+    target = with_port(_with_userinfo(server.url, f"tester:{password}"), proxy.port)
+    child = subprocess.Popen(
+        [sys.executable, "-c", DOWN, target],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    held: dict[str, Any] | None = None
+    try:
+        assert child.stdout is not None
+        assert child.stdin is not None
+        line = child.stdout.readline()
+        assert line, child.communicate(timeout=CHILD_TIMEOUT)[1]
+        held = json.loads(line)
+        proxy.stop()
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        _, err = child.communicate(timeout=CHILD_TIMEOUT)
+        assert child.returncode != 0, "the fixture raised the release errors"
+        assert "could not be released" in err
+        assert "cannot reach the server" in err
+        assert password not in err
+        assert len(_held(server, held)) == 2, "the server was away: nothing was deleted"
+
+        status = json.loads(reclaim_cli("status", "--json").stdout)
+        (run,) = status["runs"]
+        states = {(r["kind"], r["state"]) for r in run["resources"]}
+        assert states == {("nats.stream", "failed"), ("nats.kv", "failed")}
+        assert password not in json.dumps(status)
+        assert password not in reclaim_cli("status").stdout
+
+        proxy.start()
+        swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
+        assert (swept["released"], swept["failed"]) == (2, 0)
+        assert _held(server, held) == []
+        assert json.loads(reclaim_cli("status", "--json").stdout) == {"runs": []}
+    finally:
+        _reap(child)
+        proxy.stop()
+        _forget_child(server, held)
+
+
+def _reap(child: subprocess.Popen[str]) -> None:
+    """Kill a child that still runs, wait for it and close its pipes."""
+    if child.poll() is None:
+        child.kill()
+    child.wait(timeout=CHILD_TIMEOUT)
+    for pipe in (child.stdin, child.stdout, child.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
+def _closed_port() -> int:
+    """A port of this machine nobody listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout} s: {predicate}")
+        time.sleep(0.05)
+
+
+# --- URLs, secrets, errors ------------------------------------------------------------------
+
+
+def test_records_hold_credentials_only_in_secret_fields(server: Server) -> None:
+    password = f"pw-{secrets.token_hex(8)}"
+    backend = NatsStream(_with_userinfo(server.url, f"tester:{password}"))
+    name, record = backend.acquire(server.name(1))
+    assert (record["user"], record["password"], record["token"]) == ("tester", password, "")
+    assert record["url"] == server.url
+    assert password not in json.dumps(redact_record(record, NatsStream.secret_fields))
+    assert NatsStream.exists(record)
+    NatsStream.release(record)
+    assert not server.has(name)
+
+    token = f"tok-{secrets.token_hex(8)}"
+    bucket, record = NatsKeyValue(_with_userinfo(server.url, token)).acquire(server.name(2))
+    assert record["token"] == token
+    assert token not in json.dumps(redact_record(record, NatsKeyValue.secret_fields))
+    NatsKeyValue.release(record)
+    assert not server.has(f"KV_{bucket}")
+
+
+def test_errors_name_the_resource_and_hide_the_secrets() -> None:
+    closed = _closed_port()
+    url = f"nats://tester:hunter2secret@127.0.0.1:{closed}"
+    for cls in (NatsStream, NatsKeyValue):
+        record = cls(url).plan("rc_00000000_a_1")
+        with pytest.raises(ReleaseError, match="cannot reach the server") as info:
+            cls.release(record)
+        assert "rc_00000000_a_1" in str(info.value)
+        assert "hunter2secret" not in str(info.value)
+        assert info.value.kind == cls.kind
+        with pytest.raises(BackendError, match="is it up"):
+            cls.exists(record)
+    with pytest.raises(AcquireError, match="could not create the stream") as acquire_info:
+        NatsStream(f"nats://sesame-token-1234@127.0.0.1:{closed}").acquire("rc_00000000_a_2")
+    assert "sesame-token-1234" not in str(acquire_info.value)
+    with pytest.raises(BackendError, match="list the streams"):
+        list(NatsStream.list_leftovers(url))
+
+
+def test_a_server_error_is_reported_with_its_code(server: Server) -> None:
+    """Two streams may not capture the same subjects: the server's answer reaches the user."""
+    subject = f"shared.{server.token}"
+    NatsStream(server.url, subjects=[subject]).acquire(server.name(1))
+    with pytest.raises(AcquireError, match=r"JetStream API answered \d+"):
+        NatsStream(server.url, subjects=[subject]).acquire(server.name(2))
+
+
+@pytest.mark.parametrize(
+    ("url", "hint"),
+    [
+        ("http://u:hunter2secret@127.0.0.1:4222", "must start with nats://"),
+        ("nats://u:hunter2secret@127.0.0.1:notaport", "is not valid"),
+        ("nats://u:hunter2secret@", "names no host"),
+    ],
+)
+def test_bad_urls_are_refused_without_the_password(url: str, hint: str) -> None:
+    with pytest.raises(ValueError, match=hint) as info:
+        NatsStream(url)
+    assert "hunter2secret" not in str(info.value)
+
+
+def test_the_module_imports_without_its_driver() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['nats'] = None\n"
+        "from reclaim.backends.nats import NatsKeyValue, NatsStream, durable_consumer\n"
+        "for make in (NatsStream, NatsKeyValue, durable_consumer):\n"
+        "    try:\n"
+        "        make('nats://h:4222')\n"
+        "    except ImportError as exc:\n"
+        "        print(type(exc).__name__, exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert out.count("MissingExtraError") == 3
+    assert "pip install 'reclaim[nats]'" in out
