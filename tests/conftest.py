@@ -106,14 +106,18 @@ def kill(proc: subprocess.Popen[str]) -> None:
     proc.wait(timeout=CHILD_TIMEOUT)
 
 
-def reclaim_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run the real ``reclaim`` command (as a user's shell would) with this test's env."""
+def reclaim_cli(
+    *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``reclaim`` command (as a user's shell would) with this test's env, or
+    with ``env`` instead."""
     result = subprocess.run(
         [sys.executable, "-m", "reclaim", *args],
         capture_output=True,
         text=True,
         timeout=CHILD_TIMEOUT,
         check=False,
+        env=env,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"reclaim {' '.join(args)} exited {result.returncode}:\n{result}")

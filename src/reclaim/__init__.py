@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         ReleaseError,
     )
     from reclaim._fixture import Fixture
+    from reclaim._persona import AsyncPersona, Persona
     from reclaim._reaper import RetryPolicy, SweepReport, sweep
     from reclaim._registry import ResourceState, RunState, default_location, open_registry
 
@@ -59,6 +60,8 @@ _EXPORTS: dict[str, str] = {
         "reclaim._errors",
     ),
     "Fixture": "reclaim._fixture",
+    "Persona": "reclaim._persona",
+    "AsyncPersona": "reclaim._persona",
     "RetryPolicy": "reclaim._reaper",
     "SweepReport": "reclaim._reaper",
     "sweep": "reclaim._reaper",
@@ -70,11 +73,13 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "AcquireError",
+    "AsyncPersona",
     "BackendError",
     "BackendNotFoundError",
     "Fixture",
     "FixtureStateError",
     "MissingExtraError",
+    "Persona",
     "ReclaimError",
     "ReclaimWarning",
     "RegistryCorruptError",
@@ -93,7 +98,17 @@ __all__ = [
 
 __version__ = "0.1.0"
 
-_REHOMED = frozenset({"Fixture", "ResourceState", "RunState", "RetryPolicy", "SweepReport"})
+_REHOMED = frozenset(
+    [
+        "AsyncPersona",
+        "Fixture",
+        "Persona",
+        "ResourceState",
+        "RetryPolicy",
+        "RunState",
+        "SweepReport",
+    ]
+)
 
 
 def __getattr__(name: str) -> object:

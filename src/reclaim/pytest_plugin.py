@@ -44,6 +44,7 @@ import pytest
 
 if TYPE_CHECKING:
     from reclaim._fixture import Fixture, _Held
+    from reclaim._persona import Persona
 
     class _PluginFixture(Fixture):
         def __init__(self, name: str, *, state: _State) -> None: ...
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
     from reclaim._registry import Registry
     from reclaim.backends import Record
 
-__all__ = ["reclaim", "reclaim_fixture", "reclaim_session"]
+__all__ = ["persona", "reclaim", "reclaim_fixture", "reclaim_session"]
 
 # The same names as in reclaim._run, repeated so that loading the plugin imports nothing heavy.
 _PARENT_ENV: Final = "RECLAIM_PARENT_RUN"
@@ -272,6 +273,18 @@ def reclaim_session(request: pytest.FixtureRequest) -> Iterator[Fixture]:
     """A :class:`reclaim.Fixture` for the whole session (per xdist worker): for expensive
     infrastructure created once, released when the session ends."""
     yield from _provide(request, "session")
+
+
+@pytest.fixture
+def persona(reclaim: Fixture) -> Callable[..., Persona]:
+    """A factory of :class:`reclaim.Persona`: ``sarah = persona("novice_sarah")`` gives an open
+    persona, released at the test's teardown with everything else the test acquired."""
+    from reclaim._persona import Persona  # noqa: PLC0415
+
+    def make(name: str, **options: Any) -> Persona:
+        return reclaim.use(Persona(name, **options))
+
+    return make
 
 
 def reclaim_fixture(
