@@ -25,7 +25,7 @@ from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli
 from providers.scim import RestUsers, ScimServer
 from reclaim import AcquireError, BackendError, ReleaseError
 from reclaim._registry import open_registry
-from reclaim.backends import Backend, Record, accounts, load_backend
+from reclaim.backends import Backend, Record, _http, load_backend
 from reclaim.backends import make_name as _make_name
 from reclaim.backends.accounts import Account, RestAccount, ScimUser
 from reclaim.testing import check_backend, dead_identity
@@ -63,7 +63,7 @@ def rest() -> Iterator[RestUsers]:
 def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The back-off waits the backend asks for, recorded instead of slept."""
     seen: list[float] = []
-    monkeypatch.setattr(accounts, "_pause", seen.append)
+    monkeypatch.setattr(_http, "_pause", seen.append)
     return seen
 
 
@@ -360,7 +360,7 @@ def test_429_is_retried_after_retry_after(scim: ScimServer, waits: list[float]) 
     scim.throttle(1, retry_after=None)  # no header: the back-off's own first wait
     scim.throttle(1, retry_after="120")  # capped
     ScimUser.release(record)
-    assert waits[2:] == [0.5, accounts.MAX_RETRY_AFTER]
+    assert waits[2:] == [0.5, _http.MAX_RETRY_AFTER]
     assert scim.users == {}
     assert [s for _, _, s in scim.injected] == [429, 429, 429, 429]
 
@@ -368,10 +368,10 @@ def test_429_is_retried_after_retry_after(scim: ScimServer, waits: list[float]) 
 def test_429_without_end_fails_clearly(scim: ScimServer, waits: list[float]) -> None:
     backend = ScimUser(scim.base_url, token=scim.token)
     _, record = backend.acquire(make_name(RUN, 12))
-    scim.throttle(accounts.RATE_LIMIT_TRIES)
+    scim.throttle(_http.RATE_LIMIT_TRIES)
     with pytest.raises(ReleaseError, match=r"HTTP 429 .*slow down after 5 tries"):
         ScimUser.release(record)
-    assert len(waits) == accounts.RATE_LIMIT_TRIES - 1
+    assert len(waits) == _http.RATE_LIMIT_TRIES - 1
     assert record["id"] in scim.users, "nothing deleted, nothing pretended"
     ScimUser.release(record)
 
@@ -380,7 +380,7 @@ def test_retry_after_as_a_date(scim: ScimServer, waits: list[float]) -> None:
     when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 3600))
     scim.throttle(1, retry_after=when)
     ScimUser.release(ScimUser(scim.base_url, token=scim.token).plan(make_name(RUN, 13)))
-    assert waits == [accounts.MAX_RETRY_AFTER]
+    assert waits == [_http.MAX_RETRY_AFTER]
 
 
 def test_a_wrong_base_url_is_an_error_not_a_release(scim: ScimServer) -> None:

@@ -39,9 +39,8 @@ from providers.oauth import (
 )
 from reclaim import AcquireError, ReleaseError, sweep
 from reclaim._registry import open_registry
-from reclaim.backends import Record, load_backend
+from reclaim.backends import Record, _http, load_backend
 from reclaim.backends import make_name as _make_name
-from reclaim.backends import oauth as oauth_module
 from reclaim.backends.oauth import GithubGrant, Grant, OAuthGrant
 from reclaim.testing import dead_identity
 
@@ -78,7 +77,7 @@ def github() -> Iterator[GithubServer]:
 def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The back-off waits the backend asks for, recorded instead of slept."""
     seen: list[float] = []
-    monkeypatch.setattr(oauth_module, "_pause", seen.append)
+    monkeypatch.setattr(_http, "_pause", seen.append)
     return seen
 
 

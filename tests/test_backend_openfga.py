@@ -30,9 +30,8 @@ from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli
 from providers.openfga import MODEL, OpenFgaServer, new_ulid
 from reclaim import AcquireError, ReleaseError, sweep
 from reclaim._registry import open_registry
-from reclaim.backends import Record, load_backend
+from reclaim.backends import Record, _http, load_backend
 from reclaim.backends import make_name as _make_name
-from reclaim.backends import openfga as openfga_module
 from reclaim.backends.openfga import FgaStore, FgaTuples, OpenFgaStore, OpenFgaTuples, TupleLike
 from reclaim.testing import check_backend, dead_identity
 
@@ -73,7 +72,7 @@ def shared(fga: OpenFgaServer) -> str:
 def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The back-off waits the backend asks for, recorded instead of slept."""
     seen: list[float] = []
-    monkeypatch.setattr(openfga_module, "_pause", seen.append)
+    monkeypatch.setattr(_http, "_pause", seen.append)
     return seen
 
 

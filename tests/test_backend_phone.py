@@ -25,7 +25,8 @@ import pytest
 
 import reclaim
 from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli
-from providers.mailtm import MailTmServer, Reply, Request, json_reply
+from providers._server import RawReply, RawRequest, json_reply
+from providers.mailtm import MailTmServer
 from providers.smsactivate import SmsActivateServer
 from providers.twilio import TwilioServer
 from reclaim import AcquireError, BackendError, ReleaseError
@@ -214,7 +215,7 @@ def test_twilio_lists_across_pages_and_only_reclaim_names(registry_path: str) ->
 class NextPageElsewhere(TwilioServer):
     """A Twilio whose listing points its next page at another host."""
 
-    def handle(self, request: Request) -> Reply:
+    def handle(self, request: RawRequest) -> RawReply:
         if request.method == "GET" and request.path.endswith("/IncomingPhoneNumbers.json"):
             return json_reply(
                 200,

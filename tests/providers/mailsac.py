@@ -17,7 +17,15 @@ import re
 import secrets
 from typing import Any
 
-from providers.mailtm import Reply, Request, StandIn, empty_reply, json_reply, now_iso, text_reply
+from providers._server import (
+    RawReply,
+    RawRequest,
+    RawStandIn,
+    empty_reply,
+    json_reply,
+    now_iso,
+    text_reply,
+)
 
 __all__ = ["MailsacServer"]
 
@@ -51,14 +59,14 @@ class _Mail:
         }
 
 
-def _error(status: int, message: str) -> Reply:
+def _error(status: int, message: str) -> RawReply:
     return json_reply(status, {"message": message, "error": _REASONS.get(status, "Error")})
 
 
-_REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found"}
+_REASONS = {400: "Bad RawRequest", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found"}
 
 
-class MailsacServer(StandIn):
+class MailsacServer(RawStandIn):
     """The mailsac stand-in.
 
     Args:
@@ -122,7 +130,7 @@ class MailsacServer(StandIn):
 
     # --- the protocol ------------------------------------------------------------------------
 
-    def handle(self, request: Request) -> Reply:  # noqa: PLR0911  (a router: a return per route)
+    def handle(self, request: RawRequest) -> RawReply:  # noqa: PLR0911  (a router: a return per route)
         key = request.headers.get("Mailsac-Key") or request.arg("_mailsacKey")
         account = self.api_keys.get(key)
         if account is None:
@@ -160,8 +168,8 @@ class MailsacServer(StandIn):
         return out
 
     def _address_call(  # noqa: PLR0911  (one return per answer of the protocol)
-        self, address: str, account: str, owner: str | None, request: Request
-    ) -> Reply:
+        self, address: str, account: str, owner: str | None, request: RawRequest
+    ) -> RawReply:
         if request.method == "GET":
             return json_reply(200, self._address(address, account))
         if request.method == "POST":
@@ -183,7 +191,9 @@ class MailsacServer(StandIn):
             return json_reply(200, body)
         return _error(405, "Method not allowed")
 
-    def _messages(self, address: str, account: str, owner: str | None, request: Request) -> Reply:
+    def _messages(
+        self, address: str, account: str, owner: str | None, request: RawRequest
+    ) -> RawReply:
         if request.method == "GET":
             limit = int(request.arg("limit", "10") or 10)
             found = [m for m in reversed(self.mail) if m.inbox == address][:limit]
@@ -195,7 +205,7 @@ class MailsacServer(StandIn):
             return empty_reply(204)
         return _error(405, "Method not allowed")
 
-    def _message(self, address: str, message_id: str, method: str) -> Reply:
+    def _message(self, address: str, message_id: str, method: str) -> RawReply:
         for mail in self.mail:
             if mail.inbox == address and mail.id == message_id:
                 if method == "GET":
@@ -208,7 +218,7 @@ class MailsacServer(StandIn):
                 return _error(405, "Method not allowed")
         return _error(404, "Message not found")
 
-    def _body(self, account: str, form: str, address: str, message_id: str) -> Reply:
+    def _body(self, account: str, form: str, address: str, message_id: str) -> RawReply:
         owner = self.owners.get(address)
         if owner is not None and owner != account:
             return _error(401, "Owned by another account.")

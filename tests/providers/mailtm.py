@@ -1,5 +1,5 @@
-"""A local stand-in for mail.tm (https://api.mail.tm), and the small HTTP server every stand-in
-of this package is built on (:class:`StandIn`).
+"""A local stand-in for mail.tm (https://api.mail.tm), built on
+:class:`providers._server.RawStandIn`.
 
 These servers STAND IN for the real providers, which CI cannot reach: each follows its
 provider's documented protocol (paths, auth, status codes, rate limits, the answer to a second
@@ -17,231 +17,21 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import datetime
-import json
 import secrets
-import threading
 import time
-from collections.abc import Iterable, Mapping
-from email.message import Message as Headers
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self, cast
-from urllib.parse import parse_qs, unquote, urlsplit
+from collections.abc import Iterable
+from typing import Any
 
-__all__ = [
-    "MailTmServer",
-    "Reply",
-    "Request",
-    "StandIn",
-    "empty_reply",
-    "json_reply",
-    "now_iso",
-    "text_reply",
-]
+from providers._server import (
+    RawReply,
+    RawRequest,
+    RawStandIn,
+    empty_reply,
+    json_reply,
+    now_iso,
+)
 
-
-# --- the shared server ------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Request:
-    """One request as a stand-in sees it."""
-
-    method: str
-    #: The path, percent-decoded.
-    path: str
-    query: dict[str, list[str]]
-    headers: Headers
-    body: bytes
-
-    def arg(self, name: str, default: str = "") -> str:
-        """The first value of a query (or form) parameter."""
-        values = self.query.get(name) or self.form().get(name)
-        return values[0] if values else default
-
-    def json(self) -> Any:
-        """The body as JSON (None when it is not JSON)."""
-        try:
-            return json.loads(self.body or b"null")
-        except ValueError:
-            return None
-
-    def form(self) -> dict[str, list[str]]:
-        """The body as a form (``application/x-www-form-urlencoded``)."""
-        if "form-urlencoded" not in (self.headers.get("Content-Type") or ""):
-            return {}
-        return parse_qs(self.body.decode(), keep_blank_values=True)
-
-
-@dataclasses.dataclass(frozen=True)
-class Reply:
-    """What a stand-in answers."""
-
-    status: int
-    body: bytes = b""
-    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
-
-
-def json_reply(status: int, obj: Any, headers: Mapping[str, str] | None = None) -> Reply:
-    """A JSON answer."""
-    return Reply(
-        status, json.dumps(obj).encode(), {"Content-Type": "application/json", **(headers or {})}
-    )
-
-
-def text_reply(status: int, text: str, content_type: str = "text/plain") -> Reply:
-    """A text answer."""
-    return Reply(status, text.encode(), {"Content-Type": f"{content_type}; charset=utf-8"})
-
-
-def empty_reply(status: int = 204) -> Reply:
-    """An answer without a body."""
-    return Reply(status)
-
-
-def now_iso() -> str:
-    """The time now, as the providers write it (ISO 8601, UTC, with microseconds so that
-    messages received in the same second keep their order)."""
-    return datetime.datetime.now(datetime.UTC).isoformat()
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, port: int, stand_in: StandIn) -> None:
-        super().__init__(("127.0.0.1", port), _Handler)
-        self.stand_in = stand_in
-
-
-class _Handler(BaseHTTPRequestHandler):
-    # HTTP/1.0: one request per connection, so a stand-in that goes down cuts every client.
-    protocol_version = "HTTP/1.0"
-
-    def _any(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        parts = urlsplit(self.path)
-        request = Request(
-            method=self.command,
-            path=unquote(parts.path),
-            query=parse_qs(parts.query, keep_blank_values=True),
-            headers=self.headers,
-            body=body,
-        )
-        reply = cast("_Server", self.server).stand_in.dispatch(request)
-        self.send_response(reply.status)
-        for key, value in reply.headers.items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(reply.body)))
-        self.end_headers()
-        if reply.body and self.command != "HEAD":
-            self.wfile.write(reply.body)
-
-    do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _any
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: the tests read the stand-in's state, not its log."""
-
-
-class StandIn:
-    """A threaded HTTP server on 127.0.0.1 that answers through :meth:`handle`.
-
-    :meth:`down` stops listening (clients get "connection refused") and :meth:`up` listens
-    again on the same port with the same state: a provider that was briefly unreachable.
-    :meth:`fail_next` makes the next requests fail (429 by default) before any routing.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.RLock()
-        self.port = 0
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._failures: collections.deque[tuple[Reply, str]] = collections.deque()
-        #: (method, path) of every request received, in order.
-        self.seen: list[tuple[str, str]] = []
-        #: How many answers were injected by :meth:`fail_next`.
-        self.injected = 0
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:PORT``."""
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    def start(self) -> None:
-        """Listen (on a free port the first time, on the same port afterwards)."""
-        if self._server is not None:
-            return
-        server = _Server(self.port, self)
-        self.port = server.server_address[1]
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop listening; the state is kept."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    down = stop
-    up = start
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    def fail_next(
-        self,
-        count: int,
-        status: int = 429,
-        *,
-        body: Any = None,
-        headers: Mapping[str, str] | None = None,
-        only: str = "",
-    ) -> None:
-        """Answer the next ``count`` requests with ``status`` (and ``body`` as JSON).
-
-        A 429 gets ``Retry-After: 0`` unless ``headers`` say otherwise. With ``only`` (like
-        ``"DELETE /accounts/"``), only requests whose method and path start so are failed.
-        """
-        if status == 429 and headers is None:
-            headers = {"Retry-After": "0"}
-        reply = json_reply(status, body if body is not None else {"status": status}, headers)
-        with self.lock:
-            self._failures.extend([(reply, only)] * count)
-
-    def clear_failures(self) -> None:
-        """Forget answers :meth:`fail_next` had queued."""
-        with self.lock:
-            self._failures.clear()
-
-    def dispatch(self, request: Request) -> Reply:
-        """Route one request (under the lock: a stand-in's state changes atomically)."""
-        with self.lock:
-            self.seen.append((request.method, request.path))
-            if self._failures:
-                reply, only = self._failures[0]
-                if f"{request.method} {request.path}".startswith(only):
-                    self._failures.popleft()
-                    self.injected += 1
-                    return reply
-            return self.handle(request)
-
-    def handle(self, request: Request) -> Reply:
-        """Answer one request; each stand-in implements its provider's protocol here."""
-        raise NotImplementedError
+__all__ = ["MailTmServer"]
 
 
 # --- mail.tm ---------------------------------------------------------------------------------
@@ -271,7 +61,7 @@ class _Account:
         }
 
 
-def _hydra_error(status: int, description: str) -> Reply:
+def _hydra_error(status: int, description: str) -> RawReply:
     return json_reply(
         status,
         {
@@ -283,7 +73,7 @@ def _hydra_error(status: int, description: str) -> Reply:
     )
 
 
-def _violation(path: str, message: str) -> Reply:
+def _violation(path: str, message: str) -> RawReply:
     return json_reply(
         422,
         {
@@ -306,7 +96,7 @@ def _collection(kind: str, members: list[dict[str, Any]], total: int) -> dict[st
     }
 
 
-class MailTmServer(StandIn):
+class MailTmServer(RawStandIn):
     """The mail.tm stand-in.
 
     Args:
@@ -413,7 +203,7 @@ class MailTmServer(StandIn):
         self._hits.append(now)
         return False
 
-    def handle(self, request: Request) -> Reply:  # noqa: PLR0911, PLR0912  (a router)
+    def handle(self, request: RawRequest) -> RawReply:  # noqa: PLR0911, PLR0912  (a router)
         if self._limited():
             return json_reply(
                 429, {"code": 429, "message": "Too Many Requests"}, {"Retry-After": "1"}
@@ -429,7 +219,7 @@ class MailTmServer(StandIn):
         if parts[0] not in ("me", "accounts", "messages"):
             return _hydra_error(404, "Not Found")
         account = self._bearer(request)
-        if isinstance(account, Reply):
+        if isinstance(account, RawReply):
             return account
         if parts == ["me"] and method == "GET":
             return json_reply(200, account.to_json())
@@ -451,7 +241,7 @@ class MailTmServer(StandIn):
             return self._message(account, parts[1], method)
         return _hydra_error(404, "Not Found")
 
-    def _domains(self) -> Reply:
+    def _domains(self) -> RawReply:
         members = [
             {
                 "@id": f"/domains/{n}",
@@ -469,7 +259,7 @@ class MailTmServer(StandIn):
         ]
         return json_reply(200, _collection("Domain", members, len(members)))
 
-    def _create(self, request: Request) -> Reply:
+    def _create(self, request: RawRequest) -> RawReply:
         body = request.json()
         if not isinstance(body, dict) or "address" not in body or "password" not in body:
             return _hydra_error(400, "The payload is missing 'address' or 'password'.")
@@ -485,7 +275,7 @@ class MailTmServer(StandIn):
         self.accounts[account.id] = account
         return json_reply(201, account.to_json())
 
-    def _token(self, request: Request) -> Reply:
+    def _token(self, request: RawRequest) -> RawReply:
         body = request.json()
         if isinstance(body, dict):
             for account in self.accounts.values():
@@ -497,7 +287,7 @@ class MailTmServer(StandIn):
                     return json_reply(200, {"id": account.id, "token": token})
         return json_reply(401, {"code": 401, "message": "Invalid credentials."})
 
-    def _bearer(self, request: Request) -> _Account | Reply:
+    def _bearer(self, request: RawRequest) -> _Account | RawReply:
         header = request.headers.get("Authorization") or ""
         if not header.startswith("Bearer "):
             return json_reply(401, {"code": 401, "message": "JWT Token not found"})
@@ -509,7 +299,7 @@ class MailTmServer(StandIn):
             return json_reply(401, {"code": 401, "message": "This account no longer exists."})
         return account
 
-    def _messages(self, account: _Account, request: Request) -> Reply:
+    def _messages(self, account: _Account, request: RawRequest) -> RawReply:
         page = max(1, int(request.arg("page", "1") or 1))
         chosen = account.messages[(page - 1) * self.PAGE : page * self.PAGE]
         summaries = [
@@ -517,7 +307,7 @@ class MailTmServer(StandIn):
         ]
         return json_reply(200, _collection("Message", summaries, len(account.messages)))
 
-    def _message(self, account: _Account, message_id: str, method: str) -> Reply:
+    def _message(self, account: _Account, message_id: str, method: str) -> RawReply:
         for message in account.messages:
             if message["id"] == message_id:
                 if method == "GET":

@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final
 
-from providers.scim import Reply, Request, StandIn
+from providers._server import JsonReply, JsonRequest, JsonStandIn
 
 CLIENT_ID: Final = "reclaim-tests"
 CLIENT_SECRET: Final = "client-secret-0a9b8c7d"
@@ -32,7 +32,7 @@ class _Token:
     active: bool = True
 
 
-class OAuthServer(StandIn):
+class OAuthServer(JsonStandIn):
     """An authorization server: ``POST /token`` (client credentials), ``/revoke``, ``/introspect``.
 
     Clients authenticate with HTTP Basic (form-encoded id and secret, RFC 6749 section 2.3.1) or
@@ -84,7 +84,7 @@ class OAuthServer(StandIn):
         self.tokens[value] = _Token(client_id, kind, grant, scope, int(time.time()) + self.lifetime)
         return value
 
-    def _client(self, request: Request, form: Mapping[str, str]) -> str | None:
+    def _client(self, request: JsonRequest, form: Mapping[str, str]) -> str | None:
         basic = request.basic()
         if basic is not None:
             client_id, secret = basic
@@ -92,13 +92,13 @@ class OAuthServer(StandIn):
             client_id, secret = form.get("client_id", ""), form.get("client_secret", "")
         return client_id if client_id and self.clients.get(client_id) == secret else None
 
-    def route(self, request: Request) -> Reply:  # noqa: PLR0911  (a router: a return per route)
+    def route(self, request: JsonRequest) -> JsonReply:  # noqa: PLR0911  (a router: a return per route)
         if request.method != "POST":
-            return Reply(405, {"error": "invalid_request"})
+            return JsonReply(405, {"error": "invalid_request"})
         form = request.form()
         client_id = self._client(request, form)
         if client_id is None:
-            return Reply(
+            return JsonReply(
                 401,
                 {"error": "invalid_client", "error_description": "client authentication failed"},
                 {"WWW-Authenticate": 'Basic realm="stand-in"'},
@@ -108,16 +108,16 @@ class OAuthServer(StandIn):
         if request.path in ("/revoke", "/introspect"):
             token = form.get("token")
             if not token:
-                return Reply(400, {"error": "invalid_request", "error_description": "no token"})
+                return JsonReply(400, {"error": "invalid_request", "error_description": "no token"})
             found = self.tokens.get(token)
             if request.path == "/introspect":
                 return self._introspect(found)
             return self._revoke(client_id, token, found)
-        return Reply(404, {"error": "not_found"})
+        return JsonReply(404, {"error": "not_found"})
 
-    def _token(self, client_id: str, form: Mapping[str, str]) -> Reply:
+    def _token(self, client_id: str, form: Mapping[str, str]) -> JsonReply:
         if form.get("grant_type") != "client_credentials":
-            return Reply(400, {"error": "unsupported_grant_type"})
+            return JsonReply(400, {"error": "unsupported_grant_type"})
         grant = secrets.token_hex(4)
         scope = form.get("scope", "api")
         body: dict[str, Any] = {
@@ -128,12 +128,12 @@ class OAuthServer(StandIn):
         }
         if self.refresh_on_client_credentials:
             body["refresh_token"] = self._mint(client_id, "refresh_token", grant, scope)
-        return Reply(200, body, {"Cache-Control": "no-store"})
+        return JsonReply(200, body, {"Cache-Control": "no-store"})
 
-    def _introspect(self, found: _Token | None) -> Reply:
+    def _introspect(self, found: _Token | None) -> JsonReply:
         if found is None or not found.active or found.exp <= time.time():
-            return Reply(200, {"active": False})
-        return Reply(
+            return JsonReply(200, {"active": False})
+        return JsonReply(
             200,
             {
                 "active": True,
@@ -144,23 +144,23 @@ class OAuthServer(StandIn):
             },
         )
 
-    def _revoke(self, client_id: str, token: str, found: _Token | None) -> Reply:
+    def _revoke(self, client_id: str, token: str, found: _Token | None) -> JsonReply:
         if found is None or not found.active:
-            return Reply(200)  # unknown or revoked already: 200 all the same (RFC 7009)
+            return JsonReply(200)  # unknown or revoked already: 200 all the same (RFC 7009)
         if found.client_id != client_id:
-            return Reply(400, {"error": "unauthorized_client"})
+            return JsonReply(400, {"error": "unauthorized_client"})
         if found.kind == "access_token" and not self.access_revocable:
-            return Reply(400, {"error": "unsupported_token_type"})
+            return JsonReply(400, {"error": "unsupported_token_type"})
         self.revoked.append(token)
         found.active = False
         if found.kind == "refresh_token":
             for other in self.tokens.values():
                 if other.grant == found.grant:
                     other.active = False
-        return Reply(200)
+        return JsonReply(200)
 
 
-class GithubServer(StandIn):
+class GithubServer(JsonStandIn):
     """GitHub's OAuth-app token endpoints, HTTP Basic with the app's id and secret.
 
     ``POST /applications/{client_id}/token`` checks a token (200, or 404 once revoked);
@@ -186,22 +186,22 @@ class GithubServer(StandIn):
         with self.lock:
             return token in self.tokens
 
-    def route(self, request: Request) -> Reply:  # noqa: PLR0911  (a router: a return per route)
+    def route(self, request: JsonRequest) -> JsonReply:  # noqa: PLR0911  (a router: a return per route)
         match = re.fullmatch(r"/applications/([^/]+)/(token|grant)", request.path)
         if match is None:
-            return Reply(404, {"message": "Not Found"})
+            return JsonReply(404, {"message": "Not Found"})
         client_id, what = match.groups()
         if request.basic() != (client_id, self.apps.get(client_id)):
-            return Reply(401, {"message": "Bad credentials"})
+            return JsonReply(401, {"message": "Bad credentials"})
         body = request.json()
         token = body.get("access_token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
-            return Reply(422, {"message": "Validation Failed"})
+            return JsonReply(422, {"message": "Validation Failed"})
         owner = self.tokens.get(token)
         if owner is None or owner[0] != client_id:
-            return Reply(404, {"message": "Not Found"})
+            return JsonReply(404, {"message": "Not Found"})
         if request.method == "POST" and what == "token":
-            return Reply(
+            return JsonReply(
                 200,
                 {
                     "token": token,
@@ -213,10 +213,10 @@ class GithubServer(StandIn):
             )
         if request.method == "DELETE" and what == "token":
             del self.tokens[token]
-            return Reply(204)
+            return JsonReply(204)
         if request.method == "DELETE" and what == "grant":
             for other, who in list(self.tokens.items()):
                 if who == owner:
                     del self.tokens[other]
-            return Reply(204)
-        return Reply(404, {"message": "Not Found"})
+            return JsonReply(204)
+        return JsonReply(404, {"message": "Not Found"})

@@ -18,7 +18,7 @@ import secrets
 import time
 from typing import Any, Final
 
-from providers.scim import Reply, Request, StandIn
+from providers._server import JsonReply, JsonRequest, JsonStandIn
 
 _CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _ULID: Final = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
@@ -51,7 +51,7 @@ MODEL: Final[dict[str, Any]] = {
 Key = tuple[str, str, str]
 
 
-class OpenFgaServer(StandIn):
+class OpenFgaServer(JsonStandIn):
     """OpenFGA in memory. ``stores`` maps id to the store (``deleted`` once deleted: OpenFGA
     soft-deletes), ``tuples`` maps store id to its tuples."""
 
@@ -90,8 +90,8 @@ class OpenFgaServer(StandIn):
     # --- the API ----------------------------------------------------------------------------
 
     @staticmethod
-    def _error(status: int, code: str, message: str) -> Reply:
-        return Reply(status, {"code": code, "message": message})
+    def _error(status: int, code: str, message: str) -> JsonReply:
+        return JsonReply(status, {"code": code, "message": message})
 
     def _new_store(self, name: str) -> dict[str, Any]:
         store = {"id": new_ulid(), "name": name, "created_at": _now(), "updated_at": _now()}
@@ -100,7 +100,7 @@ class OpenFgaServer(StandIn):
         self.tuples[store["id"]] = {}
         return store
 
-    def route(self, request: Request) -> Reply:  # noqa: PLR0911, PLR0912  (a router)
+    def route(self, request: JsonRequest) -> JsonReply:  # noqa: PLR0911, PLR0912  (a router)
         if self.token is not None and request.bearer() != self.token:
             return self._error(401, "unauthenticated", "unauthenticated")
         if request.path == "/stores":
@@ -110,7 +110,7 @@ class OpenFgaServer(StandIn):
                 if not isinstance(name, str) or not 3 <= len(name) <= 64:
                     return self._error(400, "validation_error", "invalid CreateStoreRequest.Name")
                 made = self._new_store(name)
-                return Reply(201, {k: v for k, v in made.items() if k != "deleted"})
+                return JsonReply(201, {k: v for k, v in made.items() if k != "deleted"})
             if request.method == "GET":
                 return self._list_stores(request)
         match = re.fullmatch(r"/stores/([^/]+)(?:/([a-z-]+))?", request.path)
@@ -123,11 +123,11 @@ class OpenFgaServer(StandIn):
         if action is None and request.method == "DELETE":
             if store is not None:
                 store["deleted"] = True
-            return Reply(204)  # also when it never existed or is gone already (delete_store.go)
+            return JsonReply(204)  # also when it never existed or is gone already (delete_store.go)
         if store is None or store.get("deleted"):
             return self._error(404, "store_id_not_found", "store not found")
         if action is None and request.method == "GET":
-            return Reply(200, {k: v for k, v in store.items() if k != "deleted"})
+            return JsonReply(200, {k: v for k, v in store.items() if k != "deleted"})
         if request.method != "POST":
             return self._error(405, "method_not_allowed", "Method Not Allowed")
         body = request.json()
@@ -138,7 +138,7 @@ class OpenFgaServer(StandIn):
                 return self._error(400, "validation_error", "type_definitions are required")
             model_id = new_ulid()
             self.models[store_id].append({**body, "id": model_id})
-            return Reply(201, {"authorization_model_id": model_id})
+            return JsonReply(201, {"authorization_model_id": model_id})
         if action == "write":
             return self._write(store_id, body)
         if action == "read":
@@ -146,10 +146,10 @@ class OpenFgaServer(StandIn):
         if action == "check":
             key = body.get("tuple_key") or {}
             wanted = (key.get("user"), key.get("relation"), key.get("object"))
-            return Reply(200, {"allowed": wanted in self.tuples[store_id]})
+            return JsonReply(200, {"allowed": wanted in self.tuples[store_id]})
         return self._error(404, "undefined_endpoint", "Not Found")
 
-    def _list_stores(self, request: Request) -> Reply:
+    def _list_stores(self, request: JsonRequest) -> JsonReply:
         size = int(request.arg("page_size") or 50)
         if not 1 <= size <= 100:
             return self._error(400, "validation_error", "invalid page_size")
@@ -161,7 +161,7 @@ class OpenFgaServer(StandIn):
             return self._error(400, "invalid_continuation_token", "invalid continuation token")
         page = live[offset : offset + size]
         more = offset + size < len(live)
-        return Reply(
+        return JsonReply(
             200,
             {
                 "stores": page,
@@ -169,7 +169,7 @@ class OpenFgaServer(StandIn):
             },
         )
 
-    def _write(self, store_id: str, body: dict[str, Any]) -> Reply:
+    def _write(self, store_id: str, body: dict[str, Any]) -> JsonReply:
         writes = body.get("writes") or {}
         deletes = body.get("deletes") or {}
         stored = self.tuples[store_id]
@@ -202,9 +202,9 @@ class OpenFgaServer(StandIn):
         for key in gone:  # transactional: nothing changed until every check passed
             stored.pop(key, None)
         stored.update(new)
-        return Reply(200, {})
+        return JsonReply(200, {})
 
-    def _validate(self, store_id: str, key: Key, model_id: Any) -> Reply | None:
+    def _validate(self, store_id: str, key: Key, model_id: Any) -> JsonReply | None:
         models = self.models[store_id]
         if not models:
             return self._error(
@@ -225,7 +225,7 @@ class OpenFgaServer(StandIn):
             )
         return None
 
-    def _read(self, store_id: str, body: dict[str, Any]) -> Reply:
+    def _read(self, store_id: str, body: dict[str, Any]) -> JsonReply:
         size = int(body.get("page_size") or 50)
         if not 1 <= size <= 100:
             return self._error(400, "validation_error", "invalid page_size")
@@ -238,7 +238,7 @@ class OpenFgaServer(StandIn):
             return self._error(400, "invalid_continuation_token", "invalid continuation token")
         page = [v for _, v in items[offset : offset + size]]
         more = offset + size < len(items)
-        return Reply(
+        return JsonReply(
             200, {"tuples": page, "continuation_token": _token(offset + size) if more else ""}
         )
 

@@ -3,26 +3,19 @@
 They stand in for real identity providers (Okta, Entra ID, Keycloak...) and for an application's
 own sign-up API, which the tests cannot reach. Each keeps its users in memory, so a test asks it
 what still exists.
-
-This module also holds :class:`StandIn`, the threaded HTTP server every stand-in of this package
-that is written by the accounts/OAuth/OpenFGA tests builds on: start/stop, "down" and "up" again
-on the same port, and "answer 429 to the next N requests".
+They are built on :class:`providers._server.JsonStandIn`.
 """
 
 from __future__ import annotations
 
-import base64
-import dataclasses
 import itertools
 import json
 import re
-import threading
 import uuid
 from collections.abc import Mapping
-from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Final, Self
-from urllib.parse import parse_qs, unquote, unquote_plus, urlsplit
+from typing import Any, Final
+
+from providers._server import JsonReply, JsonRequest, JsonStandIn
 
 SCIM_USER: Final = "urn:ietf:params:scim:schemas:core:2.0:User"
 SCIM_ERROR: Final = "urn:ietf:params:scim:api:messages:2.0:Error"
@@ -32,214 +25,10 @@ REST_TOKEN: Final = "rest-admin-token-1234"
 SCIM_TOKEN: Final = "scim-bearer-token-5678"
 
 
-@dataclasses.dataclass
-class Request:
-    """One request as a stand-in sees it."""
-
-    method: str
-    path: str  # percent-decoded
-    raw_path: str  # as sent
-    query: dict[str, list[str]]
-    headers: Message
-    body: bytes
-
-    def json(self) -> Any:
-        """The body as JSON (None when it is not)."""
-        try:
-            return json.loads(self.body or b"null")
-        except ValueError:
-            return None
-
-    def form(self) -> dict[str, str]:
-        """The body as a form (``application/x-www-form-urlencoded``)."""
-        return {k: v[0] for k, v in parse_qs(self.body.decode(), keep_blank_values=True).items()}
-
-    def arg(self, name: str) -> str | None:
-        """A query parameter."""
-        values = self.query.get(name)
-        return values[0] if values else None
-
-    def bearer(self) -> str | None:
-        """The token of ``Authorization: Bearer``."""
-        value = self.headers.get("Authorization") or ""
-        scheme, _, token = value.partition(" ")
-        return token if scheme.lower() == "bearer" and token else None
-
-    def basic(self) -> tuple[str, str] | None:
-        """``(user, password)`` of ``Authorization: Basic``, form-decoded as RFC 6749 wants."""
-        value = self.headers.get("Authorization") or ""
-        scheme, _, encoded = value.partition(" ")
-        if scheme.lower() != "basic":
-            return None
-        try:
-            user, sep, password = base64.b64decode(encoded).decode().partition(":")
-        except ValueError:
-            return None
-        return (unquote_plus(user), unquote_plus(password)) if sep else None
-
-
-@dataclasses.dataclass
-class Reply:
-    """What a stand-in answers: a status, a JSON body (or none), headers."""
-
-    status: int
-    body: Any = None
-    headers: dict[str, str] = dataclasses.field(default_factory=dict)
-    content_type: str = "application/json"
-
-
-class StandIn:
-    """A threaded HTTP server on 127.0.0.1 that stands in for a provider.
-
-    Subclasses implement :meth:`route`. Every request is kept in :attr:`requests`.
-    :meth:`down` stops listening (connections are refused, as for a provider that went away)
-    and :meth:`up` listens again on the same port, with the state kept. :meth:`inject` and
-    :meth:`throttle` make it answer the next requests with an error; :attr:`injected` tells
-    which requests got one, :attr:`answered` the status of every answer.
-    """
-
-    def __init__(self) -> None:
-        self.port = 0
-        self.lock = threading.RLock()
-        self.requests: list[Request] = []
-        self.injected: list[tuple[str, str, int]] = []
-        self.answered: list[tuple[str, str, int]] = []
-        self._inject: list[tuple[str | None, Reply]] = []
-        self._server: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:PORT``."""
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Self:
-        """Listen (on a free port the first time, on the same port after :meth:`down`)."""
-        server = _Server(("127.0.0.1", self.port), _Handler)
-        server.standin = self
-        self.port = server.server_address[1]
-        self._server = server
-        threading.Thread(
-            target=server.serve_forever, name=f"standin-{self.port}", daemon=True
-        ).start()
-        return self
-
-    def stop(self) -> None:
-        """Stop listening; the state stays."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-
-    def down(self) -> None:
-        """The provider goes away: connections to its port are refused."""
-        self.stop()
-
-    def up(self) -> None:
-        """The provider is back, on the same port, with the same state."""
-        self.start()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    @property
-    def calls(self) -> list[tuple[str, str]]:
-        """(method, path) of every request so far."""
-        with self.lock:
-            return [(r.method, r.path) for r in self.requests]
-
-    def inject(
-        self,
-        count: int,
-        status: int,
-        body: Any = None,
-        headers: Mapping[str, str] | None = None,
-        *,
-        method: str | None = None,
-    ) -> None:
-        """Answer the next ``count`` requests (of ``method``, when given) with this instead."""
-        with self.lock:
-            self._inject.extend([(method, Reply(status, body, dict(headers or {})))] * count)
-
-    def heal(self) -> None:
-        """Drop the errors still waiting to be answered: the provider has recovered."""
-        with self.lock:
-            self._inject.clear()
-
-    def throttle(self, count: int, retry_after: str | None = "0", status: int = 429) -> None:
-        """Answer the next ``count`` requests with ``status`` (429, or GitHub's 403) and this
-        ``Retry-After`` (None: no header)."""
-        headers = {"Retry-After": retry_after} if retry_after is not None else {}
-        self.inject(count, status, {"message": "slow down"}, headers)
-
-    def route(self, request: Request) -> Reply:
-        """Answer one request (under :attr:`lock`)."""
-        raise NotImplementedError
-
-    def dispatch(self, request: Request) -> Reply:
-        """Keep the request, then answer with an injected error or :meth:`route`."""
-        with self.lock:
-            self.requests.append(request)
-            for n, (method, injected) in enumerate(self._inject):
-                if method in (None, request.method):
-                    del self._inject[n]
-                    self.injected.append((request.method, request.path, injected.status))
-                    reply = injected
-                    break
-            else:
-                reply = self.route(request)
-            self.answered.append((request.method, request.path, reply.status))
-            return reply
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    standin: StandIn
-
-
-class _Handler(BaseHTTPRequestHandler):
-    # HTTP/1.0: one request per connection, so a stand-in that goes "down" has no connection
-    # left open that would still answer.
-    server: _Server
-
-    def _any(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        parts = urlsplit(self.path)
-        request = Request(
-            self.command,
-            unquote(parts.path),
-            parts.path,
-            parse_qs(parts.query, keep_blank_values=True),
-            self.headers,
-            body,
-        )
-        try:
-            reply = self.server.standin.dispatch(request)
-        except Exception as exc:  # a bug in a stand-in: say so instead of hanging the client
-            reply = Reply(500, {"error": "stand_in_bug", "message": repr(exc)})
-        payload = b"" if reply.body is None else json.dumps(reply.body).encode()
-        self.send_response(reply.status)
-        for key, value in reply.headers.items():
-            self.send_header(key, value)
-        if payload:
-            self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _any
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: pytest shows what matters."""
-
-
 # --- a generic REST users API ------------------------------------------------------------------
 
 
-class RestUsers(StandIn):
+class RestUsers(JsonStandIn):
     """An application's users API at ``/api/users``, with a bearer token.
 
     ``POST /api/users`` (JSON, ``username`` required and unique) answers 201 with the user, or
@@ -285,9 +74,9 @@ class RestUsers(StandIn):
             self.users[user_id] = {"id": user_id, "username": username}
             return user_id
 
-    def route(self, request: Request) -> Reply:  # noqa: PLR0911  (a router: a return per route)
+    def route(self, request: JsonRequest) -> JsonReply:  # noqa: PLR0911  (a router: a return per route)
         if request.bearer() != self.token:
-            return Reply(401, {"error": "unauthorized", "message": "bad or missing token"})
+            return JsonReply(401, {"error": "unauthorized", "message": "bad or missing token"})
         if request.path == "/api/users":
             if request.method == "POST":
                 return self._create(request)
@@ -295,23 +84,23 @@ class RestUsers(StandIn):
                 return self._list(request)
         match = re.fullmatch(r"/api/users/([^/]+)", request.path)
         if match is None:
-            return Reply(404, {"error": "not_found", "message": f"no route {request.path}"})
+            return JsonReply(404, {"error": "not_found", "message": f"no route {request.path}"})
         user = self.users.get(match.group(1))
         if user is None:
-            return Reply(self.gone_status, {"error": "not_found", "message": "no such user"})
+            return JsonReply(self.gone_status, {"error": "not_found", "message": "no such user"})
         if request.method == "GET":
-            return Reply(200, user)
+            return JsonReply(200, user)
         if request.method == "DELETE":
             del self.users[user["id"]]
-            return Reply(204)
-        return Reply(405, {"error": "method_not_allowed"})
+            return JsonReply(204)
+        return JsonReply(405, {"error": "method_not_allowed"})
 
-    def _create(self, request: Request) -> Reply:
+    def _create(self, request: JsonRequest) -> JsonReply:
         body = request.json()
         if not isinstance(body, dict) or not isinstance(body.get("username"), str):
-            return Reply(400, {"error": "invalid", "message": "username is required"})
+            return JsonReply(400, {"error": "invalid", "message": "username is required"})
         if body["username"] in self.usernames():
-            return Reply(409, {"error": "conflict", "message": "username taken"})
+            return JsonReply(409, {"error": "conflict", "message": "username taken"})
         user_id = f"u{next(self._ids)}"
         password = body.pop("password", None)
         if isinstance(password, str):
@@ -320,17 +109,17 @@ class RestUsers(StandIn):
         self.users[user_id] = user
         location = {"Location": f"{self.collection}/{user_id}"}
         if self.hide_id:  # a create answer a backend cannot read the id from
-            return Reply(201, {"ok": True})
+            return JsonReply(201, {"ok": True})
         if self.location_only:
-            return Reply(201, None, location)
-        return Reply(201, {"data": user} if self.envelope else user, location)
+            return JsonReply(201, None, location)
+        return JsonReply(201, {"data": user} if self.envelope else user, location)
 
-    def _list(self, request: Request) -> Reply:
+    def _list(self, request: JsonRequest) -> JsonReply:
         found = list(self.users.values())
         if not self.ignore_filter:
             for key, values in request.query.items():
                 found = [u for u in found if str(u.get(key)) == values[0]]
-        return Reply(200, {"items": found} if self.envelope else found)
+        return JsonReply(200, {"items": found} if self.envelope else found)
 
 
 # --- SCIM 2.0 --------------------------------------------------------------------------------
@@ -338,7 +127,7 @@ class RestUsers(StandIn):
 _FILTER: Final = re.compile(r'\s*userName\s+(eq|sw|co)\s+("(?:[^"\\]|\\.)*")\s*', re.IGNORECASE)
 
 
-class ScimServer(StandIn):
+class ScimServer(JsonStandIn):
     """A SCIM 2.0 service provider at ``/scim/v2`` (RFC 7644), users only.
 
     Bearer auth; ``POST /Users`` (``application/scim+json``, core schema, unique ``userName``
@@ -389,13 +178,13 @@ class ScimServer(StandIn):
         return resource
 
     @staticmethod
-    def _error(status: int, detail: str, scim_type: str | None = None) -> Reply:
+    def _error(status: int, detail: str, scim_type: str | None = None) -> JsonReply:
         body: dict[str, Any] = {"schemas": [SCIM_ERROR], "status": str(status), "detail": detail}
         if scim_type:
             body["scimType"] = scim_type
-        return Reply(status, body, content_type=SCIM_JSON)
+        return JsonReply(status, body, content_type=SCIM_JSON)
 
-    def route(self, request: Request) -> Reply:  # noqa: PLR0911  (a router: a return per route)
+    def route(self, request: JsonRequest) -> JsonReply:  # noqa: PLR0911  (a router: a return per route)
         if request.bearer() != self.token:
             return self._error(401, "Authorization failure")
         if request.path == "/scim/v2/Users":
@@ -410,13 +199,13 @@ class ScimServer(StandIn):
         if user is None:
             return self._error(404, f"Resource {match.group(1)} not found")
         if request.method == "GET":
-            return Reply(200, user, content_type=SCIM_JSON)
+            return JsonReply(200, user, content_type=SCIM_JSON)
         if request.method == "DELETE":
             del self.users[user["id"]]
-            return Reply(204)
+            return JsonReply(204)
         return self._error(405, "method not allowed")
 
-    def _create(self, request: Request) -> Reply:
+    def _create(self, request: JsonRequest) -> JsonReply:
         content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip()
         if content_type not in (SCIM_JSON, "application/json"):
             return self._error(415, f"unsupported media type {content_type!r}")
@@ -435,9 +224,9 @@ class ScimServer(StandIn):
         user = self._resource(user_id, body)
         self.users[user_id] = user
         location = {"Location": user["meta"]["location"]}
-        return Reply(201, user, location, content_type=SCIM_JSON)
+        return JsonReply(201, user, location, content_type=SCIM_JSON)
 
-    def _query(self, request: Request) -> Reply:
+    def _query(self, request: JsonRequest) -> JsonReply:
         found = list(self.users.values())
         expression = request.arg("filter")
         if expression is not None:
@@ -457,7 +246,7 @@ class ScimServer(StandIn):
             "itemsPerPage": len(page),
             "Resources": page,
         }
-        return Reply(200, body, content_type=SCIM_JSON)
+        return JsonReply(200, body, content_type=SCIM_JSON)
 
 
 def _compare(op: str, name: str, value: str) -> bool:

@@ -21,7 +21,7 @@ import secrets
 import time
 from typing import Any
 
-from providers.mailtm import Reply, Request, StandIn, text_reply
+from providers._server import RawReply, RawRequest, RawStandIn, text_reply
 
 __all__ = ["SmsActivateServer"]
 
@@ -58,7 +58,7 @@ class _Activation:
         }
 
 
-class SmsActivateServer(StandIn):
+class SmsActivateServer(RawStandIn):
     """The sms-activate stand-in.
 
     Args:
@@ -132,7 +132,7 @@ class SmsActivateServer(StandIn):
 
     # --- the protocol ------------------------------------------------------------------------
 
-    def _answer(self, word: str) -> Reply:
+    def _answer(self, word: str) -> RawReply:
         failed = word not in ("ACCESS_CANCEL", "ACCESS_ACTIVATION", "ACCESS_READY")
         failed = failed and not word.startswith(("ACCESS_NUMBER", "STATUS_", "ACCESS_RETRY"))
         return text_reply(400 if self.http_errors and failed else 200, word)
@@ -144,7 +144,7 @@ class SmsActivateServer(StandIn):
         self.activations[activation.id] = activation
         return activation
 
-    def handle(self, request: Request) -> Reply:  # noqa: PLR0911  (a router: a return per route)
+    def handle(self, request: RawRequest) -> RawReply:  # noqa: PLR0911  (a router: a return per route)
         if request.path != PATH:
             return text_reply(404, "Not Found")
         if request.arg("api_key") != self.api_key:
@@ -177,7 +177,7 @@ class SmsActivateServer(StandIn):
             )
         return self._set_status(activation, request.arg("status"))
 
-    def _set_status(self, activation: _Activation, status: str) -> Reply:  # noqa: PLR0911  (one return per answer)
+    def _set_status(self, activation: _Activation, status: str) -> RawReply:  # noqa: PLR0911  (one return per answer)
         if status == "8":
             if activation.state in ("cancel", "finish"):
                 return self._answer(self.second_cancel)
@@ -198,7 +198,7 @@ class SmsActivateServer(StandIn):
             return self._answer("ACCESS_RETRY_GET")
         return self._answer("BAD_STATUS")
 
-    def _active(self, request: Request) -> Reply:
+    def _active(self, request: RawRequest) -> RawReply:
         running = [a for a in self.activations.values() if a.state in ("wait", "ok")]
         start = int(request.arg("start", "0") or 0)
         limit = int(request.arg("limit", "100") or 100)

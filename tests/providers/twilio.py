@@ -19,14 +19,14 @@ import secrets
 from typing import Any
 from urllib.parse import urlencode
 
-from providers.mailtm import Reply, Request, StandIn, empty_reply, json_reply
+from providers._server import RawReply, RawRequest, RawStandIn, empty_reply, json_reply
 
 __all__ = ["TwilioServer"]
 
 API = "/2010-04-01"
 
 
-def _error(status: int, code: int, message: str) -> Reply:
+def _error(status: int, code: int, message: str) -> RawReply:
     return json_reply(
         status,
         {
@@ -42,7 +42,7 @@ def _sid(prefix: str) -> str:
     return prefix + secrets.token_hex(16)
 
 
-class TwilioServer(StandIn):
+class TwilioServer(RawStandIn):
     """The Twilio stand-in.
 
     Args:
@@ -102,7 +102,7 @@ class TwilioServer(StandIn):
 
     # --- the protocol ------------------------------------------------------------------------
 
-    def _authorized(self, request: Request) -> bool:
+    def _authorized(self, request: RawRequest) -> bool:
         header = request.headers.get("Authorization") or ""
         if not header.startswith("Basic "):
             return False
@@ -112,7 +112,7 @@ class TwilioServer(StandIn):
             return False
         return pair == f"{self.account_sid}:{self.auth_token}"
 
-    def handle(self, request: Request) -> Reply:  # noqa: PLR0911  (a router: a return per route)
+    def handle(self, request: RawRequest) -> RawReply:  # noqa: PLR0911  (a router: a return per route)
         if not self._authorized(request):
             return _error(401, 20003, "Authentication Error - invalid username")
         root = f"{API}/Accounts/{self.account_sid}/"
@@ -143,7 +143,7 @@ class TwilioServer(StandIn):
             return json_reply(200, {"messages": found, "next_page_uri": None, "page": 0})
         return _error(404, 20404, f"The requested resource {request.path} was not found")
 
-    def _search(self, request: Request, country: str, kind: str) -> Reply:
+    def _search(self, request: RawRequest, country: str, kind: str) -> RawReply:
         if country != "US" or kind not in ("Local.json", "Mobile.json"):
             return json_reply(200, {"available_phone_numbers": [], "uri": request.path})
         area = request.arg("AreaCode")
@@ -169,7 +169,7 @@ class TwilioServer(StandIn):
         }
         return sid
 
-    def _purchase(self, request: Request) -> Reply:
+    def _purchase(self, request: RawRequest) -> RawReply:
         number, area = request.arg("PhoneNumber"), request.arg("AreaCode")
         if not number and area:
             number = next((n for n in self.available if n.startswith(f"+1{area}")), "")
@@ -182,7 +182,7 @@ class TwilioServer(StandIn):
         sid = self._buy(number, request.arg("FriendlyName") or number)
         return json_reply(201, self.numbers[sid])
 
-    def _list(self, request: Request) -> Reply:
+    def _list(self, request: RawRequest) -> RawReply:
         name, number = request.arg("FriendlyName"), request.arg("PhoneNumber")
         found = [
             n

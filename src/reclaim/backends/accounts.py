@@ -25,25 +25,20 @@ Needs httpx: ``pip install 'reclaim[http]'``.
 from __future__ import annotations
 
 import dataclasses
-import email.utils
 import json
 import os
 import re
 import secrets
-import time
-from collections.abc import Callable, Container, Iterator, Mapping
-from datetime import UTC, datetime
-from typing import Any, Final
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, unquote, urlsplit
 
-from reclaim._errors import AcquireError, BackendError, MissingExtraError, ReleaseError
-from reclaim.backends import Backend, Leftover, Record, parse_name, redact_text
+from reclaim._errors import AcquireError, BackendError, ReleaseError
+from reclaim.backends import Backend, Leftover, Record, parse_name
+from reclaim.backends._http import Call, check_url
 
-_NO_HTTPX: ImportError | None = None
-try:
+if TYPE_CHECKING:
     import httpx
-except ImportError as _exc:  # the `http` extra is missing: the module imports, backends refuse
-    _NO_HTTPX = _exc
 
 __all__ = ["Account", "RestAccount", "ScimUser"]
 
@@ -151,7 +146,7 @@ class RestAccount(Backend[Account]):
                 "RestAccount needs the collection URL where accounts are created: pass"
                 " collection_url or set RECLAIM_ACCOUNT_URL"
             )
-        self.collection = _check_url(collection.rstrip("/"), "collection_url")
+        self.collection = check_url(collection.rstrip("/"), "collection_url")
         parts = urlsplit(self.collection)
         if "{" in self.collection or "}" in self.collection or parts.query or parts.fragment:
             raise ValueError(
@@ -255,13 +250,13 @@ class RestAccount(Backend[Account]):
         return f"{record.get('login', record.get('name'))}{ident} at {record.get('collection')}"
 
 
-def _rest_call(record: Record, error: type[BackendError]) -> _Call:
+def _rest_call(record: Record, error: type[BackendError]) -> Call:
     headers = dict(record.get("headers") or {})
     if record.get("token"):
         value = f"{record['auth_scheme']} {record['token']}".strip()
         headers[record["auth_header"]] = value
     headers.setdefault("Accept", "application/json")
-    return _Call(
+    return Call(
         RestAccount.kind,
         str(record["name"]),
         record,
@@ -272,7 +267,7 @@ def _rest_call(record: Record, error: type[BackendError]) -> _Call:
     )
 
 
-def _rest_lookup(http: _Call, record: Record) -> list[str]:
+def _rest_lookup(http: Call, record: Record) -> list[str]:
     """The ids of the accounts whose name field is exactly the planned login (I1)."""
     field = record["name_field"].rsplit(".", 1)[-1]
     url = (
@@ -342,7 +337,7 @@ class ScimUser(Backend[Account]):
         base = base_url or os.environ.get("SCIM_BASE_URL", "")
         if not base:
             raise ValueError("ScimUser needs the SCIM base URL: pass base_url or set SCIM_BASE_URL")
-        self.base_url = _check_url(base.rstrip("/"), "base_url")
+        self.base_url = check_url(base.rstrip("/"), "base_url")
         if email_domain is not None and not _DOMAIN.fullmatch(email_domain):
             raise ValueError(
                 f"email_domain {email_domain!r} is not a lower-case host name like example.test"
@@ -440,7 +435,7 @@ class ScimUser(Backend[Account]):
         template: Record = {
             "name": "rc_",
             "id": None,
-            "base_url": _check_url(base.rstrip("/"), "target"),
+            "base_url": check_url(base.rstrip("/"), "target"),
             "token": token,
             "timeout": 10.0,
         }
@@ -458,11 +453,11 @@ class ScimUser(Backend[Account]):
                 yield Leftover(record, parsed[0], parsed[1])
 
 
-def _scim_call(record: Record, error: type[BackendError]) -> _Call:
+def _scim_call(record: Record, error: type[BackendError]) -> Call:
     headers = {"Accept": SCIM_MEDIA_TYPE, "Content-Type": SCIM_MEDIA_TYPE}
     if record.get("token"):
         headers["Authorization"] = f"Bearer {record['token']}"
-    return _Call(
+    return Call(
         ScimUser.kind,
         str(record["name"]),
         record,
@@ -477,7 +472,7 @@ def _scim_body(body: Mapping[str, Any]) -> bytes:
     return json.dumps(body).encode()
 
 
-def _scim_lookup(http: _Call, record: Record) -> list[str]:
+def _scim_lookup(http: Call, record: Record) -> list[str]:
     """The ids of users whose userName is the planned one (case-insensitive, as SCIM compares
     userName, RFC 7643 section 4.1.1)."""
     wanted = record["user_name"].casefold()
@@ -492,7 +487,7 @@ def _scim_lookup(http: _Call, record: Record) -> list[str]:
 
 
 def _scim_users(
-    http: _Call, record: Record, query: str, *, or_all: bool = False
+    http: Call, record: Record, query: str, *, or_all: bool = False
 ) -> Iterator[dict[str, Any]]:
     """Every user a filter finds, page by page (``startIndex`` is 1-based). With ``or_all``, a
     provider that refuses the filter (400 ``invalidFilter``) is asked for every user instead.
@@ -524,7 +519,7 @@ def _scim_users(
 # --- shared helpers --------------------------------------------------------------------------
 
 
-def _check_id(value: Any, http: _Call) -> str:
+def _check_id(value: Any, http: Call) -> str:
     """An id the server gave (or the record holds), safe to put into a URL path segment."""
     text = str(value)
     if not text or len(text) > 256 or text in (".", "..") or any(ord(c) < 32 for c in text):
@@ -605,159 +600,3 @@ def _json_or_empty(response: httpx.Response) -> dict[str, Any]:
 def _new_password() -> str:
     # Letters, digits and "-_" from the token, plus one of each class most policies ask for.
     return f"{secrets.token_urlsafe(18)}-Aa1"
-
-
-# --- HTTP: one operation on one resource ------------------------------------------------------
-# The same block is in accounts.py, oauth.py and openfga.py: each backend module stands alone.
-
-#: A provider answering 429 (or 403/503 with Retry-After, or with its rate limit used up, as
-#: GitHub does) is asked again, this many times in all,
-RATE_LIMIT_TRIES: Final = 5
-#: waiting what it asks for, never longer than this (without a hint: 0.5 s, 1 s, 2 s, 4 s).
-MAX_RETRY_AFTER: Final = 30.0
-
-
-def _pause(seconds: float) -> None:
-    """Wait before asking a rate-limiting provider again (tests replace it to see the waits)."""
-    time.sleep(seconds)
-
-
-class _Call:
-    """The HTTP calls of one operation: retries on rate limits, clear errors, no secret shown."""
-
-    def __init__(
-        self,
-        kind: str,
-        resource: str,
-        record: Record,
-        secret_fields: frozenset[str],
-        error: type[BackendError],
-        *,
-        headers: Mapping[str, str],
-        timeout: float,
-    ) -> None:
-        if _NO_HTTPX is not None:
-            raise MissingExtraError(kind, "http", "httpx") from _NO_HTTPX
-        self.kind, self.resource, self.record = kind, resource, record
-        self.secret_fields, self.error = secret_fields, error
-        self.client = httpx.Client(headers=dict(headers), timeout=timeout)
-
-    def __enter__(self) -> _Call:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.client.close()
-
-    def fail(self, message: str) -> BackendError:
-        """An error of this operation's kind, naming the resource, with secrets redacted."""
-        text = redact_text(message, self.record, self.secret_fields)
-        return self.error(
-            f"{self.kind} {self.resource!r}: {text}", kind=self.kind, resource=self.resource
-        )
-
-    def send(
-        self,
-        method: str,
-        url: str,
-        *,
-        ok: Container[int],
-        gone: Container[int] = (),
-        is_gone: Callable[[httpx.Response], bool] | None = None,
-        **kwargs: Any,
-    ) -> httpx.Response | None:
-        """The answer when its status is in ``ok``; None when it is in ``gone`` (and
-        ``is_gone`` agrees); an error otherwise."""
-        shown = _show(url)
-        for attempt in range(1, RATE_LIMIT_TRIES + 1):
-            try:
-                response = self.client.request(method, url, **kwargs)
-            except httpx.HTTPError as exc:
-                raise self.fail(
-                    f"{method} {shown} failed: {type(exc).__name__}: {exc}; is the server up"
-                    " and is the URL right?"
-                ) from exc
-            wait = _retry_after(response, attempt)
-            if wait is None or attempt == RATE_LIMIT_TRIES:
-                break
-            _pause(wait)
-        status = response.status_code
-        if status in ok:
-            return response
-        if status in gone and (is_gone is None or is_gone(response)):
-            return None
-        raise self.fail(
-            f"{method} {shown} answered HTTP {status}{_provider_error(response)}; {_advice(status)}"
-        )
-
-
-def _retry_after(response: httpx.Response, attempt: int) -> float | None:
-    """How long to wait before asking again, or None when the answer is not "slow down"."""
-    status, headers = response.status_code, response.headers
-    header = headers.get("retry-after")
-    reset = headers.get("x-ratelimit-reset", "")
-    used_up = headers.get("x-ratelimit-remaining") == "0" and reset.isdigit()
-    if status != 429 and not (status in (403, 503) and (header or used_up)):
-        return None
-    seconds: float | None = None
-    if header is not None:
-        header = header.strip()
-        if header.isdigit():
-            seconds = float(header)
-        else:
-            try:
-                when = email.utils.parsedate_to_datetime(header)
-            except (TypeError, ValueError):
-                when = None
-            if when is not None:
-                seconds = (when - datetime.now(UTC)).total_seconds()
-    elif used_up:
-        seconds = float(reset) - time.time()
-    if seconds is None:
-        seconds = 0.5 * 2 ** (attempt - 1)
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
-
-
-def _provider_error(response: httpx.Response) -> str:
-    """The provider's own error code and message, short: `` (uniqueness: userName taken)``."""
-    try:
-        data = response.json()
-    except ValueError:
-        text = " ".join(response.text.split())[:200]
-        return f" ({text})" if text else ""
-    if isinstance(data, dict) and isinstance(data.get("error"), dict):
-        data = data["error"]
-    if not isinstance(data, dict):
-        return ""
-    codes = ("scimType", "error", "code", "errorCode")
-    messages = ("error_description", "detail", "message", "errorMessage")
-    code = next((str(data[k]) for k in codes if data.get(k)), "")
-    message = next((str(data[k]) for k in messages if data.get(k)), "")
-    found = ": ".join(p for p in (code, message) if p)
-    return f" ({found[:300]})" if found else ""
-
-
-def _advice(status: int) -> str:
-    if status in (401, 403):
-        return "the credentials were refused: check the token or client credentials it was given"
-    if status == 409:
-        return "it exists already, and reclaim never adopts what it did not create"
-    if status == 429:
-        return f"the provider still asked to slow down after {RATE_LIMIT_TRIES} tries"
-    if status >= 500:
-        return "the provider failed; it may work again later"
-    return "check the URL and what the backend was given"
-
-
-def _show(url: str) -> str:
-    """A URL for messages: without user info and query (which may hold credentials)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return parts._replace(netloc=netloc, query="", fragment="").geturl()
-
-
-def _check_url(url: str, what: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{what} {url!r} must be an http:// or https:// URL with a host")
-    return url

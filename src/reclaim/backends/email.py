@@ -35,27 +35,37 @@ driver (``pip install 'reclaim[http]'``).
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import email.utils
 import html
-import math
 import os
 import re
 import secrets
-import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping
-from typing import Any, ClassVar, Final, TypeVar, cast
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar, Final
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from reclaim._errors import AcquireError, BackendError, MissingExtraError, ReleaseError
-from reclaim.backends import Backend, Leftover, Record, parse_name, redact_text
-
-try:
-    import httpx
-except ImportError:  # pragma: no cover - the `http` extra is missing; see _need_httpx()
-    httpx = None  # type: ignore[assignment]  # the module must import without its driver
+from reclaim._errors import AcquireError, BackendError, ReleaseError
+from reclaim.backends import Backend, Leftover, Record, parse_name
+from reclaim.backends._http import need_httpx
+from reclaim.backends._httpflow import (
+    PAGES,
+    RETRY_ADVICE,
+    TIMEOUT,
+    Call,
+    Context,
+    Flow,
+    HttpError,
+    Pause,
+    ProtocolError,
+    RateLimiter,
+    check_base_url,
+    checked,
+    expect,
+    limiter_for,
+    parse_json,
+    request,
+)
 
 __all__ = [
     "MailTmInbox",
@@ -68,8 +78,6 @@ __all__ = [
     "find_links",
 ]
 
-T = TypeVar("T")
-
 MAILTM_URL: Final = "https://api.mail.tm"
 MAILSAC_URL: Final = "https://mailsac.com/api"
 
@@ -77,10 +85,6 @@ MAILSAC_URL: Final = "https://mailsac.com/api"
 #: the server's window and ours from disagreeing by a few milliseconds.
 MAILTM_RATE: Final = (8, 1.05)
 
-_TIMEOUT: Final = 15.0  # seconds per HTTP request
-_RATE_LIMIT_TRIES: Final = 5  # a 429 is retried this many times in all, then it is an error
-_MAX_RETRY_WAIT: Final = 10.0  # never wait longer than this for one Retry-After
-_PAGES: Final = 20  # bound on pages read from a paginated list
 _DOMAIN_TTL: Final = 600.0  # seconds a process trusts the mail.tm domain it was given
 
 # What reaches a URL path is checked against these first (I7: never pasted unchecked).
@@ -173,291 +177,7 @@ class _Summary:
     received: str
 
 
-# --- HTTP, written once for both sync and async ---------------------------------------------
-#
-# (reclaim.backends.phone uses this plumbing too; it belongs in a private module of its own.)
-#
-# Each conversation with a provider is a generator that yields the requests it wants made
-# (_Call) or pauses (_Pause) and receives the responses: the same protocol code serves the
-# synchronous API (_drive) and the asynchronous one (_adrive). Rate limits (429) are handled
-# by the drivers, below every conversation.
-
-
-@dataclasses.dataclass(frozen=True)
-class _Call:
-    method: str
-    url: str
-    #: What the call is, for messages ("DELETE /accounts/{id}"); never holds a secret.
-    what: str
-    params: Mapping[str, str] | None = None
-    json: Any = None
-    #: A form body (``application/x-www-form-urlencoded``).
-    data: Mapping[str, str] | None = None
-    headers: Mapping[str, str] | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class _Pause:
-    seconds: float
-
-
-_Flow = Generator[_Call | _Pause, Any, T]
-
-
-def _request(call: _Call) -> _Flow[httpx.Response]:
-    response = yield call
-    return cast("httpx.Response", response)
-
-
-class _HttpError(Exception):
-    """The provider answered with an error status; the message names the call, the status and
-    the provider's own error code and text."""
-
-    def __init__(self, what: str, response: httpx.Response, hint: str = "") -> None:
-        code, detail = _provider_error(response)
-        text = f"{what} answered HTTP {response.status_code}"
-        if code:
-            text += f" (provider code {code})"
-        if detail:
-            text += f": {detail}"
-        if hint:
-            text += f"; {hint}"
-        super().__init__(text)
-        self.status = response.status_code
-        self.code = code
-
-
-class _ProtocolError(Exception):
-    """The provider answered something this backend does not understand."""
-
-
-def _provider_error(response: httpx.Response) -> tuple[str, str]:
-    try:
-        body = response.json()
-    except ValueError:
-        return "", " ".join(response.text.split())[:300]
-    if not isinstance(body, dict):
-        return "", str(body)[:300]
-    code = body.get("code") or (body.get("error") if body.get("message") else "")
-    detail = (
-        body.get("hydra:description")
-        or body.get("detail")
-        or body.get("message")
-        or body.get("error")
-        or body.get("hydra:title")
-        or ""
-    )
-    return str(code or ""), " ".join(str(detail).split())[:300]
-
-
-def _json(response: httpx.Response, what: str) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        raise _ProtocolError(f"{what} answered HTTP {response.status_code} without JSON") from None
-
-
-def _expect(response: httpx.Response, what: str, *ok: int, hint: str = "") -> httpx.Response:
-    if response.status_code not in (ok or (200,)):
-        raise _HttpError(what, response, hint)
-    return response
-
-
-class _RateLimiter:
-    """At most ``rate`` requests in any ``per`` seconds, shared by every thread of the process.
-
-    :meth:`reserve` books the next free slot and says how long to wait for it, so the same
-    limiter serves ``time.sleep`` and ``asyncio.sleep``.
-    """
-
-    def __init__(self, rate: int, per: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate = rate
-        self.per = per
-        self._clock = clock
-        self._slots: collections.deque[float] = collections.deque(maxlen=rate)
-        self._lock = threading.Lock()
-
-    def reserve(self) -> float:
-        """Book a slot; return the seconds to wait before using it."""
-        with self._lock:
-            now = self._clock()
-            start = now
-            if len(self._slots) == self.rate:
-                start = max(now, self._slots[0] + self.per)
-            self._slots.append(start)
-            return start - now
-
-
-_limiters: dict[str, _RateLimiter] = {}
-_limiters_lock = threading.Lock()
-
-
-def _limiter_for(base_url: str, rate: tuple[int, float]) -> _RateLimiter:
-    """The process's limiter for one server (mail.tm counts per IP; we count per server)."""
-    with _limiters_lock:
-        limiter = _limiters.get(base_url)
-        if limiter is None:
-            limiter = _limiters[base_url] = _RateLimiter(*rate)
-        return limiter
-
-
-def _retry_after(response: httpx.Response, attempt: int) -> float:
-    header = response.headers.get("Retry-After", "").strip()
-    seconds: float
-    try:
-        seconds = float(header)
-    except ValueError:
-        try:
-            seconds = email.utils.parsedate_to_datetime(header).timestamp() - time.time()
-        except (TypeError, ValueError, IndexError):
-            seconds = 0.5 * 2**attempt
-    if not math.isfinite(seconds):
-        seconds = 0.5 * 2**attempt
-    return min(max(seconds, 0.0), _MAX_RETRY_WAIT)
-
-
-def _need_httpx(kind: str) -> None:
-    if httpx is None:
-        raise MissingExtraError(kind, "http", "httpx")
-
-
-def _drive(flow: _Flow[T], timeout: float, limiter: _RateLimiter | None) -> T:
-    with httpx.Client(timeout=timeout) as client:
-        try:
-            reply: Any = None
-            while True:
-                try:
-                    step = flow.send(reply)
-                except StopIteration as stop:
-                    return cast("T", stop.value)
-                if isinstance(step, _Pause):
-                    time.sleep(step.seconds)
-                    reply = None
-                    continue
-                for attempt in range(_RATE_LIMIT_TRIES):
-                    if limiter is not None:
-                        time.sleep(limiter.reserve())
-                    reply = client.request(
-                        step.method,
-                        step.url,
-                        params=step.params,
-                        json=step.json,
-                        data=step.data,
-                        headers=step.headers,
-                    )
-                    if reply.status_code != 429 or attempt + 1 == _RATE_LIMIT_TRIES:
-                        break
-                    time.sleep(_retry_after(reply, attempt))
-        finally:
-            flow.close()
-
-
-async def _adrive(flow: _Flow[T], timeout: float, limiter: _RateLimiter | None) -> T:
-    import asyncio  # noqa: PLC0415  (kept out of the watchdog's imports, as in Backend)
-
-    async with httpx.AsyncClient(timeout=timeout) as client:
-        try:
-            reply: Any = None
-            while True:
-                try:
-                    step = flow.send(reply)
-                except StopIteration as stop:
-                    return cast("T", stop.value)
-                if isinstance(step, _Pause):
-                    await asyncio.sleep(step.seconds)
-                    reply = None
-                    continue
-                for attempt in range(_RATE_LIMIT_TRIES):
-                    if limiter is not None:
-                        await asyncio.sleep(limiter.reserve())
-                    reply = await client.request(
-                        step.method,
-                        step.url,
-                        params=step.params,
-                        json=step.json,
-                        data=step.data,
-                        headers=step.headers,
-                    )
-                    if reply.status_code != 429 or attempt + 1 == _RATE_LIMIT_TRIES:
-                        break
-                    await asyncio.sleep(_retry_after(reply, attempt))
-        finally:
-            flow.close()
-
-
-def _explain(exc: Exception) -> str:
-    if isinstance(exc, _HttpError | _ProtocolError):
-        return str(exc)
-    if httpx is not None and isinstance(exc, httpx.TimeoutException):
-        return f"no answer in time ({type(exc).__name__}: {exc})"
-    if httpx is not None and isinstance(exc, httpx.TransportError):
-        return f"the server cannot be reached ({type(exc).__name__}: {exc})"
-    return f"{type(exc).__name__}: {exc}"
-
-
-class _Context:
-    """Who is talking to the provider, for error messages and their redaction (I7)."""
-
-    def __init__(
-        self,
-        backend: type[Backend[Any]],
-        record: Mapping[str, Any],
-        limiter: _RateLimiter | None = None,
-    ) -> None:
-        self.backend = backend
-        self.record = record
-        self.limiter = limiter
-        self.timeout = float(record.get("timeout", _TIMEOUT))
-
-    def failure(
-        self, error: type[BackendError], doing: str, exc: Exception, advice: str = ""
-    ) -> BackendError:
-        kind = self.backend.kind
-        name = str(self.record.get("name", "?"))
-        message = f"{kind} {name!r} ({self.backend.describe(dict(self.record))}) {doing}: "
-        message += _explain(exc)
-        if advice:
-            message += f"; {advice}"
-        message = redact_text(message, self.record, self.backend.secret_fields)
-        return error(message, kind=kind, resource=name)
-
-    def run(self, flow: _Flow[T], error: type[BackendError], doing: str, advice: str = "") -> T:
-        _need_httpx(self.backend.kind)
-        try:
-            return _drive(flow, self.timeout, self.limiter)
-        except (_HttpError, _ProtocolError, ValueError, httpx.HTTPError) as exc:
-            # `from None`: the provider's own text may quote a secret; the message is redacted.
-            raise self.failure(error, doing, exc, advice) from None
-
-    async def arun(
-        self, flow: _Flow[T], error: type[BackendError], doing: str, advice: str = ""
-    ) -> T:
-        _need_httpx(self.backend.kind)
-        try:
-            return await _adrive(flow, self.timeout, self.limiter)
-        except (_HttpError, _ProtocolError, ValueError, httpx.HTTPError) as exc:
-            raise self.failure(error, doing, exc, advice) from None
-
-
-_RETRY_ADVICE: Final = "check that the service is reachable and the credentials are valid"
-
-
 # --- checking what reaches a URL ------------------------------------------------------------
-
-
-def _base_url(url: str, what: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{what} must be an http(s) URL, not {url!r}")
-    if parts.query or parts.fragment:
-        raise ValueError(f"{what} must not have a query or fragment: {url!r}")
-    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
-
-
-def _check(pattern: re.Pattern[str], value: object, what: str) -> str:
-    if not isinstance(value, str) or not pattern.fullmatch(value):
-        raise ValueError(f"{what} {value!r} is not valid (expected {pattern.pattern})")
-    return value
 
 
 def _address(value: object) -> str:
@@ -470,7 +190,7 @@ def _address(value: object) -> str:
 
 def _reclaim_name(name: str) -> str:
     """reclaim's names are the local part of the address: only its own shape is accepted."""
-    return _check(_NAME_RE, name, "reclaim name")
+    return checked(_NAME_RE, name, "reclaim name")
 
 
 # --- mailboxes: the value a test gets ---------------------------------------------------------
@@ -511,7 +231,7 @@ class Mailbox:
     ``await_for_message``).
     """
 
-    def __init__(self, address: str, context: _Context) -> None:
+    def __init__(self, address: str, context: Context) -> None:
         #: The address to give out.
         self.address = address
         self._context = context
@@ -525,26 +245,26 @@ class Mailbox:
         return self.address
 
     # Provider-specific conversations.
-    def _list_flow(self) -> _Flow[list[_Summary]]:
+    def _list_flow(self) -> Flow[list[_Summary]]:
         raise NotImplementedError
 
-    def _read_flow(self, summary: _Summary) -> _Flow[Message]:
+    def _read_flow(self, summary: _Summary) -> Flow[Message]:
         raise NotImplementedError
 
-    def _all_flow(self) -> _Flow[list[Message]]:
+    def _all_flow(self) -> Flow[list[Message]]:
         out = []
         for summary in (yield from self._list_flow()):
             out.append((yield from self._cached_read(summary)))
         return out
 
-    def _cached_read(self, summary: _Summary) -> _Flow[Message]:
+    def _cached_read(self, summary: _Summary) -> Flow[Message]:
         message = self._read.get(summary.id)
         if message is None:
             message = yield from self._read_flow(summary)
             self._read[summary.id] = message
         return message
 
-    def _wait_flow(self, wanted: _Wanted, timeout: float, interval: float) -> _Flow[Message]:
+    def _wait_flow(self, wanted: _Wanted, timeout: float, interval: float) -> Flow[Message]:
         deadline = time.monotonic() + timeout
         while True:
             for summary in (yield from self._list_flow()):
@@ -561,7 +281,7 @@ class Mailbox:
                     f"{wanted} did not reach {self.address} within {timeout:g} s"
                     f" ({others} other message(s) there did not match)"
                 )
-            yield _Pause(min(interval, left))
+            yield Pause(min(interval, left))
 
     def messages(self) -> list[Message]:
         """Every message in the inbox now, oldest first, read in full."""
@@ -618,41 +338,41 @@ def _sorted(summaries: list[_Summary]) -> list[_Summary]:
 # --- mail.tm ---------------------------------------------------------------------------------
 
 
-def _mailtm_login(base: str, address: str, password: str) -> _Flow[tuple[str, str] | None]:
+def _mailtm_login(base: str, address: str, password: str) -> Flow[tuple[str, str] | None]:
     """``POST /token``: (account id, token), or None when the credentials are refused (401),
     which is what mail.tm answers for an account that does not exist."""
     what = "POST /token"
-    response = yield from _request(
-        _Call("POST", f"{base}/token", what, json={"address": address, "password": password})
+    response = yield from request(
+        Call("POST", f"{base}/token", what, json={"address": address, "password": password})
     )
     if response.status_code == 401:
         return None
-    body = _json(_expect(response, what, 200), what)
+    body = parse_json(expect(response, what, 200), what)
     if not isinstance(body, dict):
-        raise _ProtocolError(f"{what} answered {type(body).__name__}, not an object")
-    account_id = _check(_ID_RE, body.get("id"), "mail.tm account id")
+        raise ProtocolError(f"{what} answered {type(body).__name__}, not an object")
+    account_id = checked(_ID_RE, body.get("id"), "mail.tm account id")
     token = body.get("token")
     if not isinstance(token, str) or not token:
-        raise _ProtocolError(f"{what} answered no token")
+        raise ProtocolError(f"{what} answered no token")
     return account_id, token
 
 
-def _mailtm_domain(base: str) -> _Flow[str]:
+def _mailtm_domain(base: str) -> Flow[str]:
     what = "GET /domains"
-    response = yield from _request(_Call("GET", f"{base}/domains", what, params={"page": "1"}))
-    body = _json(_expect(response, what, 200), what)
+    response = yield from request(Call("GET", f"{base}/domains", what, params={"page": "1"}))
+    body = parse_json(expect(response, what, 200), what)
     members = body.get("hydra:member", []) if isinstance(body, dict) else body
     for domain in members if isinstance(members, list) else []:
         if isinstance(domain, dict) and domain.get("isActive") and not domain.get("isPrivate"):
-            return _check(_DOMAIN_RE, str(domain.get("domain", "")).lower(), "mail.tm domain")
-    raise _ProtocolError(f"{what} lists no active public domain")
+            return checked(_DOMAIN_RE, str(domain.get("domain", "")).lower(), "mail.tm domain")
+    raise ProtocolError(f"{what} lists no active public domain")
 
 
 class MailTmMailbox(Mailbox):
     """A mail.tm account's inbox (the value of :class:`MailTmInbox`)."""
 
     def __init__(
-        self, address: str, password: str, account_id: str, token: str, context: _Context
+        self, address: str, password: str, account_id: str, token: str, context: Context
     ) -> None:
         super().__init__(address, context)
         #: The account's id at mail.tm.
@@ -661,37 +381,37 @@ class MailTmMailbox(Mailbox):
         self._password = password
         self._token: str | None = token
 
-    def _get(self, path: str, what: str, params: Mapping[str, str] | None = None) -> _Flow[Any]:
+    def _get(self, path: str, what: str, params: Mapping[str, str] | None = None) -> Flow[Any]:
         # A token expires: log in again with the password once, then give up.
         for _ in range(2):
             if self._token is None:
                 login = yield from _mailtm_login(self._base, self.address, self._password)
                 if login is None:
-                    raise _ProtocolError(
+                    raise ProtocolError(
                         f"mail.tm refuses the password of {self.address}: the account is gone"
                     )
                 self._token = login[1]
             headers = {"Authorization": f"Bearer {self._token}"}
-            response = yield from _request(
-                _Call("GET", f"{self._base}{path}", what, params=params, headers=headers)
+            response = yield from request(
+                Call("GET", f"{self._base}{path}", what, params=params, headers=headers)
             )
             if response.status_code != 401:
-                return _json(_expect(response, what, 200), what)
+                return parse_json(expect(response, what, 200), what)
             self._token = None
-        raise _HttpError(what, response, "a fresh token was refused too")
+        raise HttpError(what, response, "a fresh token was refused too")
 
-    def _list_flow(self) -> _Flow[list[_Summary]]:
+    def _list_flow(self) -> Flow[list[_Summary]]:
         out: list[_Summary] = []
-        for page in range(1, _PAGES + 1):
+        for page in range(1, PAGES + 1):
             body = yield from self._get("/messages", "GET /messages", {"page": str(page)})
             members = body.get("hydra:member", []) if isinstance(body, dict) else body
             if not isinstance(members, list):
-                raise _ProtocolError("GET /messages answered no list of messages")
+                raise ProtocolError("GET /messages answered no list of messages")
             for item in members:
                 sender = item.get("from") or {}
                 out.append(
                     _Summary(
-                        id=_check(_ID_RE, item.get("id"), "mail.tm message id"),
+                        id=checked(_ID_RE, item.get("id"), "mail.tm message id"),
                         sender=str(sender.get("address", "")),
                         subject=str(item.get("subject", "")),
                         received=str(item.get("createdAt", "")),
@@ -701,10 +421,10 @@ class MailTmMailbox(Mailbox):
                 break
         return _sorted(out)
 
-    def _read_flow(self, summary: _Summary) -> _Flow[Message]:
+    def _read_flow(self, summary: _Summary) -> Flow[Message]:
         item = yield from self._get(f"/messages/{summary.id}", "GET /messages/{id}")
         if not isinstance(item, dict):
-            raise _ProtocolError("GET /messages/{id} answered no message object")
+            raise ProtocolError("GET /messages/{id} answered no message object")
         body_html = item.get("html") or []
         return Message(
             id=summary.id,
@@ -733,23 +453,23 @@ class MailTmInbox(Backend[MailTmMailbox]):
     _domains: ClassVar[dict[str, tuple[str, float]]] = {}
 
     def __init__(
-        self, *, base_url: str | None = None, domain: str | None = None, timeout: float = _TIMEOUT
+        self, *, base_url: str | None = None, domain: str | None = None, timeout: float = TIMEOUT
     ) -> None:
-        _need_httpx(self.kind)
-        self.base_url = _base_url(
+        need_httpx(self.kind)
+        self.base_url = check_base_url(
             base_url or os.environ.get("RECLAIM_MAILTM_URL") or MAILTM_URL, "mail.tm base_url"
         )
         domain = domain or os.environ.get("MAILTM_DOMAIN") or None
-        self.domain = None if domain is None else _check(_DOMAIN_RE, domain, "mail.tm domain")
+        self.domain = None if domain is None else checked(_DOMAIN_RE, domain, "mail.tm domain")
         self.timeout = float(timeout)
         self._planned: dict[str, Record] = {}
 
     @staticmethod
-    def _limiter(base_url: str) -> _RateLimiter:
-        return _limiter_for(base_url, MAILTM_RATE)
+    def _limiter(base_url: str) -> RateLimiter:
+        return limiter_for(base_url, MAILTM_RATE)
 
-    def _context(self, record: Mapping[str, Any]) -> _Context:
-        return _Context(type(self), record, self._limiter(self.base_url))
+    def _context(self, record: Mapping[str, Any]) -> Context:
+        return Context(type(self), record, self._limiter(self.base_url))
 
     def _pick_domain(self, name: str) -> str:
         if self.domain is not None:
@@ -759,7 +479,7 @@ class MailTmInbox(Backend[MailTmMailbox]):
             return cached[0]
         record = {"name": name, "base_url": self.base_url, "timeout": self.timeout}
         domain = self._context(record).run(
-            _mailtm_domain(self.base_url), AcquireError, "found no domain to use", _RETRY_ADVICE
+            _mailtm_domain(self.base_url), AcquireError, "found no domain to use", RETRY_ADVICE
         )
         self._domains[self.base_url] = (domain, time.monotonic())
         return domain
@@ -777,25 +497,25 @@ class MailTmInbox(Backend[MailTmMailbox]):
         self._planned[name] = record
         return dict(record)
 
-    def _create_flow(self, record: Record) -> _Flow[tuple[str, str]]:
+    def _create_flow(self, record: Record) -> Flow[tuple[str, str]]:
         base, address, password = record["base_url"], record["address"], record["password"]
         what = "POST /accounts"
-        response = yield from _request(
-            _Call("POST", f"{base}/accounts", what, json={"address": address, "password": password})
+        response = yield from request(
+            Call("POST", f"{base}/accounts", what, json={"address": address, "password": password})
         )
         if response.status_code == 422:
             # Taken: ours if our password opens it (an acquire retried after a crash), else a
             # stranger's, which reclaim never adopts.
             login = yield from _mailtm_login(base, address, password)
             if login is None:
-                raise _HttpError(
+                raise HttpError(
                     what, response, "reclaim adopts an address only if its own password opens it"
                 )
             return login
-        _expect(response, what, 200, 201)
+        expect(response, what, 200, 201)
         login = yield from _mailtm_login(base, address, password)
         if login is None:
-            raise _ProtocolError("the account was created, but POST /token refuses its password")
+            raise ProtocolError("the account was created, but POST /token refuses its password")
         return login
 
     def _acquired(self, name: str, login: tuple[str, str]) -> tuple[MailTmMailbox, Record]:
@@ -838,15 +558,15 @@ class MailTmInbox(Backend[MailTmMailbox]):
         return self._acquired(name, login)
 
     @classmethod
-    def _release_flow(cls, record: Record) -> _Flow[None]:
+    def _release_flow(cls, record: Record) -> Flow[None]:
         base = record["base_url"]
         login = yield from _mailtm_login(base, record["address"], record["password"])
         if login is None:
             return  # never created, or deleted already (I3)
         account_id, token = login
         what = "DELETE /accounts/{id}"
-        response = yield from _request(
-            _Call(
+        response = yield from request(
+            Call(
                 "DELETE",
                 f"{base}/accounts/{account_id}",
                 what,
@@ -860,25 +580,25 @@ class MailTmInbox(Backend[MailTmMailbox]):
             (yield from _mailtm_login(base, record["address"], record["password"])) is None
         ):
             return
-        raise _HttpError(what, response)
+        raise HttpError(what, response)
 
     @classmethod
-    def _class_context(cls, record: Record) -> _Context:
+    def _class_context(cls, record: Record) -> Context:
         # Checked before anything is sent: a hostile record never reaches a URL (I7).
-        base = _base_url(str(record["base_url"]), "mail.tm base_url")
+        base = check_base_url(str(record["base_url"]), "mail.tm base_url")
         _address(record["address"])
-        return _Context(cls, record, cls._limiter(base))
+        return Context(cls, record, cls._limiter(base))
 
     @classmethod
     def release(cls, record: Record) -> None:
         cls._class_context(record).run(
-            cls._release_flow(record), ReleaseError, "could not be deleted", _RETRY_ADVICE
+            cls._release_flow(record), ReleaseError, "could not be deleted", RETRY_ADVICE
         )
 
     @classmethod
     async def arelease(cls, record: Record) -> None:
         await cls._class_context(record).arun(
-            cls._release_flow(record), ReleaseError, "could not be deleted", _RETRY_ADVICE
+            cls._release_flow(record), ReleaseError, "could not be deleted", RETRY_ADVICE
         )
 
     @classmethod
@@ -906,30 +626,30 @@ def _mailsac_path(address: str) -> str:
 class MailsacMailbox(Mailbox):
     """A mailsac inbox (the value of :class:`MailsacInbox`)."""
 
-    def __init__(self, address: str, api_key: str, context: _Context) -> None:
+    def __init__(self, address: str, api_key: str, context: Context) -> None:
         super().__init__(address, context)
         self._base = str(context.record["base_url"])
         self._headers = _mailsac_headers(api_key)
 
-    def _get(self, path: str, what: str, params: Mapping[str, str] | None = None) -> _Flow[Any]:
-        response = yield from _request(
-            _Call("GET", f"{self._base}{path}", what, params=params, headers=self._headers)
+    def _get(self, path: str, what: str, params: Mapping[str, str] | None = None) -> Flow[Any]:
+        response = yield from request(
+            Call("GET", f"{self._base}{path}", what, params=params, headers=self._headers)
         )
-        return _expect(response, what, 200)
+        return expect(response, what, 200)
 
-    def _list_flow(self) -> _Flow[list[_Summary]]:
+    def _list_flow(self) -> Flow[list[_Summary]]:
         what = "GET /addresses/{email}/messages"
         path = f"/addresses/{_mailsac_path(self.address)}/messages"
         response = yield from self._get(path, what, {"limit": "100"})
-        items = _json(response, what)
+        items = parse_json(response, what)
         if not isinstance(items, list):
-            raise _ProtocolError(f"{what} answered no list of messages")
+            raise ProtocolError(f"{what} answered no list of messages")
         out = []
         for item in items:
             senders = item.get("from") or [{}]
             out.append(
                 _Summary(
-                    id=_check(_ID_RE, item.get("_id"), "mailsac message id"),
+                    id=checked(_ID_RE, item.get("_id"), "mailsac message id"),
                     sender=str(senders[0].get("address", "")) if senders else "",
                     subject=str(item.get("subject", "")),
                     received=str(item.get("received", "")),
@@ -937,7 +657,7 @@ class MailsacMailbox(Mailbox):
             )
         return _sorted(out)
 
-    def _read_flow(self, summary: _Summary) -> _Flow[Message]:
+    def _read_flow(self, summary: _Summary) -> Flow[Message]:
         where = f"{_mailsac_path(self.address)}/{summary.id}"
         text = yield from self._get(f"/text/{where}", "GET /text/{email}/{id}")
         dirty = yield from self._get(f"/dirty/{where}", "GET /dirty/{email}/{id}")
@@ -974,17 +694,17 @@ class MailsacInbox(Backend[MailsacMailbox]):
         base_url: str | None = None,
         domain: str = "mailsac.com",
         reserve: bool = False,
-        timeout: float = _TIMEOUT,
+        timeout: float = TIMEOUT,
     ) -> None:
-        _need_httpx(self.kind)
+        need_httpx(self.kind)
         api_key = api_key or os.environ.get("MAILSAC_KEY")
         if not api_key:
             raise ValueError("MailsacInbox needs an API key: pass api_key= or set MAILSAC_KEY")
         self.api_key = api_key
-        self.base_url = _base_url(
+        self.base_url = check_base_url(
             base_url or os.environ.get("RECLAIM_MAILSAC_URL") or MAILSAC_URL, "mailsac base_url"
         )
-        self.domain = _check(_DOMAIN_RE, domain.lower(), "mailsac domain")
+        self.domain = checked(_DOMAIN_RE, domain.lower(), "mailsac domain")
         self.reserve = bool(reserve)
         self.timeout = float(timeout)
 
@@ -999,31 +719,31 @@ class MailsacInbox(Backend[MailsacMailbox]):
         }
 
     @staticmethod
-    def _reserve_flow(record: Record) -> _Flow[None]:
+    def _reserve_flow(record: Record) -> Flow[None]:
         base, path = record["base_url"], _mailsac_path(record["address"])
         headers = _mailsac_headers(record["api_key"])
         what = "POST /addresses/{email}"
-        response = yield from _request(
-            _Call("POST", f"{base}/addresses/{path}", what, headers=headers)
+        response = yield from request(
+            Call("POST", f"{base}/addresses/{path}", what, headers=headers)
         )
         if response.status_code == 400:
             # "Already reserved by the current user" (an acquire retried after a crash), or no
             # credits left: ours only if the address now says we own it.
             what_now = "GET /addresses/{email}"
-            check = yield from _request(
-                _Call("GET", f"{base}/addresses/{path}", what_now, headers=headers)
+            check = yield from request(
+                Call("GET", f"{base}/addresses/{path}", what_now, headers=headers)
             )
-            owned = _json(_expect(check, what_now, 200), what_now)
+            owned = parse_json(expect(check, what_now, 200), what_now)
             if isinstance(owned, dict) and owned.get("owner"):
                 return
-            raise _HttpError(what, response, "reserving private addresses needs credits")
-        _expect(response, what, 200)
+            raise HttpError(what, response, "reserving private addresses needs credits")
+        expect(response, what, 200)
 
     def _acquired(self, record: Record) -> tuple[MailsacMailbox, Record]:
-        context = _Context(type(self), record)
+        context = Context(type(self), record)
         return MailsacMailbox(record["address"], self.api_key, context), record
 
-    def _acquire_flow(self, record: Record) -> _Flow[None]:
+    def _acquire_flow(self, record: Record) -> Flow[None]:
         if self.reserve:
             yield from self._reserve_flow(record)
         else:
@@ -1033,26 +753,26 @@ class MailsacInbox(Backend[MailsacMailbox]):
 
     def acquire(self, name: str) -> tuple[MailsacMailbox, Record]:
         record = self.plan(name)
-        _Context(type(self), record).run(
-            self._acquire_flow(record), AcquireError, "could not be set up", _RETRY_ADVICE
+        Context(type(self), record).run(
+            self._acquire_flow(record), AcquireError, "could not be set up", RETRY_ADVICE
         )
         return self._acquired(record)
 
     async def aacquire(self, name: str) -> tuple[MailsacMailbox, Record]:
         record = self.plan(name)
-        await _Context(type(self), record).arun(
-            self._acquire_flow(record), AcquireError, "could not be set up", _RETRY_ADVICE
+        await Context(type(self), record).arun(
+            self._acquire_flow(record), AcquireError, "could not be set up", RETRY_ADVICE
         )
         return self._acquired(record)
 
     @classmethod
-    def _release_flow(cls, record: Record) -> _Flow[None]:
+    def _release_flow(cls, record: Record) -> Flow[None]:
         base, path = record["base_url"], _mailsac_path(record["address"])
         headers = _mailsac_headers(record["api_key"])
         if record.get("reserve"):
             what = "DELETE /addresses/{email}"
-            response = yield from _request(
-                _Call(
+            response = yield from request(
+                Call(
                     "DELETE",
                     f"{base}/addresses/{path}",
                     what,
@@ -1061,13 +781,13 @@ class MailsacInbox(Backend[MailsacMailbox]):
                 )
             )
             # 400: "not currently owned by the current account, or already deleted" (I3).
-            _expect(response, what, 200, 204, 400)
+            expect(response, what, 200, 204, 400)
         # A public inbox (or starred mail) keeps its messages: delete them one by one, which
         # mailsac allows to anybody on a public inbox.
-        for _ in range(_PAGES):
+        for _ in range(PAGES):
             what = "GET /addresses/{email}/messages"
-            listed = yield from _request(
-                _Call(
+            listed = yield from request(
+                Call(
                     "GET",
                     f"{base}/addresses/{path}/messages",
                     what,
@@ -1075,59 +795,59 @@ class MailsacInbox(Backend[MailsacMailbox]):
                     headers=headers,
                 )
             )
-            items = _json(_expect(listed, what, 200), what)
+            items = parse_json(expect(listed, what, 200), what)
             if not items:
                 return
             for item in items if isinstance(items, list) else []:
-                message_id = _check(_ID_RE, item.get("_id"), "mailsac message id")
+                message_id = checked(_ID_RE, item.get("_id"), "mailsac message id")
                 what = "DELETE /addresses/{email}/messages/{id}"
-                gone = yield from _request(
-                    _Call(
+                gone = yield from request(
+                    Call(
                         "DELETE",
                         f"{base}/addresses/{path}/messages/{message_id}",
                         what,
                         headers=headers,
                     )
                 )
-                _expect(gone, what, 200, 204, 404)
-        raise _ProtocolError(f"messages keep arriving at {record['address']} while it is emptied")
+                expect(gone, what, 200, 204, 404)
+        raise ProtocolError(f"messages keep arriving at {record['address']} while it is emptied")
 
     @classmethod
-    def _exists_flow(cls, record: Record) -> _Flow[bool]:
+    def _exists_flow(cls, record: Record) -> Flow[bool]:
         base, path = record["base_url"], _mailsac_path(record["address"])
         headers = _mailsac_headers(record["api_key"])
         if record.get("reserve"):
             what = "GET /addresses/{email}"
-            response = yield from _request(
-                _Call("GET", f"{base}/addresses/{path}", what, headers=headers)
+            response = yield from request(
+                Call("GET", f"{base}/addresses/{path}", what, headers=headers)
             )
-            owned = _json(_expect(response, what, 200), what)
+            owned = parse_json(expect(response, what, 200), what)
             if isinstance(owned, dict) and owned.get("owner"):
                 return True
         what = "GET /addresses/{email}/message-count"
-        response = yield from _request(
-            _Call("GET", f"{base}/addresses/{path}/message-count", what, headers=headers)
+        response = yield from request(
+            Call("GET", f"{base}/addresses/{path}/message-count", what, headers=headers)
         )
-        counted = _json(_expect(response, what, 200), what)
+        counted = parse_json(expect(response, what, 200), what)
         return bool(isinstance(counted, dict) and counted.get("count"))
 
     @classmethod
-    def _class_context(cls, record: Record) -> _Context:
+    def _class_context(cls, record: Record) -> Context:
         # Checked before anything is sent: a hostile record never reaches a URL (I7).
-        _base_url(str(record["base_url"]), "mailsac base_url")
+        check_base_url(str(record["base_url"]), "mailsac base_url")
         _address(record["address"])
-        return _Context(cls, record)
+        return Context(cls, record)
 
     @classmethod
     def release(cls, record: Record) -> None:
         cls._class_context(record).run(
-            cls._release_flow(record), ReleaseError, "could not be emptied", _RETRY_ADVICE
+            cls._release_flow(record), ReleaseError, "could not be emptied", RETRY_ADVICE
         )
 
     @classmethod
     async def arelease(cls, record: Record) -> None:
         await cls._class_context(record).arun(
-            cls._release_flow(record), ReleaseError, "could not be emptied", _RETRY_ADVICE
+            cls._release_flow(record), ReleaseError, "could not be emptied", RETRY_ADVICE
         )
 
     @classmethod
@@ -1150,14 +870,14 @@ class MailsacInbox(Backend[MailsacMailbox]):
         """
         base_url, api_key = _leftover_target(target)
         probe = {"name": "leftovers", "base_url": base_url, "api_key": api_key}
-        context = _Context(cls, probe)
+        context = Context(cls, probe)
 
-        def listing() -> _Flow[Any]:
+        def listing() -> Flow[Any]:
             what = "GET /addresses"
-            response = yield from _request(
-                _Call("GET", f"{base_url}/addresses", what, headers=_mailsac_headers(api_key))
+            response = yield from request(
+                Call("GET", f"{base_url}/addresses", what, headers=_mailsac_headers(api_key))
             )
-            return _json(_expect(response, what, 200), what)
+            return parse_json(expect(response, what, 200), what)
 
         items = context.run(listing(), BackendError, "could not list reserved addresses")
         for item in items if isinstance(items, list) else []:
@@ -1172,7 +892,7 @@ class MailsacInbox(Backend[MailsacMailbox]):
                 "address": address,
                 "api_key": api_key,
                 "reserve": True,
-                "timeout": _TIMEOUT,
+                "timeout": TIMEOUT,
             }
             yield Leftover(record, parsed[0], parsed[1])
 
@@ -1187,5 +907,5 @@ def _leftover_target(target: str) -> tuple[str, str]:
     api_key = parts.username or os.environ.get("MAILSAC_KEY") or ""
     if not api_key:
         raise ValueError(f"{parts.scheme}://{netloc}: no API key in the URL and MAILSAC_KEY unset")
-    base_url = _base_url(urlunsplit((scheme, netloc, parts.path or "/api", "", "")), target)
+    base_url = check_base_url(urlunsplit((scheme, netloc, parts.path or "/api", "", "")), target)
     return base_url, api_key

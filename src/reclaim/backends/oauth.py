@@ -33,23 +33,17 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import email.utils
 import os
 import re
 import time
-from collections.abc import Callable, Container, Mapping
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, Final, Literal
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import quote, quote_plus
 
-from reclaim._errors import AcquireError, BackendError, MissingExtraError, ReleaseError
-from reclaim.backends import Backend, Record, redact_text
-
-_NO_HTTPX: ImportError | None = None
-try:
-    import httpx
-except ImportError as _exc:  # the `http` extra is missing: the module imports, backends refuse
-    _NO_HTTPX = _exc
+from reclaim._errors import AcquireError, BackendError, ReleaseError
+from reclaim.backends import Backend, Record
+from reclaim.backends._http import Call, check_url, json_object, show_url
 
 __all__ = ["GithubGrant", "Grant", "OAuthGrant"]
 
@@ -140,7 +134,7 @@ class OAuthGrant(Backend[Grant]):
                     f"OAuthGrant needs the {path.strip('/')} endpoint: pass issuer (or"
                     f" OAUTH_ISSUER), or the endpoint's URL (or {env})"
                 )
-            return _check_url(url, env.lower().removeprefix("oauth_"))
+            return check_url(url, env.lower().removeprefix("oauth_"))
 
         self.given = bool(access_token or refresh_token)
         self.revocation_url = endpoint(revocation_url, "OAUTH_REVOCATION_URL", "/revoke")
@@ -206,7 +200,7 @@ class OAuthGrant(Backend[Grant]):
                     "POST", self.token_url, ok=(200,), **_client_auth(record, form)
                 )
                 assert response is not None
-                tokens = _json_object(response)
+                tokens = json_object(response)
                 if not isinstance(tokens.get("access_token"), str):
                     raise http.fail("the token endpoint answered 200 but sent no access_token")
                 record["access_token"] = tokens["access_token"]
@@ -260,11 +254,11 @@ class OAuthGrant(Backend[Grant]):
     @classmethod
     def describe(cls, record: Record) -> str:
         client = f" of client {record['client_id']}" if record.get("client_id") else ""
-        return f"OAuth grant {record.get('name')}{client} at {_show(record['revocation_url'])}"
+        return f"OAuth grant {record.get('name')}{client} at {show_url(record['revocation_url'])}"
 
 
-def _oauth_call(record: Record, error: type[BackendError]) -> _Call:
-    return _Call(
+def _oauth_call(record: Record, error: type[BackendError]) -> Call:
+    return Call(
         OAuthGrant.kind,
         str(record["name"]),
         record,
@@ -291,14 +285,14 @@ def _client_auth(record: Record, form: Mapping[str, str]) -> dict[str, Any]:
     return {"data": data, "headers": headers}
 
 
-def _introspect(http: _Call, record: Record, field: str) -> dict[str, Any]:
+def _introspect(http: Call, record: Record, field: str) -> dict[str, Any]:
     """RFC 7662: ``{"active": false}`` for a token that is expired, revoked or unknown."""
     form = {"token": record[field], "token_type_hint": field}
     response = http.send(
         "POST", record["introspection_url"], ok=(200,), **_client_auth(record, form)
     )
     assert response is not None
-    info = _json_object(response)
+    info = json_object(response)
     if not isinstance(info.get("active"), bool):
         raise http.fail("the introspection endpoint answered without the boolean 'active'")
     return info
@@ -355,7 +349,7 @@ class GithubGrant(Backend[Grant]):
         if revoke not in ("grant", "token"):
             raise ValueError(f"revoke must be 'grant' or 'token', not {revoke!r}")
         api = api_url or os.environ.get("GITHUB_API_URL") or "https://api.github.com"
-        self.api_url = _check_url(api.rstrip("/"), "api_url")
+        self.api_url = check_url(api.rstrip("/"), "api_url")
         self.access_token = access_token
         self.revoke = revoke
         self.timeout = timeout
@@ -425,7 +419,7 @@ def _github_app(record: Record) -> str:
     return f"{record['api_url']}/applications/{quote(client_id, safe='')}"
 
 
-def _github_call(record: Record, error: type[BackendError]) -> _Call:
+def _github_call(record: Record, error: type[BackendError]) -> Call:
     pair = f"{record['client_id']}:{record['client_secret']}".encode()
     headers = {
         "Accept": "application/vnd.github+json",
@@ -433,7 +427,7 @@ def _github_call(record: Record, error: type[BackendError]) -> _Call:
         "User-Agent": "reclaim",
         "Authorization": "Basic " + base64.b64encode(pair).decode("ascii"),
     }
-    return _Call(
+    return Call(
         GithubGrant.kind,
         str(record["name"]),
         record,
@@ -444,7 +438,7 @@ def _github_call(record: Record, error: type[BackendError]) -> _Call:
     )
 
 
-def _github_check(http: _Call, record: Record) -> dict[str, Any] | None:
+def _github_check(http: Call, record: Record) -> dict[str, Any] | None:
     """``POST /applications/{client_id}/token``: the authorization, or None (404) when the token
     is revoked or invalid."""
     response = http.send(
@@ -454,7 +448,7 @@ def _github_check(http: _Call, record: Record) -> dict[str, Any] | None:
         gone=(404,),
         json={"access_token": record["access_token"]},
     )
-    return None if response is None else _json_object(response)
+    return None if response is None else json_object(response)
 
 
 def _iso_time(value: Any) -> float | None:
@@ -464,167 +458,3 @@ def _iso_time(value: Any) -> float | None:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
-
-
-def _json_object(response: httpx.Response) -> dict[str, Any]:
-    try:
-        data = response.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-# --- HTTP: one operation on one resource ------------------------------------------------------
-# The same block is in accounts.py, oauth.py and openfga.py: each backend module stands alone.
-
-#: A provider answering 429 (or 403/503 with Retry-After, or with its rate limit used up, as
-#: GitHub does) is asked again, this many times in all,
-RATE_LIMIT_TRIES: Final = 5
-#: waiting what it asks for, never longer than this (without a hint: 0.5 s, 1 s, 2 s, 4 s).
-MAX_RETRY_AFTER: Final = 30.0
-
-
-def _pause(seconds: float) -> None:
-    """Wait before asking a rate-limiting provider again (tests replace it to see the waits)."""
-    time.sleep(seconds)
-
-
-class _Call:
-    """The HTTP calls of one operation: retries on rate limits, clear errors, no secret shown."""
-
-    def __init__(
-        self,
-        kind: str,
-        resource: str,
-        record: Record,
-        secret_fields: frozenset[str],
-        error: type[BackendError],
-        *,
-        headers: Mapping[str, str],
-        timeout: float,
-    ) -> None:
-        if _NO_HTTPX is not None:
-            raise MissingExtraError(kind, "http", "httpx") from _NO_HTTPX
-        self.kind, self.resource, self.record = kind, resource, record
-        self.secret_fields, self.error = secret_fields, error
-        self.client = httpx.Client(headers=dict(headers), timeout=timeout)
-
-    def __enter__(self) -> _Call:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.client.close()
-
-    def fail(self, message: str) -> BackendError:
-        """An error of this operation's kind, naming the resource, with secrets redacted."""
-        text = redact_text(message, self.record, self.secret_fields)
-        return self.error(
-            f"{self.kind} {self.resource!r}: {text}", kind=self.kind, resource=self.resource
-        )
-
-    def send(
-        self,
-        method: str,
-        url: str,
-        *,
-        ok: Container[int],
-        gone: Container[int] = (),
-        is_gone: Callable[[httpx.Response], bool] | None = None,
-        **kwargs: Any,
-    ) -> httpx.Response | None:
-        """The answer when its status is in ``ok``; None when it is in ``gone`` (and
-        ``is_gone`` agrees); an error otherwise."""
-        shown = _show(url)
-        for attempt in range(1, RATE_LIMIT_TRIES + 1):
-            try:
-                response = self.client.request(method, url, **kwargs)
-            except httpx.HTTPError as exc:
-                raise self.fail(
-                    f"{method} {shown} failed: {type(exc).__name__}: {exc}; is the server up"
-                    " and is the URL right?"
-                ) from exc
-            wait = _retry_after(response, attempt)
-            if wait is None or attempt == RATE_LIMIT_TRIES:
-                break
-            _pause(wait)
-        status = response.status_code
-        if status in ok:
-            return response
-        if status in gone and (is_gone is None or is_gone(response)):
-            return None
-        raise self.fail(
-            f"{method} {shown} answered HTTP {status}{_provider_error(response)}; {_advice(status)}"
-        )
-
-
-def _retry_after(response: httpx.Response, attempt: int) -> float | None:
-    """How long to wait before asking again, or None when the answer is not "slow down"."""
-    status, headers = response.status_code, response.headers
-    header = headers.get("retry-after")
-    reset = headers.get("x-ratelimit-reset", "")
-    used_up = headers.get("x-ratelimit-remaining") == "0" and reset.isdigit()
-    if status != 429 and not (status in (403, 503) and (header or used_up)):
-        return None
-    seconds: float | None = None
-    if header is not None:
-        header = header.strip()
-        if header.isdigit():
-            seconds = float(header)
-        else:
-            try:
-                when = email.utils.parsedate_to_datetime(header)
-            except (TypeError, ValueError):
-                when = None
-            if when is not None:
-                seconds = (when - datetime.now(UTC)).total_seconds()
-    elif used_up:
-        seconds = float(reset) - time.time()
-    if seconds is None:
-        seconds = 0.5 * 2 ** (attempt - 1)
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
-
-
-def _provider_error(response: httpx.Response) -> str:
-    """The provider's own error code and message, short: `` (uniqueness: userName taken)``."""
-    try:
-        data = response.json()
-    except ValueError:
-        text = " ".join(response.text.split())[:200]
-        return f" ({text})" if text else ""
-    if isinstance(data, dict) and isinstance(data.get("error"), dict):
-        data = data["error"]
-    if not isinstance(data, dict):
-        return ""
-    codes = ("scimType", "error", "code", "errorCode")
-    messages = ("error_description", "detail", "message", "errorMessage")
-    code = next((str(data[k]) for k in codes if data.get(k)), "")
-    message = next((str(data[k]) for k in messages if data.get(k)), "")
-    found = ": ".join(p for p in (code, message) if p)
-    return f" ({found[:300]})" if found else ""
-
-
-def _advice(status: int) -> str:
-    if status in (401, 403):
-        return "the credentials were refused: check the token or client credentials it was given"
-    if status == 409:
-        return "it exists already, and reclaim never adopts what it did not create"
-    if status == 429:
-        return f"the provider still asked to slow down after {RATE_LIMIT_TRIES} tries"
-    if status >= 500:
-        return "the provider failed; it may work again later"
-    return "check the URL and what the backend was given"
-
-
-def _show(url: str) -> str:
-    """A URL for messages: without user info and query (which may hold credentials)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return parts._replace(netloc=netloc, query="", fragment="").geturl()
-
-
-def _check_url(url: str, what: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{what} {url!r} must be an http:// or https:// URL with a host")
-    return url

@@ -23,23 +23,18 @@ httpx: ``pip install 'reclaim[http]'``.
 
 from __future__ import annotations
 
-import email.utils
 import os
 import re
-import time
-from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any, Final
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote, urlsplit
 
-from reclaim._errors import AcquireError, BackendError, MissingExtraError, ReleaseError
-from reclaim.backends import Backend, Leftover, Record, parse_name, redact_text
+from reclaim._errors import AcquireError, BackendError, ReleaseError
+from reclaim.backends import Backend, Leftover, Record, parse_name
+from reclaim.backends._http import Call, check_url, json_object
 
-_NO_HTTPX: ImportError | None = None
-try:
+if TYPE_CHECKING:
     import httpx
-except ImportError as _exc:  # the `http` extra is missing: the module imports, backends refuse
-    _NO_HTTPX = _exc
 
 __all__ = ["FgaStore", "FgaTuples", "OpenFgaStore", "OpenFgaTuples", "TupleLike"]
 
@@ -73,7 +68,7 @@ class _Handle:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} store={self.store_id} at {self.api_url}>"
 
-    def _call(self) -> _Call:
+    def _call(self) -> Call:
         return _fga_call(self._kind, self._secret_fields, self._record, BackendError)
 
     def write(self, *tuples: TupleLike) -> None:
@@ -104,7 +99,7 @@ class _Handle:
                 "POST", f"{_store_url(self._record, self.store_id)}/check", ok=(200,), json=body
             )
             assert response is not None
-            return _json_object(response).get("allowed") is True
+            return json_object(response).get("allowed") is True
 
 
 class FgaStore(_Handle):
@@ -191,7 +186,7 @@ class OpenFgaStore(Backend[FgaStore]):
         timeout: float = 10.0,
     ) -> None:
         url = api_url or os.environ.get("FGA_API_URL") or DEFAULT_API_URL
-        self.api_url = _check_url(url.rstrip("/"), "api_url")
+        self.api_url = check_url(url.rstrip("/"), "api_url")
         self.api_token = api_token if api_token is not None else os.environ.get("FGA_API_TOKEN")
         self.model = dict(model) if model is not None else None
         self.timeout = timeout
@@ -212,7 +207,7 @@ class OpenFgaStore(Backend[FgaStore]):
                 "POST", f"{self.api_url}/stores", ok=(200, 201), json={"name": name}
             )
             assert response is not None
-            store_id = _check_ulid(_json_object(response).get("id"), http, "store id")
+            store_id = _check_ulid(json_object(response).get("id"), http, "store id")
             record["id"] = store_id
             model_id = None
             if self.model is not None:
@@ -223,7 +218,7 @@ class OpenFgaStore(Backend[FgaStore]):
                     json=self.model,
                 )
                 assert response is not None
-                found = _json_object(response).get("authorization_model_id")
+                found = json_object(response).get("authorization_model_id")
                 model_id = _check_ulid(found, http, "authorization model id")
         return FgaStore(record, store_id, model_id), record
 
@@ -271,7 +266,7 @@ class OpenFgaStore(Backend[FgaStore]):
         template: Record = {
             "name": "rc_",
             "id": None,
-            "api_url": _check_url(api.rstrip("/"), "target"),
+            "api_url": check_url(api.rstrip("/"), "target"),
             "api_token": token,
             "timeout": 10.0,
         }
@@ -333,7 +328,7 @@ class OpenFgaTuples(Backend[FgaTuples]):
         if model is not None and not _ULID.fullmatch(model):
             raise ValueError(f"model_id {model!r} is not an OpenFGA id (a ULID)")
         url = api_url or os.environ.get("FGA_API_URL") or DEFAULT_API_URL
-        self.api_url = _check_url(url.rstrip("/"), "api_url")
+        self.api_url = check_url(url.rstrip("/"), "api_url")
         self.api_token = api_token if api_token is not None else os.environ.get("FGA_API_TOKEN")
         self.store_id = store
         self.model_id = model
@@ -393,11 +388,11 @@ class OpenFgaTuples(Backend[FgaTuples]):
 
 def _fga_call(
     kind: str, secret_fields: frozenset[str], record: Record, error: type[BackendError]
-) -> _Call:
+) -> Call:
     headers = {"Accept": "application/json"}
     if record.get("api_token"):
         headers["Authorization"] = f"Bearer {record['api_token']}"
-    return _Call(
+    return Call(
         kind,
         str(record["name"]),
         record,
@@ -418,17 +413,17 @@ def _store_url(record: Record, store_id: str) -> str:
 def _store_not_found(response: httpx.Response) -> bool:
     """A 404 that OpenFGA gave for a missing store, not one of a wrong URL: a proxy's 404 must
     not make a release look done."""
-    return _json_object(response).get("code") == "store_id_not_found"
+    return json_object(response).get("code") == "store_id_not_found"
 
 
-def _check_ulid(value: Any, http: _Call, what: str) -> str:
+def _check_ulid(value: Any, http: Call, what: str) -> str:
     if not isinstance(value, str) or not _ULID.fullmatch(value):
         raise http.fail(f"the server gave no valid {what} (a ULID): {str(value)[:40]!r}")
     return value
 
 
 def _paged(
-    http: _Call, method: str, url: str, field: str, **kwargs: Any
+    http: Call, method: str, url: str, field: str, **kwargs: Any
 ) -> Iterator[dict[str, Any]]:
     """The items of every page, following ``continuation_token`` until it is empty; none when
     the answer counts as gone."""
@@ -442,7 +437,7 @@ def _paged(
             response = http.send(method, url, ok=(200,), json=body, **kwargs)
         if response is None:
             return
-        data = _json_object(response)
+        data = json_object(response)
         yield from (item for item in data.get(field) or [] if isinstance(item, dict))
         token = str(data.get("continuation_token") or "")
         if not token or token in seen:  # the end, or a server that repeats itself
@@ -450,11 +445,11 @@ def _paged(
         seen.add(token)
 
 
-def _list_stores(http: _Call, record: Record) -> Iterator[dict[str, Any]]:
+def _list_stores(http: Call, record: Record) -> Iterator[dict[str, Any]]:
     return _paged(http, "GET", f"{record['api_url']}/stores", "stores")
 
 
-def _stores_named(http: _Call, record: Record) -> list[str]:
+def _stores_named(http: Call, record: Record) -> list[str]:
     """The ids of the stores called exactly this record's name (I1: the id was not recorded)."""
     return [
         str(s["id"])
@@ -465,7 +460,7 @@ def _stores_named(http: _Call, record: Record) -> list[str]:
     ]
 
 
-def _read_tuples(http: _Call, record: Record, store_id: str) -> Iterator[dict[str, Any]]:
+def _read_tuples(http: Call, record: Record, store_id: str) -> Iterator[dict[str, Any]]:
     """The key of every tuple in the store; none when the store is gone."""
     url = f"{_store_url(record, store_id)}/read"
     for item in _paged(http, "POST", url, "tuples", gone=(404,), is_gone=_store_not_found):
@@ -474,7 +469,7 @@ def _read_tuples(http: _Call, record: Record, store_id: str) -> Iterator[dict[st
             yield key
 
 
-def _delete_tuples(http: _Call, record: Record, store_id: str, keys: list[dict[str, Any]]) -> None:
+def _delete_tuples(http: Call, record: Record, store_id: str, keys: list[dict[str, Any]]) -> None:
     url = f"{_store_url(record, store_id)}/write"
     for batch in _batches(keys):
         body = {"deletes": {"tuple_keys": batch, "on_missing": "ignore"}}
@@ -513,167 +508,3 @@ def _carries(name: str, key: Mapping[str, Any]) -> bool:
 
 def _batches(keys: list[dict[str, Any]]) -> Iterable[list[dict[str, Any]]]:
     return (keys[i : i + _BATCH] for i in range(0, len(keys), _BATCH))
-
-
-def _json_object(response: httpx.Response) -> dict[str, Any]:
-    try:
-        data = response.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-# --- HTTP: one operation on one resource ------------------------------------------------------
-# The same block is in accounts.py, oauth.py and openfga.py: each backend module stands alone.
-
-#: A provider answering 429 (or 403/503 with Retry-After, or with its rate limit used up, as
-#: GitHub does) is asked again, this many times in all,
-RATE_LIMIT_TRIES: Final = 5
-#: waiting what it asks for, never longer than this (without a hint: 0.5 s, 1 s, 2 s, 4 s).
-MAX_RETRY_AFTER: Final = 30.0
-
-
-def _pause(seconds: float) -> None:
-    """Wait before asking a rate-limiting provider again (tests replace it to see the waits)."""
-    time.sleep(seconds)
-
-
-class _Call:
-    """The HTTP calls of one operation: retries on rate limits, clear errors, no secret shown."""
-
-    def __init__(
-        self,
-        kind: str,
-        resource: str,
-        record: Record,
-        secret_fields: frozenset[str],
-        error: type[BackendError],
-        *,
-        headers: Mapping[str, str],
-        timeout: float,
-    ) -> None:
-        if _NO_HTTPX is not None:
-            raise MissingExtraError(kind, "http", "httpx") from _NO_HTTPX
-        self.kind, self.resource, self.record = kind, resource, record
-        self.secret_fields, self.error = secret_fields, error
-        self.client = httpx.Client(headers=dict(headers), timeout=timeout)
-
-    def __enter__(self) -> _Call:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.client.close()
-
-    def fail(self, message: str) -> BackendError:
-        """An error of this operation's kind, naming the resource, with secrets redacted."""
-        text = redact_text(message, self.record, self.secret_fields)
-        return self.error(
-            f"{self.kind} {self.resource!r}: {text}", kind=self.kind, resource=self.resource
-        )
-
-    def send(
-        self,
-        method: str,
-        url: str,
-        *,
-        ok: Container[int],
-        gone: Container[int] = (),
-        is_gone: Callable[[httpx.Response], bool] | None = None,
-        **kwargs: Any,
-    ) -> httpx.Response | None:
-        """The answer when its status is in ``ok``; None when it is in ``gone`` (and
-        ``is_gone`` agrees); an error otherwise."""
-        shown = _show(url)
-        for attempt in range(1, RATE_LIMIT_TRIES + 1):
-            try:
-                response = self.client.request(method, url, **kwargs)
-            except httpx.HTTPError as exc:
-                raise self.fail(
-                    f"{method} {shown} failed: {type(exc).__name__}: {exc}; is the server up"
-                    " and is the URL right?"
-                ) from exc
-            wait = _retry_after(response, attempt)
-            if wait is None or attempt == RATE_LIMIT_TRIES:
-                break
-            _pause(wait)
-        status = response.status_code
-        if status in ok:
-            return response
-        if status in gone and (is_gone is None or is_gone(response)):
-            return None
-        raise self.fail(
-            f"{method} {shown} answered HTTP {status}{_provider_error(response)}; {_advice(status)}"
-        )
-
-
-def _retry_after(response: httpx.Response, attempt: int) -> float | None:
-    """How long to wait before asking again, or None when the answer is not "slow down"."""
-    status, headers = response.status_code, response.headers
-    header = headers.get("retry-after")
-    reset = headers.get("x-ratelimit-reset", "")
-    used_up = headers.get("x-ratelimit-remaining") == "0" and reset.isdigit()
-    if status != 429 and not (status in (403, 503) and (header or used_up)):
-        return None
-    seconds: float | None = None
-    if header is not None:
-        header = header.strip()
-        if header.isdigit():
-            seconds = float(header)
-        else:
-            try:
-                when = email.utils.parsedate_to_datetime(header)
-            except (TypeError, ValueError):
-                when = None
-            if when is not None:
-                seconds = (when - datetime.now(UTC)).total_seconds()
-    elif used_up:
-        seconds = float(reset) - time.time()
-    if seconds is None:
-        seconds = 0.5 * 2 ** (attempt - 1)
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
-
-
-def _provider_error(response: httpx.Response) -> str:
-    """The provider's own error code and message, short: `` (uniqueness: userName taken)``."""
-    try:
-        data = response.json()
-    except ValueError:
-        text = " ".join(response.text.split())[:200]
-        return f" ({text})" if text else ""
-    if isinstance(data, dict) and isinstance(data.get("error"), dict):
-        data = data["error"]
-    if not isinstance(data, dict):
-        return ""
-    codes = ("scimType", "error", "code", "errorCode")
-    messages = ("error_description", "detail", "message", "errorMessage")
-    code = next((str(data[k]) for k in codes if data.get(k)), "")
-    message = next((str(data[k]) for k in messages if data.get(k)), "")
-    found = ": ".join(p for p in (code, message) if p)
-    return f" ({found[:300]})" if found else ""
-
-
-def _advice(status: int) -> str:
-    if status in (401, 403):
-        return "the credentials were refused: check the token or client credentials it was given"
-    if status == 409:
-        return "it exists already, and reclaim never adopts what it did not create"
-    if status == 429:
-        return f"the provider still asked to slow down after {RATE_LIMIT_TRIES} tries"
-    if status >= 500:
-        return "the provider failed; it may work again later"
-    return "check the URL and what the backend was given"
-
-
-def _show(url: str) -> str:
-    """A URL for messages: without user info and query (which may hold credentials)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return parts._replace(netloc=netloc, query="", fragment="").geturl()
-
-
-def _check_url(url: str, what: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{what} {url!r} must be an http:// or https:// URL with a host")
-    return url

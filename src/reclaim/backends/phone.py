@@ -63,24 +63,25 @@ from reclaim._errors import AcquireError, BackendError, ReleaseError
 from reclaim.backends import Backend, Leftover, Record, parse_name
 
 # The HTTP plumbing (one protocol generator for sync and async, 429 back-off, error messages
-# with secrets redacted) is shared with the email backends.
-from reclaim.backends.email import (
-    _PAGES,
-    _TIMEOUT,
-    _Call,
-    _check,
-    _Context,
-    _expect,
-    _Flow,
-    _HttpError,
-    _json,
-    _need_httpx,
-    _Pause,
-    _ProtocolError,
-    _request,
-    find_code,
+# with secrets redacted) lives in _httpflow, shared with the email backends.
+from reclaim.backends._http import need_httpx
+from reclaim.backends._httpflow import (
+    PAGES,
+    RETRY_ADVICE,
+    TIMEOUT,
+    Call,
+    Context,
+    Flow,
+    HttpError,
+    Pause,
+    ProtocolError,
+    check_base_url,
+    checked,
+    expect,
+    parse_json,
+    request,
 )
-from reclaim.backends.email import _base_url as _checked_url
+from reclaim.backends.email import find_code
 
 if TYPE_CHECKING:
     import httpx
@@ -98,8 +99,6 @@ _E164_RE: Final = re.compile(r"\+[1-9][0-9]{1,14}")
 _COUNTRY_RE: Final = re.compile(r"[A-Z]{2}")
 _AREA_RE: Final = re.compile(r"[0-9]{2,5}")
 _NUMBER_TYPES: Final = ("Local", "Mobile", "TollFree")
-
-_RETRY_ADVICE: Final = "check that the service is reachable and the credentials are valid"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +122,7 @@ class Sms:
 
 
 def _twilio_root(record: Mapping[str, Any]) -> str:
-    account = _check(_ACCOUNT_RE, record["account_sid"], "Twilio account SID")
+    account = checked(_ACCOUNT_RE, record["account_sid"], "Twilio account SID")
     return f"{record['base_url']}/2010-04-01/Accounts/{account}"
 
 
@@ -135,10 +134,10 @@ def _twilio_headers(record: Mapping[str, Any]) -> dict[str, str]:
 def _twilio_gone(response: httpx.Response, what: str) -> bool:
     """Twilio's "already gone": 404 with its own code 20404 (a bare 404 from a wrong URL is
     not proof that the number is released)."""
-    return bool(response.status_code == 404 and _HttpError(what, response).code == "20404")
+    return bool(response.status_code == 404 and HttpError(what, response).code == "20404")
 
 
-def _twilio_numbers(record: Mapping[str, Any], friendly_name: str | None) -> _Flow[list[Any]]:
+def _twilio_numbers(record: Mapping[str, Any], friendly_name: str | None) -> Flow[list[Any]]:
     """Every incoming number of the account (with this FriendlyName), across pages."""
     root = _twilio_root(record)
     prefix = urlsplit(root).path + "/IncomingPhoneNumbers.json"
@@ -149,26 +148,26 @@ def _twilio_numbers(record: Mapping[str, Any], friendly_name: str | None) -> _Fl
     params: dict[str, str] | None = first
     out: list[Any] = []
     what = "GET .../IncomingPhoneNumbers.json"
-    for _ in range(_PAGES):
-        response = yield from _request(
-            _Call("GET", url, what, params=params, headers=_twilio_headers(record))
+    for _ in range(PAGES):
+        response = yield from request(
+            Call("GET", url, what, params=params, headers=_twilio_headers(record))
         )
-        body = _json(_expect(response, what, 200), what)
+        body = parse_json(expect(response, what, 200), what)
         numbers = body.get("incoming_phone_numbers") if isinstance(body, dict) else None
         if not isinstance(numbers, list):
-            raise _ProtocolError(f"{what} answered no incoming_phone_numbers list")
+            raise ProtocolError(f"{what} answered no incoming_phone_numbers list")
         out.extend(numbers)
         following = body.get("next_page_uri")
         if not following:
             return out
         # Follow only the same listing on the same server: credentials go with the request.
         if not isinstance(following, str) or not following.startswith(prefix):
-            raise _ProtocolError(f"{what} answered an unexpected next_page_uri {following!r}")
+            raise ProtocolError(f"{what} answered an unexpected next_page_uri {following!r}")
         url, params = f"{record['base_url']}{following}", None
-    raise _ProtocolError(f"{what}: more than {_PAGES} pages")
+    raise ProtocolError(f"{what}: more than {PAGES} pages")
 
 
-def _twilio_buy(record: Mapping[str, Any], backend: TwilioNumber) -> _Flow[Any]:
+def _twilio_buy(record: Mapping[str, Any], backend: TwilioNumber) -> Flow[Any]:
     root, headers = _twilio_root(record), _twilio_headers(record)
     if backend.phone_number is not None:
         candidates = [backend.phone_number]
@@ -177,8 +176,8 @@ def _twilio_buy(record: Mapping[str, Any], backend: TwilioNumber) -> _Flow[Any]:
         params = {"SmsEnabled": "true", "PageSize": "5"}
         if backend.area_code is not None:
             params["AreaCode"] = backend.area_code
-        response = yield from _request(
-            _Call(
+        response = yield from request(
+            Call(
                 "GET",
                 f"{root}/AvailablePhoneNumbers/{backend.country}/{backend.number_type}.json",
                 what,
@@ -186,22 +185,22 @@ def _twilio_buy(record: Mapping[str, Any], backend: TwilioNumber) -> _Flow[Any]:
                 headers=headers,
             )
         )
-        body = _json(_expect(response, what, 200), what)
+        body = parse_json(expect(response, what, 200), what)
         offered = body.get("available_phone_numbers") if isinstance(body, dict) else None
         candidates = [
-            _check(_E164_RE, item.get("phone_number"), "Twilio phone number")
+            checked(_E164_RE, item.get("phone_number"), "Twilio phone number")
             for item in (offered if isinstance(offered, list) else [])
         ]
         if not candidates:
-            raise _ProtocolError(
+            raise ProtocolError(
                 f"Twilio offers no SMS-capable {backend.number_type} number in {backend.country}"
                 + (f" with area code {backend.area_code}" if backend.area_code else "")
             )
-    last: _HttpError | None = None
+    last: HttpError | None = None
     what = "POST .../IncomingPhoneNumbers.json"
     for number in candidates:
-        response = yield from _request(
-            _Call(
+        response = yield from request(
+            Call(
                 "POST",
                 f"{root}/IncomingPhoneNumbers.json",
                 what,
@@ -210,50 +209,50 @@ def _twilio_buy(record: Mapping[str, Any], backend: TwilioNumber) -> _Flow[Any]:
             )
         )
         if response.status_code in (200, 201):
-            bought = _json(response, what)
+            bought = parse_json(response, what)
             if not isinstance(bought, dict):
-                raise _ProtocolError(f"{what} answered no phone number object")
+                raise ProtocolError(f"{what} answered no phone number object")
             return bought
-        last = _HttpError(what, response)
+        last = HttpError(what, response)
         if last.code != "21422":  # 21422: that number is no longer available; try the next
             raise last
     assert last is not None
     raise last
 
 
-def _twilio_release(record: Mapping[str, Any]) -> _Flow[None]:
+def _twilio_release(record: Mapping[str, Any]) -> Flow[None]:
     root, headers = _twilio_root(record), _twilio_headers(record)
     name = record["name"]
     if record.get("sid"):
-        sids = [_check(_NUMBER_SID_RE, record["sid"], "Twilio number SID")]
+        sids = [checked(_NUMBER_SID_RE, record["sid"], "Twilio number SID")]
     else:
         # A planned record: the purchase may have happened before the sid was journaled. The
         # FriendlyName (the reclaim name) finds it (I1).
         listed = yield from _twilio_numbers(record, name)
         sids = [
-            _check(_NUMBER_SID_RE, item.get("sid"), "Twilio number SID")
+            checked(_NUMBER_SID_RE, item.get("sid"), "Twilio number SID")
             for item in listed
             if isinstance(item, dict) and item.get("friendly_name") == name
         ]
     what = "DELETE .../IncomingPhoneNumbers/{sid}.json"
     for sid in sids:
-        response = yield from _request(
-            _Call("DELETE", f"{root}/IncomingPhoneNumbers/{sid}.json", what, headers=headers)
+        response = yield from request(
+            Call("DELETE", f"{root}/IncomingPhoneNumbers/{sid}.json", what, headers=headers)
         )
         if response.status_code in (200, 204) or _twilio_gone(response, what):
             continue
-        raise _HttpError(what, response)
+        raise HttpError(what, response)
 
 
-def _twilio_exists(record: Mapping[str, Any]) -> _Flow[bool]:
+def _twilio_exists(record: Mapping[str, Any]) -> Flow[bool]:
     name = record["name"]
     if not record.get("sid"):
         listed = yield from _twilio_numbers(record, name)
         return any(isinstance(i, dict) and i.get("friendly_name") == name for i in listed)
-    sid = _check(_NUMBER_SID_RE, record["sid"], "Twilio number SID")
+    sid = checked(_NUMBER_SID_RE, record["sid"], "Twilio number SID")
     what = "GET .../IncomingPhoneNumbers/{sid}.json"
-    response = yield from _request(
-        _Call(
+    response = yield from request(
+        Call(
             "GET",
             f"{_twilio_root(record)}/IncomingPhoneNumbers/{sid}.json",
             what,
@@ -262,7 +261,7 @@ def _twilio_exists(record: Mapping[str, Any]) -> _Flow[bool]:
     )
     if _twilio_gone(response, what):
         return False
-    _expect(response, what, 200)
+    expect(response, what, 200)
     return True
 
 
@@ -288,7 +287,7 @@ class TwilioPhone:
     twin (``amessages``, ``await_for_sms``, ``await_for_code``).
     """
 
-    def __init__(self, number: str, sid: str, context: _Context) -> None:
+    def __init__(self, number: str, sid: str, context: Context) -> None:
         #: The number, E.164.
         self.number = number
         #: Twilio's id of the number (``PN...``).
@@ -302,11 +301,11 @@ class TwilioPhone:
     def __str__(self) -> str:
         return self.number
 
-    def _messages_flow(self) -> _Flow[list[Sms]]:
+    def _messages_flow(self) -> Flow[list[Sms]]:
         record = self._context.record
         what = "GET .../Messages.json"
-        response = yield from _request(
-            _Call(
+        response = yield from request(
+            Call(
                 "GET",
                 f"{_twilio_root(record)}/Messages.json",
                 what,
@@ -314,7 +313,7 @@ class TwilioPhone:
                 headers=_twilio_headers(record),
             )
         )
-        body = _json(_expect(response, what, 200), what)
+        body = parse_json(expect(response, what, 200), what)
         items = body.get("messages") if isinstance(body, dict) else None
         out = []
         for item in reversed(items if isinstance(items, list) else []):  # oldest first
@@ -324,7 +323,7 @@ class TwilioPhone:
                 continue
             out.append(
                 Sms(
-                    id=_check(_MESSAGE_SID_RE, item.get("sid"), "Twilio message SID"),
+                    id=checked(_MESSAGE_SID_RE, item.get("sid"), "Twilio message SID"),
                     sender=str(item.get("from", "")),
                     body=str(item.get("body", "")),
                     received=str(item.get("date_created", "")),
@@ -332,7 +331,7 @@ class TwilioPhone:
             )
         return out
 
-    def _wait_flow(self, wanted: _WantedSms, timeout: float, interval: float) -> _Flow[Sms]:
+    def _wait_flow(self, wanted: _WantedSms, timeout: float, interval: float) -> Flow[Sms]:
         deadline = time.monotonic() + timeout
         while True:
             for sms in (yield from self._messages_flow()):
@@ -342,7 +341,7 @@ class TwilioPhone:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"{wanted} did not reach {self.number} within {timeout:g} s")
-            yield _Pause(min(interval, left))
+            yield Pause(min(interval, left))
 
     def messages(self) -> list[Sms]:
         """Every SMS received by the number, oldest first."""
@@ -425,9 +424,9 @@ class TwilioNumber(Backend[TwilioPhone]):
         area_code: str | None = None,
         country: str = "US",
         number_type: str = "Local",
-        timeout: float = _TIMEOUT,
+        timeout: float = TIMEOUT,
     ) -> None:
-        _need_httpx(self.kind)
+        need_httpx(self.kind)
         account_sid = account_sid or os.environ.get("TWILIO_ACCOUNT_SID")
         auth_token = auth_token or os.environ.get("TWILIO_AUTH_TOKEN")
         if not account_sid or not auth_token:
@@ -435,16 +434,16 @@ class TwilioNumber(Backend[TwilioPhone]):
                 "TwilioNumber needs an account SID and auth token: pass account_sid= and"
                 " auth_token=, or set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
             )
-        self.account_sid = _check(_ACCOUNT_RE, account_sid, "Twilio account SID")
+        self.account_sid = checked(_ACCOUNT_RE, account_sid, "Twilio account SID")
         self.auth_token = auth_token
-        self.base_url = _checked_url(
+        self.base_url = check_base_url(
             base_url or os.environ.get("RECLAIM_TWILIO_URL") or TWILIO_URL, "Twilio base_url"
         )
         self.phone_number = (
-            None if phone_number is None else _check(_E164_RE, phone_number, "phone number")
+            None if phone_number is None else checked(_E164_RE, phone_number, "phone number")
         )
-        self.area_code = None if area_code is None else _check(_AREA_RE, area_code, "area code")
-        self.country = _check(_COUNTRY_RE, country, "country code")
+        self.area_code = None if area_code is None else checked(_AREA_RE, area_code, "area code")
+        self.country = checked(_COUNTRY_RE, country, "country code")
         if number_type not in _NUMBER_TYPES:
             raise ValueError(f"number_type must be one of {_NUMBER_TYPES}, not {number_type!r}")
         self.number_type = number_type
@@ -453,7 +452,7 @@ class TwilioNumber(Backend[TwilioPhone]):
     def plan(self, name: str) -> Record:
         # I1: the FriendlyName the number will carry is the name journaled here.
         return {
-            "name": _check(_NAME_RE, name, "reclaim name"),
+            "name": checked(_NAME_RE, name, "reclaim name"),
             "base_url": self.base_url,
             "account_sid": self.account_sid,
             "auth_token": self.auth_token,
@@ -462,44 +461,44 @@ class TwilioNumber(Backend[TwilioPhone]):
 
     def _acquired(self, record: Record, bought: Mapping[str, Any]) -> tuple[TwilioPhone, Record]:
         record = dict(record)
-        record["sid"] = _check(_NUMBER_SID_RE, bought.get("sid"), "Twilio number SID")
-        record["number"] = _check(_E164_RE, bought.get("phone_number"), "Twilio phone number")
-        phone = TwilioPhone(record["number"], record["sid"], _Context(type(self), record))
+        record["sid"] = checked(_NUMBER_SID_RE, bought.get("sid"), "Twilio number SID")
+        record["number"] = checked(_E164_RE, bought.get("phone_number"), "Twilio phone number")
+        phone = TwilioPhone(record["number"], record["sid"], Context(type(self), record))
         return phone, record
 
     def acquire(self, name: str) -> tuple[TwilioPhone, Record]:
         record = self.plan(name)
-        bought = _Context(type(self), record).run(
-            _twilio_buy(record, self), AcquireError, "could not be bought", _RETRY_ADVICE
+        bought = Context(type(self), record).run(
+            _twilio_buy(record, self), AcquireError, "could not be bought", RETRY_ADVICE
         )
         return self._acquired(record, bought)
 
     async def aacquire(self, name: str) -> tuple[TwilioPhone, Record]:
         record = self.plan(name)
-        bought = await _Context(type(self), record).arun(
-            _twilio_buy(record, self), AcquireError, "could not be bought", _RETRY_ADVICE
+        bought = await Context(type(self), record).arun(
+            _twilio_buy(record, self), AcquireError, "could not be bought", RETRY_ADVICE
         )
         return self._acquired(record, bought)
 
     @classmethod
-    def _class_context(cls, record: Record) -> _Context:
+    def _class_context(cls, record: Record) -> Context:
         # Checked before anything is sent: a hostile record never reaches a URL (I7).
-        _checked_url(str(record["base_url"]), "Twilio base_url")
-        _check(_ACCOUNT_RE, record["account_sid"], "Twilio account SID")
+        check_base_url(str(record["base_url"]), "Twilio base_url")
+        checked(_ACCOUNT_RE, record["account_sid"], "Twilio account SID")
         if record.get("sid"):
-            _check(_NUMBER_SID_RE, record["sid"], "Twilio number SID")
-        return _Context(cls, record)
+            checked(_NUMBER_SID_RE, record["sid"], "Twilio number SID")
+        return Context(cls, record)
 
     @classmethod
     def release(cls, record: Record) -> None:
         cls._class_context(record).run(
-            _twilio_release(record), ReleaseError, "could not be released", _RETRY_ADVICE
+            _twilio_release(record), ReleaseError, "could not be released", RETRY_ADVICE
         )
 
     @classmethod
     async def arelease(cls, record: Record) -> None:
         await cls._class_context(record).arun(
-            _twilio_release(record), ReleaseError, "could not be released", _RETRY_ADVICE
+            _twilio_release(record), ReleaseError, "could not be released", RETRY_ADVICE
         )
 
     @classmethod
@@ -531,12 +530,12 @@ class TwilioNumber(Backend[TwilioPhone]):
         auth_token = parts.password or os.environ.get("TWILIO_AUTH_TOKEN") or ""
         probe: Record = {
             "name": "leftovers",
-            "base_url": _checked_url(urlunsplit((scheme, netloc, "", "", "")), "Twilio URL"),
-            "account_sid": _check(_ACCOUNT_RE, account_sid, "Twilio account SID"),
+            "base_url": check_base_url(urlunsplit((scheme, netloc, "", "", "")), "Twilio URL"),
+            "account_sid": checked(_ACCOUNT_RE, account_sid, "Twilio account SID"),
             "auth_token": auth_token,
-            "timeout": _TIMEOUT,
+            "timeout": TIMEOUT,
         }
-        listed = _Context(cls, probe).run(
+        listed = Context(cls, probe).run(
             _twilio_numbers(probe, None), BackendError, "could not list the account's numbers"
         )
         for item in listed:
@@ -547,8 +546,8 @@ class TwilioNumber(Backend[TwilioPhone]):
             record = {
                 **probe,
                 "name": name,
-                "sid": _check(_NUMBER_SID_RE, item.get("sid"), "Twilio number SID"),
-                "number": _check(_E164_RE, item.get("phone_number"), "Twilio phone number"),
+                "sid": checked(_NUMBER_SID_RE, item.get("sid"), "Twilio number SID"),
+                "number": checked(_E164_RE, item.get("phone_number"), "Twilio phone number"),
             }
             yield Leftover(record, parsed[0], parsed[1])
 
@@ -574,7 +573,7 @@ _HINTS: Final = {
 }
 
 
-class _AnswerError(_ProtocolError):
+class _AnswerError(ProtocolError):
     """sms-activate answered with one of its error words."""
 
     def __init__(self, action: str, answer: str) -> None:
@@ -605,11 +604,11 @@ def _hide_key_in_logs() -> None:
         logger.addFilter(_key_filter)
 
 
-def _handler(record: Mapping[str, Any], action: str, **params: str) -> _Flow[str]:
+def _handler(record: Mapping[str, Any], action: str, **params: str) -> Flow[str]:
     """One call of ``handler_api.php``: the provider's answer as text."""
     what = f"action={action}"
-    response = yield from _request(
-        _Call(
+    response = yield from request(
+        Call(
             "GET",
             record["base_url"],
             what,
@@ -620,15 +619,15 @@ def _handler(record: Mapping[str, Any], action: str, **params: str) -> _Flow[str
     # The original answers everything with 200; clones send their error words with 4xx.
     if response.status_code < 500 and (_ANSWER_RE.fullmatch(text) or text[:1] in "{["):
         if response.status_code >= 400 and text[:1] in "{[":
-            raise _HttpError(what, response)
+            raise HttpError(what, response)
         return text
-    raise _HttpError(what, response)
+    raise HttpError(what, response)
 
 
-def _active(record: Mapping[str, Any]) -> _Flow[list[dict[str, Any]]]:
+def _active(record: Mapping[str, Any]) -> Flow[list[dict[str, Any]]]:
     """Every active activation of the account, across pages."""
     out: list[dict[str, Any]] = []
-    for page in range(_PAGES):
+    for page in range(PAGES):
         text = yield from _handler(
             record, "getActiveActivations", start=str(page * 100), limit="100"
         )
@@ -648,7 +647,7 @@ def _active(record: Mapping[str, Any]) -> _Flow[list[dict[str, Any]]]:
         out.extend(items)
         if len(items) < 100:
             return out
-    raise _ProtocolError(f"getActiveActivations: more than {_PAGES * 100} activations")
+    raise ProtocolError(f"getActiveActivations: more than {PAGES * 100} activations")
 
 
 def _strangers(record: Mapping[str, Any], active: list[dict[str, Any]]) -> list[str]:
@@ -656,7 +655,7 @@ def _strangers(record: Mapping[str, Any], active: list[dict[str, Any]]) -> list[
     plan time, before ``known_before`` is set: all of them)."""
     known = set(record.get("known_before") or [])
     return [
-        _check(_ACTIVATION_RE, str(item.get("activationId")), "activation id")
+        checked(_ACTIVATION_RE, str(item.get("activationId")), "activation id")
         for item in active
         if str(item.get("serviceCode")) == record["service"]
         and str(item.get("countryCode")) == str(record["country"])
@@ -664,7 +663,7 @@ def _strangers(record: Mapping[str, Any], active: list[dict[str, Any]]) -> list[
     ]
 
 
-def _cancel(record: Mapping[str, Any], activation: str) -> _Flow[None]:
+def _cancel(record: Mapping[str, Any], activation: str) -> Flow[None]:
     answer = yield from _handler(record, "setStatus", id=activation, status="8")
     if answer in _OVER:
         return
@@ -697,9 +696,9 @@ def _cancel(record: Mapping[str, Any], activation: str) -> _Flow[None]:
     raise _AnswerError("setStatus", f"BAD_STATUS while the activation is in {status}")
 
 
-def _sa_release(record: Mapping[str, Any]) -> _Flow[None]:
+def _sa_release(record: Mapping[str, Any]) -> Flow[None]:
     if record.get("activation_id"):
-        activations = [_check(_ACTIVATION_RE, str(record["activation_id"]), "activation id")]
+        activations = [checked(_ACTIVATION_RE, str(record["activation_id"]), "activation id")]
     elif record.get("find_unrecorded"):
         activations = _strangers(record, (yield from _active(record)))
     else:
@@ -708,7 +707,7 @@ def _sa_release(record: Mapping[str, Any]) -> _Flow[None]:
         yield from _cancel(record, activation)
 
 
-def _sa_exists(record: Mapping[str, Any]) -> _Flow[bool]:
+def _sa_exists(record: Mapping[str, Any]) -> Flow[bool]:
     if not record.get("activation_id") and not record.get("find_unrecorded"):
         return False
     active = yield from _active(record)
@@ -720,7 +719,7 @@ def _sa_exists(record: Mapping[str, Any]) -> _Flow[bool]:
 class SmsActivation:
     """A rented number for one activation (the value of :class:`SmsActivateNumber`)."""
 
-    def __init__(self, number: str, activation_id: str, context: _Context) -> None:
+    def __init__(self, number: str, activation_id: str, context: Context) -> None:
         #: The number, E.164.
         self.number = number
         #: The provider's activation id.
@@ -733,10 +732,10 @@ class SmsActivation:
     def __str__(self) -> str:
         return self.number
 
-    def _status_flow(self) -> _Flow[str]:
+    def _status_flow(self) -> Flow[str]:
         return (yield from _handler(self._context.record, "getStatus", id=self.activation_id))
 
-    def _code_flow(self, timeout: float, interval: float) -> _Flow[str]:
+    def _code_flow(self, timeout: float, interval: float) -> Flow[str]:
         deadline = time.monotonic() + timeout
         while True:
             status = yield from self._status_flow()
@@ -747,7 +746,7 @@ class SmsActivation:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"no code reached {self.number} within {timeout:g} s")
-            yield _Pause(min(interval, left))
+            yield Pause(min(interval, left))
 
     def status(self) -> str:
         """The provider's status word (``STATUS_WAIT_CODE``, ``STATUS_OK:<code>``, ...)."""
@@ -801,16 +800,16 @@ class SmsActivateNumber(Backend[SmsActivation]):
         base_url: str | None = None,
         min_cancel_age: float = 120.0,
         find_unrecorded: bool = False,
-        timeout: float = _TIMEOUT,
+        timeout: float = TIMEOUT,
     ) -> None:
-        _need_httpx(self.kind)
+        need_httpx(self.kind)
         api_key = api_key or os.environ.get("SMS_ACTIVATE_API_KEY")
         if not api_key:
             raise ValueError(
                 "SmsActivateNumber needs an API key: pass api_key= or set SMS_ACTIVATE_API_KEY"
             )
         self.api_key = api_key
-        self.service = _check(
+        self.service = checked(
             _SERVICE_RE, service or os.environ.get("SMS_ACTIVATE_SERVICE") or "ot", "service"
         )
         self.country = int(
@@ -818,7 +817,7 @@ class SmsActivateNumber(Backend[SmsActivation]):
         )
         self.operator = operator
         self.max_price = max_price
-        self.base_url = _checked_url(
+        self.base_url = check_base_url(
             base_url or os.environ.get("RECLAIM_SMS_ACTIVATE_URL") or SMS_ACTIVATE_URL,
             "sms-activate base_url",
         )
@@ -841,14 +840,14 @@ class SmsActivateNumber(Backend[SmsActivation]):
         }
         if self.find_unrecorded:
             # The activations that are not ours: whatever is active now (see I1 above).
-            active = _Context(type(self), record).run(
+            active = Context(type(self), record).run(
                 _active(record), AcquireError, "could not list the active activations"
             )
             record["known_before"] = sorted(_strangers(record, active))
             self._planned[name] = record
         return dict(record)
 
-    def _get_number(self, record: Record) -> _Flow[tuple[str, str]]:
+    def _get_number(self, record: Record) -> Flow[tuple[str, str]]:
         params = {"service": self.service, "country": str(self.country)}
         if self.operator:
             params["operator"] = self.operator
@@ -865,7 +864,7 @@ class SmsActivateNumber(Backend[SmsActivation]):
         record["activation_id"], number = got
         record["number"] = "+" + number
         record["acquired_at"] = time.time()
-        value = SmsActivation(record["number"], got[0], _Context(type(self), record))
+        value = SmsActivation(record["number"], got[0], Context(type(self), record))
         return value, record
 
     def _record_for(self, name: str) -> Record:
@@ -874,38 +873,38 @@ class SmsActivateNumber(Backend[SmsActivation]):
 
     def acquire(self, name: str) -> tuple[SmsActivation, Record]:
         record = self._record_for(name)
-        got = _Context(type(self), record).run(
-            self._get_number(record), AcquireError, "could not rent a number", _RETRY_ADVICE
+        got = Context(type(self), record).run(
+            self._get_number(record), AcquireError, "could not rent a number", RETRY_ADVICE
         )
         return self._acquired(record, got)
 
     async def aacquire(self, name: str) -> tuple[SmsActivation, Record]:
         record = self._record_for(name)
-        got = await _Context(type(self), record).arun(
-            self._get_number(record), AcquireError, "could not rent a number", _RETRY_ADVICE
+        got = await Context(type(self), record).arun(
+            self._get_number(record), AcquireError, "could not rent a number", RETRY_ADVICE
         )
         return self._acquired(record, got)
 
     @classmethod
-    def _class_context(cls, record: Record) -> _Context:
+    def _class_context(cls, record: Record) -> Context:
         # Checked before anything is sent: a hostile record never reaches a URL (I7).
-        _checked_url(str(record["base_url"]), "sms-activate base_url")
-        _check(_SERVICE_RE, record["service"], "service")
+        check_base_url(str(record["base_url"]), "sms-activate base_url")
+        checked(_SERVICE_RE, record["service"], "service")
         if record.get("activation_id"):
-            _check(_ACTIVATION_RE, str(record["activation_id"]), "activation id")
+            checked(_ACTIVATION_RE, str(record["activation_id"]), "activation id")
         _hide_key_in_logs()
-        return _Context(cls, record)
+        return Context(cls, record)
 
     @classmethod
     def release(cls, record: Record) -> None:
         cls._class_context(record).run(
-            _sa_release(record), ReleaseError, "could not be cancelled", _RETRY_ADVICE
+            _sa_release(record), ReleaseError, "could not be cancelled", RETRY_ADVICE
         )
 
     @classmethod
     async def arelease(cls, record: Record) -> None:
         await cls._class_context(record).arun(
-            _sa_release(record), ReleaseError, "could not be cancelled", _RETRY_ADVICE
+            _sa_release(record), ReleaseError, "could not be cancelled", RETRY_ADVICE
         )
 
     @classmethod
