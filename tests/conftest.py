@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -122,3 +123,17 @@ def reclaim_cli(
     if check and result.returncode != 0:
         raise AssertionError(f"reclaim {' '.join(args)} exited {result.returncode}:\n{result}")
     return result
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 60.0) -> float:
+    """Poll until ``predicate()`` is true; return the seconds it took.
+
+    Fails after ``timeout`` seconds (generous: it bounds a failing test, a passing one returns
+    as soon as the condition holds).
+    """
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"not true after {timeout} s: {predicate}")
+        time.sleep(0.005)
+    return time.monotonic() - started

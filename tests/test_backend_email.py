@@ -17,8 +17,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ import httpx
 import pytest
 
 import reclaim
-from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli
+from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
 from providers.mailsac import MailsacServer
 from providers.mailtm import MailTmServer
 from reclaim import AcquireError, BackendError, MissingExtraError, ReleaseError
@@ -43,15 +42,6 @@ from reclaim.backends.email import (
 from reclaim.testing import check_backend, dead_identity
 
 RUN = "0a1b2c3d"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Poll until ``predicate()`` is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout} s: {predicate}")
-        time.sleep(0.01)
 
 
 @pytest.fixture

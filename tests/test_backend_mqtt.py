@@ -35,12 +35,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 import reclaim
 from _services import TcpProxy, require
-from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli
+from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
 from reclaim._registry import open_registry
 from reclaim.backends import Record, load_backend, make_name
 from reclaim.backends.mqtt import CLAIM_SUFFIX, MqttTopic
 from reclaim.testing import check_backend
-from test_watchdog import run_gone, wait_until
+from test_watchdog import run_gone
 
 WAIT = 10.0  # seconds the oracle waits for any one answer of the broker
 

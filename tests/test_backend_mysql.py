@@ -27,12 +27,12 @@ import pytest
 
 import reclaim
 from _services import TcpProxy, require, with_port
-from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli
+from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
 from reclaim._registry import open_registry
 from reclaim.backends import Record, load_backend, make_name
 from reclaim.backends.mysql import MysqlDatabase
 from reclaim.testing import check_backend
-from test_watchdog import run_gone, wait_until
+from test_watchdog import run_gone
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ from nats.aio.client import Client as NATS
 
 import reclaim
 from _services import TcpProxy, require, with_port
-from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli
+from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
 from reclaim import AcquireError, BackendError, ReleaseError
 from reclaim._registry import open_registry
 from reclaim.backends import Record, make_name, redact_record
@@ -268,7 +268,7 @@ def test_durable_consumer_is_deleted_by_the_server_when_idle(server: Server) -> 
             return True
         return False
 
-    _wait_until(lambda: server.run(gone), timeout=30)
+    wait_until(lambda: server.run(gone), timeout=30)
     NatsStream.release(record)
 
 
@@ -443,7 +443,7 @@ def test_sigkill_the_watchdog_leaves_nothing_on_the_server(
         proc, held = spawn(HOLDER, server.url)
         assert len(_held(server, held)) == 3
         kill(proc)
-        _wait_until(lambda: _held(server, held) == [])
+        wait_until(lambda: _held(server, held) == [])
 
         def run_gone() -> bool:
             reg = open_registry(registry_path)
@@ -452,7 +452,7 @@ def test_sigkill_the_watchdog_leaves_nothing_on_the_server(
             finally:
                 reg.close()
 
-        _wait_until(run_gone)
+        wait_until(run_gone)
         reg = open_registry(registry_path)
         try:
             by = [e.detail.get("by") for e in reg.events() if e.event == "resource.released"]
@@ -570,14 +570,6 @@ def _closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout} s: {predicate}")
-        time.sleep(0.05)
 
 
 # --- URLs, secrets, errors ------------------------------------------------------------------

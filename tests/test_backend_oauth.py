@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from conftest import CHILD_TIMEOUT, kill, reclaim_cli
+from conftest import CHILD_TIMEOUT, kill, reclaim_cli, wait_until
 from providers.oauth import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -50,15 +50,6 @@ NOW = 1_800_000_000  # one creation time for every name made here: the same name
 
 def make_name(run_id: str, seq: int) -> str:
     return _make_name(run_id, seq, now=NOW)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Poll until ``predicate()`` is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout} s: {predicate}")
-        time.sleep(0.01)
 
 
 @pytest.fixture

@@ -19,14 +19,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import reclaim
-from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli
+from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
 from providers.openfga import MODEL, OpenFgaServer, new_ulid
 from reclaim import AcquireError, ReleaseError, sweep
 from reclaim._registry import open_registry
@@ -38,15 +38,6 @@ from reclaim.testing import check_backend, dead_identity
 RUN = "0a1b2c3d"
 NOW = 1_800_000_000  # one creation time for every name made here: the same name, every call
 API_TOKEN = "fga-preshared-key-4c3b2a"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Poll until ``predicate()`` is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout} s: {predicate}")
-        time.sleep(0.01)
 
 
 @pytest.fixture

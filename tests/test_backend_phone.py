@@ -16,15 +16,14 @@ import json
 import logging
 import os
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import reclaim
-from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli
+from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
 from providers._server import RawReply, RawRequest, json_reply
 from providers.mailtm import MailTmServer
 from providers.smsactivate import SmsActivateServer
@@ -39,15 +38,6 @@ from reclaim.testing import check_backend, dead_identity
 
 RUN = "0a1b2c3d"
 FAST = RetryPolicy(attempts=2, first_delay=0.01)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Poll until ``predicate()`` is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout} s: {predicate}")
-        time.sleep(0.01)
 
 
 def name(seq: int) -> str:

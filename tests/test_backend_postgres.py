@@ -36,7 +36,7 @@ from psycopg import sql
 
 import reclaim
 from _services import TcpProxy, require, with_port
-from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli
+from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
 from reclaim import AcquireError, ReleaseError
 from reclaim.backends import Record, load_backend, make_name, parse_name
 from reclaim.backends.postgres import (
@@ -194,15 +194,6 @@ def pg(monkeypatch: pytest.MonkeyPatch, registry_path: str) -> Iterator[Server]:
         yield server
     finally:
         server.drop_runs()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Poll until ``predicate()`` is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout} s: {predicate}")
-        time.sleep(0.05)
 
 
 def fresh_name(seq: int = 1) -> str:

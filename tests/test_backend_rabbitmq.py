@@ -20,8 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -33,7 +32,7 @@ import pytest
 
 import reclaim
 from _services import TcpProxy, require, with_port
-from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli
+from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
 from reclaim import AcquireError, BackendError, ReleaseError
 from reclaim._registry import open_registry
 from reclaim.backends import Backend, Record, make_name
@@ -143,15 +142,6 @@ def broker() -> Iterator[Broker]:
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Poll until ``predicate()`` is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout} s: {predicate}")
-        time.sleep(0.05)
 
 
 def channel(url: str) -> tuple[Any, Any]:

@@ -35,7 +35,7 @@ import redis
 
 import reclaim
 from _services import TcpProxy, require, with_port
-from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli
+from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
 from reclaim import AcquireError, BackendError, ReleaseError
 from reclaim._registry import open_registry
 from reclaim._run import current_run
@@ -569,7 +569,7 @@ def test_sigkill_the_watchdog_leaves_nothing_on_the_server(
         proc, held = spawn(HOLDER, server.url, server.prefix)
         assert len(_held(server, held)) == 4
         kill(proc)
-        _wait_until(lambda: _held(server, held) == [])
+        wait_until(lambda: _held(server, held) == [])
 
         def run_gone() -> bool:
             reg = open_registry(registry_path)
@@ -578,7 +578,7 @@ def test_sigkill_the_watchdog_leaves_nothing_on_the_server(
             finally:
                 reg.close()
 
-        _wait_until(run_gone)
+        wait_until(run_gone)
         reg = open_registry(registry_path)
         try:
             by = [e.detail.get("by") for e in reg.events() if e.event == "resource.released"]
@@ -705,14 +705,6 @@ def _closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout} s: {predicate}")
-        time.sleep(0.01)
 
 
 # --- URLs, secrets, errors ------------------------------------------------------------------

@@ -19,8 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -33,7 +32,7 @@ from moto.server import ThreadedMotoServer
 
 import reclaim
 from _services import TcpProxy
-from conftest import CHILD_TIMEOUT, Spawner, alive, kill, reclaim_cli
+from conftest import CHILD_TIMEOUT, Spawner, alive, kill, reclaim_cli, wait_until
 from reclaim import AcquireError, MissingExtraError, ReleaseError
 from reclaim._registry import open_registry
 from reclaim._run import end_run
@@ -156,14 +155,6 @@ def entry_count(client: S3Client, name: str) -> tuple[int, int]:
         pages += 1
         entries += len(page.get("Versions", [])) + len(page.get("DeleteMarkers", []))
     return pages, entries
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout} s: {predicate}")
-        time.sleep(0.05)
 
 
 # --- the contract ---------------------------------------------------------------------------

@@ -11,13 +11,13 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
 import reclaim
-from conftest import CHILD_TIMEOUT, Spawner, alive, kill, reclaim_cli
+from conftest import CHILD_TIMEOUT, Spawner, alive, kill, reclaim_cli, wait_until
 from providers.mailtm import MailTmServer
 from providers.oauth import GITHUB_CLIENT_ID, GITHUB_CLIENT_SECRET, GithubServer
 from providers.scim import ScimServer
@@ -154,14 +154,6 @@ with reclaim.Persona("novice_sarah") as sarah:
     print(json.dumps({"watchdog": run.watchdog.pid, "address": inbox.address}), flush=True)
     time.sleep(600)
 """
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout} s")
-        time.sleep(0.02)
 
 
 def test_sigkill_the_watchdog_releases_every_identity(world: World, spawn: Spawner) -> None:

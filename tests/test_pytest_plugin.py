@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import CHILD_TIMEOUT, alive, reclaim_cli
+from conftest import CHILD_TIMEOUT, alive, reclaim_cli, wait_until
 from reclaim._registry import open_registry
 from reclaim_test_backends import SECRET
 
@@ -374,14 +374,6 @@ def wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = CHILD_T
         time.sleep(0.02)
     time.sleep(0.05)  # the writer's json.dumps and write are one call; let it finish
     return json.loads(path.read_text())
-
-
-def wait_until(predicate: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout} s")
-        time.sleep(0.02)
 
 
 @pytest.fixture

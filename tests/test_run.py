@@ -15,12 +15,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import reclaim
-from conftest import CHILD_TIMEOUT, alive, reclaim_cli
+from conftest import CHILD_TIMEOUT, alive, reclaim_cli, wait_until
 from reclaim._identity import process_state
 from reclaim._registry import open_registry
 from reclaim_test_backends import SECRET, Flaky
@@ -97,13 +96,6 @@ def read_line(proc: subprocess.Popen[str]) -> str:
     line = proc.stdout.readline()
     assert line, f"ended early (exit {proc.wait(timeout=CHILD_TIMEOUT)})"
     return line.strip()
-
-
-def wait_until(predicate: Any, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"not true after {timeout} s: {predicate}"
-        time.sleep(0.01)
 
 
 # --- the command's life and its resources ----------------------------------------------------

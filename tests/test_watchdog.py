@@ -11,11 +11,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from conftest import CHILD_TIMEOUT, Spawner, alive, kill, reclaim_cli
+from conftest import CHILD_TIMEOUT, Spawner, alive, kill, reclaim_cli, wait_until
 from reclaim._registry import open_registry
 
 HOLDER = """
@@ -43,16 +42,6 @@ with reclaim.Fixture("holder") as f:
                       "watchdog": run.watchdog.pid, **extra}), flush=True)
     time.sleep(600)
 """
-
-
-def wait_until(predicate: Any, timeout: float = 20.0) -> float:
-    """Poll until ``predicate()`` is true; return the seconds it took. Fails after ``timeout``."""
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"not true after {timeout} s: {predicate}")
-        time.sleep(0.002)
-    return time.monotonic() - started
 
 
 def run_gone(registry_path: str, run_id: str) -> bool:
@@ -241,7 +230,7 @@ def test_chaos_kills_leave_nothing(scratch: Path, registry_path: str) -> None:
             windows[target] += 1
             reg = open_registry(registry_path)
             try:
-                wait_until(lambda r=reg: not r.list_runs() and not any(scratch.iterdir()))
+                wait_until(lambda: not reg.list_runs() and not any(scratch.iterdir()))  # noqa: B023  (called at once)
                 runs = {e.run_id for e in reg.events(limit=100_000) if e.event == "run.opened"}
             finally:
                 reg.close()
