@@ -785,7 +785,9 @@ def test_list_leftovers_finds_only_reclaim_names(pg: Server) -> None:
             found = [lo for lo in cls.list_leftovers(pg.secret_dsn) if lo.run_id == run]
             assert [lo.record["name"] for lo in found] == [ours], cls.kind
             (leftover,) = found
-            assert (leftover.run_id, leftover.created_at) == parse_name(ours)
+            parsed = parse_name(ours)
+            assert parsed is not None
+            assert (leftover.run_id, leftover.created_at) == (parsed.run_id, parsed.created_at)
             assert leftover.record["password"] == SECRET
             assert cls.exists(leftover.record)
             cls.release(json.loads(json.dumps(leftover.record)))

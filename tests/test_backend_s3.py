@@ -192,7 +192,9 @@ def test_names_fit_s3_and_parse_back(s3: S3Client) -> None:
     try:
         assert bucket_names(s3) == {prefixed}, "S3 accepted the name as it is"
         assert value.name == record["name"] == prefixed
-        assert parse_name(name.replace("-", "_")) == ("0a1b2c3d", 1_800_000_000.0)
+        parsed = parse_name(name.replace("-", "_"))
+        assert parsed is not None
+        assert (parsed.run_id, parsed.created_at) == ("0a1b2c3d", 1_800_000_000.0)
     finally:
         S3Bucket.release(record)
     assert not bucket_exists(s3, prefixed)

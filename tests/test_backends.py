@@ -76,8 +76,12 @@ def test_names_carry_prefix_run_and_time() -> None:
     name = make_name("0a1b2c3d", 7, now=1_800_000_000)
     assert name.startswith("rc_0a1b2c3d_")
     assert name.endswith("_7")
-    assert parse_name(f"prefix-{name}") == ("0a1b2c3d", 1_800_000_000.0)
-    assert parse_name("tmp_unrelated") is None
+    parsed = parse_name(name)
+    assert parsed is not None
+    assert (parsed.run_id, parsed.created_at, parsed.seq) == ("0a1b2c3d", 1_800_000_000.0, 7)
+    # Only a whole name is one (I8): nothing before it, nothing after it.
+    for lookalike in (f"prefix-{name}", f"{name}_backup", f"{name}.bak", f"{name}2x", "tmp_x"):
+        assert parse_name(lookalike) is None, lookalike
     assert name == name.lower()
     assert len(name) <= 30
 

@@ -11,6 +11,7 @@ The tree::
     ├── BackendError                  a backend failed; carries .kind, .resource, .run_id
     │   ├── AcquireError              creating the resource failed
     │   └── ReleaseError              deleting it failed; the entry stays `failed` for the sweeper
+    │       └── ForeignNameError      a record or a listed object does not name what reclaim made
     └── FixtureStateError             misuse of a Fixture (RuntimeError too)
 
     ReclaimWarning (UserWarning)      root of reclaim's warnings
@@ -26,6 +27,7 @@ __all__ = [
     "BackendError",
     "BackendNotFoundError",
     "FixtureStateError",
+    "ForeignNameError",
     "MissingExtraError",
     "ReclaimError",
     "ReclaimWarning",
@@ -114,6 +116,33 @@ class AcquireError(BackendError):
 
 class ReleaseError(BackendError):
     """Deleting a resource failed after its retries; it stays ``failed`` for the next sweep (I5)."""
+
+
+class ForeignNameError(ReleaseError):
+    """A record, or an object a server listed, does not name something reclaim created (I8).
+
+    Raised before anything reaches the server, by the one guard every backend's ``release``,
+    ``exists`` and leftover listing goes through. It is never retried: the entry stays
+    ``failed`` with this message until a person looks at it (``reclaim forget`` removes it).
+
+    Attributes:
+        field: the record's field that was refused (``"name"``, ``"path"``, ``"prefix"``...).
+        value: what it held.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        resource: str,
+        field: str,
+        value: object,
+        run_id: str | None = None,
+    ) -> None:
+        super().__init__(message, kind=kind, resource=resource, run_id=run_id)
+        self.field = field
+        self.value = value
 
 
 class FixtureStateError(ReclaimError, RuntimeError):

@@ -14,8 +14,8 @@ Two rules keep this from touching what is still in use (I4):
   another machine, journaled in another registry, looks unknown here. The default, a day, is
   longer than any CI job is allowed to run.
 
-Only names a backend yields are ever touched, and backends yield only names that parse as
-reclaim's; nothing else on the server is looked at twice.
+Only objects a backend yields are ever touched, and each is checked by the same guard as every
+release (I8): its whole name must be a reclaim name of the run it is listed under.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 from reclaim._duration import parse_duration
-from reclaim._errors import BackendNotFoundError, MissingExtraError
+from reclaim._errors import BackendNotFoundError, ForeignNameError, MissingExtraError
 from reclaim._reaper import is_alive
 from reclaim._registry import Registry
 from reclaim.backends import (
@@ -36,10 +36,11 @@ from reclaim.backends import (
     Backend,
     Leftover,
     _configured,  # the RECLAIM_BACKENDS kinds, read exactly as load_backend reads them
+    check_leftover,
     load_backend,
-    parse_name,
     redact_record,
     redact_text,
+    redact_url,
 )
 
 __all__ = [
@@ -55,20 +56,6 @@ __all__ = [
 
 #: Leftovers younger than this are kept by default (seconds): one day.
 DEFAULT_OLDER_THAN: Final = 24 * 3600.0
-
-
-def redact_url(url: str) -> str:
-    """``url`` with the password of its user part replaced by ``***`` (I7)."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        password = None
-    if not password:
-        return url
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return parts._replace(netloc=f"{user}:***@{hostinfo}").geturl()
 
 
 def _scheme(url: str) -> str:
@@ -254,17 +241,13 @@ def find_leftovers(
                 )
                 continue
             for leftover in leftovers:
-                parsed = parse_name(str(leftover.record.get("name", "")))
-                if parsed is None or parsed[0] != leftover.run_id:
-                    # A backend's bug: what it yields must carry a reclaim name of that run.
-                    # Never touched; reported, so that the bug is seen.
+                try:
+                    check_leftover(backend, leftover)
+                except ForeignNameError as exc:
+                    # A backend's bug: what it yields must be, whole, a reclaim name of that
+                    # run (I8). Never touched; reported, so that the bug is seen.
                     report.problems.append(
-                        KindProblem(
-                            kind,
-                            f"listed {leftover!r}, whose name is not a reclaim name of run"
-                            f" {leftover.run_id}; it was left alone",
-                            fatal=True,
-                        )
+                        KindProblem(kind, f"listed {leftover!r}: {exc}; it was left alone", True)
                     )
                     continue
                 state = run_state(leftover.run_id)

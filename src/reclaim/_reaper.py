@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
-from reclaim._errors import BackendNotFoundError, ReleaseError
+from reclaim._errors import BackendNotFoundError, ForeignNameError, ReleaseError
 from reclaim._identity import Identity, current_identity
 from reclaim._registry import Registry, ResourceRecord, ResourceState, RunRecord, RunState
 from reclaim.backends import Backend, Record, load_backend, redact_text
@@ -129,6 +129,10 @@ def release_resource(
             attempts += 1
             try:
                 backend.release(claimed.record)
+            except ForeignNameError as exc:
+                # Not ours (I8): no retry can make it ours. Kept as failed, with the reason.
+                last = exc
+                break
             except Exception as exc:
                 last = exc
                 continue
@@ -143,7 +147,11 @@ def release_resource(
     assert last is not None
     reason = redact_text(f"{type(last).__name__}: {last}", claimed.record, backend.secret_fields)
     registry.mark_failed(claimed.id, reason, attempts=attempts, actor=actor)
-    error = _release_error(claimed, reason, attempts)
+    error = (
+        _refusal(claimed, last)
+        if isinstance(last, ForeignNameError)
+        else _release_error(claimed, reason, attempts)
+    )
     add_redacted_cause(error, last, claimed.record, backend.secret_fields)
     return ReleaseOutcome(claimed, released=False, error=error)
 
@@ -158,6 +166,19 @@ def add_redacted_cause(
     """
     text = "".join(traceback.format_exception(cause)).rstrip()
     error.add_note("caused by:\n" + redact_text(text, record, secret_fields))
+
+
+def _refusal(resource: ResourceRecord, refused: ForeignNameError) -> ForeignNameError:
+    error = ForeignNameError(
+        f"entry {resource.id} ({resource.kind} {resource.name!r}) was not released: {refused}",
+        kind=resource.kind,
+        resource=resource.name,
+        field=refused.field,
+        value=refused.value,
+        run_id=resource.run_id,
+    )
+    error.resource_id = resource.id
+    return error
 
 
 def _release_error(resource: ResourceRecord, reason: str, attempts: int) -> ReleaseError:

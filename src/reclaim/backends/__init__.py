@@ -37,26 +37,68 @@ Register it under the entry-point group ``reclaim.backends`` (the built-ins load
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import os
-import re
-import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Final, Generic, TypeVar
 
-from reclaim._errors import BackendNotFoundError
+from reclaim._errors import (
+    AcquireError,
+    BackendError,
+    BackendNotFoundError,
+    ForeignNameError,
+    MissingExtraError,
+    ReleaseError,
+)
+from reclaim.backends._guard import check_leftover, check_record
+from reclaim.backends._names import (
+    NAME_PREFIX,
+    NAMES,
+    NameStyle,
+    ReclaimName,
+    make_name,
+    parse_name,
+)
+from reclaim.backends._support import (
+    ServerURL,
+    backend_error,
+    raise_backend_error,
+    redact_url,
+    require_extra,
+    split_url,
+    translate_errors,
+)
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "NAMES",
     "NAME_PREFIX",
+    "AcquireError",
     "Backend",
+    "BackendError",
+    "ForeignNameError",
     "Leftover",
+    "MissingExtraError",
+    "NameStyle",
+    "ReclaimName",
     "Record",
+    "ReleaseError",
+    "ServerURL",
+    "backend_error",
+    "check_leftover",
+    "check_record",
     "load_backend",
     "make_name",
     "parse_name",
+    "raise_backend_error",
     "redact_record",
     "redact_text",
+    "redact_url",
+    "require_extra",
+    "split_url",
+    "translate_errors",
 ]
 
 #: A resource's JSON record: what release needs to find and delete it, and nothing live.
@@ -65,42 +107,13 @@ Record = dict[str, Any]
 #: The entry-point group that maps kinds to backend classes.
 ENTRY_POINT_GROUP: Final = "reclaim.backends"
 
-#: Every name reclaim proposes starts with this, so a registry-less sweep can find them.
-NAME_PREFIX: Final = "rc_"
-
-_NAME_RE: Final = re.compile(r"rc_([0-9a-f]{8})_([0-9a-z]{1,8})_([0-9]+)")
-
 ValueT = TypeVar("ValueT")
 
 _REDACTED: Final = "***"
 
-
-def make_name(run_id: str, seq: int, now: float | None = None) -> str:
-    """The name reclaim proposes: prefix, run id, creation time (base 36 seconds), sequence.
-
-    Lower case ASCII letters, digits and underscores only, at most 30 characters: valid as a
-    PostgreSQL identifier, a Redis key prefix, a queue, stream or directory name.
-    """
-    seconds = int(time.time() if now is None else now)
-    return f"{NAME_PREFIX}{run_id}_{_base36(seconds)}_{seq}"
-
-
-def parse_name(text: str) -> tuple[str, float] | None:
-    """Find a reclaim name inside ``text``: (run id, creation time), or None."""
-    match = _NAME_RE.search(text)
-    if match is None:
-        return None
-    return match.group(1), float(int(match.group(2), 36))
-
-
-def _base36(n: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = ""
-    while True:
-        n, r = divmod(n, 36)
-        out = digits[r] + out
-        if n == 0:
-            return out
+#: The methods that take a record and reach a server: each is wrapped so that the record passes
+#: the guard first (I8, see _guard.py).
+_GUARDED: Final = ("release", "arelease", "exists")
 
 
 class Leftover:
@@ -115,6 +128,11 @@ class Leftover:
 
     def __repr__(self) -> str:
         return f"Leftover({self.record.get('name')!r}, run_id={self.run_id!r})"
+
+    @classmethod
+    def of(cls, record: Record, name: ReclaimName) -> Leftover:
+        """The leftover whose record is ``record`` and whose name is ``name`` (run id, time)."""
+        return cls(record, name.run_id, name.created_at)
 
 
 class Backend(Generic[ValueT]):
@@ -138,9 +156,49 @@ class Backend(Generic[ValueT]):
     #: Record fields that hold credentials: redacted in every output, never logged (I7).
     secret_fields: ClassVar[frozenset[str]] = frozenset()
 
+    #: How this kind's server spells reclaim names (separator, an allowed user prefix, length).
+    #: The guard accepts a record only when its ``name`` is, whole, a name of this style (I8).
+    name_style: ClassVar[NameStyle] = NAMES
+
+    #: Kinds that own everything under a prefix (Redis keys, PostgreSQL tables): the one
+    #: separator that follows the reclaim name in that prefix. None: the kind owns exactly the
+    #: one object of that name.
+    prefix_separator: ClassVar[str | None] = None
+
     #: URL schemes of the servers this kind lives on (``("redis", "rediss")``): which kinds
     #: ``reclaim sweep --leftovers URL`` asks. Empty: the kind does not list leftovers.
     url_schemes: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Only our own (I8): every release/exists a subclass defines checks the record first.
+        for attr in _GUARDED:
+            raw = cls.__dict__.get(attr)
+            if isinstance(raw, classmethod) and not getattr(raw.__func__, "_guarded", False):
+                setattr(cls, attr, classmethod(_guard(raw.__func__)))
+
+    @classmethod
+    def owned_identities(
+        cls, record: Mapping[str, Any], name: ReclaimName
+    ) -> Iterable[tuple[str, object, str]]:
+        """The record's fields, besides ``name``, that reach the server as an object's identity,
+        each as ``(field, what the record holds, exactly what it must hold)``.
+
+        The guard refuses the record unless each matches exactly (I8). Override it when
+        release acts on something other than ``name`` (a path, a key prefix); the default
+        checks the ``prefix`` field of prefix-style kinds: the name plus
+        :attr:`prefix_separator`.
+        """
+        if cls.prefix_separator is None:
+            return ()
+        return (("prefix", record.get("prefix"), name.text + cls.prefix_separator),)
+
+    @classmethod
+    def owned_prefix(cls, record: Mapping[str, Any]) -> str:
+        """For prefix-style kinds: the record's prefix, once the guard has accepted it."""
+        if cls.prefix_separator is None:
+            raise TypeError(f"{cls.kind} owns one object, not a prefix")
+        return check_record(cls, record).text + cls.prefix_separator
 
     def adapt_name(self, proposed: str) -> str:
         """Turn the name reclaim proposes into one that fits this kind's naming rules."""
@@ -191,15 +249,37 @@ class Backend(Generic[ValueT]):
         """What exists at ``target`` (a URL or path) under reclaim's prefix. Optional.
 
         Each :class:`Leftover` carries a record :meth:`release` accepts, the run id and creation
-        time parsed from the name (:func:`parse_name`). Must never yield a name without
-        reclaim's prefix: ``reclaim sweep --leftovers URL --yes`` releases what this yields
-        whose run is not alive in the registry.
+        time parsed from the name (:meth:`NameStyle.parse` of :attr:`name_style`,
+        :meth:`Leftover.of`). Must yield only objects whose whole name is a reclaim name:
+        ``reclaim sweep --leftovers URL --yes`` releases what this yields whose run is not
+        alive, after checking each with the same guard as release (I8).
         """
         raise NotImplementedError(f"the {cls.__name__} backend cannot list leftovers")
 
     def discard(self, value: ValueT) -> None:
         """Drop in-process handles after a successful in-process release (reap a child, close a
         connection). Never called by the watchdog or the sweeper, which have no value."""
+
+
+def _guard(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func`` (a classmethod's function taking a record) with the I8 guard in front."""
+    if inspect.iscoroutinefunction(func):
+
+        @functools.wraps(func)
+        async def guarded_async(cls: type[Backend[Any]], record: Record, *a: Any, **k: Any) -> Any:
+            check_record(cls, record)
+            return await func(cls, record, *a, **k)
+
+        guarded_async._guarded = True  # type: ignore[attr-defined]
+        return guarded_async
+
+    @functools.wraps(func)
+    def guarded(cls: type[Backend[Any]], record: Record, *a: Any, **k: Any) -> Any:
+        check_record(cls, record)
+        return func(cls, record, *a, **k)
+
+    guarded._guarded = True  # type: ignore[attr-defined]
+    return guarded
 
 
 # --- finding a backend by its kind ---------------------------------------------------------

@@ -450,7 +450,7 @@ class ScimUser(Backend[Account]):
                 if not (user_name.startswith("rc_") and _RECLAIM_NAME.fullmatch(local) and parsed):
                     continue  # never anything without reclaim's exact name
                 record = {**template, "name": local, "id": user_id, "user_name": user_name}
-                yield Leftover(record, parsed[0], parsed[1])
+                yield Leftover(record, parsed.run_id, parsed.created_at)
 
 
 def _scim_call(record: Record, error: type[BackendError]) -> Call:

@@ -894,7 +894,7 @@ class MailsacInbox(Backend[MailsacMailbox]):
                 "reserve": True,
                 "timeout": TIMEOUT,
             }
-            yield Leftover(record, parsed[0], parsed[1])
+            yield Leftover(record, parsed.run_id, parsed.created_at)
 
 
 def _leftover_target(target: str) -> tuple[str, str]:

@@ -178,7 +178,7 @@ class MqttTopic(Backend[str]):
             parsed = parse_name(name)
             if parsed is None:  # pragma: no cover - the pattern above is parse_name's, whole
                 continue
-            run_id, created = parsed
+            run_id, created = parsed.run_id, parsed.created_at
             yield Leftover({**record, "name": name}, run_id, created)
 
 

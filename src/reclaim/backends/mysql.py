@@ -193,7 +193,7 @@ class MysqlDatabase(Backend[str]):
             parsed = parse_name(name)
             if parsed is None or not _NAME_RE.fullmatch(name):
                 continue  # rc_-like, but not a name reclaim made: never touched
-            run_id, created = parsed
+            run_id, created = parsed.run_id, parsed.created_at
             yield Leftover({"name": name, **server}, run_id, created)
 
 

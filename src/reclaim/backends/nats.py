@@ -208,7 +208,7 @@ class _JetStreamBackend(Backend[str]):
             parsed = parse_name(name) if name is not None else None
             if name is None or parsed is None or not _NAME_RE.fullmatch(name):
                 continue  # not a name reclaim made: never touched
-            yield Leftover({"name": name, **server}, parsed[0], parsed[1])
+            yield Leftover({"name": name, **server}, parsed.run_id, parsed.created_at)
 
     @classmethod
     def _name_of(cls, stream: str) -> str | None:

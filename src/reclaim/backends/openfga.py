@@ -278,7 +278,9 @@ class OpenFgaStore(Backend[FgaStore]):
                 parsed = parse_name(name)
                 if parsed is None or not _RECLAIM_NAME.fullmatch(name):
                     continue  # never anything without reclaim's exact name
-                yield Leftover({**template, "name": name, "id": store_id}, parsed[0], parsed[1])
+                yield Leftover(
+                    {**template, "name": name, "id": store_id}, parsed.run_id, parsed.created_at
+                )
 
 
 class OpenFgaTuples(Backend[FgaTuples]):

@@ -12,11 +12,11 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from reclaim.backends import Backend, Leftover, Record, parse_name
+from reclaim.backends import Backend, Leftover, ReclaimName, Record, parse_name
 
 __all__ = ["TempDir"]
 
@@ -41,7 +41,23 @@ class TempDir(Backend[Path]):
         self.parent = Path(parent) if parent is not None else Path(tempfile.gettempdir())
 
     def plan(self, name: str) -> Record:
-        return {"name": name, "path": str(self.parent.absolute() / f"{self.prefix}{name}")}
+        path = os.path.normpath(self.parent.absolute() / f"{self.prefix}{name}")
+        return {"name": name, "path": path, "prefix": self.prefix}
+
+    @classmethod
+    def owned_identities(
+        cls, record: Mapping[str, Any], name: ReclaimName
+    ) -> Iterable[tuple[str, object, str]]:
+        """The path must be absolute and normal, and end in exactly the prefix and the name:
+        a record can never point release at ``/home/user`` or ``rc_..._1_backup`` (I8)."""
+        path = record.get("path")
+        prefix = record.get("prefix", "")
+        if not isinstance(prefix, str) or "/" in prefix or "\0" in prefix:
+            return (("prefix", prefix, "a prefix without '/' or NUL"),)
+        if not isinstance(path, str) or not os.path.isabs(path):
+            return (("path", path, f"an absolute path ending in /{prefix}{name.text}"),)
+        expected = os.path.join(os.path.dirname(os.path.normpath(path)), prefix + name.text)
+        return (("path", path, expected),)
 
     def acquire(self, name: str) -> tuple[Path, Record]:
         record = self.plan(name)
@@ -73,14 +89,16 @@ class TempDir(Backend[Path]):
 
     @classmethod
     def list_leftovers(cls, target: str) -> Iterator[Leftover]:
-        """Directories in ``target`` (a path, or ``file://`` URL) that carry a reclaim name."""
-        directory = target.removeprefix("file://") or tempfile.gettempdir()
+        """Directories in ``target`` (a path, or ``file://`` URL) whose whole name is a reclaim
+        name. Directories made with a ``prefix`` are not listed (the prefix could be anything);
+        nor are symlinks, files, or anything whose name merely contains a reclaim name."""
+        directory = os.path.abspath(target.removeprefix("file://") or tempfile.gettempdir())
         with os.scandir(directory) as entries:
             for entry in entries:
                 parsed = parse_name(entry.name)
                 if parsed is not None and entry.is_dir(follow_symlinks=False):
-                    run_id, created = parsed
-                    yield Leftover({"name": entry.name, "path": entry.path}, run_id, created)
+                    record = {"name": entry.name, "path": entry.path, "prefix": ""}
+                    yield Leftover.of(record, parsed)
 
 
 def _rmtree(path: str) -> None:

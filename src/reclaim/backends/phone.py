@@ -549,7 +549,7 @@ class TwilioNumber(Backend[TwilioPhone]):
                 "sid": checked(_NUMBER_SID_RE, item.get("sid"), "Twilio number SID"),
                 "number": checked(_E164_RE, item.get("phone_number"), "Twilio phone number"),
             }
-            yield Leftover(record, parsed[0], parsed[1])
+            yield Leftover(record, parsed.run_id, parsed.created_at)
 
 
 # --- sms-activate ----------------------------------------------------------------------------

@@ -398,7 +398,7 @@ class _PostgresBackend(Backend[ValueT]):
             parsed = parse_name(name)
             if parsed is None or not _FULL_NAME.fullmatch(name):
                 continue
-            run_id, created = parsed
+            run_id, created = parsed.run_id, parsed.created_at
             record = {"name": name, "dsn": server.conninfo, "password": server.password}
             yield Leftover(record, run_id, created)
 
@@ -906,7 +906,7 @@ class PostgresTables(_PostgresBackend[str]):
             if match is None or parsed is None or (schema, match.group(1)) in seen:
                 continue
             seen.add((schema, match.group(1)))
-            run_id, created = parsed
+            run_id, created = parsed.run_id, parsed.created_at
             leftover = {
                 "name": match.group(1),
                 "dsn": server.conninfo,

@@ -193,7 +193,7 @@ class _AmqpBackend(Backend[str]):
             parsed = parse_name(name)
             if parsed is not None and _RECLAIM_NAME.fullmatch(name):
                 record = {"name": name, "url": url, "password": password}
-                yield Leftover(record, parsed[0], parsed[1])
+                yield Leftover(record, parsed.run_id, parsed.created_at)
 
 
 class RabbitQueue(_AmqpBackend):
@@ -406,7 +406,7 @@ class RabbitVhost(Backend[str]):
             parsed = parse_name(name)
             if parsed is not None and _RECLAIM_NAME.fullmatch(name):
                 record = {"name": name, "api_url": url, "password": password}
-                yield Leftover(record, parsed[0], parsed[1])
+                yield Leftover(record, parsed.run_id, parsed.created_at)
 
 
 # --- checking what users and records hand us ---------------------------------------------------

@@ -242,7 +242,7 @@ class RedisNamespace(Backend[str]):
             if parsed is None:  # pragma: no cover  (the pattern above only takes reclaim names)
                 continue
             record = {**server, "name": name, "prefix": prefix.decode("ascii")}
-            yield Leftover(record, parsed[0], parsed[1])
+            yield Leftover(record, parsed.run_id, parsed.created_at)
 
 
 class RedisDatabase(Backend[str]):
@@ -357,7 +357,7 @@ class RedisDatabase(Backend[str]):
             parsed = parse_name(name)
             if parsed is None or not _NAME_RE.fullmatch(name):
                 continue  # not a name reclaim made: never touched
-            yield Leftover({**server, "name": name, "db": db}, parsed[0], parsed[1])
+            yield Leftover({**server, "name": name, "db": db}, parsed.run_id, parsed.created_at)
 
 
 # --- the namespace's keys ----------------------------------------------------------------------

@@ -346,7 +346,7 @@ class S3Bucket(Backend[Bucket]):
                 parsed = parse_name(name[len(prefix) :].replace("-", "_"))
                 if parsed is None:  # pragma: no cover  (the shape above is parse_name's)
                     continue
-                run_id, created = parsed
+                run_id, created = parsed.run_id, parsed.created_at
                 record = backend.plan(name)
                 region = item.get("BucketRegion")
                 if region and _REGION_RE.fullmatch(region):
