@@ -52,7 +52,7 @@ from reclaim._errors import (
     MissingExtraError,
     ReleaseError,
 )
-from reclaim.backends._guard import check_leftover, check_record
+from reclaim.backends._guard import check_leftover, check_record, refuse
 from reclaim.backends._names import (
     NAME_PREFIX,
     NAMES,
@@ -96,6 +96,7 @@ __all__ = [
     "redact_record",
     "redact_text",
     "redact_url",
+    "refuse",
     "require_extra",
     "split_url",
     "translate_errors",
