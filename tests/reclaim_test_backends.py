@@ -7,10 +7,12 @@ that quotes its secret token, so tests can prove the token never reaches the reg
 from __future__ import annotations
 
 import os
+import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from reclaim.backends import Backend, Record
+from reclaim.backends import Backend, Leftover, Record, parse_name
 
 SECRET = "tok-9f8e7d6c5b4a"
 
@@ -133,3 +135,41 @@ class Sticky(Backend[Path]):
     @classmethod
     def exists(cls, record: Record) -> bool:
         return os.path.exists(record["path"])
+
+
+class Greedy(Backend[Path]):
+    """A careless third-party kind: its listing takes any directory whose name *contains* a
+    reclaim name (the search-anywhere bug of issue 10). The conformance kit must catch it."""
+
+    kind = "test.greedy"
+    url_schemes = ("greedy",)
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def plan(self, name: str) -> Record:
+        return {"name": name, "path": str(self.directory / name)}
+
+    def acquire(self, name: str) -> tuple[Path, Record]:
+        record = self.plan(name)
+        Path(record["path"]).mkdir()
+        return Path(record["path"]), record
+
+    @classmethod
+    def release(cls, record: Record) -> None:
+        path = Path(record["path"])
+        if path.is_dir():
+            path.rmdir()
+
+    @classmethod
+    def exists(cls, record: Record) -> bool:
+        return os.path.lexists(record["path"])
+
+    @classmethod
+    def list_leftovers(cls, target: str) -> Iterator[Leftover]:
+        directory = target.removeprefix("greedy://")
+        for entry in os.scandir(directory):
+            found = re.search(r"rc_[0-9a-f]{8}_[0-9a-z]{1,8}_[0-9]+", entry.name)
+            parsed = parse_name(found.group(0)) if found else None
+            if parsed is not None:
+                yield Leftover({"name": entry.name, "path": entry.path}, *parsed[1:3])

@@ -263,7 +263,7 @@ def test_a_backend_that_lists_a_foreign_name_is_not_obeyed(
     data = sweep_json("--leftovers", f"liar://{precious}", "--yes", code=1)
     assert data["leftovers"] == []
     (problem,) = [p for p in data["problems"] if p["kind"] == "test.liar"]
-    assert "not a reclaim name" in problem["error"]
+    assert "not a whole reclaim name" in problem["error"]
     assert precious.is_dir()
 
 

@@ -64,7 +64,7 @@ def test_leftover_sweep_takes_only_whole_reclaim_names(
         pytest.skip(f"{kind} does not list leftovers (no url_schemes); its records are tested")
     run_id = secrets.token_hex(4)
     exact = adversary.spell(make_name(run_id, 1, now=time.time() - 2 * DAY))
-    fakes = [n for n in lookalikes(exact) if adversary.valid(n)]
+    fakes = [n for n in lookalikes(exact, backend.name_style.separator) if adversary.valid(n)]
     made: list[str] = []
     try:
         for name in [exact, *fakes]:

@@ -170,7 +170,9 @@ def add_redacted_cause(
 
 def _refusal(resource: ResourceRecord, refused: ForeignNameError) -> ForeignNameError:
     error = ForeignNameError(
-        f"entry {resource.id} ({resource.kind} {resource.name!r}) was not released: {refused}",
+        f"entry {resource.id} ({resource.kind} {resource.name!r}) was not released: {refused}."
+        " It stays failed and is never retried; if the record was damaged or written by hand,"
+        f" remove it with `reclaim forget {resource.id}`",
         kind=resource.kind,
         resource=resource.name,
         field=refused.field,

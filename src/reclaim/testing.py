@@ -14,15 +14,48 @@ import json
 import os
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
-from reclaim._errors import BackendNotFoundError
+from reclaim._errors import BackendNotFoundError, ForeignNameError
 from reclaim._identity import Identity, current_identity
 from reclaim._reaper import sweep
 from reclaim._registry import open_registry
-from reclaim.backends import Backend, Record, load_backend, make_name
+from reclaim.backends import Backend, Record, check_record, load_backend, make_name
 
-__all__ = ["check_backend", "dead_identity"]
+__all__ = ["FOREIGN_NAMES", "check_backend", "dead_identity", "lookalikes"]
+
+#: Names of things that are never reclaim's, on any server: a record naming one is refused.
+FOREIGN_NAMES: Final = (
+    "public", "postgres", "template1", "mysql", "information_schema", "/", "", "*", "rc_",
+    "rc_app", "..", "/home", "default",
+)  # fmt: skip
+
+
+def lookalikes(exact: str, separator: str = "_") -> list[str]:
+    """Names that carry ``exact`` (a server-side reclaim name) but are not it.
+
+    Suffixes, prefixes, extensions, other separators, a sequence number with letters after it,
+    case variants, a leading zero: every shape a search-anywhere match would take for
+    reclaim's. A backend must refuse a record naming any of them (I8), and a leftover sweep
+    must spare an object of any of these names.
+    """
+    head, _, seq = exact.rpartition(separator)
+    other = "-" if separator == "_" else "_"
+    out = [
+        f"{exact}{separator}backup",
+        f"myapp{separator}{exact}",
+        f"{exact}.bak",
+        f"{exact}2x",
+        f"{exact}x",
+        f"x{exact}",
+        exact.upper(),
+        exact.replace("rc", "RC", 1),
+        exact.replace(separator, other),
+        f"{head}{separator}0{seq}",
+        f"{exact}{separator}",
+        f"{exact} ",
+    ]
+    return list(dict.fromkeys(n for n in out if n != exact))
 
 
 def dead_identity() -> Identity:
@@ -39,6 +72,8 @@ def check_backend(  # noqa: PLR0915  (a linear script of checks reads best in on
     *,
     registry: str | os.PathLike[str],
     delete_outside: Callable[[Record], None] | None = None,
+    make_lookalike: Callable[[str], Callable[[], bool]] | None = None,
+    leftovers_url: str | None = None,
 ) -> None:
     """Check that the backends ``make()`` returns keep reclaim's contract.
 
@@ -50,13 +85,25 @@ def check_backend(  # noqa: PLR0915  (a linear script of checks reads best in on
     3. acquire creates (``exists`` says so), the record survives a JSON round trip (I2);
     4. release deletes, a second release is a no-op (I3);
     5. release after somebody else deleted it succeeds (``delete_outside``, when given);
-    6. a resource of a dead run is released by the sweeper, which knows only the registry.
+    6. a resource of a dead run is released by the sweeper, which knows only the registry;
+    7. only our own (I8): a record whose name is a look-alike of a reclaim name (``_backup``
+       after it, ``myapp_`` before it, upper case, ...) or a name that is never reclaim's
+       (``public``, ``mysql``, ``/``), or whose identity fields (path, prefix) are altered, is
+       refused by ``release`` and ``exists`` with :class:`~reclaim.ForeignNameError`;
+    8. with ``make_lookalike``: objects named like a real resource's look-alikes, made outside
+       reclaim, survive the sweeper's release of that resource, and (with ``leftovers_url``)
+       a registry-less ``sweep --leftovers`` pass.
 
     Args:
         make: returns a fresh backend instance each call.
         registry: a path for a scratch registry file (created, then left for the caller).
         delete_outside: deletes the resource behind reclaim's back, as a test or an operator
             might. Skipped when None.
+        make_lookalike: makes an object with exactly the given server-side name outside
+            reclaim, and returns a function that says whether it is still there (asked of the
+            server). It may raise ValueError for a name the server cannot hold; that name is
+            not tried. Skipped when None.
+        leftovers_url: where ``list_leftovers`` looks, for the registry-less part of check 8.
 
     Raises:
         AssertionError: the backend broke the contract; the message says how.
@@ -94,6 +141,9 @@ def check_backend(  # noqa: PLR0915  (a linear script of checks reads best in on
         f"{cls.kind}: the planned record does not find the created resource; a crash between"
         " create and record would leak it (I1)"
     )
+    # 7. only our own (I8): look-alikes and altered identities are refused before any I/O.
+    _check_refusals(cls, record)
+
     # 4. release, then release again.
     cls.release(record)
     assert not cls.exists(record), f"{cls.kind}: the resource still exists after release()"
@@ -133,8 +183,74 @@ def check_backend(  # noqa: PLR0915  (a linear script of checks reads best in on
         )
         assert not cls.exists(record), f"{cls.kind}: swept, yet the resource still exists"
         b.discard(value)
+        # 8. look-alikes made outside reclaim survive the sweep, and the leftover pass.
+        if make_lookalike is not None:
+            _check_lookalikes_survive(
+                cls, fresh, reg, run_id, make_lookalike, leftovers_url=leftovers_url
+            )
     finally:
         reg.close()
+
+
+def _refused(cls: type[Backend[Any]], record: Record, what: str) -> None:
+    for method in (cls.release, cls.exists):
+        try:
+            method(record)
+        except ForeignNameError:
+            continue
+        raise AssertionError(
+            f"{cls.kind}: {method.__name__}() accepted a record {what} ({record!r}); it must"
+            " refuse it with ForeignNameError before anything reaches the server (I8)"
+        )
+
+
+def _check_refusals(cls: type[Backend[Any]], record: Record) -> None:
+    name = check_record(cls, record)  # the real record passes
+    sep = cls.name_style.separator
+    for fake in [*lookalikes(name.text, sep), *FOREIGN_NAMES]:
+        _refused(cls, {**record, "name": fake}, f"named {fake!r}")
+    for field, actual, _expected in cls.owned_identities(record, name):
+        if field in record and isinstance(actual, str):
+            for altered in (f"{actual}{sep}backup", f"{actual}/..", "", "/"):
+                _refused(cls, {**record, field: altered}, f"whose {field} is {altered!r}")
+
+
+def _check_lookalikes_survive(
+    cls: type[Backend[Any]],
+    fresh: Callable[[int], tuple[Backend[Any], str, Record]],
+    reg: Any,
+    run_id: str,
+    make_lookalike: Callable[[str], Callable[[], bool]],
+    *,
+    leftovers_url: str | None,
+) -> None:
+    from reclaim._leftovers import find_leftovers, release_leftovers  # noqa: PLC0415
+
+    if reg.get_run(run_id) is None:  # reaped whole by check 6: the same dead run again
+        reg.open_run(run_id, dead_identity(), label="check_backend")
+    b, name, planned = fresh(5)
+    rid = reg.plan(run_id, "check_backend", cls.kind, name, planned)
+    value, record = b.acquire(name)
+    reg.mark_acquired(rid, record)
+    probes: dict[str, Callable[[], bool]] = {}
+    for fake in lookalikes(name, cls.name_style.separator):
+        try:
+            probes[fake] = make_lookalike(fake)
+        except ValueError:
+            continue
+    sweep(reg, grace=0)
+    assert not cls.exists(record), f"{cls.kind}: swept, yet the resource still exists"
+    b.discard(value)
+    if leftovers_url is not None:
+        yielded = {str(lo.record.get("name")) for lo in cls.list_leftovers(leftovers_url)}
+        listed = sorted(yielded & set(probes))
+        assert not listed, f"{cls.kind}: list_leftovers() yields look-alikes: {listed}"
+        report = find_leftovers(None, [leftovers_url], older_than=0.0)
+        # Release only this check's own run: the server may hold other tests' leftovers.
+        report.items = [item for item in report.items if item.leftover.run_id == run_id]
+        release_leftovers(report, None)
+    gone = sorted(fake for fake, present in probes.items() if not present())
+    assert not gone, f"{cls.kind}: objects that only look like reclaim's were deleted: {gone}"
 
 
 def _round_trip(record: Record, cls: type[Backend[Any]], where: str) -> Record:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from reclaim.backends import Record
+from reclaim.testing import lookalikes
 
 __all__ = ["Adversary", "Factory", "Foreign", "lookalikes"]
 
@@ -61,32 +62,6 @@ class Adversary:
 
 
 Factory = Callable[[pytest.FixtureRequest], Adversary]
-
-
-def lookalikes(exact: str) -> list[str]:
-    """Names that carry ``exact`` (a server-side reclaim name) but are not it.
-
-    Suffixes, prefixes, extensions, other separators, a sequence number with letters after it,
-    case variants, a leading zero: every shape the old search-anywhere matching took for reclaim's.
-    """
-    sep = "-" if exact.startswith("rc-") or "-rc-" in exact else "_"
-    head, _, seq = exact.rpartition(sep)
-    other = "-" if sep == "_" else "_"
-    out = [
-        f"{exact}{sep}backup",
-        f"myapp{sep}{exact}",
-        f"{exact}.bak",
-        f"{exact}2x",
-        f"{exact}x",
-        f"x{exact}",
-        exact.upper(),
-        exact.replace("rc", "RC", 1),
-        exact.replace(sep, other),
-        f"{head}{sep}0{seq}",
-        f"{exact}{sep}",
-        f"{exact} ",
-    ]
-    return list(dict.fromkeys(n for n in out if n != exact))
 
 
 def any_record(**fields: Any) -> Record:

@@ -79,9 +79,8 @@ def refuse(
         shown = shown[: _SHOWN - 3] + "..."
     resource = name.text if name is not None else (value if isinstance(value, str) else "?")
     return ForeignNameError(
-        f"{kind}: refused: the record's {field} {shown} is not {wanted}. reclaim deletes only"
-        " what it created, so nothing was sent to the server. The entry stays failed; if the"
-        " record was damaged or written by hand, remove it with `reclaim forget`",
+        f"{kind}: refused: the record's {field} {shown} is not {wanted}; reclaim deletes only"
+        " what it created, so nothing was sent to the server",
         kind=kind,
         resource=str(resource)[:_SHOWN],
         field=field,
