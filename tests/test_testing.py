@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from reclaim.backends import Record
+from reclaim import backends
+from reclaim.backends import NAMES, Record, parse_name
 from reclaim.backends.path import TempDir
 from reclaim.testing import FOREIGN_NAMES, check_backend, lookalikes
 from reclaim_test_backends import Greedy
@@ -27,8 +28,6 @@ def _maker(directory: Path) -> Callable[[str], Callable[[], bool]]:
 
 
 def test_lookalikes_are_never_reclaim_names() -> None:
-    from reclaim.backends import NAMES, parse_name
-
     exact = "rc_0a1b2c3d_t0a1b2_1"
     assert parse_name(exact) is not None
     for fake in [*lookalikes(exact), *FOREIGN_NAMES]:
@@ -65,7 +64,7 @@ def test_kit_catches_a_listing_that_takes_lookalikes(
 
 
 def test_kit_catches_a_release_that_skips_the_guard(
-    scratch: Path, tmp_path: Path, registry_path: str
+    scratch: Path, tmp_path: Path, registry_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     class Unguarded(TempDir):
         # Replacing the guarded classmethod after class creation bypasses the wrapper: what a
@@ -77,11 +76,6 @@ def test_kit_catches_a_release_that_skips_the_guard(
 
     Unguarded.release = staticmethod(bare_release)  # type: ignore[assignment,method-assign]
     Unguarded.kind = "path.tempdir"
-    import reclaim.backends as backends
-
-    backends._cache["path.tempdir"] = Unguarded
-    try:
-        with pytest.raises(AssertionError, match="refuse it with ForeignNameError"):
-            check_backend(lambda: Unguarded(parent=scratch), registry=tmp_path / "kit.sqlite3")
-    finally:
-        backends._cache.pop("path.tempdir", None)
+    monkeypatch.setitem(backends._cache, "path.tempdir", Unguarded)
+    with pytest.raises(AssertionError, match="refuse it with ForeignNameError"):
+        check_backend(lambda: Unguarded(parent=scratch), registry=tmp_path / "kit.sqlite3")
