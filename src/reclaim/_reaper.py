@@ -112,6 +112,11 @@ def release_resource(
     claimed = registry.begin_release(resource_id, states=states)
     if claimed is None:
         return ReleaseOutcome(None, released=False, skipped=True)
+    if claimed.damaged is not None:
+        # Nobody knows what a damaged row names (I8): kept, reported by id, never released.
+        assert claimed.last_error is not None
+        registry.mark_failed(claimed.id, claimed.last_error, attempts=1, actor=actor)
+        return ReleaseOutcome(claimed, released=False, error=_damaged_error(claimed))
     if backend is None:
         try:
             backend = load_backend(claimed.kind)
@@ -166,6 +171,17 @@ def add_redacted_cause(
     """
     text = "".join(traceback.format_exception(cause)).rstrip()
     error.add_note("caused by:\n" + redact_text(text, record, secret_fields))
+
+
+def _damaged_error(resource: ResourceRecord) -> ReleaseError:
+    return ReleaseError(
+        f"entry {resource.id} ({resource.kind} {resource.name!r}) was not released:"
+        f" {resource.last_error}",
+        kind=resource.kind,
+        resource=resource.name,
+        run_id=resource.run_id,
+        resource_id=resource.id,
+    )
 
 
 def _refusal(resource: ResourceRecord, refused: ForeignNameError) -> ForeignNameError:

@@ -53,6 +53,11 @@ class ResourceRecord:
     last_error: str | None
     created_at: float
     updated_at: float
+    #: Set when the row could not be read whole (its record is not valid JSON, its state is
+    #: unknown): what is wrong. ``record`` is then empty and ``state`` reads as ``failed``, so
+    #: every command shows it by its id; nothing is ever released from it, and ``reclaim
+    #: forget ID`` removes it.
+    damaged: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

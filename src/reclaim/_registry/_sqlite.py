@@ -617,12 +617,21 @@ _RESOURCE_COLUMNS: Final = (
 )
 
 
+def _owner(text: Any) -> Identity:
+    try:
+        return Identity.from_json(json.loads(text))
+    except (TypeError, ValueError, KeyError):
+        # A damaged owner: nobody can tell by pid whether it lives, so it is judged like a run
+        # of another host, by its lease (heartbeat_at), which is a column of its own.
+        return Identity(host="<damaged owner>", boot_id="", pidns="", pid=-1, start_time=-1)
+
+
 def _run(r: tuple[Any, ...]) -> RunRecord:
     return RunRecord(
         id=r[0],
         parent_id=r[1],
-        label=r[2],
-        owner=Identity.from_json(json.loads(r[3])),
+        label=str(r[2]),
+        owner=_owner(r[3]),
         state=RunState(r[4]),
         started_at=r[5],
         heartbeat_at=r[6],
@@ -634,16 +643,33 @@ def _run(r: tuple[Any, ...]) -> RunRecord:
 
 
 def _resource(r: tuple[Any, ...]) -> ResourceRecord:
+    damaged: str | None = None
+    try:
+        record = json.loads(r[5])
+        if not isinstance(record, dict):
+            raise ValueError(f"it is a JSON {type(record).__name__}, not an object")
+        state = ResourceState(r[6])
+    except (TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        # One damaged row must not make the registry unusable: it is shown by its id, never
+        # released from (nobody knows what it names), and `reclaim forget ID` removes it.
+        damaged = f"its row in the registry is damaged ({type(exc).__name__}: {exc})"
+        record, state = {}, ResourceState.FAILED
     return ResourceRecord(
         id=r[0],
         run_id=r[1],
-        fixture=r[2],
-        kind=r[3],
-        name=r[4],
-        record=json.loads(r[5]),
-        state=ResourceState(r[6]),
-        attempts=r[7],
-        last_error=r[8],
+        fixture=str(r[2]),
+        kind=str(r[3]),
+        name=str(r[4]),
+        record=record,
+        state=state,
+        attempts=int(r[7] or 0),
+        last_error=(
+            f"{damaged}; nothing can be released from it: look at it with `reclaim status"
+            f" --json`, then remove it with `reclaim forget {r[0]}`"
+            if damaged
+            else r[8]
+        ),
         created_at=r[9],
         updated_at=r[10],
+        damaged=damaged,
     )
