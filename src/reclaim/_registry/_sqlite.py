@@ -102,6 +102,7 @@ class SQLiteRegistry(Registry):
         self._lock = threading.RLock()
         self._conn_obj: sqlite3.Connection | None = None
         self._pid = -1
+        self._create = create
         if not self.path.exists():
             if not create:
                 raise FileNotFoundError(f"no reclaim registry at {self.path}")
@@ -109,15 +110,24 @@ class SQLiteRegistry(Registry):
         else:
             self._check_file()
         self._connection()  # opens, validates and migrates
+        self._tighten()  # only once the file is known to be a registry
 
     # --- file creation and validation ------------------------------------------------------
 
     def _create_file(self) -> None:
         parent = self.path.parent
         if not parent.exists():
-            parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # mkdir's mode is filtered by the umask; say it once more.
-            os.chmod(parent, 0o700)
+            try:
+                parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                # mkdir's mode is filtered by the umask; say it once more.
+                os.chmod(parent, 0o700)
+            except OSError as exc:
+                raise RegistryError(
+                    f"cannot create the folder of the reclaim registry {self.path}:"
+                    f" {exc.strerror} ({exc.filename}); set RECLAIM_REGISTRY (or --registry)"
+                    " to a file in a folder you can write",
+                    path=str(self.path),
+                ) from None
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         except FileExistsError:
@@ -142,9 +152,40 @@ class SQLiteRegistry(Registry):
             ) from exc
         if head and head != _SQLITE_MAGIC:
             raise self._corrupt("is not an SQLite database")
-        if info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) & 0o077:
-            # It may hold credentials (I7): tighten a file that somebody loosened.
-            os.chmod(self.path, 0o600)
+        if not head and not self._create:
+            # An empty file is not a registry yet, and a read-only command never makes one.
+            raise FileNotFoundError(f"{self.path} is empty: no reclaim registry there yet")
+        if not stat.S_ISREG(info.st_mode):
+            raise self._corrupt("is not a regular file")
+
+    def _tighten(self) -> None:
+        # It may hold credentials (I7): tighten a registry that somebody loosened. Never done
+        # before the file is known to be ours: a foreign file is refused untouched.
+        try:
+            info = os.stat(self.path)
+            if info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) & 0o077:
+                os.chmod(self.path, 0o600)
+        except OSError:
+            pass  # a read-only file system: reading still works, and nothing was loosened by us
+
+    def _unusable(self, exc: sqlite3.Error) -> RegistryError:
+        """reclaim's error for an SQLite failure: read-only and unopenable files are not
+        damaged (their fix is another path or the file's mode), anything else may be."""
+        text = str(exc)
+        if "readonly" in text or "read-only" in text:
+            return RegistryError(
+                f"the reclaim registry {self.path} cannot be written ({text}): make it (and its"
+                " folder, where SQLite keeps its -wal and -shm files) writable for this user, or"
+                " set RECLAIM_REGISTRY (or --registry) to a writable path",
+                path=str(self.path),
+            )
+        if "unable to open" in text or "disk I/O" in text or "locked" in text:
+            return RegistryError(
+                f"the reclaim registry {self.path} cannot be used now ({text}); check its folder"
+                " and file permissions and free disk, or set RECLAIM_REGISTRY to another path",
+                path=str(self.path),
+            )
+        return self._corrupt(f"cannot be used ({text})")
 
     def _corrupt(self, what: str) -> RegistryCorruptError:
         return RegistryCorruptError(
@@ -182,7 +223,7 @@ class SQLiteRegistry(Registry):
         except sqlite3.DatabaseError as exc:
             self._conn_obj = None
             conn.close()
-            raise self._corrupt(f"cannot be used ({exc})") from exc
+            raise self._unusable(exc) from None
         except BaseException:
             self._conn_obj = None
             conn.close()
@@ -203,6 +244,8 @@ class SQLiteRegistry(Registry):
         conn.execute("BEGIN IMMEDIATE")
         try:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            if not tables and not self._create:
+                raise FileNotFoundError(f"{self.path} holds no reclaim registry yet")
             if not tables:
                 for statement in _SCHEMA_V1.split(";"):
                     if statement.strip():
@@ -247,17 +290,34 @@ class SQLiteRegistry(Registry):
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise self._unusable(exc) from None
             try:
                 yield conn
+            except sqlite3.IntegrityError:
+                conn.execute("ROLLBACK")
+                raise  # a caller's mistake (a run that does not exist): not the file's
+            except sqlite3.Error as exc:
+                conn.execute("ROLLBACK")
+                raise self._unusable(exc) from None
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise self._unusable(exc) from None
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
-            return self._connection().execute(sql, args).fetchall()
+            try:
+                return self._connection().execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise self._unusable(exc) from None
 
     @staticmethod
     def _event(
