@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from conftest import alive
-from reclaim import BackendNotFoundError
+from reclaim import BackendNotFoundError, ForeignNameError
+from reclaim._identity import process_state
 from reclaim.backends import Backend, Record, load_backend, make_name, parse_name
 from reclaim.backends.path import TempDir
 from reclaim.backends.process import MARKER_ENV, Process
@@ -189,3 +190,94 @@ def test_process_rejects_shell_strings_and_group_options() -> None:
         Process("sleep 1")
     with pytest.raises(ValueError, match="start_new_session"):
         Process(["sleep", "1"], start_new_session=False)
+
+
+def _user_sleep() -> tuple[subprocess.Popen[bytes], int]:
+    env = {k: v for k, v in os.environ.items() if k != MARKER_ENV}
+    user = subprocess.Popen(["sleep", "60"], env=env)
+    state = process_state(user.pid)
+    assert state is not None
+    return user, state.start_time
+
+
+def test_process_refuses_a_valid_name_on_a_users_process() -> None:
+    """A hostile record: a valid reclaim name, the real pid and start time of a user's process
+    that carries no marker. Neither release nor exists may signal it (I8)."""
+    user, started = _user_sleep()
+    try:
+        record = {"name": "rc_0badf00d_t0a1b2_1", "pid": user.pid, "start_time": started}
+        with pytest.raises(ForeignNameError, match=r"refused.*pid.*RECLAIM_RESOURCE"):
+            Process.release(dict(record, grace=0.1))
+        with pytest.raises(ForeignNameError, match="refused"):
+            Process.exists(record)
+        # Another reclaim name's marker is not this one's.
+        other = subprocess.Popen(["sleep", "60"], env={**os.environ, MARKER_ENV: "rc_0_a_9"})
+        try:
+            other_started = process_state(other.pid).start_time  # type: ignore[union-attr]
+            with pytest.raises(ForeignNameError, match="refused"):
+                Process.release({**record, "pid": other.pid, "start_time": other_started})
+            assert other.poll() is None
+        finally:
+            other.kill()
+            other.wait()
+        time.sleep(0.1)
+        assert user.poll() is None, "the user's process was signalled"
+    finally:
+        user.kill()
+        user.wait()
+
+
+def test_process_refuses_a_pgid_other_than_the_pid() -> None:
+    user, started = _user_sleep()
+    try:
+        record = {
+            "name": "rc_0badf00d_t0a1b2_1",
+            "pid": user.pid,
+            "pgid": os.getpgid(0),  # the test's own group
+            "start_time": started,
+        }
+        with pytest.raises(ForeignNameError, match=r"refused.*pgid"):
+            Process.release(record)
+        for bad in ("12", -1, True, 1.5):
+            with pytest.raises(ForeignNameError, match="positive integer"):
+                Process.exists({**record, "pid": bad, "pgid": bad})
+        assert user.poll() is None
+    finally:
+        user.kill()
+        user.wait()
+
+
+def test_process_refuses_a_users_group_whose_leader_is_gone() -> None:
+    shell = subprocess.Popen(
+        ["sh", "-c", "sleep 60 & echo $!"], stdout=subprocess.PIPE, start_new_session=True
+    )
+    assert shell.stdout is not None
+    with shell.stdout:
+        orphan = int(shell.stdout.readline())
+    shell_started = process_state(shell.pid).start_time  # type: ignore[union-attr]
+    shell.wait()
+    try:
+        record = {"name": "rc_0badf00d_t0a1b2_1", "pid": shell.pid, "start_time": shell_started}
+        with pytest.raises(ForeignNameError, match=r"refused.*pgid.*member"):
+            Process.release(record)
+        assert alive(orphan)
+    finally:
+        os.kill(orphan, signal.SIGKILL)
+
+
+def test_process_group_members_are_released_after_the_leader_died() -> None:
+    """The leader was killed, its marked children live on in its group: released (I3 after)."""
+    backend = Process(["bash", "-c", "sleep 600 & echo $!; wait"], grace=2, stdout=subprocess.PIPE)
+    popen, record = backend.acquire("rc_00000000_a_5")
+    try:
+        child = int(popen.stdout.readline())  # type: ignore[union-attr]
+        os.kill(popen.pid, signal.SIGKILL)
+        popen.wait()
+        assert Process.exists(record)
+        Process.release(record)
+        assert not alive(child)
+        assert not Process.exists(record)
+        Process.release(record)  # gone: a no-op
+    finally:
+        popen.stdout.close()  # type: ignore[union-attr]
+        backend.discard(popen)

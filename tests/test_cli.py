@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
+import secrets
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import Spawner, kill, reclaim_cli
+from reclaim._reaper import sweep
+from reclaim._registry import open_registry
+from reclaim.backends import make_name
+from reclaim.backends.path import TempDir
+from reclaim.testing import dead_identity
 from test_reaper import HOLDER
+from test_watch import Watcher
 
 
 @pytest.fixture(autouse=True)
@@ -66,3 +76,119 @@ def test_forget_unknown_id_is_a_clear_error(registry_path: str) -> None:
 def test_help_and_version() -> None:
     assert "sweep" in reclaim_cli("--help").stdout
     assert "reclaim, version" in reclaim_cli("--version").stdout
+
+
+# --- what users and servers wrote is printed as text, never as rich markup -----------------
+
+#: A run label, a folder and a registry folder that rich would read as a closing tag.
+MARKUP = "[/x]"
+
+
+@dataclasses.dataclass
+class Bracketed:
+    """A registry (in a folder named with MARKUP) holding a dead run labelled ``lab[/x]`` with
+    a real TempDir under a folder named ``a[/x]b``."""
+
+    location: str
+    run_id: str
+    label: str
+    path: Path
+    resource_id: int
+
+
+@pytest.fixture
+def bracketed(
+    registry_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Bracketed]:
+    location = str(tmp_path / f"reg{MARKUP}" / "registry.sqlite3")
+    monkeypatch.setenv("RECLAIM_REGISTRY", location)
+    parent = tmp_path / f"a{MARKUP}b"
+    parent.mkdir(parents=True)
+    reg = open_registry(location)
+    run_id = secrets.token_hex(4)
+    label = f"lab{MARKUP}"
+    reg.open_run(run_id, dead_identity(), label=label)
+    backend = TempDir(parent=parent)
+    name = backend.adapt_name(make_name(run_id, 1))
+    rid = reg.plan(run_id, label, "path.tempdir", name, backend.plan(name))
+    path, record = backend.acquire(name)
+    reg.mark_acquired(rid, record)
+    reg.close()
+    yield Bracketed(location, run_id, label, path, rid)
+    reg = open_registry(location)
+    try:
+        sweep(reg, grace=0)
+    finally:
+        reg.close()
+
+
+def _no_crash(result: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "MarkupError" not in result.stderr, result.stderr
+    return result.stdout
+
+
+def test_markup_in_labels_and_paths_is_printed_as_it_is(bracketed: Bracketed) -> None:
+    path = str(bracketed.path)
+    assert MARKUP in path
+    status = _no_crash(reclaim_cli("status"))
+    assert f"run {bracketed.run_id}  {bracketed.label}  " in status
+    assert path in status
+    assert "(orphaned)" in status
+    assert f"registry: {bracketed.location}" in status
+
+    (run,) = json.loads(_no_crash(reclaim_cli("status", "--json")))["runs"]
+    assert run["label"] == bracketed.label
+
+    dry = _no_crash(reclaim_cli("sweep", "--dry-run", "--grace", "0"))
+    assert f"would release  path.tempdir  {path}  (exists)" in dry
+    assert "Would release 1, failed 0." in dry
+    assert bracketed.path.is_dir(), "a dry run changes nothing"
+
+    swept = _no_crash(reclaim_cli("sweep", "--grace", "0"))
+    assert f"released  path.tempdir  {path}" in swept
+    assert "Released 1, failed 0." in swept, "the report is whole after the release"
+    assert not bracketed.path.exists()
+    assert "Nothing is held" in _no_crash(reclaim_cli("status"))
+
+
+def test_markup_in_errors_is_printed_as_it_is(bracketed: Bracketed, tmp_path: Path) -> None:
+    """A failure whose error quotes a path with MARKUP: the sweep reports it whole, status
+    shows it, and the entry stays failed."""
+    user = tmp_path / f"a{MARKUP}b" / "keep"
+    user.mkdir()
+    reg = open_registry(bracketed.location)
+    hostile = make_name(bracketed.run_id, 2)
+    record = {"name": hostile, "path": str(user)}
+    rid = reg.plan(bracketed.run_id, bracketed.label, "path.tempdir", hostile, record)
+    reg.mark_acquired(rid, record)
+    result = reclaim_cli("sweep", "--grace", "0", check=False)
+    swept = _no_crash(result)
+    assert result.returncode == 1
+    assert f"released  path.tempdir  {bracketed.path}" in swept
+    assert f"failed    path.tempdir  {user}" in swept
+    assert f"'{user}'" in swept, "the refusal quotes the path literally"
+    assert "Released 1, failed 1." in swept
+    assert user.is_dir()
+    status = _no_crash(reclaim_cli("status"))
+    assert "refused" in status
+    assert f"'{user}'" in status
+    reg.forget(rid, actor="test")
+    reg.close()
+
+
+def test_watch_prints_markup_as_it_is(bracketed: Bracketed) -> None:
+    swept = _no_crash(reclaim_cli("sweep", "--grace", "0"))
+    assert "Released 1, failed 0." in swept
+    watcher = Watcher("--from-start")
+    try:
+        watcher.wait_for_stderr(f"Watching {bracketed.location}")
+        lines = watcher.lines_until(lambda lines: any("run.reaped" in x for x in lines))
+        opened = next(x for x in lines if "run.opened" in x)
+        assert f"label {bracketed.label!r}" in opened
+        assert any("resource.released" in x for x in lines)
+        assert watcher.stop() == 0
+        assert "Traceback" not in watcher.stderr_rest()
+    finally:
+        watcher.kill()
+    assert not bracketed.path.exists()

@@ -74,7 +74,7 @@ def test_kit_catches_a_release_that_skips_the_guard(
     def bare_release(record: Record) -> None:
         shutil.rmtree(record["path"], ignore_errors=True)
 
-    Unguarded.release = staticmethod(bare_release)  # type: ignore[assignment,method-assign]
+    Unguarded.release = staticmethod(bare_release)  # type: ignore[method-assign]
     Unguarded.kind = "path.tempdir"
     monkeypatch.setitem(backends._cache, "path.tempdir", Unguarded)
     with pytest.raises(AssertionError, match="refuse it with ForeignNameError"):

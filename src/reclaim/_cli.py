@@ -53,10 +53,29 @@ from reclaim.backends import Backend, load_backend, make_name, redact_text
 
 __all__ = ["main"]
 
+# What is printed comes from users and servers (labels, hosts, paths, names, errors): a string
+# is always shown as it is, never read as rich markup (``[/x]`` in a label crashed the sweep
+# after it had released) or emoji codes. Styled output is built from Text pieces, see _line.
 # Not on a terminal (a pipe, CI logs): wide enough that paths and errors are never cut short.
-_console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 400)
+_console = Console(
+    highlight=False,
+    markup=False,
+    emoji=False,
+    soft_wrap=True,
+    width=None if sys.stdout.isatty() else 400,
+)
 # Errors stay on one line each (the terminal wraps them; logs keep them greppable).
-_errors = Console(stderr=True, highlight=False, soft_wrap=True)
+_errors = Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True)
+
+
+def _line(*parts: str | tuple[str, str] | Text) -> Text:
+    """One line from literal pieces: a string, a (string, style) pair or a Text; no markup."""
+    return Text.assemble(*parts)
+
+
+def _cell(value: object, style: str = "") -> Text:
+    """A table cell shown literally (a str cell would be parsed by a markup-enabled console)."""
+    return value if isinstance(value, Text) else Text(str(value), style=style)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -161,16 +180,20 @@ def status(location: str, as_json: bool) -> None:
         click.echo(json.dumps(_status_json(runs)))
         return
     if not runs:
-        _console.print(f"Nothing is held. [dim](registry: {location})[/dim]")
+        _console.print(_line("Nothing is held. ", (f"(registry: {location})", "dim")))
         return
     for run, alive, resources in runs:
-        life = "[green]alive[/green]" if alive else "[yellow]dead[/yellow]"
+        life = ("alive", "green") if alive else ("dead", "yellow")
         _console.print(
-            f"[bold]run {run.id}[/bold]  {run.label}  pid {run.owner.pid} on {run.owner.host}"
-            f"  {life}  {run.state}  started {_ago(run.started_at)}"
+            _line(
+                (f"run {run.id}", "bold"),
+                f"  {run.label}  pid {run.owner.pid} on {run.owner.host}  ",
+                life,
+                f"  {run.state}  started {_ago(run.started_at)}",
+            )
         )
         if not resources:
-            _console.print("  [dim]holds nothing[/dim]")
+            _console.print(_line("  ", ("holds nothing", "dim")))
             continue
         table = Table(box=None, padding=(0, 2), show_edge=False, pad_edge=False)
         for column in ("id", "kind", "resource", "state", "tries", "last error"):
@@ -178,15 +201,15 @@ def status(location: str, as_json: bool) -> None:
         for r in resources:
             condition = _condition(r, alive)
             table.add_row(
-                str(r.id),
-                r.kind,
-                _describe(r),
-                Text(f"{r.state} ({condition})", style=_STATE_STYLE[condition]),
-                str(r.attempts),
-                r.last_error or "",
+                _cell(r.id),
+                _cell(r.kind),
+                _cell(_describe(r)),
+                _cell(f"{r.state} ({condition})", _STATE_STYLE[condition]),
+                _cell(r.attempts),
+                _cell(r.last_error or ""),
             )
         _console.print(table)
-    _console.print(f"[dim]registry: {location}[/dim]")
+    _console.print(_line((f"registry: {location}", "dim")))
 
 
 # --- sweep ---------------------------------------------------------------------------------
@@ -289,17 +312,20 @@ def _print_sweep(report: SweepReport, dry_run: bool) -> None:
         for resource, exists in report.would_release:
             there = {True: "exists", False: "already gone", None: "unknown"}[exists]
             _console.print(
-                f"would release  {resource.kind}  {_describe(resource)}  [dim]({there})[/dim]"
+                _line(
+                    f"would release  {resource.kind}  {_describe(resource)}  ",
+                    (f"({there})", "dim"),
+                )
             )
     for outcome in report.outcomes:
         r = outcome.resource
         if r is None:
             continue
         if outcome.released:
-            _console.print(f"[green]released[/green]  {r.kind}  {_describe(r)}")
+            _console.print(_line(("released", "green"), f"  {r.kind}  {_describe(r)}"))
         elif outcome.error is not None:
-            _console.print(f"[bold red]failed[/bold red]    {r.kind}  {_describe(r)}")
-            _console.print(f"          [red]{outcome.error}[/red]")
+            _console.print(_line(("failed", "bold red"), f"    {r.kind}  {_describe(r)}"))
+            _console.print(_line("          ", (str(outcome.error), "red")))
     skipped = []
     if report.skipped_live:
         skipped.append(f"{report.skipped_live} held by live runs")
@@ -312,7 +338,7 @@ def _print_sweep(report: SweepReport, dry_run: bool) -> None:
     line = f"{verb} {count}, failed {report.failed}"
     if skipped:
         line += "; left alone: " + ", ".join(skipped)
-    _console.print(f"[bold]{line}.[/bold]")
+    _console.print(_line((f"{line}.", "bold")))
 
 
 def _sweep_leftovers(
@@ -349,9 +375,14 @@ _ACTION_STYLE: Final = {
 def _print_leftovers(report: LeftoverReport) -> None:
     where = ", ".join(redact_url(u) for u in report.urls)
     _console.print(
-        f"Leftovers under reclaim's prefix at {where}"
-        f" [dim](kinds: {', '.join(report.kinds) or 'none'};"
-        f" older than {_duration(report.older_than)} may go)[/dim]"
+        _line(
+            f"Leftovers under reclaim's prefix at {where} ",
+            (
+                f"(kinds: {', '.join(report.kinds) or 'none'};"
+                f" older than {_duration(report.older_than)} may go)",
+                "dim",
+            ),
+        )
     )
     _print_problems(report)
     if report.items:
@@ -361,17 +392,17 @@ def _print_leftovers(report: LeftoverReport) -> None:
         for item in report.items:
             label, style = _ACTION_STYLE[item.action]
             table.add_row(
-                item.kind,
-                item.describe(),
-                f"{item.leftover.run_id} ({item.run_state})",
-                _ago(item.leftover.created_at),
-                Text(label, style=style),
+                _cell(item.kind),
+                _cell(item.describe()),
+                _cell(f"{item.leftover.run_id} ({item.run_state})"),
+                _cell(_ago(item.leftover.created_at)),
+                _cell(label, style),
             )
         _console.print(table)
         for item in report.items:
             if item.error is not None:
                 _console.print(Text(f"{item.describe()}: {item.error}", style="red"))
-    _console.print(f"[bold]{_leftovers_summary(report)}.[/bold]")
+    _console.print(_line((f"{_leftovers_summary(report)}.", "bold")))
     if report.dry_run and report.count("release"):
         _console.print("Nothing was changed: run again with --yes to release them.")
 
@@ -465,10 +496,10 @@ def watch(location: str, from_start: bool, as_json: bool) -> None:
         signal.signal(sig, _stop)
 
     def waiting() -> None:
-        _errors.print(f"[dim]Waiting for the registry {location} to be created...[/dim]")
+        _errors.print(_line((f"Waiting for the registry {location} to be created...", "dim")))
 
     def ready(registry: Registry) -> None:
-        _errors.print(f"[dim]Watching {registry.location}; Ctrl-C to stop.[/dim]")
+        _errors.print(_line((f"Watching {registry.location}; Ctrl-C to stop.", "dim")))
 
     try:
         for event in follow(location, from_start=from_start, on_waiting=waiting, on_ready=ready):
@@ -787,10 +818,13 @@ def _acquire(
         return
     click.echo(shown)
     _errors.print(
-        f"[dim]reclaim: acquired {kind} {name} as resource {resource_id} of run {run_id}"
-        f" (release it early with `reclaim release {resource_id}`)[/dim]",
-        markup=True,
-        highlight=False,
+        _line(
+            (
+                f"reclaim: acquired {kind} {name} as resource {resource_id} of run {run_id}"
+                f" (release it early with `reclaim release {resource_id}`)",
+                "dim",
+            )
+        )
     )
 
 

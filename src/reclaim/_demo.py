@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
 from reclaim._identity import process_state
 from reclaim._reaper import is_alive, reap_run
@@ -50,9 +51,18 @@ def _alive(pid: int) -> bool:
 
 
 def run_demo(location: str, console: Console) -> bool:
-    """Run the demo against the registry at ``location``; True when nothing remains."""
-    console.print("[bold]reclaim demo[/bold]: a process is killed with SIGKILL; its leftovers go.")
-    console.print(f"[dim]registry: {location}[/dim]\n")
+    """Run the demo against the registry at ``location``; True when nothing remains.
+
+    Everything printed is Text (paths and locations shown as they are, never read as markup),
+    so ``console`` may have markup on or off.
+    """
+    console.print(
+        Text.assemble(
+            ("reclaim demo", "bold"), ": a process is killed with SIGKILL; its leftovers go."
+        )
+    )
+    console.print(Text(f"registry: {location}", style="dim"))
+    console.print()
     # No watchdog for the child: the demo shows what the sweeper does with a run whose owner and
     # watchdog died together (a whole CI machine killed at once).
     child = subprocess.Popen(
@@ -66,32 +76,40 @@ def run_demo(location: str, console: Console) -> bool:
         line = child.stdout.readline()
         if not line:
             child.wait()
-            console.print(f"[red]the demo's child process failed (exit {child.returncode})[/red]")
+            console.print(
+                Text(f"the demo's child process failed (exit {child.returncode})", style="red")
+            )
             return False
         held: dict[str, Any] = json.loads(line)
         console.print(
-            f"1. Process {child.pid} (run {held['run']}) acquired {_DIRS} temp directories and a"
-            f" child process (pid {held['pid']}):"
+            Text(
+                f"1. Process {child.pid} (run {held['run']}) acquired {_DIRS} temp directories"
+                f" and a child process (pid {held['pid']}):"
+            )
         )
         for d in held["dirs"]:
-            console.print(f"     {d}")
+            console.print(Text(f"     {d}"))
         child.send_signal(signal.SIGKILL)
         child.wait()
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
-    console.print(f"2. Process {child.pid} was killed with SIGKILL: no `finally`, no atexit ran.")
+    console.print(
+        Text(f"2. Process {child.pid} was killed with SIGKILL: no `finally`, no atexit ran.")
+    )
 
     registry = open_registry(location)
     try:
         run = registry.get_run(held["run"])
         left_dirs = [d for d in held["dirs"] if os.path.isdir(d)]
         console.print(
-            f"3. Left behind: {len(left_dirs)} directories on disk, child process "
-            f"{'still running' if _alive(held['pid']) else 'gone'}; the registry holds "
-            f"{len(registry.resources(held['run']))} entries for the run, whose owner is "
-            f"{'alive' if run and is_alive(run) else 'dead'}."
+            Text(
+                f"3. Left behind: {len(left_dirs)} directories on disk, child process "
+                f"{'still running' if _alive(held['pid']) else 'gone'}; the registry holds "
+                f"{len(registry.resources(held['run']))} entries for the run, whose owner is "
+                f"{'alive' if run and is_alive(run) else 'dead'}."
+            )
         )
         if run is not None:
             started = time.perf_counter()
@@ -99,8 +117,10 @@ def run_demo(location: str, console: Console) -> bool:
             elapsed = (time.perf_counter() - started) * 1000
             released = sum(1 for o in outcomes if o.released)
             console.print(
-                f"4. reclaim released {released} of {len(outcomes)} in {elapsed:.0f} ms"
-                " (what `reclaim sweep` does for every dead run)."
+                Text(
+                    f"4. reclaim released {released} of {len(outcomes)} in {elapsed:.0f} ms"
+                    " (what `reclaim sweep` does for every dead run)."
+                )
             )
         remaining_dirs = [d for d in held["dirs"] if os.path.exists(d)]
         running = _alive(held["pid"])
@@ -110,13 +130,20 @@ def run_demo(location: str, console: Console) -> bool:
     ok = not remaining_dirs and not running and entries == 0
     if ok:
         console.print(
-            "5. [bold green]Nothing remains[/bold green]: no directory on disk, no process, no"
-            " registry entry."
+            Text.assemble(
+                "5. ",
+                ("Nothing remains", "bold green"),
+                ": no directory on disk, no process, no registry entry.",
+            )
         )
     else:
         console.print(
-            f"5. [bold red]Something remains[/bold red]: dirs {remaining_dirs}, process running:"
-            f" {running}, registry entries: {entries}. See `reclaim status`."
+            Text.assemble(
+                "5. ",
+                ("Something remains", "bold red"),
+                f": dirs {remaining_dirs}, process running: {running},"
+                f" registry entries: {entries}. See `reclaim status`.",
+            )
         )
     return ok
 

@@ -14,6 +14,16 @@ What counts as "the resource's" is decided from the record alone (I2), and never
   left the group with ``setsid``, and the child of a process killed after ``fork`` but before
   its pid was journaled (the planned-but-never-recorded case of I1).
 
+A pid and start time are not proof enough (I8): a damaged or hostile record can carry the pid and
+start time of a user's process beside a valid reclaim name. So before anything is signalled, the
+leader must carry the marker of exactly the record's name in its environment; when the leader is
+gone, every member of its group must carry it too (a group outlives its leader, and a record can
+name anyone's group). Otherwise the record is refused with a ``ForeignNameError`` and nothing is
+sent. A leader whose environment is unreadable (another user's process) is refused likewise. So
+a child that drops the marker from its environment at ``exec`` (``env -i``) is not released by
+its record: as the leader, always; as a member of the group, once its leader is gone. reclaim
+refuses and says so (the entry stays failed) rather than guess.
+
 Every signal goes through a pidfd opened *before* the start time is checked again, so a pid
 reused between the scan and the signal is never hit. Zombies count as gone: they have exited, and
 on machines whose pid 1 does not reap, the zombies of a dead owner's children stay forever.
@@ -30,7 +40,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from reclaim._identity import current_identity, process_state, start_time_of
-from reclaim.backends import Backend, Record
+from reclaim.backends import Backend, ForeignNameError, ReclaimName, Record, refuse
 
 __all__ = ["MARKER_ENV", "Process"]
 
@@ -132,19 +142,28 @@ class Process(Backend["subprocess.Popen[Any]"]):
 
 
 def _find(record: Record) -> dict[int, int]:
-    """Live processes that belong to the resource: pid -> start time."""
+    """Live processes that belong to the resource: pid -> start time.
+
+    Raises:
+        ForeignNameError: the record's pid (or the group it names) is a live process that does
+            not carry the resource's marker: not reclaim's, so nothing may be signalled.
+    """
     found: dict[int, int] = {}
-    pid = record.get("pid")
-    pgid = record.get("pgid", pid)
-    started = record.get("start_time")
-    group_is_ours = False
+    name = str(record["name"])
+    pid, started = _checked_ids(record)
+    pgid = pid
+    marker = f"{MARKER_ENV}={name}".encode() + b"\0"
+    group_is_ours = False  # the leader is alive, is the recorded process and carries the marker
+    group_may_be_ours = False  # the leader is gone: each member must prove itself
     if pid is not None and started is not None:
-        leader = process_state(int(pid))
-        if leader is None or leader.start_time == started:
+        leader = process_state(pid)
+        if leader is None or not leader.alive:
+            group_may_be_ours = leader is None or leader.start_time == started
+        elif leader.start_time == started:
+            if not _has_marker(leader.pid, marker):
+                raise _foreign(record, "pid", leader.pid, marker)
             group_is_ours = True
-            if leader is not None and leader.alive:
-                found[leader.pid] = leader.start_time
-    marker = f"{MARKER_ENV}={record['name']}".encode() + b"\0"
+            found[leader.pid] = leader.start_time
     me = os.getpid()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -155,10 +174,44 @@ def _find(record: Record) -> dict[int, int]:
         state = process_state(other)
         if state is None or not state.alive:
             continue
-        in_group = group_is_ours and state.pgid == pgid and state.start_time >= int(started or 0)
-        if in_group or _has_marker(other, marker):
+        marked = _has_marker(other, marker)
+        in_group = (group_is_ours or group_may_be_ours) and (
+            state.pgid == pgid and state.start_time >= (started or 0)
+        )
+        if in_group and not group_is_ours and not marked:
+            raise _foreign(record, "pgid", pgid, marker, member=other)
+        if in_group or marked:
             found[other] = state.start_time
     return found
+
+
+def _checked_ids(record: Record) -> tuple[int | None, int | None]:
+    """The record's pid and start time, refused unless they can only name its own child."""
+    pid = record.get("pid")
+    started = record.get("start_time")
+    for field, value in (("pid", pid), ("start_time", started)):
+        if value is not None and (type(value) is not int or value <= 0):
+            raise refuse(Process.kind, field, value, "a positive integer", name=_parsed(record))
+    pgid = record.get("pgid", pid)
+    if pid is not None and pgid != pid:
+        # The child leads a session of its own, so its group is its pid: a record naming another
+        # group would reach somebody else's processes.
+        raise refuse(Process.kind, "pgid", pgid, f"exactly the pid {pid}", name=_parsed(record))
+    return pid, started
+
+
+def _foreign(
+    record: Record, field: str, value: object, marker: bytes, *, member: int | None = None
+) -> ForeignNameError:
+    """The refusal of a record whose process (or group member) is not reclaim's."""
+    who = "the process" if member is None else f"its member {member}"
+    shown = marker[:-1].decode(errors="replace")
+    wanted = f"a process reclaim started ({who} has no {shown} in its environment)"
+    return refuse(Process.kind, field, value, wanted, name=_parsed(record))
+
+
+def _parsed(record: Record) -> ReclaimName | None:
+    return Process.name_style.parse(record.get("name"))
 
 
 def _has_marker(pid: int, marker: bytes) -> bool:
