@@ -28,8 +28,9 @@ import pytest
 import reclaim
 from _services import TcpProxy, require, with_port
 from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
+from reclaim import AcquireError, ForeignNameError
 from reclaim._registry import open_registry
-from reclaim.backends import Record, load_backend, make_name
+from reclaim.backends import Record, check_leftover, load_backend, make_name
 from reclaim.backends.mysql import MysqlDatabase
 from reclaim.testing import check_backend
 from test_watchdog import run_gone
@@ -180,8 +181,11 @@ def test_acquire_never_adopts_an_existing_database(mysql_url: str, created: set[
     with admin(mysql_url) as conn, conn.cursor() as cur:
         cur.execute(f"CREATE DATABASE `{name}`")
         cur.execute(f"CREATE TABLE `{name}`.precious (id INT)")
-    with pytest.raises(RuntimeError, match="database exists"):
+    with pytest.raises(AcquireError, match="database exists") as info:
         MysqlDatabase(mysql_url).acquire(name)
+    assert info.value.kind == "mysql.database"
+    assert info.value.resource == name
+    assert f"mysql.database {name!r}: could not create the database at root@" in str(info.value)
 
 
 def test_a_forgotten_open_transaction_does_not_block_the_drop(
@@ -226,15 +230,19 @@ HOSTILE = [
 def test_hostile_names_never_reach_sql(mysql_url: str, name: str) -> None:
     backend = MysqlDatabase(mysql_url)
     record = {**backend.plan("rc_0a1b2c3d_abc_1"), "name": name}
-    for call in (
-        lambda: backend.adapt_name(name),
-        lambda: backend.acquire(name),
-        lambda: MysqlDatabase.release(record),
-        lambda: MysqlDatabase.exists(record),
-    ):
-        with pytest.raises(ValueError, match="not a database name reclaim makes"):
+    for call in (lambda: backend.adapt_name(name), lambda: backend.acquire(name)):
+        with pytest.raises(ValueError, match="not a name reclaim makes"):
             call()
+    # A record naming it (damaged or hostile): the guard refuses it before any connection.
+    for guarded in (MysqlDatabase.release, MysqlDatabase.exists):
+        with pytest.raises(ForeignNameError, match="refused"):
+            guarded(dict(record))
     assert db_exists(mysql_url, "mysql")
+
+
+def test_names_fit_mariadb() -> None:
+    assert MysqlDatabase.name_style.max_length == 64
+    assert MysqlDatabase.prefix_separator is None
 
 
 @pytest.mark.parametrize("option", ["charset", "collation"])
@@ -448,6 +456,7 @@ def test_list_leftovers_yields_only_reclaim_names(mysql_url: str, created: set[s
     assert sorted(lo.record["name"] for lo in found) == sorted(ours)
     for leftover in found:
         assert leftover.run_id == run_id
+        check_leftover(MysqlDatabase, leftover)
         assert leftover.created_at == float(int(then))
         MysqlDatabase.release(leftover.record)  # the record is all release needs
     assert not any(db_exists(mysql_url, name) for name in ours)

@@ -37,8 +37,8 @@ from psycopg import sql
 import reclaim
 from _services import TcpProxy, require, with_port
 from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
-from reclaim import AcquireError, ReleaseError
-from reclaim.backends import Record, load_backend, make_name, parse_name
+from reclaim import AcquireError, ForeignNameError, ReleaseError
+from reclaim.backends import Backend, Record, check_leftover, load_backend, make_name, parse_name
 from reclaim.backends.postgres import (
     PostgresDatabase,
     PostgresRole,
@@ -728,13 +728,19 @@ def _canary_alive(pg: Server, canary: str) -> bool:
 def test_hostile_names_inject_nothing(pg: Server, canary: str, template: str) -> None:
     hostile = template.format(canary=canary)
     base = {"dsn": psycopg.conninfo.make_conninfo(pg.dsn), "password": None}
-    # Records with hostile names (a forged or damaged registry): released as names, nothing runs.
-    PostgresSchema.release({**base, "name": hostile})
-    PostgresDatabase.release({**base, "name": hostile})
-    PostgresRole.release({**base, "name": hostile})
+    # Records with hostile names (a forged or damaged registry): refused, nothing is sent.
     tables = {**base, "name": hostile, "schema": hostile, "truncate": [[hostile, hostile]]}
-    PostgresTables.release(tables)
-    assert not PostgresTables.exists(tables)
+    records: list[tuple[type[Backend[Any]], Record]] = [
+        (PostgresSchema, {**base, "name": hostile}),
+        (PostgresDatabase, {**base, "name": hostile}),
+        (PostgresRole, {**base, "name": hostile}),
+        (PostgresTables, {**tables, "prefix": f"{hostile}_"}),
+    ]
+    for cls, record in records:
+        with pytest.raises(ForeignNameError, match="refused"):
+            cls.release(record)
+        with pytest.raises(ForeignNameError, match="refused"):
+            cls.exists(record)
     # Hostile arguments of the backends.
     with reclaim.Fixture("hostile") as fx:
         fx.acquire(PostgresTables(pg.dsn, schema=hostile, truncate=[hostile, (hostile, hostile)]))
@@ -753,8 +759,88 @@ def test_invalid_arguments_are_refused_before_anything_is_created(pg: Server) ->
     assert SECRET not in str(info.value)
     with pytest.raises(TypeError, match="list of table names"):
         PostgresTables(pg.dsn, truncate="users")
-    with pytest.raises(ValueError, match="longer than"):
-        PostgresSchema(pg.dsn).adapt_name("rc_" + "a" * 70)
+    for cls in KINDS:
+        with pytest.raises(ValueError, match="not a name reclaim makes"):
+            cls(pg.dsn).adapt_name("rc_" + "a" * 70)
+        with pytest.raises(ValueError, match="not a name reclaim makes"):
+            cls(pg.dsn).adapt_name("public")
+        name = fresh_name()
+        assert cls(pg.dsn).adapt_name(name) == name
+
+
+def test_names_fit_postgres_identifiers() -> None:
+    """The 63-byte limit lives in each kind's NameStyle; a table prefix leaves room for the
+    table's own part."""
+    for cls in (PostgresSchema, PostgresDatabase, PostgresRole):
+        assert cls.name_style.max_length == 63
+    assert PostgresTables.name_style.max_length == 63 - 1 - 16
+    assert PostgresTables.prefix_separator == "_"
+    longest = make_name("0" * 8, 10**20 - 1, now=36**8 - 1)
+    assert len(longest) + 1 + 16 <= 63
+    assert all(cls.name_style.parse(longest) for cls in KINDS)
+
+
+# --- only our own (I8): records naming what reclaim did not create --------------------------
+
+
+def test_a_record_naming_a_users_schema_is_refused(pg: Server) -> None:
+    """The backend's own drop runs ``DROP SCHEMA ... CASCADE`` on whatever name it is given (a
+    record naming ``public`` dropped it): the guard in front of release refuses such a record,
+    and the schema and its table are still there. Proven on a copy, never on ``public``."""
+    copy = f"public_copy_{uuid.uuid4().hex[:8]}"
+    pg.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(copy)))
+    pg.finally_run.append(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(copy)))
+    pg.execute(sql.SQL("CREATE TABLE {} (id int)").format(sql.Identifier(copy, "users")))
+    record = {**PostgresSchema(pg.dsn).plan(fresh_name()), "name": copy}
+    with pytest.raises(ForeignNameError, match="refused") as info:
+        PostgresSchema.release(dict(record))
+    assert "not a whole reclaim name" in str(info.value)
+    with pytest.raises(ForeignNameError):
+        PostgresSchema.exists(dict(record))
+    assert copy in pg.schemas()
+    assert "users" in pg.relations(copy)
+    # Without the guard, the backend's own code drops it: what the guard is there for.
+    PostgresSchema.release.__wrapped__(PostgresSchema, dict(record))  # type: ignore[attr-defined]
+    assert copy not in pg.schemas()
+
+
+def test_a_tables_record_owns_exactly_its_prefix(pg: Server) -> None:
+    """The record's prefix is the name and "_", exactly: a record whose prefix is a user's
+    (``myapp_``), empty, or not its name's is refused, and the user's tables stay."""
+    mine = f"myapp_{uuid.uuid4().hex[:8]}"
+    pg.execute(sql.SQL("CREATE TABLE {} (id int)").format(sql.Identifier(f"{mine}_orders")))
+    pg.finally_run.append(
+        sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(f"{mine}_orders"))
+    )
+    name = fresh_name()
+    _, record = PostgresTables(pg.dsn).acquire(name)
+    assert record["prefix"] == f"{name}_"
+    assert PostgresTables.owned_prefix(record) == f"{name}_"
+    for prefix in (f"{mine}_", "", name, f"{name}_x", None, f"{fresh_name()}_"):
+        with pytest.raises(ForeignNameError, match="prefix"):
+            PostgresTables.release({**record, "prefix": prefix})
+        with pytest.raises(ForeignNameError, match="prefix"):
+            PostgresTables.exists({**record, "prefix": prefix})
+    with pytest.raises(ForeignNameError, match="name"):
+        PostgresTables.release({**record, "name": mine, "prefix": f"{mine}_"})
+    assert f"{mine}_orders" in pg.relations()
+    PostgresTables.release(record)
+
+
+def test_a_database_record_naming_a_foreign_template_is_refused(pg: Server) -> None:
+    """Release never touches the template, but a record that names one names a reclaim
+    resource there, or it is refused (``template1``, a user's database)."""
+    name = fresh_name()
+    record = PostgresDatabase(pg.dsn).plan(name)
+    assert "template" not in record
+    for foreign in ("template1", "postgres", f"{name}_backup"):
+        with pytest.raises(ForeignNameError, match="template"):
+            PostgresDatabase.release({**record, "template": foreign})
+    for ours in (None, fresh_name(2)):
+        PostgresDatabase.release({**record, "template": ours})  # nothing there: a no-op
+    with pytest.raises(ForeignNameError, match="name"):
+        PostgresDatabase.release({**record, "name": "template1"})
+    assert {"template1", "postgres"} <= pg.databases()
 
 
 # --- leftovers: only reclaim's names -------------------------------------------------------
@@ -789,6 +875,7 @@ def test_list_leftovers_finds_only_reclaim_names(pg: Server) -> None:
             assert parsed is not None
             assert (leftover.run_id, leftover.created_at) == (parsed.run_id, parsed.created_at)
             assert leftover.record["password"] == SECRET
+            assert check_leftover(cls, leftover) == parsed
             assert cls.exists(leftover.record)
             cls.release(json.loads(json.dumps(leftover.record)))
             assert not cls.exists(leftover.record)
@@ -901,7 +988,7 @@ def test_release_while_the_server_is_down_is_kept_then_swept(
         report = json.loads(proc.stdout.readline())
         proc.wait(timeout=CHILD_TIMEOUT)  # its exit retried once more, and failed too
         (error,) = report["errors"]
-        assert "could not drop schema" in error
+        assert "could not drop the schema" in error
         assert "cannot be reached" in error
         assert "the next `reclaim sweep` retries it" in error
         assert SECRET not in error

@@ -6,9 +6,10 @@ dropped it, so release needs nothing else (I2). Release is ``DROP DATABASE IF EX
 after ending the sessions whose default database it is (a test's forgotten connection pool would
 otherwise hold metadata locks the drop waits for).
 
-Names reach SQL twice guarded: they must have the exact shape reclaim makes (lower case letters,
-digits and underscores, at most 64 characters, MariaDB's limit), and they are quoted with
-backticks. A record whose name is not a reclaim name is refused, so no record can drop ``mysql``.
+Names reach SQL twice guarded: a record whose name is not, whole, a reclaim name of this kind's
+:class:`~reclaim.backends.NameStyle` (at most 64 characters, MariaDB's limit) is refused by the
+one guard in front of every release and ``exists`` (I8), so no record can drop ``mysql``; and
+names are quoted with backticks.
 
 Needs the ``mysql`` extra (PyMySQL): ``pip install 'reclaim[mysql]'``.
 """
@@ -20,10 +21,20 @@ import getpass
 import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, urlencode
 
-from reclaim._errors import MissingExtraError
-from reclaim.backends import Backend, Leftover, Record, parse_name, redact_text
+from reclaim.backends import (
+    AcquireError,
+    Backend,
+    BackendError,
+    Leftover,
+    NameStyle,
+    Record,
+    ReleaseError,
+    backend_error,
+    require_extra,
+    split_url,
+)
 
 try:
     import pymysql
@@ -40,11 +51,14 @@ __all__ = ["MysqlDatabase"]
 
 _KIND: Final = "mysql.database"
 
-#: The names reclaim makes (see reclaim.backends.make_name), whole: nothing before or after.
-_NAME_RE: Final = re.compile(r"rc_[0-9a-f]{8}_[0-9a-z]{1,8}_[0-9]{1,20}")
-
 #: MariaDB and MySQL refuse longer database names.
 _MAX_NAME: Final = 64
+
+#: reclaim's names as database names: the default style, within MariaDB's limit.
+_STYLE: Final = NameStyle(max_length=_MAX_NAME)
+
+#: The extra and driver named when PyMySQL is missing (``require_extra``).
+_EXTRA: Final = ("mysql", "PyMySQL")
 
 #: Character set and collation names are words; anything else is refused, never pasted.
 _WORD_RE: Final = re.compile(r"[A-Za-z0-9_]{1,64}")
@@ -91,13 +105,14 @@ class MysqlDatabase(Backend[str]):
     kind = _KIND
     secret_fields = frozenset({"password"})
     url_schemes = _SCHEMES
+    name_style = _STYLE
 
     def __init__(
         self, dsn: str, *, charset: str | None = None, collation: str | None = None
     ) -> None:
-        _require_driver()
-        self._server = _parse_dsn(dsn)
-        self._query = urlsplit(dsn).query
+        require_extra(_HAVE_DRIVER, _KIND, *_EXTRA)
+        self._server, query = _parse_dsn(dsn)
+        self._query = urlencode(query)
         for what, value in (("charset", charset), ("collation", collation)):
             if value is not None and not _WORD_RE.fullmatch(value):
                 raise ValueError(
@@ -108,12 +123,13 @@ class MysqlDatabase(Backend[str]):
 
     def adapt_name(self, proposed: str) -> str:
         """Keep reclaim's name; refuse anything that is not one (it would reach SQL)."""
-        _check_name(proposed)
-        return proposed
+        try:
+            return self.name_style.spell(proposed)
+        except ValueError as exc:
+            raise ValueError(f"{_KIND}: {exc}; refusing to use it in SQL") from None
 
     def plan(self, name: str) -> Record:
-        _check_name(name)
-        return {"name": name, **self._server}
+        return {"name": self.adapt_name(name), **self._server}
 
     def acquire(self, name: str) -> tuple[str, Record]:
         record = self.plan(name)
@@ -122,23 +138,19 @@ class MysqlDatabase(Backend[str]):
             sql += f" CHARACTER SET {self.charset}"
         if self.collation is not None:
             sql += f" COLLATE {self.collation}"
-        with _connect(record, f"create database {name!r}") as conn, conn.cursor() as cur:
-            _execute(cur, sql, record, f"create database {name!r}")
+        with _session(record, AcquireError, "create the database") as cur:
+            cur.execute(sql)
         return _dsn(record, name, self._query), record
 
     @classmethod
     def release(cls, record: Record) -> None:
         """End the sessions using the database, then ``DROP DATABASE IF EXISTS``."""
-        name = _check_name(record["name"])
-        what = f"drop database {name!r}"
-        with _connect(record, what) as conn, conn.cursor() as cur:
-            _execute(cur, f"SET SESSION lock_wait_timeout = {_LOCK_WAIT}", record, what)
-            _execute(
-                cur,
+        name = str(record["name"])  # the guard accepted it: a whole reclaim name
+        with _session(record, ReleaseError, "drop the database") as cur:
+            cur.execute(f"SET SESSION lock_wait_timeout = {_LOCK_WAIT}")
+            cur.execute(
                 "SELECT ID FROM information_schema.PROCESSLIST"
                 " WHERE DB = %s AND ID <> CONNECTION_ID()",
-                record,
-                what,
                 (name,),
             )
             for (session,) in cur.fetchall():
@@ -149,20 +161,15 @@ class MysqlDatabase(Backend[str]):
                     # still runs, and waits at most lock_wait_timeout if that session holds a
                     # lock.
                     if _code(exc) not in (_NO_SUCH_THREAD, _KILL_DENIED):
-                        raise _translate(exc, record, what) from exc
-            _execute(cur, f"DROP DATABASE IF EXISTS {_quote(name)}", record, what)
+                        raise
+            cur.execute(f"DROP DATABASE IF EXISTS {_quote(name)}")
 
     @classmethod
     def exists(cls, record: Record) -> bool:
-        name = _check_name(record["name"])
-        what = f"look up database {name!r}"
-        with _connect(record, what) as conn, conn.cursor() as cur:
-            _execute(
-                cur,
+        with _session(record, BackendError, "look the database up") as cur:
+            cur.execute(
                 "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
-                record,
-                what,
-                (name,),
+                (str(record["name"]),),
             )
             row = cur.fetchone()
         return bool(row and row[0])
@@ -177,46 +184,22 @@ class MysqlDatabase(Backend[str]):
 
         Only what the DSN's account can see is listed (``SHOW DATABASES`` rules).
         """
-        _require_driver()
-        server = _parse_dsn(target)
-        what = "list databases"
-        with _connect(server, what) as conn, conn.cursor() as cur:
-            _execute(
-                cur,
+        require_extra(_HAVE_DRIVER, _KIND, *_EXTRA)
+        server, _query = _parse_dsn(target)
+        with _session({"name": "", **server}, BackendError, "list the databases") as cur:
+            cur.execute(
                 "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE %s",
-                server,
-                what,
                 (_LIKE_PREFIX,),
             )
             names = [str(row[0]) for row in cur.fetchall()]
         for name in sorted(names):
-            parsed = parse_name(name)
-            if parsed is None or not _NAME_RE.fullmatch(name):
-                continue  # rc_-like, but not a name reclaim made: never touched
-            run_id, created = parsed.run_id, parsed.created_at
-            yield Leftover({"name": name, **server}, run_id, created)
+            parsed = cls.name_style.parse(name)
+            if parsed is None:
+                continue  # rc_-like, but not, whole, a name reclaim made: never touched
+            yield Leftover.of({"name": name, **server}, parsed)
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def _require_driver() -> None:
-    if not _HAVE_DRIVER:
-        raise MissingExtraError(_KIND, "mysql", "PyMySQL")
-
-
-def _check_name(name: object) -> str:
-    if (
-        not isinstance(name, str)
-        or len(name) > _MAX_NAME
-        or not _NAME_RE.fullmatch(name)
-        or parse_name(name) is None
-    ):
-        raise ValueError(
-            f"{_KIND}: {name!r} is not a database name reclaim makes"
-            " (rc_<run>_<time>_<seq>, lower case, at most 64 characters); refusing to use it in SQL"
-        )
-    return name
 
 
 def _quote(name: str) -> str:
@@ -224,34 +207,17 @@ def _quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-def _parse_dsn(dsn: str) -> dict[str, Any]:
-    """The server and account of a DSN, as record fields. Messages never quote the password."""
-    try:
-        parts = urlsplit(dsn)
-        port = parts.port or _DEFAULT_PORT
-    except ValueError as exc:  # urllib's messages quote the port at most, never the password
-        raise ValueError(f"{_KIND}: the DSN {_redact_dsn(dsn)!r} is not valid: {exc}") from None
-    if parts.scheme not in _SCHEMES:
-        raise ValueError(
-            f"{_KIND}: the DSN {_redact_dsn(dsn)!r} must start with mysql:// or mariadb://"
-        )
-    if not parts.hostname:
-        raise ValueError(f"{_KIND}: the DSN {_redact_dsn(dsn)!r} names no host")
-    return {
-        "host": parts.hostname,
-        "port": port,
-        "user": unquote(parts.username) if parts.username else getpass.getuser(),
-        "password": unquote(parts.password) if parts.password else "",
+def _parse_dsn(dsn: str) -> tuple[dict[str, Any], tuple[tuple[str, str], ...]]:
+    """The server and account of a DSN, as record fields, and the rest of its query string.
+    Messages never quote the password."""
+    url = split_url(dsn, kind=_KIND, schemes=_SCHEMES)
+    server = {
+        "host": url.host,
+        "port": url.port or _DEFAULT_PORT,
+        "user": url.username or getpass.getuser(),
+        "password": url.password,
     }
-
-
-def _redact_dsn(dsn: str) -> str:
-    head, at, tail = dsn.rpartition("@")
-    if not at:
-        return dsn
-    scheme, sep, userinfo = head.partition("://")
-    user = userinfo.partition(":")[0]
-    return f"{scheme}{sep}{user}:***@{tail}" if ":" in userinfo else dsn
+    return server, url.query
 
 
 def _dsn(record: Record, name: str, query: str) -> str:
@@ -269,22 +235,21 @@ def _code(exc: BaseException) -> int | None:
     return args[0] if args and isinstance(args[0], int) else None
 
 
-def _translate(exc: Exception, record: Record, what: str) -> Exception:
-    """A driver error as an error that says where and what, without the password (I7)."""
-    where = f"{record.get('user')}@{record.get('host')}:{record.get('port')}"
-    reason = redact_text(f"{type(exc).__name__}: {exc}", record, ("password",))
+def _reason(exc: BaseException) -> str:
+    """What the server (or the driver) said, and whether it could be reached at all."""
+    reason = f"{type(exc).__name__}: {exc}"
     if _code(exc) in _UNREACHABLE:
-        return ConnectionError(
-            f"cannot {what}: the MariaDB/MySQL server {where} is unreachable ({reason})"
-        )
-    return RuntimeError(f"cannot {what} on the MariaDB/MySQL server {where}: {reason}")
+        return f"the MariaDB/MySQL server is unreachable ({reason})"
+    return reason
 
 
 @contextlib.contextmanager
-def _connect(record: Record, what: str) -> Iterator[Connection]:
-    _require_driver()
+def _session(record: Record, error_type: type[BackendError], doing: str) -> Iterator[Any]:
+    """A cursor on a fresh autocommit connection; PyMySQL's errors in the block (connecting
+    included) become ``error_type`` through the toolkit's translation, redacted (I7)."""
+    require_extra(_HAVE_DRIVER, _KIND, *_EXTRA)
     try:
-        conn = pymysql.connect(
+        conn: Connection = pymysql.connect(
             host=record["host"],
             port=int(record["port"]),
             user=record["user"],
@@ -295,19 +260,22 @@ def _connect(record: Record, what: str) -> Iterator[Connection]:
             autocommit=True,
             charset="utf8mb4",
         )
+        try:
+            with conn.cursor() as cur:
+                yield cur
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
     except pymysql.err.MySQLError as exc:
-        raise _translate(exc, record, what) from exc
-    try:
-        yield conn
-    finally:
-        with contextlib.suppress(Exception):
-            conn.close()
-
-
-def _execute(
-    cur: Any, sql: str, record: Record, what: str, args: tuple[Any, ...] | None = None
-) -> None:
-    try:
-        cur.execute(sql, args)
-    except pymysql.err.MySQLError as exc:
-        raise _translate(exc, record, what) from exc
+        where = f"{record.get('user')}@{record.get('host')}:{record.get('port')}"
+        raise backend_error(
+            error_type,
+            _KIND,
+            record,
+            doing,
+            exc,
+            where=where,
+            reason=_reason,
+            secret_fields=MysqlDatabase.secret_fields,
+            style=_STYLE,
+        ) from exc

@@ -35,7 +35,6 @@ import dataclasses
 import hashlib
 import hmac
 import os
-import re
 import secrets
 import threading
 import time
@@ -43,8 +42,19 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 from urllib.parse import quote, urlsplit
 
-from reclaim._errors import AcquireError, BackendError, MissingExtraError, ReleaseError
-from reclaim.backends import Backend, Leftover, Record, parse_name, redact_text
+from reclaim.backends import (
+    AcquireError,
+    Backend,
+    BackendError,
+    Leftover,
+    NameStyle,
+    ReclaimName,
+    Record,
+    ReleaseError,
+    backend_error,
+    refuse,
+    require_extra,
+)
 
 try:
     import psycopg
@@ -78,10 +88,13 @@ CONNECT_TIMEOUT: Final = 10
 #: PostgreSQL truncates identifiers longer than this many bytes (NAMEDATALEN - 1).
 MAX_IDENTIFIER_BYTES: Final = 63
 
-#: A whole reclaim name, nothing before or after (``list_leftovers`` never yields anything else).
-_FULL_NAME: Final = re.compile(r"rc_[0-9a-f]{8}_[0-9a-z]{1,8}_[0-9]+")
-#: A reclaim name used as a table prefix: the name, an underscore, then the table's own name.
-_PREFIXED: Final = re.compile(r"(rc_[0-9a-f]{8}_[0-9a-z]{1,8}_[0-9]+)_.*")
+#: Bytes of a prefixed object's name left for the test's own part (``<prefix>orders``).
+TABLE_NAME_ROOM: Final = 16
+
+#: How schemas, databases and roles spell reclaim's names: the default, within the limit.
+_STYLE: Final = NameStyle(max_length=MAX_IDENTIFIER_BYTES)
+#: Table prefixes: the name, ``_``, then the table's own name, all within the limit.
+_TABLES_STYLE: Final = NameStyle(max_length=MAX_IDENTIFIER_BYTES - 1 - TABLE_NAME_ROOM)
 
 #: The libpq environment variables whose values are captured into records at plan time.
 _ENV_PARAMS: Final = {
@@ -96,9 +109,8 @@ _URL_SCHEMES: Final = ("postgresql", "postgres")
 _SECRETS: Final = frozenset({"password"})
 
 
-def _require_driver(kind: str) -> None:
-    if psycopg is None:
-        raise MissingExtraError(kind, "postgres", "psycopg (version 3)")
+#: The extra and driver named when psycopg is missing (``require_extra``).
+_EXTRA: Final = ("postgres", "psycopg (version 3)")
 
 
 # --- DSNs ----------------------------------------------------------------------------------
@@ -334,28 +346,34 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}"
 
 
+def _options(cls: type[Backend[Any]], record: Record) -> dict[str, Any]:
+    """The options of :func:`~reclaim.backends.backend_error` for ``cls`` and ``record``."""
+    try:
+        where = _Server.of(record).describe()
+    except Exception:
+        where = ""
+    return {
+        "where": where,
+        "reason": _reason,
+        "secret_fields": cls.secret_fields,
+        "style": cls.name_style,
+    }
+
+
 def _error(
     error_type: type[BackendError],
     cls: type[Backend[Any]],
     record: Record,
     doing: str,
     exc: BaseException,
+    *,
+    reason: Callable[[BaseException], str] = _reason,
 ) -> BackendError:
-    text = f"{doing} on {_Server.of(record).describe()}: {_reason(exc)}"
-    return error_type(
-        redact_text(text, record, cls.secret_fields),
-        kind=cls.kind,
-        resource=str(record.get("name", "?")),
-    )
-
-
-def _check_name(kind: str, name: str, room: int = 0) -> str:
-    if len(name.encode()) + room > MAX_IDENTIFIER_BYTES:
-        raise ValueError(
-            f"{kind}: the name {name!r} is longer than PostgreSQL's {MAX_IDENTIFIER_BYTES} bytes"
-            + (f" (with {room} bytes left for table names)" if room else "")
-        )
-    return name
+    """The toolkit's :func:`~reclaim.backends.backend_error` for ``cls``: "KIND 'NAME': could
+    not DOING at user@host:port/dbname: REASON", redacted of the password."""
+    options = _options(cls, record)
+    options["reason"] = reason
+    return backend_error(error_type, cls.kind, record, doing, exc, **options)
 
 
 # --- the backends --------------------------------------------------------------------------
@@ -366,11 +384,12 @@ class _PostgresBackend(Backend[ValueT]):
 
     secret_fields: ClassVar[frozenset[str]] = _SECRETS
     url_schemes: ClassVar[tuple[str, ...]] = _URL_SCHEMES
+    name_style: ClassVar[NameStyle] = _STYLE
     #: What the kind's objects are called in messages ("schema", "database", ...).
     noun: ClassVar[str] = ""
 
     def __init__(self, dsn: str) -> None:
-        _require_driver(self.kind)
+        require_extra(psycopg is not None, self.kind, *_EXTRA)
         self.dsn = dsn
         self._server = _Server.parse(dsn, self.kind)
 
@@ -378,7 +397,12 @@ class _PostgresBackend(Backend[ValueT]):
         return f"{type(self).__name__}({self._server.describe()!r})"
 
     def adapt_name(self, proposed: str) -> str:
-        return _check_name(self.kind, proposed)
+        """reclaim's name as it is, once :attr:`name_style` accepts it (whole, within
+        PostgreSQL's identifier length)."""
+        try:
+            return self.name_style.spell(proposed)
+        except ValueError as exc:
+            raise ValueError(f"{self.kind}: {exc}") from None
 
     def plan(self, name: str) -> Record:
         return {"name": name, "dsn": self._server.conninfo, "password": self._server.password}
@@ -395,22 +419,21 @@ class _PostgresBackend(Backend[ValueT]):
     def _leftovers(cls, target: str, names: Iterable[str]) -> Iterator[Leftover]:
         server = _Server.parse(target, cls.kind)
         for name in names:
-            parsed = parse_name(name)
-            if parsed is None or not _FULL_NAME.fullmatch(name):
-                continue
-            run_id, created = parsed.run_id, parsed.created_at
+            parsed = cls.name_style.parse(name)
+            if parsed is None:
+                continue  # rc_-like, but not, whole, a name reclaim makes: never touched
             record = {"name": name, "dsn": server.conninfo, "password": server.password}
-            yield Leftover(record, run_id, created)
+            yield Leftover.of(record, parsed)
 
     @classmethod
     def _list_names(cls, target: str, query: str) -> list[str]:
-        _require_driver(cls.kind)
+        require_extra(psycopg is not None, cls.kind, *_EXTRA)
         server = _Server.parse(target, cls.kind)
-        record = {"name": f"{cls.noun}s", "dsn": server.conninfo, "password": server.password}
+        record = {"name": "", "dsn": server.conninfo, "password": server.password}
         try:
             rows = _fetch(server, query)
         except psycopg.Error as exc:
-            raise _error(BackendError, cls, record, f"could not list {cls.noun}s", exc) from exc
+            raise _error(BackendError, cls, record, f"list {cls.noun}s", exc) from exc
         return [str(r[0]) for r in rows]
 
 
@@ -464,28 +487,26 @@ class PostgresSchema(_PostgresBackend[str]):
         return name, record
 
     def _acquire_error(self, record: Record, exc: BaseException) -> BackendError:
-        return _error(
-            AcquireError, type(self), record, f"could not create schema {record['name']!r}", exc
-        )
+        return _error(AcquireError, type(self), record, "create the schema", exc)
 
     @classmethod
     def release(cls, record: Record) -> None:
-        _require_driver(cls.kind)
+        require_extra(psycopg is not None, cls.kind, *_EXTRA)
         drop = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(record["name"]))
         try:
             _execute(_Server.of(record), drop)
         except psycopg.Error as exc:
-            doing = f"could not drop schema {record['name']!r}"
+            doing = "drop the schema"
             raise _error(ReleaseError, cls, record, doing, exc) from exc
 
     @classmethod
     def exists(cls, record: Record) -> bool:
-        _require_driver(cls.kind)
+        require_extra(psycopg is not None, cls.kind, *_EXTRA)
         query = "SELECT 1 FROM pg_namespace WHERE nspname = %s"
         try:
             return bool(_fetch(_Server.of(record), query, (record["name"],)))
         except psycopg.Error as exc:
-            raise _error(BackendError, cls, record, "could not look for the schema", exc) from exc
+            raise _error(BackendError, cls, record, "look for the schema", exc) from exc
 
     @classmethod
     def describe(cls, record: Record) -> str:
@@ -599,32 +620,27 @@ class PostgresDatabase(_PostgresBackend[str]):
             delay = min(delay * 2, 1.0)
 
     def _acquire_error(self, record: Record, exc: BaseException) -> BackendError:
-        name = record["name"]
-        doing = f"could not create database {name!r}"
-        if self.template is not None:
-            doing += f" from template {self.template!r}"
-        error = _error(AcquireError, type(self), record, doing, exc)
-        if isinstance(exc, pg_errors.ObjectInUse) and self.template is not None:
-            sessions = self._sessions_on(self.template)
-            message = (
-                f"{doing} on {self._server.describe()}: other sessions are connected to the"
-                f" template and PostgreSQL cannot clone it while they are: {sessions}; close"
-                " them (dispose of SQLAlchemy engines used in its set-up, for example) or"
-                " raise template_wait"
+        doing = "create the database"
+        if self.template is None:
+            return _error(AcquireError, type(self), record, doing, exc)
+        doing += f" from template {self.template!r}"
+        template = self.template
+        reason: Callable[[BaseException], str] = _reason
+        if isinstance(exc, pg_errors.ObjectInUse):
+            sessions = self._sessions_on(template)
+            busy = (
+                "other sessions are connected to the template and PostgreSQL cannot clone it"
+                f" while they are: {sessions}; close them (dispose of SQLAlchemy engines used"
+                " in its set-up, for example) or raise template_wait"
             )
-            error = AcquireError(
-                redact_text(message, record, self.secret_fields), kind=self.kind, resource=name
+            reason = lambda _exc: busy  # noqa: E731
+        elif isinstance(exc, pg_errors.InvalidCatalogName):
+            missing = (
+                f"there is no database {template!r} there; pass the name (or the DSN) of a"
+                " database of the same server as template"
             )
-        elif isinstance(exc, pg_errors.InvalidCatalogName) and self.template is not None:
-            message = (
-                f"{doing}: there is no database {self.template!r} on"
-                f" {self._server.describe()}; pass the name (or the DSN) of a database of the"
-                " same server as template"
-            )
-            error = AcquireError(
-                redact_text(message, record, self.secret_fields), kind=self.kind, resource=name
-            )
-        return error
+            reason = lambda _exc: missing  # noqa: E731
+        return _error(AcquireError, type(self), record, doing, exc, reason=reason)
 
     def _sessions_on(self, dbname: str) -> str:
         query = (
@@ -643,8 +659,27 @@ class PostgresDatabase(_PostgresBackend[str]):
         )
 
     @classmethod
+    def owned_identities(
+        cls, record: Mapping[str, Any], name: ReclaimName
+    ) -> Iterable[tuple[str, object, str]]:
+        """Release and ``exists`` act on ``name`` alone: the template a database was cloned
+        from is never touched. A record that names one anyway (written by hand, or by a later
+        version) names a reclaim resource there too, or it is refused: a template is one of
+        reclaim's databases, never ``template1`` or a user's."""
+        template = record.get("template")
+        if template is not None and cls.name_style.parse(template) is None:
+            raise refuse(
+                cls.kind,
+                "template",
+                template,
+                "a whole reclaim name (a template is a reclaim resource too)",
+                name=name,
+            )
+        return ()
+
+    @classmethod
     def release(cls, record: Record) -> None:
-        _require_driver(cls.kind)
+        require_extra(psycopg is not None, cls.kind, *_EXTRA)
         server = _Server.of(record)
         name = record["name"]
         drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
@@ -658,17 +693,17 @@ class PostgresDatabase(_PostgresBackend[str]):
                 _execute(server, unmark)
                 _execute(server, drop)
         except psycopg.Error as exc:
-            doing = f"could not drop database {name!r}"
+            doing = "drop the database"
             raise _error(ReleaseError, cls, record, doing, exc) from exc
 
     @classmethod
     def exists(cls, record: Record) -> bool:
-        _require_driver(cls.kind)
+        require_extra(psycopg is not None, cls.kind, *_EXTRA)
         query = "SELECT 1 FROM pg_database WHERE datname = %s"
         try:
             return bool(_fetch(_Server.of(record), query, (record["name"],)))
         except psycopg.Error as exc:
-            raise _error(BackendError, cls, record, "could not look for the database", exc) from exc
+            raise _error(BackendError, cls, record, "look for the database", exc) from exc
 
     @classmethod
     def list_leftovers(cls, target: str) -> Iterator[Leftover]:
@@ -750,6 +785,9 @@ class PostgresTables(_PostgresBackend[str]):
 
     kind = "postgres.tables"
     noun = "tables"
+    name_style: ClassVar[NameStyle] = _TABLES_STYLE
+    #: The record's ``prefix`` is the name and this, exactly: what release drops starts with it.
+    prefix_separator: ClassVar[str | None] = "_"
 
     def __init__(
         self,
@@ -770,12 +808,10 @@ class PostgresTables(_PostgresBackend[str]):
         self.cascade = bool(cascade)
         self.setup = setup
 
-    def adapt_name(self, proposed: str) -> str:
-        return _check_name(self.kind, proposed, room=16)
-
     def plan(self, name: str) -> Record:
         return {
             **super().plan(name),
+            "prefix": f"{name}{self.prefix_separator}",
             "schema": self.schema,
             "truncate": [list(t) for t in self.truncate],
             "restart_identity": self.restart_identity,
@@ -784,13 +820,13 @@ class PostgresTables(_PostgresBackend[str]):
 
     def acquire(self, name: str) -> tuple[str, Record]:
         record = self.plan(name)
-        prefix = f"{name}_"
+        prefix = str(record["prefix"])
         if self.setup is not None:
             try:
                 conn = _connect(self._server, autocommit=False)
                 conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
             except psycopg.Error as exc:
-                doing = f"could not connect for the set-up of tables {prefix}*"
+                doing = f"connect for the set-up of tables {prefix}*"
                 raise _error(AcquireError, type(self), record, doing, exc) from exc
             with conn:
                 self.setup(conn, prefix)
@@ -803,7 +839,7 @@ class PostgresTables(_PostgresBackend[str]):
         pairs = [(str(s), str(t)) for s, t in record.get("truncate", [])]
         params = {
             "schema": record["schema"],
-            "prefix": f"{record['name']}_",
+            "prefix": cls.owned_prefix(record),
             "schemas": [s for s, _ in pairs],
             "tables": [t for _, t in pairs],
         }
@@ -812,7 +848,7 @@ class PostgresTables(_PostgresBackend[str]):
 
     @classmethod
     def release(cls, record: Record) -> None:
-        _require_driver(cls.kind)
+        require_extra(psycopg is not None, cls.kind, *_EXTRA)
         server = _Server.of(record)
         schema = str(record["schema"])
         try:
@@ -843,12 +879,12 @@ class PostgresTables(_PostgresBackend[str]):
                 # Several statements in one simple query run as one transaction.
                 _execute(server, sql.SQL("; ").join(statements))
         except psycopg.Error as exc:
-            doing = f"could not clean up tables {record['name']}_* in schema {schema!r}"
+            doing = f"clean up tables {cls.owned_prefix(record)}* in schema {schema!r}"
             raise _error(ReleaseError, cls, record, doing, exc) from exc
 
     @classmethod
     def exists(cls, record: Record) -> bool:
-        _require_driver(cls.kind)
+        require_extra(psycopg is not None, cls.kind, *_EXTRA)
         server = _Server.of(record)
         try:
             found = cls._found(server, record)
@@ -862,7 +898,7 @@ class PostgresTables(_PostgresBackend[str]):
                     if _fetch(server, query):
                         return True
         except psycopg.Error as exc:
-            raise _error(BackendError, cls, record, "could not look for the tables", exc) from exc
+            raise _error(BackendError, cls, record, "look for the tables", exc) from exc
         return False
 
     @classmethod
@@ -871,7 +907,8 @@ class PostgresTables(_PostgresBackend[str]):
             where = _Server.of(record).describe()
         except Exception:
             where = "?"
-        text = f"tables {record.get('name', '?')}_* in schema {record.get('schema', '?')}"
+        prefix = record.get("prefix") or f"{record.get('name', '?')}_"
+        text = f"tables {prefix}* in schema {record.get('schema', '?')}"
         listed = [".".join(map(str, t)) for t in record.get("truncate", [])]
         if listed:
             text += f", truncate {', '.join(listed)}"
@@ -892,23 +929,22 @@ class PostgresTables(_PostgresBackend[str]):
              WHERE t.typname LIKE 'rc\_%' AND t.typtype IN ('e', 'd', 'r')
                AND n.nspname NOT LIKE 'pg\_%'
         """
-        _require_driver(cls.kind)
+        require_extra(psycopg is not None, cls.kind, *_EXTRA)
         server = _Server.parse(target, cls.kind)
-        record = {"name": "tables", "dsn": server.conninfo, "password": server.password}
+        record = {"name": "", "dsn": server.conninfo, "password": server.password}
         try:
             rows = _fetch(server, query)
         except psycopg.Error as exc:
-            raise _error(BackendError, cls, record, "could not list tables", exc) from exc
+            raise _error(BackendError, cls, record, "list tables", exc) from exc
         seen: set[tuple[str, str]] = set()
         for schema, relname in sorted(rows):
-            match = _PREFIXED.fullmatch(relname)
-            parsed = parse_name(relname)
-            if match is None or parsed is None or (schema, match.group(1)) in seen:
-                continue
-            seen.add((schema, match.group(1)))
-            run_id, created = parsed.run_id, parsed.created_at
+            parsed = cls._prefix_of(str(relname))
+            if parsed is None or (schema, parsed.text) in seen:
+                continue  # not under a whole reclaim name and its separator: never touched
+            seen.add((schema, parsed.text))
             leftover = {
-                "name": match.group(1),
+                "name": parsed.text,
+                "prefix": f"{parsed.text}{cls.prefix_separator}",
                 "dsn": server.conninfo,
                 "password": server.password,
                 "schema": schema,
@@ -916,7 +952,20 @@ class PostgresTables(_PostgresBackend[str]):
                 "restart_identity": True,
                 "cascade": False,
             }
-            yield Leftover(leftover, run_id, created)
+            yield Leftover.of(leftover, parsed)
+
+    @classmethod
+    def _prefix_of(cls, relname: str) -> ReclaimName | None:
+        """The reclaim name whose prefix (the name and ``_``) starts ``relname``, if any.
+
+        A reclaim name has four ``_``-separated parts (``rc``, run, time, sequence), so the
+        prefix ends at the fourth ``_``; ``rc_..._1_`` never claims ``rc_..._10_orders``.
+        """
+        sep = str(cls.prefix_separator)
+        parts = relname.split(sep, 4)
+        if len(parts) != 5:
+            return None
+        return cls.name_style.parse(sep.join(parts[:4]))
 
 
 def _listed(truncate: Iterable[str | tuple[str, str]], kind: str) -> list[str | tuple[str, str]]:
@@ -996,14 +1045,14 @@ class PostgresRole(_PostgresBackend[RoleLogin]):
         try:
             _execute(self._server, sql.SQL("; ").join(statements))
         except psycopg.Error as exc:
-            doing = f"could not create role {name!r}"
+            doing = "create the role"
             raise _error(AcquireError, type(self), record, doing, exc) from exc
         dsn = _dsn_with(self.dsn, user=name, password=password)
         return RoleLogin(name, password, dsn), record
 
     @classmethod
     def release(cls, record: Record) -> None:
-        _require_driver(cls.kind)
+        require_extra(psycopg is not None, cls.kind, *_EXTRA)
         server = _Server.of(record)
         name = str(record["name"])
         try:
@@ -1013,7 +1062,7 @@ class PostgresRole(_PostgresBackend[RoleLogin]):
                 time.sleep(0.1)  # a terminated session created something meanwhile: again
             cls._drop(server, name, last=True)
         except psycopg.Error as exc:
-            raise _error(ReleaseError, cls, record, f"could not drop role {name!r}", exc) from exc
+            raise _error(ReleaseError, cls, record, "drop the role", exc) from exc
 
     @classmethod
     def _drop(cls, server: _Server, name: str, *, last: bool = False) -> bool:
@@ -1063,12 +1112,12 @@ class PostgresRole(_PostgresBackend[RoleLogin]):
 
     @classmethod
     def exists(cls, record: Record) -> bool:
-        _require_driver(cls.kind)
+        require_extra(psycopg is not None, cls.kind, *_EXTRA)
         query = "SELECT 1 FROM pg_roles WHERE rolname = %s"
         try:
             return bool(_fetch(_Server.of(record), query, (record["name"],)))
         except psycopg.Error as exc:
-            raise _error(BackendError, cls, record, "could not look for the role", exc) from exc
+            raise _error(BackendError, cls, record, "look for the role", exc) from exc
 
     @classmethod
     def list_leftovers(cls, target: str) -> Iterator[Leftover]:
