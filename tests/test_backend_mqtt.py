@@ -36,6 +36,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 import reclaim
 from _services import TcpProxy, require
 from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
+from reclaim import ForeignNameError
 from reclaim._registry import open_registry
 from reclaim.backends import Record, load_backend, make_name
 from reclaim.backends.mqtt import CLAIM_SUFFIX, MqttTopic
@@ -238,6 +239,8 @@ HOSTILE = [
     "$SYS",
     "x/rc_0a1b2c3d_abc_1",
     "rc_0a1b2c3d_abc_1 ",
+    "rc_0a1b2c3d_abc_1_backup",
+    "myapp_rc_0a1b2c3d_abc_1",
 ]
 
 
@@ -250,14 +253,26 @@ def test_hostile_names_never_become_topic_filters(
     publish(mqtt_url, {f"{bystander}/t": b"kept"})
     backend = MqttTopic(mqtt_url)
     record = {**backend.plan("rc_0a1b2c3d_abc_1"), "name": name}
-    for call in (
-        lambda: backend.adapt_name(name),
-        lambda: backend.acquire(name),
-        lambda: MqttTopic.release(record),
-        lambda: MqttTopic.exists(record),
-    ):
-        with pytest.raises(ValueError, match="not a topic prefix reclaim makes"):
+    for call in (lambda: backend.adapt_name(name), lambda: backend.acquire(name)):
+        with pytest.raises(ValueError, match="not a name reclaim makes"):
             call()
+    for guarded in (MqttTopic.release, MqttTopic.exists):
+        with pytest.raises(ForeignNameError, match="refused"):
+            guarded(record)
+    assert retained(mqtt_url, f"{bystander}/#", f"{bystander}/.o") == {f"{bystander}/t": b"kept"}
+
+
+def test_a_prefix_that_is_not_the_names_is_refused(mqtt_url: str, names: set[str]) -> None:
+    """The record's prefix, when it holds one, is exactly the name and the one separator ``/``."""
+    bystander = f"keep_{secrets.token_hex(4)}"
+    names.add(bystander)
+    publish(mqtt_url, {f"{bystander}/t": b"kept"})
+    planned = MqttTopic(mqtt_url).plan("rc_0a1b2c3d_abc_1")
+    assert planned["prefix"] == "rc_0a1b2c3d_abc_1/"
+    for prefix in (f"{bystander}/", "rc_0a1b2c3d_abc_1", "rc_0a1b2c3d_abc_1_backup/", "#", ""):
+        for call in (MqttTopic.release, MqttTopic.exists):
+            with pytest.raises(ForeignNameError, match="prefix"):
+                call({**planned, "prefix": prefix})
     assert retained(mqtt_url, f"{bystander}/#", f"{bystander}/.o") == {f"{bystander}/t": b"kept"}
 
 

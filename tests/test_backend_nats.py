@@ -41,7 +41,7 @@ from nats.aio.client import Client as NATS
 import reclaim
 from _services import TcpProxy, require, with_port
 from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
-from reclaim import AcquireError, BackendError, ReleaseError
+from reclaim import AcquireError, BackendError, ForeignNameError, ReleaseError
 from reclaim._registry import open_registry
 from reclaim.backends import Record, make_name, redact_record
 from reclaim.backends.nats import NatsKeyValue, NatsStream, durable_consumer
@@ -314,10 +314,17 @@ def test_sync_calls_inside_a_running_loop_and_async_calls_on_it(
 def test_hostile_names_never_reach_the_jetstream_api(server: Server) -> None:
     victim = server.name(7)
     _, record = NatsStream(server.url).acquire(victim)
-    for hostile in ("*", ">", f"{victim}.>", f"{victim} x", f"rc_{server.token}_a_1/../x", ""):
+    hostile = ("*", ">", f"{victim}.>", f"{victim} x", f"rc_{server.token}_a_1/../x", "")
+    for name in (*hostile, f"{victim}_backup", f"KV_{victim}"):
         for cls in (NatsStream, NatsKeyValue):
-            with pytest.raises(ValueError, match="not a name reclaim makes"):
-                cls.release({"name": hostile, "url": server.url})
+            for call in (cls.release, cls.exists):
+                with pytest.raises(ForeignNameError, match="refused"):
+                    call({"name": name, "url": server.url})
+    # A whole reclaim name, but a stream field that is not the one the name makes.
+    for cls, stream in ((NatsStream, f"KV_{victim}"), (NatsKeyValue, victim)):
+        for call in (cls.release, cls.exists):
+            with pytest.raises(ForeignNameError, match="stream"):
+                call({"name": victim, "url": server.url, "stream": stream})
     with pytest.raises(ValueError, match="not a name reclaim makes"):
         NatsStream(server.url).acquire("rc_x.>")
     assert server.has(victim)
@@ -627,9 +634,17 @@ def test_a_server_error_is_reported_with_its_code(server: Server) -> None:
         ("http://u:hunter2secret@127.0.0.1:4222", "must start with nats://"),
         ("nats://u:hunter2secret@127.0.0.1:notaport", "is not valid"),
         ("nats://u:hunter2secret@", "names no host"),
+        ("nats://hunter2secret@127.0.0.1:notaport", "is not valid"),  # a token
+        ("nats://hunter2secret@", "names no host"),
+        ("nats://hunter2secret@127.0.0.1:4222/x?y=1#z", None),
     ],
 )
-def test_bad_urls_are_refused_without_the_password(url: str, hint: str) -> None:
+def test_bad_urls_are_refused_without_the_password(url: str, hint: str | None) -> None:
+    if hint is None:  # a good URL: the token goes into its secret field only
+        record = NatsStream(url).plan("rc_00000000_a_1")
+        assert record["token"] == "hunter2secret"
+        assert record["url"] == "nats://127.0.0.1:4222"
+        return
     with pytest.raises(ValueError, match=hint) as info:
         NatsStream(url)
     assert "hunter2secret" not in str(info.value)

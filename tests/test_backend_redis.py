@@ -36,7 +36,7 @@ import redis
 import reclaim
 from _services import TcpProxy, require, with_port
 from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
-from reclaim import AcquireError, BackendError, ReleaseError
+from reclaim import AcquireError, BackendError, ForeignNameError, ReleaseError
 from reclaim._registry import open_registry
 from reclaim._run import current_run
 from reclaim.backends import Record, make_name, redact_record
@@ -182,7 +182,7 @@ def test_conformance_namespace(server: Server, tmp_path: Path) -> None:
 
 def test_conformance_namespace_with_a_prefix(server: Server, tmp_path: Path) -> None:
     check_backend(
-        lambda: RedisNamespace(server.url, prefix=f"{server.prefix}[x]*", separator="/"),
+        lambda: RedisNamespace(server.url, prefix=f"{server.prefix}app."),
         registry=tmp_path / "kit.sqlite3",
         delete_outside=_delete_namespace(server),
     )
@@ -255,23 +255,23 @@ def _unlink_calls(client: redis.Redis) -> int:
     return int(stats.get("cmdstat_unlink", {}).get("calls", 0))
 
 
-def test_glob_characters_in_a_prefix_do_not_widen_the_match(server: Server) -> None:
-    user_prefix = f"{server.prefix}[x]*?\\-"
-    backend = RedisNamespace(server.url, prefix=user_prefix)
+def test_glob_characters_in_a_prefix_are_refused(server: Server) -> None:
+    """A user prefix is matched by SCAN: one with glob characters is refused when it is given,
+    and in a record, so ``[x]*`` can never widen what release deletes."""
+    for bad in ("[x]", "a*", "?", "a\\b", "]"):
+        with pytest.raises(ValueError, match="glob characters"):
+            RedisNamespace(server.url, prefix=f"{server.prefix}{bad}")
     name = server.name(1)
-    prefix, record = backend.acquire(name)
     client = server.db(0)
-    client.set(f"{prefix}mine", 1)
-    # Keys the prefix would match as an *unescaped* glob: [x] is "x", * anything, ? one char.
     decoys = [f"{server.prefix}xZZZQ-{name}:theirs", f"{server.prefix}x?-{name}:theirs"]
     for key in decoys:
         client.set(key, 1)
-    unescaped = list(client.scan_iter(match=f"{prefix}*", count=1000))
-    assert {k.decode() for k in unescaped} >= set(decoys), "the decoys are real traps"
-    RedisNamespace.release(record)
-    assert server.keys(prefix) == []
+    user = f"{server.prefix}[x]*?-"
+    record = {"name": name, "url": server.url, "user_prefix": user, "prefix": f"{user}{name}:"}
+    for call in (RedisNamespace.release, RedisNamespace.exists):
+        with pytest.raises(ForeignNameError, match="user_prefix"):
+            call(record)
     assert all(client.exists(key) for key in decoys)
-    assert not RedisNamespace.exists(record)
 
 
 def test_glob_escape() -> None:
@@ -290,33 +290,61 @@ def test_acquire_refuses_a_prefix_in_use(server: Server) -> None:
 def test_hostile_records_never_delete_another_namespace(server: Server) -> None:
     client = server.db(0)
     victim = server.name(7)
-    client.set(f"{victim}:precious", 1)
-    hostile = [
-        {"name": server.name(1), "url": server.url, "prefix": "*"},
-        {"name": server.name(1), "url": server.url, "prefix": ""},
-        {"name": server.name(1), "url": server.url, "prefix": server.name(1)},  # no separator
-        {"name": server.name(1), "url": server.url, "prefix": f"{server.name(1)}7"},
+    mine = server.name(1)
+    kept = [f"{victim}:precious", f"{mine}_backup:x", f"user:{server.token}", f"{mine}7:k"]
+    client.mset(dict.fromkeys(kept, 1))
+    hostile: list[Record] = [
+        {"name": mine, "url": server.url, "prefix": "*"},
+        {"name": mine, "url": server.url, "prefix": ""},
+        {"name": mine, "url": server.url, "prefix": mine},  # no separator
+        {"name": mine, "url": server.url, "prefix": f"{mine}7"},
+        {"name": mine, "url": server.url, "prefix": f"{mine}_"},  # the old listing's prefix
+        {"name": mine, "url": server.url, "prefix": f"{mine}/"},  # another separator
+        {"name": mine, "url": server.url, "prefix": f"x{mine}:"},  # a prefix not in its field
+        {"name": mine, "url": server.url, "prefix": "user:"},
+        {"name": mine, "url": server.url, "user_prefix": "user:", "prefix": "user:"},
+        {"name": mine, "url": server.url, "user_prefix": 7, "prefix": f"{mine}:"},
         {"name": "*", "url": server.url, "prefix": "*:"},
+        {"name": "user", "url": server.url, "prefix": "user:"},
+        {"name": f"{mine}_backup", "url": server.url, "prefix": f"{mine}_backup:"},
         {"name": f"{victim}*", "url": server.url, "prefix": f"{victim}:"},
-        {"name": server.name(1), "url": server.url, "prefix": f"{victim}:"},
+        {"name": mine, "url": server.url, "prefix": f"{victim}:"},
     ]
     for record in hostile:
-        with pytest.raises(ValueError, match="refusing"):
-            RedisNamespace.release(record)
-    assert client.get(f"{victim}:precious") == b"1"
+        for call in (RedisNamespace.release, RedisNamespace.exists):
+            with pytest.raises(ForeignNameError, match="refused"):
+                call(record)
+    assert all(client.exists(key) for key in kept)
+    client.delete(*kept)
     with pytest.raises(ValueError, match="not a name reclaim makes"):
         RedisNamespace(server.url).acquire("rc_*")
-    with pytest.raises(ValueError, match="not a name reclaim makes"):
+    with pytest.raises(ForeignNameError, match="refused"):
         RedisDatabase.release({"name": "x' or 1", "url": server.url, "db": 1})
 
 
-def test_separator_and_prefix_are_checked() -> None:
-    with pytest.raises(ValueError, match="separator"):
-        RedisNamespace("redis://127.0.0.1:6379/0", separator="1")
-    with pytest.raises(ValueError, match="separator"):
-        RedisNamespace("redis://127.0.0.1:6379/0", separator="")
+def test_a_backup_key_is_no_namespace_of_reclaims(server: Server) -> None:
+    """The bug of issue 10: the listing took ``rc_..._1_backup:x`` for the namespace
+    ``rc_..._1_`` and its release deleted the user's key."""
+    name = make_name(server.token, 1, now=time.time() - 86400)
+    client = server.db(0)
+    client.set(f"{name}_backup:x", "precious")
+    listed = [lo for lo in RedisNamespace.list_leftovers(server.url) if lo.run_id == server.token]
+    assert listed == []
+    with pytest.raises(ForeignNameError, match="prefix"):
+        RedisNamespace.release({"name": name, "url": server.url, "prefix": f"{name}_"})
+    assert client.get(f"{name}_backup:x") == b"precious"
+    client.delete(f"{name}_backup:x")
+
+
+def test_one_separator_and_the_prefix_are_checked() -> None:
+    with pytest.raises(TypeError, match="separator"):
+        RedisNamespace("redis://127.0.0.1:6379/0", separator="/")  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="prefix"):
         RedisNamespace("redis://127.0.0.1:6379/0", prefix=b"x")  # type: ignore[arg-type]
+    record = RedisNamespace("redis://127.0.0.1:6379/0", prefix="app:").plan("rc_00000000_a_1")
+    assert record["user_prefix"] == "app:"
+    assert record["prefix"] == "app:rc_00000000_a_1:"
+    assert RedisNamespace.prefix_separator == ":"
 
 
 # --- databases --------------------------------------------------------------------------------
@@ -438,6 +466,39 @@ def test_a_stale_record_never_flushes_a_database_claimed_since(server: Server) -
     assert server.db(second["db"]).dbsize() == 0
 
 
+def test_a_record_never_flushes_database_0_or_a_users_database(server: Server) -> None:
+    """The database number is an identity: 0 (the claims) and anything a claim key cannot name
+    are refused before any I/O; a database that holds keys and no claim is refused by the
+    server's answer; neither is flushed."""
+    free = server.free_databases()
+    if not free:
+        pytest.skip("every logical database of the server is claimed or in use")
+    users = free[0]
+    key = f"user:{server.token}"
+    server.db(0).set(key, 1)
+    server.db(users).set(key, 1)
+    name = server.name(1)
+    try:
+        for db in (0, -1, True, "3", 1.5, 2**31):
+            record = {"name": name, "url": server.url, "db": db}
+            for call in (RedisDatabase.release, RedisDatabase.exists):
+                with pytest.raises(ForeignNameError, match="db"):
+                    call(record)
+        record = {"name": name, "url": server.url, "db": users}
+        for call in (RedisDatabase.release, RedisDatabase.exists):
+            with pytest.raises(ForeignNameError, match="no claim"):
+                call(record)
+        # Through a URL that names the user's database: the claims are still asked in db 0.
+        record = {"name": name, "url": _db_url(server.url, users), "db": users}
+        with pytest.raises(ForeignNameError, match="no claim"):
+            RedisDatabase.release(record)
+        assert server.db(0).get(key) == b"1"
+        assert server.db(users).get(key) == b"1"
+    finally:
+        server.db(0).delete(key)
+        server.db(users).delete(key)
+
+
 def test_acquire_retried_after_a_lost_answer_gets_the_same_database(server: Server) -> None:
     free = server.free_databases()
     if len(free) < 2:
@@ -465,10 +526,13 @@ def test_database_numbers_are_checked() -> None:
 def test_leftover_namespaces_are_only_reclaims_and_grouped(server: Server) -> None:
     client = server.db(0)
     ours = [server.name(1), server.name(2)]
-    keys = [f"{ours[0]}:a", f"{ours[0]}:b", f"{ours[0]}:c", f"{ours[1]}/x"]
+    keys = [f"{ours[0]}:a", f"{ours[0]}:b", f"{ours[0]}:c", f"{ours[1]}:x"]
     tag = f":{server.token}"  # teardown finds every key that carries the token
     foreign = [
         server.name(3),  # the name alone, no separator
+        f"{server.name(3)}/x{tag}",  # another separator
+        f"{server.name(3)}_backup{tag}",  # a reclaim name with something after it
+        f"{server.name(3)}_:x",  # the old listing grouped this as the namespace rc_..._3_
         f"{server.name(4)}x{tag}",  # the sequence goes on with a letter
         f"rc_{server.token[:7]}_abc_1{tag}",  # seven hex digits
         f"rc_ABCDEF12_abc_1{tag}",  # upper case
@@ -483,7 +547,7 @@ def test_leftover_namespaces_are_only_reclaims_and_grouped(server: Server) -> No
     for key in foreign:
         assert not any(key.startswith(left.record["prefix"]) for left in listed), key
     found = [left for left in listed if left.run_id == server.token]
-    assert sorted(left.record["prefix"] for left in found) == [f"{ours[0]}:", f"{ours[1]}/"]
+    assert sorted(left.record["prefix"] for left in found) == [f"{ours[0]}:", f"{ours[1]}:"]
     for left in found:
         assert left.record["name"] in ours
         assert left.record["url"] == server.url

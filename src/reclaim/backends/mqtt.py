@@ -41,16 +41,21 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
-from urllib.parse import unquote, urlsplit
 
-from reclaim._errors import MissingExtraError
-from reclaim.backends import Backend, Leftover, Record, parse_name, redact_text
+from reclaim.backends import (
+    Backend,
+    Leftover,
+    ReclaimName,
+    Record,
+    redact_text,
+    require_extra,
+    split_url,
+)
 
 try:
     import paho.mqtt.client as mqtt
@@ -60,15 +65,15 @@ except ImportError:  # the extra is not installed: MissingExtraError when the ba
 else:
     _HAVE_DRIVER = True
 
-__all__ = ["CLAIM_SUFFIX", "MqttTopic"]
+__all__ = ["CLAIM_SUFFIX", "SEPARATOR", "MqttTopic"]
 
 _KIND: Final = "mqtt.topic"
 
 #: The claim topic is the resource's name followed by this.
 CLAIM_SUFFIX: Final = ".reclaim"
 
-#: The names reclaim makes (see reclaim.backends.make_name), whole: nothing before or after.
-_NAME_RE: Final = re.compile(r"rc_[0-9a-f]{8}_[0-9a-z]{1,8}_[0-9]{1,20}")
+#: The one separator after reclaim's name in the topic prefix: ``rc_<run>_<time>_<seq>/``.
+SEPARATOR: Final = "/"
 
 _DEFAULT_PORTS: Final = {"mqtt": 1883, "mqtts": 8883}
 
@@ -101,55 +106,67 @@ class MqttTopic(Backend[str]):
     kind = _KIND
     secret_fields = frozenset({"password"})
     url_schemes = ("mqtt", "mqtts")
+    prefix_separator = SEPARATOR
 
     def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        _require_driver()
+        require_extra(_HAVE_DRIVER, _KIND, "mqtt", "paho-mqtt 2.x")
         if not timeout > 0:
             raise ValueError(f"MqttTopic timeout must be positive, not {timeout!r}")
         self._broker = _parse_url(url)
         self._broker["timeout"] = float(timeout)
 
+    @classmethod
+    def owned_identities(
+        cls, record: Mapping[str, Any], name: ReclaimName
+    ) -> Iterable[tuple[str, object, str]]:
+        """Every topic release touches is derived from the name (``<name>/#`` and the claim
+        ``<name>.reclaim``); the record's ``prefix``, when it holds one, must be exactly the
+        name and ``/`` (I8). Records written before the field existed derive it."""
+        expected = name.text + SEPARATOR
+        return (("prefix", record.get("prefix", expected), expected),)
+
     def adapt_name(self, proposed: str) -> str:
         """Keep reclaim's name; refuse anything else (``+``, ``#``, ``/`` would widen a filter)."""
-        _check_name(proposed)
-        return proposed
+        return self.name_style.spell(proposed)
 
     def plan(self, name: str) -> Record:
-        _check_name(name)
-        return {"name": name, **self._broker}
+        self.name_style.spell(name)
+        return {"name": name, "prefix": name + SEPARATOR, **self._broker}
 
     def acquire(self, name: str) -> tuple[str, Record]:
         record = self.plan(name)
-        claim = json.dumps({"kind": _KIND, "prefix": f"{name}/", "created_at": time.time()})
-        with _Session(record, f"claim the topic prefix {name}/") as session:
+        prefix = record["prefix"]
+        claim = json.dumps({"kind": _KIND, "prefix": prefix, "created_at": time.time()})
+        with _Session(record, f"claim the topic prefix {prefix}") as session:
             session.publish_retained({name + CLAIM_SUFFIX: claim.encode()})
-        return f"{name}/", record
+        return prefix, record
 
     @classmethod
     def release(cls, record: Record) -> None:
         """Clear every retained message under the prefix, and the claim (last)."""
-        name = _check_name(record["name"])
+        name = record["name"]  # a whole reclaim name: the guard checked it, and the prefix
+        prefix = cls.owned_prefix(record)
         claim = name + CLAIM_SUFFIX
-        with _Session(record, f"clear the retained messages under {name}/") as session:
+        with _Session(record, f"clear the retained messages under {prefix}") as session:
             for _look in range(_MAX_LOOKS):
-                seen, _complete = session.look([f"{name}/#", claim], marker=claim)
+                seen, _complete = session.look([f"{prefix}#", claim], marker=claim)
                 if not seen:
                     return  # a look that got its end marker and found nothing: all clear
                 # The claim goes last: a release cut short still leaves the prefix findable.
                 ordered = sorted(seen - {claim}) + sorted(seen & {claim})
                 session.publish_retained(dict.fromkeys(ordered, b""))
         raise RuntimeError(
-            f"retained messages under {name}/ on the MQTT broker {_where(record)} kept appearing"
+            f"retained messages under {prefix} on the MQTT broker {_where(record)} kept appearing"
             f" through {_MAX_LOOKS} rounds of clearing: is a publisher still writing there?"
         )
 
     @classmethod
     def exists(cls, record: Record) -> bool:
         """Is any retained message under the prefix, or its claim, still on the broker?"""
-        name = _check_name(record["name"])
-        claim = name + CLAIM_SUFFIX
-        with _Session(record, f"look for retained messages under {name}/") as session:
-            seen, _complete = session.look([f"{name}/#", claim], marker=claim)
+        prefix = cls.owned_prefix(record)
+        claim = record["name"] + CLAIM_SUFFIX
+        with _Session(record, f"look for retained messages under {prefix}") as session:
+            seen, _complete = session.look([f"{prefix}#", claim], marker=claim)
         return bool(seen)
 
     @classmethod
@@ -161,73 +178,37 @@ class MqttTopic(Backend[str]):
         """Prefixes on the broker at ``target`` (a URL) that hold retained messages or a claim.
 
         Subscribes to ``#``, which reaches every retained message the account may read (not the
-        ``$``-topics); groups the topics whose first level is a reclaim name, or its claim.
+        ``$``-topics); groups the topics whose first level is, whole, a reclaim name (what
+        ``<name>/#`` matches), and the claims ``<name>.reclaim``.
         """
-        _require_driver()
+        require_extra(_HAVE_DRIVER, _KIND, "mqtt", "paho-mqtt 2.x")
         record: Record = {"name": "", **_parse_url(target), "timeout": DEFAULT_TIMEOUT}
         marker = f".reclaim-scan/{secrets.token_hex(8)}"
         with _Session(record, "list retained messages") as session:
             seen, _complete = session.look(["#", marker], marker=marker)
-        names = set()
+        found: dict[str, ReclaimName] = {}
         for topic in seen:
-            first = topic.partition("/")[0]
-            name = topic.removesuffix(CLAIM_SUFFIX) if topic == first else first
-            if _NAME_RE.fullmatch(name):
-                names.add(name)
-        for name in sorted(names):
-            parsed = parse_name(name)
-            if parsed is None:  # pragma: no cover - the pattern above is parse_name's, whole
-                continue
-            run_id, created = parsed.run_id, parsed.created_at
-            yield Leftover({**record, "name": name}, run_id, created)
+            first, sep, _rest = topic.partition(SEPARATOR)
+            text = first if sep else topic.removesuffix(CLAIM_SUFFIX)
+            parsed = cls.name_style.parse(text)
+            if parsed is not None:
+                found[text] = parsed
+        for name, parsed in sorted(found.items()):
+            yield Leftover.of({**record, "name": name, "prefix": name + SEPARATOR}, parsed)
 
 
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _require_driver() -> None:
-    if not _HAVE_DRIVER:
-        raise MissingExtraError(_KIND, "mqtt", "paho-mqtt 2.x")
-
-
-def _check_name(name: object) -> str:
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or parse_name(name) is None:
-        raise ValueError(
-            f"{_KIND}: {name!r} is not a topic prefix reclaim makes (rc_<run>_<time>_<seq>);"
-            " refusing to subscribe or publish with it (wildcards would reach other topics)"
-        )
-    return name
-
-
 def _parse_url(url: str) -> dict[str, Any]:
-    try:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        port = parts.port or _DEFAULT_PORTS.get(scheme, 1883)
-    except ValueError as exc:  # urllib's messages quote the port at most, never the password
-        raise ValueError(f"{_KIND}: the URL {_redact_url(url)!r} is not valid: {exc}") from None
-    if scheme not in _DEFAULT_PORTS:
-        raise ValueError(
-            f"{_KIND}: the URL {_redact_url(url)!r} must start with mqtt:// or mqtts://"
-        )
-    if not parts.hostname:
-        raise ValueError(f"{_KIND}: the URL {_redact_url(url)!r} names no host")
+    server = split_url(url, kind=_KIND, schemes=_DEFAULT_PORTS)
     return {
-        "host": parts.hostname,
-        "port": port,
-        "username": unquote(parts.username) if parts.username else "",
-        "password": unquote(parts.password) if parts.password else "",
-        "tls": scheme == "mqtts",
+        "host": server.host,
+        "port": server.port or _DEFAULT_PORTS[server.scheme],
+        "username": server.username,
+        "password": server.password,
+        "tls": server.scheme == "mqtts",
     }
-
-
-def _redact_url(url: str) -> str:
-    head, at, tail = url.rpartition("@")
-    if not at:
-        return url
-    scheme, sep, userinfo = head.partition("://")
-    user = userinfo.partition(":")[0]
-    return f"{scheme}{sep}{user}:***@{tail}" if ":" in userinfo else url
 
 
 def _where(record: Record) -> str:

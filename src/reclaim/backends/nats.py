@@ -31,12 +31,29 @@ import contextlib
 import dataclasses
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import TYPE_CHECKING, Any, ClassVar, Final, NoReturn, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
 
-from reclaim._errors import AcquireError, BackendError, MissingExtraError, ReleaseError
-from reclaim.backends import Backend, Leftover, Record, parse_name, redact_text
+from reclaim.backends import (
+    AcquireError,
+    Backend,
+    BackendError,
+    Leftover,
+    ReclaimName,
+    Record,
+    ReleaseError,
+    backend_error,
+    require_extra,
+    split_url,
+)
 
 try:
     import nats
@@ -58,9 +75,6 @@ __all__ = ["NatsKeyValue", "NatsStream", "durable_consumer"]
 _STREAM: Final = "nats.stream"
 _KV: Final = "nats.kv"
 _SCHEMES: Final = ("nats", "tls")
-
-#: The names reclaim makes (see reclaim.backends.make_name), whole: nothing before or after.
-_NAME_RE: Final = re.compile(r"rc_[0-9a-f]{8}_[0-9a-z]{1,8}_[0-9]{1,20}")
 
 #: The stream behind a KV bucket (nats-py's and the server's convention).
 _KV_STREAM: Final = "KV_"
@@ -102,7 +116,7 @@ def durable_consumer(
         **config: any other ``nats.js.api.ConsumerConfig`` field (``ack_policy``,
             ``filter_subject``, ...).
     """
-    _require_driver(_STREAM)
+    require_extra(_HAVE_DRIVER, _STREAM, "nats", "nats-py")
     if not isinstance(durable_name, str) or not _CONSUMER_RE.fullmatch(durable_name):
         raise ValueError(
             f"durable consumer name {durable_name!r} must be letters, digits, '_' and '-'"
@@ -127,16 +141,26 @@ class _JetStreamBackend(Backend[str]):
     _noun: ClassVar[str] = ""
 
     def __init__(self, url: str) -> None:
-        _require_driver(self.kind)
+        require_extra(_HAVE_DRIVER, self.kind, "nats", "nats-py")
         self._server = _parse_url(url, self.kind)
+
+    @classmethod
+    def owned_identities(
+        cls, record: Mapping[str, Any], name: ReclaimName
+    ) -> Iterable[tuple[str, object, str]]:
+        """The stream release deletes is derived from the name (``KV_<name>`` for a bucket);
+        the record's ``stream``, when it holds one, must be exactly that (I8). Records written
+        before the field existed derive it."""
+        expected = cls._stream_of(name.text)
+        return (("stream", record.get("stream", expected), expected),)
 
     def adapt_name(self, proposed: str) -> str:
         """Keep reclaim's name; refuse anything that is not one (it would reach an API subject)."""
-        return _check_name(proposed, self.kind)
+        return self.name_style.spell(proposed)
 
     def plan(self, name: str) -> Record:
-        _check_name(name, self.kind)
-        return {"name": name, **self._server}
+        self.name_style.spell(name)
+        return {"name": name, "stream": self._stream_of(name), **self._server}
 
     def acquire(self, name: str) -> tuple[str, Record]:
         return _run_sync(lambda: self.aacquire(name))
@@ -165,7 +189,7 @@ class _JetStreamBackend(Backend[str]):
     @classmethod
     async def arelease(cls, record: Record) -> None:
         """Async twin of :meth:`release`, on the caller's event loop."""
-        stream = cls._stream_of(_check_name(record.get("name"), cls.kind))
+        stream = cls._stream_of(record["name"])  # the guard checked the name, and the stream
         doing = f"delete the {cls._noun}"
         async with _jetstream(record, cls.kind, doing, ReleaseError) as js:
             try:
@@ -181,7 +205,7 @@ class _JetStreamBackend(Backend[str]):
 
     @classmethod
     async def _aexists(cls, record: Record) -> bool:
-        stream = cls._stream_of(_check_name(record.get("name"), cls.kind))
+        stream = cls._stream_of(record["name"])
         doing = f"look up the {cls._noun}"
         async with _jetstream(record, cls.kind, doing, BackendError) as js:
             try:
@@ -200,15 +224,15 @@ class _JetStreamBackend(Backend[str]):
     def list_leftovers(cls, target: str) -> Iterator[Leftover]:
         """Streams (or buckets) on the server at ``target`` (a NATS URL) whose whole name is a
         reclaim name. Asks ``$JS.API.STREAM.NAMES``, page by page."""
-        _require_driver(cls.kind)
+        require_extra(_HAVE_DRIVER, cls.kind, "nats", "nats-py")
         server = _parse_url(target, cls.kind)
         names = _run_sync(lambda: _stream_names({"name": "", **server}, cls.kind))
         for stream in sorted(names):
             name = cls._name_of(stream)
-            parsed = parse_name(name) if name is not None else None
-            if name is None or parsed is None or not _NAME_RE.fullmatch(name):
-                continue  # not a name reclaim made: never touched
-            yield Leftover({"name": name, **server}, parsed.run_id, parsed.created_at)
+            parsed = cls.name_style.parse(name)
+            if name is None or parsed is None:
+                continue  # not a name reclaim made, whole: never touched
+            yield Leftover.of({"name": name, "stream": stream, **server}, parsed)
 
     @classmethod
     def _name_of(cls, stream: str) -> str | None:
@@ -392,20 +416,6 @@ async def _stream_names(record: Record, kind: str) -> list[str]:
 # --- names, URLs, errors --------------------------------------------------------------------
 
 
-def _require_driver(kind: str) -> None:
-    if not _HAVE_DRIVER:
-        raise MissingExtraError(kind, "nats", "nats-py")
-
-
-def _check_name(name: object, kind: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or parse_name(name) is None:
-        raise ValueError(
-            f"{kind}: {name!r} is not a name reclaim makes (rc_<run>_<time>_<seq>); refusing"
-            " to use it in a JetStream API subject"
-        )
-    return name
-
-
 def _check_subject(subject: object) -> None:
     if not isinstance(subject, str):
         raise TypeError(f"a NATS subject must be a str, not {type(subject).__name__}")
@@ -432,37 +442,39 @@ def _check_fields(config_type: type[Any], given: dict[str, Any], reclaims: Seque
             )
 
 
-def _parse_url(url: str, kind: str) -> dict[str, str]:
-    """The server URL without credentials, and the credentials, as record fields."""
-    if not isinstance(url, str):
-        raise TypeError(f"{kind}: the URL must be a str, not {type(url).__name__}")
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # validates it
-    except ValueError as exc:  # urllib's messages quote the port at most, never the password
-        raise ValueError(f"{kind}: the URL {_redact_url(url)!r} is not valid: {exc}") from None
-    if parts.scheme not in _SCHEMES:
-        raise ValueError(f"{kind}: the URL {_redact_url(url)!r} must start with nats:// or tls://")
-    if not parts.hostname:
-        raise ValueError(f"{kind}: the URL {_redact_url(url)!r} names no host")
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    user = password = token = ""
-    if at:
-        name, colon, secret = userinfo.partition(":")
-        if colon:
-            user, password = unquote(name), unquote(secret)
-        else:
-            token = unquote(name)  # nats://TOKEN@host, as nats-py reads it
-    public = urlunsplit((parts.scheme, hostport, "", "", ""))
-    return {"url": public, "user": user, "password": password, "token": token}
+def _parse_url(url: object, kind: str) -> dict[str, str]:
+    """The server URL without credentials, and the credentials, as record fields.
+
+    ``nats://TOKEN@host`` (a user part without ``:``) is a token, as nats-py reads it: it is
+    handed to the toolkit as a password, so that no message ever quotes it."""
+    if isinstance(url, str):
+        scheme, sep, rest = url.partition("://")
+        ends = [i for i in (rest.find(stop) for stop in "/?#") if i >= 0]
+        authority = rest[: min(ends, default=len(rest))]
+        userinfo, at, _hostport = authority.rpartition("@")
+        if sep and at and ":" not in userinfo:
+            url = f"{scheme}://:{rest}"
+    server = split_url(url, kind=kind, schemes=_SCHEMES)
+    token = server.password if not server.username else ""
+    password = server.password if server.username else ""
+    host = f"[{server.host}]" if ":" in server.host else server.host
+    public = f"{server.scheme}://{host}" + (f":{server.port}" if server.port is not None else "")
+    return {"url": public, "user": server.username, "password": password, "token": token}
 
 
-def _redact_url(url: str) -> str:
-    head, at, tail = url.rpartition("@")
-    if not at:
-        return url
-    scheme, sep, _userinfo = head.partition("://")
-    return f"{scheme}{sep}***@{tail}"
+def _reason(exc: BaseException) -> str:
+    """What a driver error means for the user, with the advice that fits it."""
+    if isinstance(exc, nats.errors.AuthorizationError):
+        return "the server refused the credentials; check the URL's user and password or token"
+    if isinstance(exc, nats.errors.NoRespondersError | nats.js.errors.ServiceUnavailableError):
+        return "no JetStream answered; is JetStream enabled (nats-server -js) for this account?"
+    if isinstance(exc, nats.js.errors.APIError):
+        return f"the JetStream API answered {exc.code} (error {exc.err_code}): {exc.description}"
+    if isinstance(exc, OSError | nats.errors.NoServersError):
+        return f"cannot reach the server ({type(exc).__name__}: {exc}); is it up?"
+    if isinstance(exc, asyncio.TimeoutError):
+        return "no answer in time; is the server overloaded, or JetStream disabled?"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _fail(
@@ -474,22 +486,13 @@ def _fail(
     *,
     cause: BaseException | None = None,
 ) -> NoReturn:
-    where = record.get("url") or "?"
-    name = str(record.get("name") or "")
-    if isinstance(exc, nats.errors.AuthorizationError):
-        reason = "the server refused the credentials; check the URL's user and password or token"
-    elif isinstance(exc, nats.errors.NoRespondersError | nats.js.errors.ServiceUnavailableError):
-        reason = "no JetStream answered; is JetStream enabled (nats-server -js) for this account?"
-    elif isinstance(exc, nats.js.errors.APIError):
-        reason = f"the JetStream API answered {exc.code} (error {exc.err_code}): {exc.description}"
-    elif isinstance(exc, OSError | nats.errors.NoServersError):
-        reason = f"cannot reach the server ({type(exc).__name__}: {exc}); is it up?"
-    elif isinstance(exc, asyncio.TimeoutError):
-        reason = "no answer in time; is the server overloaded, or JetStream disabled?"
-    else:
-        reason = f"{type(exc).__name__}: {exc}"
-    what = f"{kind} {name!r}" if name else kind
-    message = redact_text(
-        f"{what}: could not {doing} at {where}: {reason}", record, ("password", "token")
-    )
-    raise error(message, kind=kind, resource=name) from (cause or exc)
+    raise backend_error(
+        error,
+        kind,
+        record,
+        doing,
+        exc,
+        where=str(record.get("url") or "?"),
+        reason=_reason,
+        secret_fields=("password", "token"),
+    ) from (cause or exc)

@@ -1,27 +1,29 @@
 """Redis: ``RedisNamespace(url)`` gives a key prefix of its own, ``RedisDatabase(url)`` a whole
 logical database.
 
-**Namespaces.** The value is a key prefix, ``"rc_<run>_<time>_<seq>:"``; the test writes its keys
-under it (``f"{prefix}session:42"``). Acquire writes one marker key, ``<prefix>__reclaim__``,
-with ``SET NX``: before it, nothing of the namespace exists on the server, after it,
-:meth:`RedisNamespace.exists` is true until release. ``exists`` is true while *any* key under
-the prefix exists (the marker is only the fast path), so a namespace whose marker a test deleted
-still counts while it holds keys. Release deletes every key under the prefix: ``SCAN MATCH
-<prefix>*`` (glob characters of the prefix escaped, so ``a*`` never matches ``ab``) and
-``UNLINK`` in batches. SCAN returns every key that exists from the start of the scan to its end,
-so nothing written before release began survives it.
+**Namespaces.** The value is a key prefix, ``"rc_<run>_<time>_<seq>:"``: a whole reclaim name and
+the one separator ``":"`` (after a user prefix, when given); the test writes its keys under it
+(``f"{prefix}session:42"``). The guard refuses any record whose prefix is not exactly that (I8).
+Acquire writes one marker key, ``<prefix>__reclaim__``, with ``SET NX``: before it, nothing of the
+namespace exists on the server, after it, :meth:`RedisNamespace.exists` is true until release.
+``exists`` is true while *any* key under the prefix exists (the marker is only the fast path), so a
+namespace whose marker a test deleted still counts while it holds keys. Release deletes every key
+under the prefix: ``SCAN MATCH <prefix>*`` (glob characters of the prefix escaped, so ``a*`` never
+matches ``ab``) and ``UNLINK`` in batches. SCAN returns every key that exists from the start of the
+scan to its end, so nothing written before release began survives it.
 
 **Databases.** For suites that need ``FLUSHDB`` or ``SELECT``, the value is a URL of a logical
-database of its own (``redis://host:6379/7``). Claims live in database 0 as keys
-``reclaim:db:<n>`` whose value is the reclaim name. One Lua script picks the first database that
-is neither claimed nor holds any key, and claims it: scripts run atomically, so two processes
-never get the same database, and a database somebody uses without reclaim (it holds keys) is
-never taken. Release is another script: when the claim still holds this name, ``FLUSHDB ASYNC``
-that database and drop the claim, in one step, so a database is never handed out again before
-it is empty, and a stale record can never flush a database somebody else claimed since. A
-killed run's claim is released by its watchdog or the next ``reclaim sweep`` (from the registry,
-or with ``list_leftovers`` when the registry is gone); until then the next run simply takes
-another database.
+database of its own (``redis://host:6379/7``). Claims live in database 0 as keys ``reclaim:db:<n>``
+whose value is the reclaim name. One Lua script picks the first database that is neither claimed nor
+holds any key, and claims it: scripts run atomically, so two processes never get the same database,
+and a database somebody uses without reclaim (it holds keys) is never taken. A record's database
+number is a number a claim key can name (never 0), and release acts on it only while its claim holds
+the record's name; a database that holds keys and no claim is refused (somebody else's). Release is
+another script: when the claim still holds this name, ``FLUSHDB ASYNC`` that database and drop the
+claim, in one step, so a database is never handed out again before it is empty, and a stale record
+can never flush a database somebody else claimed since. A killed run's claim is released by its
+watchdog or the next ``reclaim sweep`` (from the registry, or with ``list_leftovers`` when the
+registry is gone); until then the next run simply takes another database.
 
 Records keep the server URL without its password; the password goes in the secret field
 ``password`` (I7). Redis Cluster is not supported (SCAN sees one node, and a cluster has only
@@ -32,14 +34,27 @@ Needs the ``redis`` extra (redis-py): ``pip install 'reclaim[redis]'``.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Final, NoReturn
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Final, NoReturn
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from reclaim._errors import AcquireError, BackendError, MissingExtraError, ReleaseError
-from reclaim.backends import Backend, Leftover, Record, parse_name, redact_text
+from reclaim.backends import (
+    AcquireError,
+    Backend,
+    BackendError,
+    Leftover,
+    ReclaimName,
+    Record,
+    ReleaseError,
+    ServerURL,
+    refuse,
+    require_extra,
+    split_url,
+    translate_errors,
+)
 
 try:
     import redis
@@ -54,18 +69,17 @@ else:
 if TYPE_CHECKING:
     from redis.commands.core import Script
 
-__all__ = ["MARKER", "RedisDatabase", "RedisNamespace", "glob_escape", "unlink_prefix"]
+__all__ = ["MARKER", "SEPARATOR", "RedisDatabase", "RedisNamespace", "glob_escape", "unlink_prefix"]
 
 _NAMESPACE: Final = "redis.namespace"
 _DATABASE: Final = "redis.database"
 _SCHEMES: Final = ("redis", "rediss", "unix")
 
-#: The names reclaim makes (see reclaim.backends.make_name), whole: nothing before or after.
-_NAME_RE: Final = re.compile(r"rc_[0-9a-f]{8}_[0-9a-z]{1,8}_[0-9]{1,20}")
+#: The one separator after reclaim's name in a namespace's prefix: ``rc_<run>_<time>_<seq>:``.
+SEPARATOR: Final = ":"
 
-#: A key of a namespace made without a user prefix: the name, then the separator's first
-#: character (ASCII punctuation; never a digit, which would continue the sequence number).
-_KEY_RE: Final = re.compile(rb"(rc_[0-9a-f]{8}_[0-9a-z]{1,8}_[0-9]{1,20})[!-/:-@\[-`{-~]")
+#: Characters a user prefix may not hold: Redis glob characters (a prefix is matched by SCAN).
+_GLOB_CHARS: Final = frozenset("*?[]\\")
 
 #: Appended to a namespace's prefix: the key acquire creates.
 MARKER: Final = "__reclaim__"
@@ -73,6 +87,9 @@ MARKER: Final = "__reclaim__"
 #: The claims of :class:`RedisDatabase` live in this database, as ``reclaim:db:<n>``.
 _CLAIMS_DB: Final = 0
 _CLAIM_PREFIX: Final = "reclaim:db:"
+
+#: The highest database number a claim key may name (Redis counts databases in an int).
+_MAX_DB: Final = 2**31 - 1
 
 #: Keys per SCAN call (a hint to the server) and per UNLINK.
 _SCAN_COUNT: Final = 1000
@@ -93,6 +110,7 @@ _GLOB_SPECIAL: Final = re.compile(rb"([\\*?\[\]])")
 _CLAIM_LUA: Final = """
 local name = ARGV[1]
 local claims = tonumber(ARGV[2])
+redis.call('SELECT', claims)
 for i = 3, #ARGV do
   if redis.call('GET', 'reclaim:db:' .. ARGV[i]) == name then return tonumber(ARGV[i]) end
 end
@@ -112,75 +130,108 @@ return -1
 """
 
 # Release a database: only while the claim still holds this name (a stale record must never
-# flush a database claimed since); empty it and drop the claim in one atomic step.
+# flush a database claimed since); empty it and drop the claim in one atomic step. Returns 1
+# (flushed), 0 (our claim is gone: released already, perhaps claimed by another name since) or
+# -1 (no claim at all, yet the database holds keys: somebody else's, never flushed).
 _RELEASE_LUA: Final = """
+local claims = tonumber(ARGV[3])
+local db = tonumber(ARGV[2])
 local key = 'reclaim:db:' .. ARGV[2]
-if redis.call('GET', key) ~= ARGV[1] then return 0 end
+redis.call('SELECT', claims)
+local holder = redis.call('GET', key)
+if holder == ARGV[1] then
+  redis.call('SELECT', db)
+  redis.call('FLUSHDB', 'ASYNC')
+  redis.call('SELECT', claims)
+  redis.call('DEL', key)
+  return 1
+end
+if holder then return 0 end
+redis.call('SELECT', db)
+local size = redis.call('DBSIZE')
+redis.call('SELECT', claims)
+if size > 0 then return -1 end
+return 0
+"""
+
+# The number of keys in database ARGV[1], asked from the claims' database ARGV[2].
+_DBSIZE_LUA: Final = """
+redis.call('SELECT', tonumber(ARGV[1]))
+local size = redis.call('DBSIZE')
 redis.call('SELECT', tonumber(ARGV[2]))
-redis.call('FLUSHDB', 'ASYNC')
-redis.call('SELECT', tonumber(ARGV[3]))
-redis.call('DEL', key)
-return 1
+return size
 """
 
 
 class RedisNamespace(Backend[str]):
     """A key prefix of its own in one Redis database; every key under it is deleted at release.
 
-    The value is the prefix, ``f"{prefix}{name}{separator}"``, e.g. ``"rc_3f2a1b0c_t1a2b3_1:"``.
+    The value is the prefix, ``f"{prefix}{name}:"``, e.g. ``"rc_3f2a1b0c_t1a2b3_1:"``.
 
     Args:
         url: the server and database, ``redis://[[user]:password@]host:port/db``,
             ``rediss://...`` (TLS) or ``unix:///path/to/redis.sock?db=N``.
         prefix: put before reclaim's name, e.g. the ``"myapp:"`` your code adds to every key.
-            Any characters; glob characters are escaped when release scans. Namespaces with a
-            prefix are not found by the registry-less leftover listing (it looks for keys that
-            start with ``rc_``); the registry and the watchdog release them as any other.
-        separator: put after reclaim's name; must not start with a digit. Default ``":"``.
+            Any characters but the glob characters ``* ? [ ] \\``. Namespaces with a prefix are
+            not found by the registry-less leftover listing (it looks for keys that start with
+            ``rc_``); the registry and the watchdog release them as any other.
+
+    The separator after the name is always ``":"`` (:data:`SEPARATOR`).
 
     Raises:
-        ValueError: the URL, prefix or separator cannot be used.
+        ValueError: the URL or prefix cannot be used.
         MissingExtraError: redis-py is not installed.
     """
 
     kind = _NAMESPACE
     secret_fields = frozenset({"password"})
     url_schemes = _SCHEMES
+    prefix_separator = SEPARATOR
 
-    def __init__(self, url: str, *, prefix: str = "", separator: str = ":") -> None:
-        _require_driver(_NAMESPACE)
-        self.url, self._password = _split_url(url, _NAMESPACE)
+    def __init__(self, url: str, *, prefix: str = "") -> None:
+        require_extra(_HAVE_DRIVER, _NAMESPACE, "redis", "redis-py")
+        self.url, self._password = _split(url, _NAMESPACE)
         if not isinstance(prefix, str):
             raise TypeError(f"RedisNamespace prefix must be a str, not {type(prefix).__name__}")
-        if not isinstance(separator, str) or not separator or separator[0].isdigit():
+        if _GLOB_CHARS & set(prefix):
             raise ValueError(
-                f"RedisNamespace separator {separator!r} must be a non-empty string that does"
-                " not start with a digit (it would read as part of reclaim's sequence number)"
+                f"RedisNamespace prefix {prefix!r} must not hold the glob characters * ? [ ] \\"
+                " (release finds the keys with SCAN MATCH)"
             )
         self.prefix = prefix
-        self.separator = separator
+
+    @classmethod
+    def owned_identities(
+        cls, record: Mapping[str, Any], name: ReclaimName
+    ) -> Iterable[tuple[str, object, str]]:
+        """The key prefix must be exactly the user's prefix, the name and ``":"``; the user's
+        prefix (its own field) holds no glob character. A record can never make release scan
+        ``*``, ``user:*`` or ``rc_..._1_backup:*`` (I8)."""
+        user = record.get("user_prefix", "")
+        if not isinstance(user, str) or _GLOB_CHARS & set(user):
+            raise refuse(cls.kind, "user_prefix", user, "a str without * ? [ ] or \\", name=name)
+        return (("prefix", record.get("prefix"), user + name.text + SEPARATOR),)
 
     def adapt_name(self, proposed: str) -> str:
         """Keep reclaim's name; refuse anything that is not one."""
-        return _check_name(proposed, _NAMESPACE)
+        return self.name_style.spell(proposed)
 
     def plan(self, name: str) -> Record:
-        _check_name(name, _NAMESPACE)
+        self.name_style.spell(name)
         return {
             "name": name,
             "url": self.url,
             "password": self._password,
-            "prefix": f"{self.prefix}{name}{self.separator}",
+            "user_prefix": self.prefix,
+            "prefix": f"{self.prefix}{name}{SEPARATOR}",
         }
 
     def acquire(self, name: str) -> tuple[str, Record]:
         record = self.plan(name)
-        try:
+        with _translated(AcquireError, _NAMESPACE, record, "write the namespace's marker key"):
             created = _client(record["url"], record["password"]).set(
                 _marker(record["prefix"]), name, nx=True
             )
-        except redis.RedisError as exc:
-            _fail(AcquireError, _NAMESPACE, record, "write the namespace's marker key", exc)
         if not created:
             raise AcquireError(
                 f"{_NAMESPACE} {name!r}: the marker key {_marker(record['prefix'])!r} exists"
@@ -194,24 +245,20 @@ class RedisNamespace(Backend[str]):
     @classmethod
     def release(cls, record: Record) -> None:
         """``SCAN MATCH <prefix>*`` + ``UNLINK`` in batches, the marker with the rest."""
-        prefix = _check_prefix(record)
+        prefix = record["prefix"]  # exactly user prefix + name + ":" (the guard checked it)
         client = _client(record["url"], record.get("password"))
-        try:
+        with _translated(ReleaseError, _NAMESPACE, record, f"delete the keys under {prefix!r}"):
             unlink_prefix(client, prefix)
-        except redis.RedisError as exc:
-            _fail(ReleaseError, _NAMESPACE, record, f"delete the keys under {prefix!r}", exc)
 
     @classmethod
     def exists(cls, record: Record) -> bool:
         """Is any key under the prefix there (the marker, or anything the test wrote)?"""
-        prefix = _check_prefix(record)
+        prefix = record["prefix"]
         client = _client(record["url"], record.get("password"))
-        try:
+        with _translated(BackendError, _NAMESPACE, record, f"look for keys under {prefix!r}"):
             if client.exists(_marker(prefix)):
                 return True
             return any(True for _ in _scan(client, prefix))
-        except redis.RedisError as exc:
-            _fail(BackendError, _NAMESPACE, record, f"look for keys under {prefix!r}", exc)
 
     @classmethod
     def describe(cls, record: Record) -> str:
@@ -220,29 +267,34 @@ class RedisNamespace(Backend[str]):
     @classmethod
     def list_leftovers(cls, target: str) -> Iterator[Leftover]:
         """Namespaces in the database at ``target`` (a Redis URL): keys that start with a whole
-        reclaim name followed by a separator, grouped by that prefix.
+        reclaim name followed by ``":"``, grouped by exactly that prefix.
 
-        One ``SCAN MATCH rc_*`` over the database. Namespaces made with a ``prefix`` are not
+        One ``SCAN MATCH rc_*:*`` over the database. ``rc_..._1_backup:x`` or ``rc_..._1``
+        (no separator) are no namespace of reclaim's. Namespaces made with a ``prefix`` are not
         listed (their keys do not start with ``rc_``).
         """
-        _require_driver(_NAMESPACE)
-        url, password = _split_url(target, _NAMESPACE)
+        require_extra(_HAVE_DRIVER, _NAMESPACE, "redis", "redis-py")
+        url, password = _split(target, _NAMESPACE)
         server: Record = {"name": "", "url": url, "password": password}
         client = _client(url, password)
-        found: dict[bytes, str] = {}
-        try:
-            for key in client.scan_iter(match=b"rc_*", count=_SCAN_COUNT):
-                match = _KEY_RE.match(key)
-                if match is not None:
-                    found.setdefault(match.group(0), match.group(1).decode("ascii"))
-        except redis.RedisError as exc:
-            _fail(BackendError, _NAMESPACE, server, "list the keys under rc_*", exc)
-        for prefix, name in sorted(found.items()):
-            parsed = parse_name(name)
-            if parsed is None:  # pragma: no cover  (the pattern above only takes reclaim names)
-                continue
-            record = {**server, "name": name, "prefix": prefix.decode("ascii")}
-            yield Leftover(record, parsed.run_id, parsed.created_at)
+        found: dict[str, ReclaimName] = {}
+        with _translated(BackendError, _NAMESPACE, server, "list the keys under rc_*"):
+            for key in client.scan_iter(
+                match=b"rc_*" + SEPARATOR.encode() + b"*", count=_SCAN_COUNT
+            ):
+                if not isinstance(key, bytes):
+                    continue
+                head, sep, _rest = key.partition(SEPARATOR.encode())
+                try:
+                    text = head.decode("ascii")
+                except UnicodeDecodeError:
+                    continue
+                parsed = cls.name_style.parse(text) if sep else None
+                if parsed is not None:
+                    found.setdefault(text, parsed)
+        for name, parsed in sorted(found.items()):
+            record = {**server, "name": name, "user_prefix": "", "prefix": name + SEPARATOR}
+            yield Leftover.of(record, parsed)
 
 
 class RedisDatabase(Backend[str]):
@@ -269,15 +321,15 @@ class RedisDatabase(Backend[str]):
     url_schemes = _SCHEMES
 
     def __init__(self, url: str, *, databases: Iterable[int] | None = None) -> None:
-        _require_driver(_DATABASE)
-        public, self._password = _split_url(url, _DATABASE)
+        require_extra(_HAVE_DRIVER, _DATABASE, "redis", "redis-py")
+        public, self._password = _split(url, _DATABASE)
         self.url = _with_db(public, _CLAIMS_DB)
         self._user_url = url
         self.databases: tuple[int, ...] | None = None
         if databases is not None:
             chosen = sorted(set(databases))
             for db in chosen:
-                if isinstance(db, bool) or not isinstance(db, int) or db <= _CLAIMS_DB:
+                if not _is_claimable(db):
                     raise ValueError(
                         f"RedisDatabase databases must be whole numbers above {_CLAIMS_DB}"
                         f" (database {_CLAIMS_DB} holds the claims), not {db!r}"
@@ -286,23 +338,40 @@ class RedisDatabase(Backend[str]):
                 raise ValueError("RedisDatabase databases is empty: give at least one number")
             self.databases = tuple(chosen)
 
+    @classmethod
+    def owned_identities(
+        cls, record: Mapping[str, Any], name: ReclaimName
+    ) -> Iterable[tuple[str, object, str]]:
+        """The database number, when the record holds one, is one a claim key can name: a whole
+        number from 1 (database 0 holds the claims: never flushed). Whether that database is
+        claimed under this name only the server can say: release and exists ask it, and refuse
+        a database that holds keys but no claim."""
+        db = record.get("db")
+        if db is not None and not _is_claimable(db):
+            raise refuse(
+                cls.kind,
+                "db",
+                db,
+                f"a database number from 1 to {_MAX_DB} (database 0 holds the claims)",
+                name=name,
+            )
+        return ()
+
     def adapt_name(self, proposed: str) -> str:
         """Keep reclaim's name; refuse anything that is not one."""
-        return _check_name(proposed, _DATABASE)
+        return self.name_style.spell(proposed)
 
     def plan(self, name: str) -> Record:
-        _check_name(name, _DATABASE)
+        self.name_style.spell(name)
         # The database number is not known yet: release finds the claim by its name (I1).
         return {"name": name, "url": self.url, "password": self._password}
 
     def acquire(self, name: str) -> tuple[str, Record]:
         record = self.plan(name)
         client = _client(record["url"], record["password"])
-        try:
+        with _translated(AcquireError, _DATABASE, record, "claim a database"):
             candidates = self.databases or tuple(range(1, _database_count(client, record)))
             db = int(_script(client, _CLAIM_LUA)(args=[name, _CLAIMS_DB, *candidates]))
-        except redis.RedisError as exc:
-            _fail(AcquireError, _DATABASE, record, "claim a database", exc)
         if db < 0:
             raise AcquireError(
                 f"{_DATABASE} {name!r}: no free database at {record['url']} among"
@@ -317,24 +386,30 @@ class RedisDatabase(Backend[str]):
 
     @classmethod
     def release(cls, record: Record) -> None:
-        """When the claim still holds this name: ``FLUSHDB ASYNC`` and drop the claim."""
-        name = _check_name(record.get("name"), _DATABASE)
-        client = _client(record["url"], record.get("password"))
-        try:
-            for db in _claims_of(client, record):
-                _script(client, _RELEASE_LUA)(args=[name, db, _CLAIMS_DB])
-        except redis.RedisError as exc:
-            _fail(ReleaseError, _DATABASE, record, "flush and unclaim the database", exc)
+        """When the claim still holds this name: ``FLUSHDB ASYNC`` and drop the claim. A
+        database that holds keys but no claim is refused (somebody else's)."""
+        name = record["name"]
+        client = _claims_client(record)
+        with _translated(ReleaseError, _DATABASE, record, "flush and unclaim the database"):
+            db = record.get("db")
+            # The recorded database (the script decides, atomically, whether it is still ours),
+            # or, for a planned record, whichever databases are claimed under this name.
+            for n in [int(db)] if db is not None else _claims_of(client, record):
+                if int(_script(client, _RELEASE_LUA)(args=[name, n, _CLAIMS_DB])) < 0:
+                    _refuse_unclaimed(cls, record, n)
 
     @classmethod
     def exists(cls, record: Record) -> bool:
         """Does a claim with this name exist?"""
-        _check_name(record.get("name"), _DATABASE)
-        client = _client(record["url"], record.get("password"))
-        try:
-            return bool(_claims_of(client, record))
-        except redis.RedisError as exc:
-            _fail(BackendError, _DATABASE, record, "look for the claim", exc)
+        client = _claims_client(record)
+        with _translated(BackendError, _DATABASE, record, "look for the claim"):
+            if _claims_of(client, record):
+                return True
+            db = record.get("db")
+            # No claim at all, yet keys: somebody else's database, not one released.
+            if db is not None and client.get(_claim_key(db)) is None and _dbsize(client, int(db)):
+                _refuse_unclaimed(cls, record, int(db))
+            return False
 
     @classmethod
     def describe(cls, record: Record) -> str:
@@ -345,19 +420,17 @@ class RedisDatabase(Backend[str]):
     @classmethod
     def list_leftovers(cls, target: str) -> Iterator[Leftover]:
         """Claims on the server at ``target`` (a Redis URL) that hold a whole reclaim name."""
-        _require_driver(_DATABASE)
-        public, password = _split_url(target, _DATABASE)
+        require_extra(_HAVE_DRIVER, _DATABASE, "redis", "redis-py")
+        public, password = _split(target, _DATABASE)
         server: Record = {"name": "", "url": _with_db(public, _CLAIMS_DB), "password": password}
         client = _client(server["url"], password)
-        try:
+        with _translated(BackendError, _DATABASE, server, "list the database claims"):
             claims = _all_claims(client)
-        except redis.RedisError as exc:
-            _fail(BackendError, _DATABASE, server, "list the database claims", exc)
         for db, name in sorted(claims.items()):
-            parsed = parse_name(name)
-            if parsed is None or not _NAME_RE.fullmatch(name):
+            parsed = cls.name_style.parse(name)
+            if parsed is None or not _is_claimable(db):
                 continue  # not a name reclaim made: never touched
-            yield Leftover({**server, "name": name, "db": db}, parsed.run_id, parsed.created_at)
+            yield Leftover.of({**server, "name": name, "db": db}, parsed)
 
 
 # --- the namespace's keys ----------------------------------------------------------------------
@@ -399,22 +472,6 @@ def _marker(prefix: str) -> str:
     return prefix + MARKER
 
 
-def _check_prefix(record: Record) -> str:
-    """The record's prefix, which must hold its reclaim name followed by a separator: a record
-    can never make release scan ``*`` (the whole database) or another namespace."""
-    name = _check_name(record.get("name"), _NAMESPACE)
-    prefix = record.get("prefix")
-    text = prefix if isinstance(prefix, str) else ""
-    at = text.rfind(name)
-    end = at + len(name)
-    if at < 0 or end >= len(text) or text[end].isdigit():
-        raise ValueError(
-            f"{_NAMESPACE}: the record's prefix {prefix!r} does not end in its name {name!r} and"
-            " a separator; refusing to delete keys under it"
-        )
-    return text
-
-
 # --- databases ---------------------------------------------------------------------------------
 
 
@@ -453,8 +510,33 @@ def _claims_of(client: redis.Redis, record: Record) -> list[int]:
     name = record["name"]
     db = record.get("db")
     if db is not None:
-        return [int(db)] if client.get(f"{_CLAIM_PREFIX}{int(db)}") == name.encode() else []
+        return [int(db)] if client.get(_claim_key(db)) == name.encode() else []
     return sorted(n for n, holder in _all_claims(client).items() if holder == name)
+
+
+def _claim_key(db: int) -> str:
+    return f"{_CLAIM_PREFIX}{int(db)}"
+
+
+def _is_claimable(db: object) -> bool:
+    """A database number a claim key can name: a whole number from 1 (0 holds the claims)."""
+    return isinstance(db, int) and not isinstance(db, bool) and _CLAIMS_DB < db <= _MAX_DB
+
+
+def _dbsize(client: redis.Redis, db: int) -> int:
+    return int(_script(client, _DBSIZE_LUA)(args=[db, _CLAIMS_DB]))
+
+
+def _refuse_unclaimed(cls: type[Backend[Any]], record: Record, db: int) -> NoReturn:
+    name = cls.name_style.parse(record.get("name"))
+    raise refuse(
+        cls.kind,
+        "db",
+        db,
+        f"a database claimed under {record.get('name')!r}: it holds keys and no claim"
+        f" ({_claim_key(db)} is not set), so it is somebody else's",
+        name=name,
+    )
 
 
 def _why_busy(client: redis.Redis, candidates: Iterable[int]) -> str:
@@ -485,61 +567,17 @@ def _script(client: redis.Redis, source: str) -> Script:
 # --- URLs, connections, errors -----------------------------------------------------------------
 
 
-def _require_driver(kind: str) -> None:
-    if not _HAVE_DRIVER:
-        raise MissingExtraError(kind, "redis", "redis-py")
-
-
-def _check_name(name: object, kind: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or parse_name(name) is None:
-        raise ValueError(
-            f"{kind}: {name!r} is not a name reclaim makes (rc_<run>_<time>_<seq>); refusing"
-            " to use it in a Redis command"
-        )
-    return name
-
-
-def _split_url(url: str, kind: str) -> tuple[str, str]:
+def _split(url: object, kind: str) -> tuple[str, str]:
     """(the URL without its password, the password or ""). Messages never quote a password."""
-    if not isinstance(url, str):
-        raise TypeError(f"{kind}: the URL must be a str, not {type(url).__name__}")
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # validates it
-    except ValueError as exc:  # urllib's messages quote the port at most, never the password
-        raise ValueError(f"{kind}: the URL {_redact_url(url)!r} is not valid: {exc}") from None
-    if parts.scheme not in _SCHEMES:
-        raise ValueError(
-            f"{kind}: the URL {_redact_url(url)!r} must start with redis://, rediss:// or unix://"
-        )
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    user, _, _ = userinfo.partition(":")
-    password = unquote(parts.password) if at and parts.password else ""
-    query = []
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key == "password":
-            password = password or value
-        else:
-            query.append((key, value))
-    netloc = f"{user}@{hostport}" if user else hostport
-    public = _unsplit(parts.scheme, netloc, parts.path, query)
-    if parts.scheme == "unix" and not parts.path:
-        raise ValueError(f"{kind}: the URL {public!r} names no socket path")
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ValueError(f"{kind}: the URL {public!r} names no host")
-    db = dict(query).get("db") or (parts.path.strip("/") if parts.scheme != "unix" else "")
+    server: ServerURL = split_url(url, kind=kind, schemes=_SCHEMES, need_host=False)
+    if server.scheme == "unix" and not server.path:
+        raise ValueError(f"{kind}: the URL {server.public!r} names no socket path")
+    if server.scheme != "unix" and not server.host:
+        raise ValueError(f"{kind}: the URL {server.public!r} names no host")
+    db = dict(server.query).get("db") or (server.path.strip("/") if server.scheme != "unix" else "")
     if db and not db.isdigit():
-        raise ValueError(f"{kind}: the URL {public!r} names database {db!r}, not a number")
-    return public, password
-
-
-def _redact_url(url: str) -> str:
-    head, at, tail = url.rpartition("@")
-    if not at:
-        return url
-    scheme, sep, userinfo = head.partition("://")
-    user = userinfo.partition(":")[0]
-    return f"{scheme}{sep}{user}:***@{tail}" if ":" in userinfo else url
+        raise ValueError(f"{kind}: the URL {server.public!r} names database {db!r}, not a number")
+    return server.public, server.password
 
 
 def _with_db(url: str, db: int) -> str:
@@ -582,19 +620,32 @@ def _client(url: str, password: str | None) -> redis.Redis:
     return client
 
 
-def _fail(
-    error: type[BackendError], kind: str, record: Record, doing: str, exc: Exception
-) -> NoReturn:
-    where = record.get("url") or "?"
-    name = str(record.get("name") or "")
+def _claims_client(record: Record) -> redis.Redis:
+    """A client on the claims' database of the record's server, whatever its URL names."""
+    return _client(_with_db(str(record["url"]), _CLAIMS_DB), record.get("password"))
+
+
+def _translated(
+    error: type[BackendError], kind: str, record: Record, doing: str
+) -> contextlib.AbstractContextManager[None]:
+    return translate_errors(
+        redis.RedisError,
+        error,
+        kind,
+        record,
+        doing,
+        where=str(record.get("url") or "?"),
+        reason=_reason,
+        secret_fields=("password",),
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    """What a driver error means for the user, with the advice that fits it."""
     if isinstance(exc, redis.exceptions.AuthenticationError | redis.exceptions.AuthorizationError):
-        reason = f"the server refused the user and password ({exc}); check the URL's credentials"
-    elif isinstance(exc, redis.exceptions.NoPermissionError):
-        reason = f"the account may not do this ({exc}); check its ACL"
-    elif isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-        reason = f"cannot reach the server ({type(exc).__name__}: {exc}); is it up?"
-    else:
-        reason = f"{type(exc).__name__}: {exc}"
-    what = f"{kind} {name!r}" if name else kind
-    message = redact_text(f"{what}: could not {doing} at {where}: {reason}", record, ("password",))
-    raise error(message, kind=kind, resource=name) from exc
+        return f"the server refused the user and password ({exc}); check the URL's credentials"
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return f"the account may not do this ({exc}); check its ACL"
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return f"cannot reach the server ({type(exc).__name__}: {exc}); is it up?"
+    return f"{type(exc).__name__}: {exc}"
