@@ -33,7 +33,7 @@ import pytest
 import reclaim
 from _services import TcpProxy, require, with_port
 from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
-from reclaim import AcquireError, BackendError, ReleaseError
+from reclaim import AcquireError, BackendError, ForeignNameError, ReleaseError
 from reclaim._registry import open_registry
 from reclaim.backends import Backend, Record, make_name
 from reclaim.backends.rabbitmq import RabbitExchange, RabbitQueue, RabbitVhost
@@ -382,7 +382,7 @@ def test_hostile_arguments_are_refused_before_anything_is_sent() -> None:
     with pytest.raises(ValueError, match="not both"):
         RabbitQueue(url, expires=1, arguments={"x-expires": 1000})
     for scheme_url in ("http://u:pw-hunter2@h:5672/", "redis://u:pw-hunter2@h/0", "h:5672"):
-        with pytest.raises(ValueError, match="not an AMQP URL") as info:
+        with pytest.raises(ValueError, match="must start with amqp://") as info:
             RabbitQueue(scheme_url)
         assert "pw-hunter2" not in str(info.value)
     with pytest.raises(ValueError, match="port") as info:
@@ -393,36 +393,67 @@ def test_hostile_arguments_are_refused_before_anything_is_sent() -> None:
 
 
 @pytest.mark.parametrize("cls", [RabbitQueue, RabbitExchange])
-def test_names_rabbitmq_refuses_or_reserves_never_reach_it(
+def test_names_not_reclaims_never_reach_the_broker(
     cls: type[RabbitQueue] | type[RabbitExchange], broker: Broker
 ) -> None:
+    """plan() takes only a whole reclaim name (ValueError), release() and exists() only a record
+    of one (ForeignNameError, before any connection): never a user's ``orders``, a reserved
+    ``amq.*`` or a name that merely contains a reclaim name."""
     backend = cls(broker.amqp)
-    for bad in ("amq.gen-1", "é" * 128, "a\nb", "", ".", ".."):
-        with pytest.raises(ValueError, match="name"):
+    name = fresh_name()
+    bad_names = ("amq.direct", "orders", f"{name}_backup", f"app.{name}", "é" * 128, "", "..")
+    for bad in bad_names:
+        with pytest.raises(ValueError, match="not a name reclaim makes"):
             backend.plan(bad)
-        with pytest.raises(ValueError, match="name"):
-            cls.release({"name": bad, "url": backend.url, "password": backend.password})
-    long_ok = "é" * 127  # 254 bytes: within the limit
-    name, record = backend.acquire(long_ok)
+        record = {**backend.plan(name), "name": bad}
+        with pytest.raises(ForeignNameError, match="refused"):
+            cls.release(record)
+        with pytest.raises(ForeignNameError, match="refused"):
+            cls.exists(record)
+    assert broker.has("exchanges", "amq.direct")
+
+
+@pytest.mark.parametrize("cls", [RabbitQueue, RabbitExchange])
+def test_the_vhost_of_a_record_is_the_one_its_url_connects_to(
+    cls: type[RabbitQueue] | type[RabbitExchange], broker: Broker
+) -> None:
+    """The vhost is part of what a record names: a record whose ``vhost`` is not the one its
+    URL connects to (as pika reads it) is refused; a record without one (earlier versions)
+    is taken to mean the URL's."""
+    backend = cls(broker.amqp)
+    _name, record = backend.acquire(fresh_name())
     try:
-        assert name == long_ok
+        assert record["vhost"] == broker.vhost
+        for other in ("/", f"{broker.vhost}/x", "", None):
+            hostile = {**record, "vhost": other}
+            with pytest.raises(ForeignNameError, match="refused: the record's vhost"):
+                cls.release(hostile)
+            with pytest.raises(ForeignNameError, match="refused: the record's vhost"):
+                cls.exists(hostile)
+        with pytest.raises(ForeignNameError, match="refused: the record's url"):
+            cls.release({**record, "url": None})
         assert cls.exists(record)
+        older = {k: v for k, v in record.items() if k != "vhost"}
+        assert cls.exists(older)
+        cls.release(older)
+        assert not cls.exists(record)
     finally:
         cls.release(record)
-    assert not cls.exists(record)
 
 
 def test_a_hostile_vhost_name_in_a_record_reaches_no_other_endpoint(broker: Broker) -> None:
-    """A tampered record cannot make release delete a user, the default vhost or another
-    endpoint: vhost names are held to reclaim's alphabet before any request."""
+    """A tampered record cannot make release delete a user, the default vhost, a user's vhost
+    or another endpoint: only whole reclaim names pass, before any request (I8)."""
     base = RabbitVhost(broker.api, amqp_url=broker.amqp).plan(fresh_name())
     hostile = (f"../users/{broker.user}", "%2F", "/", f"{broker.vhost}/../x", "a?b#c", ".", "..")
-    for name in (*hostile, "a\x00b", "x\n", ""):
+    for name in (*hostile, broker.vhost, f"{base['name']}_backup", "a\x00b", "x\n", ""):
         record = {**base, "name": name}
-        with pytest.raises(ValueError, match="not one reclaim makes"):
+        with pytest.raises(ForeignNameError, match="refused"):
             RabbitVhost.release(record)
-        with pytest.raises(ValueError, match="not one reclaim makes"):
+        with pytest.raises(ForeignNameError, match="refused"):
             RabbitVhost.exists(record)
+    with pytest.raises(ValueError, match="not a name reclaim makes"):
+        RabbitVhost(broker.api).plan("/")
     assert broker.get("users", broker.user).status_code == 200
     assert broker.has("vhosts", "/")
     assert broker.has("vhosts", broker.vhost)

@@ -33,7 +33,7 @@ from moto.server import ThreadedMotoServer
 import reclaim
 from _services import TcpProxy
 from conftest import CHILD_TIMEOUT, Spawner, alive, kill, reclaim_cli, wait_until
-from reclaim import AcquireError, MissingExtraError, ReleaseError
+from reclaim import AcquireError, ForeignNameError, MissingExtraError, ReleaseError
 from reclaim._registry import open_registry
 from reclaim._run import end_run
 from reclaim.backends import Record, load_backend, make_name, parse_name
@@ -192,9 +192,14 @@ def test_names_fit_s3_and_parse_back(s3: S3Client) -> None:
     try:
         assert bucket_names(s3) == {prefixed}, "S3 accepted the name as it is"
         assert value.name == record["name"] == prefixed
-        parsed = parse_name(name.replace("-", "_"))
+        assert record["prefix"] == "team-ci-"
+        parsed = S3Bucket.name_style.parse(prefixed)
         assert parsed is not None
         assert (parsed.run_id, parsed.created_at) == ("0a1b2c3d", 1_800_000_000.0)
+        assert (parsed.user_prefix, parsed.bare) == ("team-ci-", name)
+        bare = parse_name(name.replace("-", "_"))
+        assert bare is not None
+        assert bare.run_id == parsed.run_id
     finally:
         S3Bucket.release(record)
     assert not bucket_exists(s3, prefixed)
@@ -276,6 +281,7 @@ def test_existing_name_is_never_adopted(s3: S3Client) -> None:
         S3Bucket().acquire(name)
     message = str(info.value)
     assert name in message
+    assert "could not create the bucket" in message
     assert "HTTP 409 BucketAlreadyOwnedByYou" in message
     assert "s3:CreateBucket" in message, "says what to check"
     assert SECRET not in message
@@ -367,6 +373,8 @@ def test_secret_quoted_by_the_server_is_redacted(s3: S3Client) -> None:
         ("name", "a"),
         ("name", "x" * 64),
         ("name", 7),
+        ("prefix", "team-"),
+        ("prefix", None),
         ("endpoint_url", "file:///etc/passwd"),
         ("endpoint_url", "http://evil.example@127.0.0.1:1"),
         ("endpoint_url", "http://127.0.0.1:1/?x=1"),
@@ -375,14 +383,17 @@ def test_secret_quoted_by_the_server_is_redacted(s3: S3Client) -> None:
     ],
 )
 def test_hostile_records_never_reach_a_url(s3: S3Client, field: str, value: object) -> None:
-    """A tampered record is refused before any request: the victim bucket survives."""
+    """A tampered record is refused before any request: the victim bucket survives. A name or
+    prefix that is not reclaim's own is refused by the guard (I8), a bad endpoint or region
+    before a client is made."""
     backend = S3Bucket()
     victim, record = backend.acquire(backend.adapt_name(make_name("0000bad0", 1)))
     s3.put_object(Bucket=victim.name, Key="precious", Body=b"x")
     hostile = {**record, field: value}
-    with pytest.raises(ValueError, match=r"name|endpoint|region"):
+    error = ForeignNameError if field in ("name", "prefix") else ValueError
+    with pytest.raises(error, match=r"refused|endpoint|region"):
         S3Bucket.release(hostile)
-    with pytest.raises(ValueError, match=r"name|endpoint|region"):
+    with pytest.raises(error, match=r"refused|endpoint|region"):
         S3Bucket.exists(hostile)
     assert s3.get_object(Bucket=victim.name, Key="precious")["Body"].read() == b"x"
 
@@ -401,10 +412,15 @@ def test_hostile_arguments_are_refused(s3: S3Client, kwargs: dict[str, str]) -> 
 
 
 def test_hostile_names_are_refused(s3: S3Client) -> None:
-    with pytest.raises(ValueError, match="not a bucket name"):
+    with pytest.raises(ValueError, match="not a name reclaim makes"):
         S3Bucket().adapt_name("rc_0a1b2c3d_x_1/../../victim")
+    with pytest.raises(ValueError, match="longer than the server's 63 bytes"):
+        S3Bucket(prefix="x" * 30 + "-").adapt_name(make_name("0a1b2c3d", 10**19))
     with pytest.raises(ValueError, match="not a bucket name"):
         S3Bucket().plan("victim?delete")
+    with pytest.raises(ValueError, match="not a bucket name"):
+        S3Bucket().plan("team-rc-0a1b2c3d-x-1")  # another backend's prefix
+    assert S3Bucket(prefix="team-").plan("team-rc-0a1b2c3d-x-1")["prefix"] == "team-"
 
 
 # --- leftovers --------------------------------------------------------------------------------
@@ -427,6 +443,8 @@ def test_list_leftovers_finds_only_reclaim_buckets(s3: S3Client, moto_url: str) 
         "rc-5eedf00-tsq0g0-1",  # 7 hex digits
         "rc-5eedf00g-tsq0g0-1",  # not hex
         "rc-5eedf00d-tsq0g0x12-1",  # time too long
+        "myapp-rc-5eedf00d-tsq0g0-9",  # another prefix than the one asked for
+        "rc-5eedf00d-tsq0g0-01",  # a leading zero
     ]
     for name in foreign:
         s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": REGION})
@@ -438,6 +456,7 @@ def test_list_leftovers_finds_only_reclaim_buckets(s3: S3Client, moto_url: str) 
         assert (left.run_id, left.created_at) == (run_id, 1_800_000_000.0)
     team_found = list(S3Bucket.list_leftovers(url + "&prefix=team-"))
     assert [left.record["name"] for left in team_found] == [team_record["name"]]
+    assert team_found[0].record["prefix"] == "team-"
 
     for left in [*found, *team_found]:  # each record is one release accepts
         S3Bucket.release(left.record)
@@ -456,7 +475,7 @@ def test_list_leftovers_takes_credentials_from_the_url(s3: S3Client, moto_url: s
 
 
 def test_list_leftovers_refuses_other_urls(s3: S3Client) -> None:
-    with pytest.raises(ValueError, match="not an s3://"):
+    with pytest.raises(ValueError, match="must start with s3://"):
         list(S3Bucket.list_leftovers("http://127.0.0.1:1"))
     with pytest.raises(ValueError, match="prefix"):
         list(S3Bucket.list_leftovers("s3+http://127.0.0.1:1?prefix=../"))
@@ -559,7 +578,7 @@ def test_server_down_at_exit_stays_failed_then_exit_retries(
         reg.close()
         assert kept.state == "failed"
         assert kept.last_error is not None
-        assert "could not be deleted" in kept.last_error
+        assert "could not delete the bucket" in kept.last_error
         assert SECRET not in kept.last_error
         status = reclaim_cli("status", "--json").stdout + reclaim_cli("status").stdout
         assert SECRET not in status
@@ -589,7 +608,7 @@ def test_server_down_for_the_watchdog_then_sweep(
         assert resource_states(registry_path) == ["failed"]
         assert bucket_exists(s3, held["bucket"])
         status = reclaim_cli("status", "--json").stdout
-        assert "could not be deleted" in status
+        assert "could not delete the bucket" in status
         assert SECRET not in status
 
         proxy.start()

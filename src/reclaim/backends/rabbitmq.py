@@ -10,8 +10,12 @@ Three kinds, each released from its JSON record alone (I2):
   grants a user every permission on it and gives an AMQP URL for it; release deletes the vhost
   and with it everything inside.
 
-Queues and exchanges keep reclaim's name unchanged (``rc_<run>_<time>_<seq>``): it is a valid
-AMQP name and never starts with the reserved ``amq.``. What is already gone counts as released
+Queues, exchanges and vhosts keep reclaim's name unchanged (``rc_<run>_<time>_<seq>``, the
+default :data:`~reclaim.backends.NAMES` style): a valid AMQP name that never starts with the
+reserved ``amq.``. Release and ``exists`` act only on a record whose ``name`` is, whole, such a
+name (I8): never ``orders``, ``amq.direct``, the default vhost ``/`` or a user's vhost. A queue's
+or exchange's record also holds its ``vhost``, which must be exactly the vhost its URL connects
+to. What is already gone counts as released
 (I3): ``queue.delete`` and ``exchange.delete`` of a missing name succeed on RabbitMQ, a
 ``404 NOT_FOUND`` that closes the channel (older brokers) is taken as "gone", and so is a vhost
 that no longer exists, since nothing can live in a vhost that is not there.
@@ -23,21 +27,34 @@ listed in ``secret_fields``; no error message carries it.
 The registry-less sweep (:meth:`RabbitQueue.list_leftovers` and its siblings) takes the broker's
 AMQP URL. AMQP cannot list anything, so the listing asks the management plugin: by default at
 ``http://<host>:15672`` (``https://<host>:15671`` for ``amqps``) with the AMQP URL's user, or
-wherever the URL's ``management_url`` query parameter says. Only names of exactly reclaim's
-shape are ever listed.
+wherever the URL's ``management_url`` query parameter says. Only whole reclaim names are ever
+listed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final, NoReturn
-from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlencode, urlparse
 
-from reclaim._errors import AcquireError, BackendError, MissingExtraError, ReleaseError
-from reclaim.backends import Backend, Leftover, Record, parse_name, redact_text
+from reclaim.backends import (
+    AcquireError,
+    Backend,
+    BackendError,
+    Leftover,
+    MissingExtraError,
+    ReclaimName,
+    Record,
+    ReleaseError,
+    ServerURL,
+    raise_backend_error,
+    require_extra,
+    split_url,
+)
 
 try:
     import pika  # type: ignore[import-untyped]  # pika ships no type information
@@ -58,15 +75,12 @@ __all__ = ["RabbitExchange", "RabbitQueue", "RabbitVhost"]
 
 _EXTRA: Final = "rabbitmq"
 
-#: AMQP 0-9-1 names (queues, exchanges) are short strings: at most 255 bytes of UTF-8.
+#: AMQP 0-9-1 short strings (argument names): at most 255 bytes of UTF-8.
 _MAX_NAME_BYTES: Final = 255
 
-#: Exactly the names reclaim makes; the only ones a leftover listing may yield.
-_RECLAIM_NAME: Final = re.compile(r"rc_[0-9a-f]{8}_[0-9a-z]{1,8}_[0-9]+")
-
-#: Vhost names this backend creates or deletes: they go into management API paths (quoted as
-#: well), and a record can never name the default vhost ``/`` or anything with a ``/`` or ``%``.
-_VHOST_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,254}")
+#: The schemes of the broker's and of the management API's URLs.
+_AMQP_SCHEMES: Final = ("amqp", "amqps")
+_HTTP_SCHEMES: Final = ("http", "https")
 
 #: Exchange types: the built-ins and plugin types (``x-delayed-message``, ``x-consistent-hash``).
 _EXCHANGE_TYPE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
@@ -112,12 +126,33 @@ class _AmqpBackend(Backend[str]):
     _noun: str = ""
 
     def __init__(self, url: str, arguments: Mapping[str, ArgumentValue] | None) -> None:
-        _require_pika(self.kind)
-        self.url, self.password = _split_password(_check_amqp_url(url, self.kind))
+        require_extra(_HAVE_PIKA, self.kind, _EXTRA, "pika")
+        server = _amqp_url(url, self.kind)
+        self.url, self.password = server.public, server.password
         self.arguments = _check_arguments(arguments, self.kind)
 
     def plan(self, name: str) -> Record:
-        return {"name": _check_name(name, self.kind), "url": self.url, "password": self.password}
+        """The record: the name (a whole reclaim name, else ValueError), the URL without its
+        password, the vhost that URL connects to, and the password."""
+        return {
+            "name": self.name_style.spell(name),
+            "url": self.url,
+            "vhost": _vhost_of(self.url),
+            "password": self.password,
+        }
+
+    @classmethod
+    def owned_identities(
+        cls, record: Mapping[str, Any], name: ReclaimName
+    ) -> Iterable[tuple[str, object, str]]:
+        """The vhost is part of a queue's or an exchange's identity: the record's ``vhost`` must
+        be exactly the one its ``url`` connects to, as pika reads it (records of versions that
+        kept no ``vhost`` have the URL's)."""
+        url = record.get("url")
+        if not isinstance(url, str):
+            return (("url", url, "an amqp:// or amqps:// URL"),)
+        vhost = _vhost_of(url)
+        return (("vhost", record.get("vhost", vhost), vhost),)
 
     def acquire(self, name: str) -> tuple[str, Record]:
         record = self.plan(name)
@@ -126,7 +161,7 @@ class _AmqpBackend(Backend[str]):
                 self._declare(conn.channel(), name)
         except Exception as exc:
             _fail(AcquireError, type(self), record, f"declare the {self._noun}", exc)
-        return name, record
+        return record["name"], record
 
     def _declare(self, channel: Any, name: str) -> None:
         raise NotImplementedError
@@ -142,10 +177,9 @@ class _AmqpBackend(Backend[str]):
     @classmethod
     def release(cls, record: Record) -> None:
         """Delete it. Already gone, or its vhost gone: succeed (I3)."""
-        name = _check_name(record["name"], cls.kind)
         try:
             with _connection(record, cls.kind) as conn:
-                cls._delete(conn.channel(), name)
+                cls._delete(conn.channel(), record["name"])
         except _VhostGone:
             return
         except Exception as exc:
@@ -156,10 +190,9 @@ class _AmqpBackend(Backend[str]):
     @classmethod
     def exists(cls, record: Record) -> bool:
         """Ask the broker with a passive declare (a ``404`` closes that channel: not there)."""
-        name = _check_name(record["name"], cls.kind)
         try:
             with _connection(record, cls.kind) as conn:
-                cls._declare_passive(conn.channel(), name)
+                cls._declare_passive(conn.channel(), record["name"])
         except _VhostGone:
             return False
         except Exception as exc:
@@ -185,15 +218,18 @@ class _AmqpBackend(Backend[str]):
         Each leftover's record holds ``target`` without that parameter, so release goes
         through AMQP as for anything acquired.
         """
-        amqp_url, api_url = _management_for(target, cls.kind)
-        url, password = _split_password(amqp_url)
-        vhost = _vhost_of(amqp_url)
-        api = _Api(api_url, cls.kind)
-        for name in api.names(f"{cls._noun}s", vhost):
-            parsed = parse_name(name)
-            if parsed is not None and _RECLAIM_NAME.fullmatch(name):
-                record = {"name": name, "url": url, "password": password}
-                yield Leftover(record, parsed.run_id, parsed.created_at)
+        amqp, api = _management_for(target, cls.kind)
+        vhost = _vhost_of(amqp.public)
+        for name in _Api(api, cls.kind).names(f"{cls._noun}s", vhost):
+            parsed = cls.name_style.parse(name)
+            if parsed is not None:
+                record = {
+                    "name": parsed.text,
+                    "url": amqp.public,
+                    "vhost": vhost,
+                    "password": amqp.password,
+                }
+                yield Leftover.of(record, parsed)
 
 
 class RabbitQueue(_AmqpBackend):
@@ -335,23 +371,27 @@ class RabbitVhost(Backend[str]):
     url_schemes = ("amqp", "amqps")
 
     def __init__(self, api_url: str, *, amqp_url: str | None = None) -> None:
-        _require_httpx(self.kind)
-        self.api_url, self.password = _split_password(_check_api_url(api_url, self.kind))
+        require_extra(_HAVE_HTTPX, self.kind, _EXTRA, "httpx")
+        api = _api_url(api_url, self.kind)
+        self.api_url, self.password = api.public, api.password
         if amqp_url is None:
-            amqp_url = _amqp_for(api_url)
-        self.amqp_url = _check_amqp_url(amqp_url, self.kind)
-        self.user = unquote(urlsplit(self.amqp_url).username or "guest")
+            amqp_url = _amqp_for(api)
+        self._amqp = _amqp_url(amqp_url, self.kind)
+        self.amqp_url = amqp_url
+        self.user = self._amqp.username or "guest"
 
     def plan(self, name: str) -> Record:
+        """The record: the name (a whole reclaim name, else ValueError; never ``/`` nor a
+        user's vhost), the API URL without its password, and the password."""
         return {
-            "name": _check_vhost_name(name, self.kind),
+            "name": self.name_style.spell(name),
             "api_url": self.api_url,
             "password": self.password,
         }
 
     def acquire(self, name: str) -> tuple[str, Record]:
         record = self.plan(name)
-        api = _Api(_with_password(self.api_url, self.password), self.kind, record)
+        api = _Api(_record_api(record, self.kind), self.kind, record)
         description = f"made by reclaim ({self.kind}); deleted when the test is done"
         api.expect(
             AcquireError,
@@ -369,20 +409,21 @@ class RabbitVhost(Backend[str]):
             ("permissions", name, self.user),
             body={"configure": ".*", "write": ".*", "read": ".*"},
         )
-        parts = urlsplit(self.amqp_url)
-        return urlunsplit(parts._replace(path="/" + quote(name, safe=""))), record
+        amqp = self._amqp
+        path = "/" + quote(name, safe="")
+        return _compose(amqp, path=path), record
 
     @classmethod
     def release(cls, record: Record) -> None:
         """Delete the vhost (``404``: already gone, success; I3)."""
-        name = _check_vhost_name(record["name"], cls.kind)
-        api = _Api(_record_api_url(record), cls.kind, record)
+        name = str(record["name"])
+        api = _Api(_record_api(record, cls.kind), cls.kind, record)
         api.expect(ReleaseError, "delete the vhost", {200, 204, 404}, "DELETE", ("vhosts", name))
 
     @classmethod
     def exists(cls, record: Record) -> bool:
-        name = _check_vhost_name(record["name"], cls.kind)
-        api = _Api(_record_api_url(record), cls.kind, record)
+        name = str(record["name"])
+        api = _Api(_record_api(record, cls.kind), cls.kind, record)
         status = api.expect(BackendError, "look for the vhost", {200, 404}, "GET", ("vhosts", name))
         return status == 200
 
@@ -397,48 +438,19 @@ class RabbitVhost(Backend[str]):
         ``target`` is the broker's AMQP URL (the management API found as for
         :meth:`RabbitQueue.list_leftovers`) or the management API's own ``http(s)://`` URL.
         """
-        if urlsplit(target).scheme in ("http", "https"):
-            api_url = _check_api_url(target, cls.kind)
+        given = split_url(target, kind=cls.kind, schemes=(*_HTTP_SCHEMES, *_AMQP_SCHEMES))
+        if given.scheme in _HTTP_SCHEMES:
+            api = _api_url(target, cls.kind)
         else:
-            _, api_url = _management_for(target, cls.kind)
-        url, password = _split_password(api_url)
-        for name in _Api(api_url, cls.kind).names("vhosts", None):
-            parsed = parse_name(name)
-            if parsed is not None and _RECLAIM_NAME.fullmatch(name):
-                record = {"name": name, "api_url": url, "password": password}
-                yield Leftover(record, parsed.run_id, parsed.created_at)
+            _, api = _management_for(target, cls.kind)
+        for name in _Api(api, cls.kind).names("vhosts", None):
+            parsed = cls.name_style.parse(name)
+            if parsed is not None:
+                record = {"name": parsed.text, "api_url": api.public, "password": api.password}
+                yield Leftover.of(record, parsed)
 
 
 # --- checking what users and records hand us ---------------------------------------------------
-
-
-def _check_name(name: object, kind: str) -> str:
-    """A queue or exchange name that is safe to send: a string of at most 255 bytes, without
-    control characters, not a dot path, never ``amq.*`` (RabbitMQ reserves it)."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"{kind} name {name!r} must be a non-empty string")
-    size = len(name.encode())
-    if size > _MAX_NAME_BYTES:
-        raise ValueError(
-            f"{kind} name {name[:40]!r}... is {size} bytes; RabbitMQ allows at most"
-            f" {_MAX_NAME_BYTES}"
-        )
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name) or name in (".", ".."):
-        raise ValueError(f"{kind} name {name!r} contains control characters or is a dot path")
-    if name.startswith("amq."):
-        raise ValueError(f"{kind} name {name!r} starts with 'amq.', which RabbitMQ reserves")
-    return name
-
-
-def _check_vhost_name(name: object, kind: str) -> str:
-    """A vhost name: letters, digits and ``_ . : -``, at most 255 characters. Reclaim's names
-    always pass; ``/`` (the default vhost), ``%``, ``?`` or ``..`` never reach the API."""
-    if not isinstance(name, str) or not _VHOST_NAME.fullmatch(name):
-        raise ValueError(
-            f"{kind} name {name!r} is not one reclaim makes or deletes: use letters, digits and"
-            " '_', '.', ':', '-' (never the default vhost '/')"
-        )
-    return name
 
 
 def _check_arguments(arguments: Mapping[str, object] | None, kind: str) -> dict[str, Any]:
@@ -471,115 +483,91 @@ def _expires_ms(expires: float) -> int:
     return ms
 
 
-def _check_amqp_url(url: str, kind: str) -> str:
-    if not isinstance(url, str) or urlsplit(url).scheme not in _MANAGEMENT_DEFAULTS:
-        raise ValueError(
-            f"{kind}: {_without_password(url)!r} is not an AMQP URL; give"
-            " amqp://user:password@host:5672/<vhost> (or amqps://)"
-        )
-    _split_url(url, kind)
-    return url
-
-
-def _check_api_url(url: str, kind: str) -> str:
-    if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
-        raise ValueError(
-            f"{kind}: {_without_password(url)!r} is not a management API URL; give"
-            " http://user:password@host:15672 (or https://)"
-        )
-    parts = _split_url(url, kind)
-    if parts.username is None:
-        raise ValueError(
-            f"{kind}: the management API URL {_without_password(url)!r} names no user; give"
-            " http://user:password@host:15672"
-        )
-    return url
-
-
-def _split_url(url: str, kind: str) -> SplitResult:
-    parts = urlsplit(url)
-    try:
-        parts.port  # noqa: B018  (parsing the port is the check: "host:abc" raises here)
-    except ValueError:
-        raise ValueError(
-            f"{kind}: the port of {_without_password(url)!r} is not a number"
-        ) from None
-    if not parts.hostname:
-        raise ValueError(f"{kind}: {_without_password(url)!r} names no host")
-    return parts
-
-
 # --- URLs and their passwords (I7) --------------------------------------------------------------
 
 
-def _split_password(url: str) -> tuple[str, str | None]:
-    """``url`` without its password, and the password (decoded), or None when it has none."""
-    parts = urlsplit(url)
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    user, colon, password = userinfo.partition(":")
-    if not (at and colon):
-        return url, None
-    return urlunsplit(parts._replace(netloc=f"{user}@{hostport}")), unquote(password)
+def _amqp_url(url: str, kind: str) -> ServerURL:
+    """A broker's URL, its password taken out (``ValueError`` unless ``amqp(s)://host``)."""
+    return split_url(url, kind=kind, schemes=_AMQP_SCHEMES)
 
 
-def _with_password(url: str, password: str | None) -> str:
-    """The inverse of :func:`_split_password`."""
-    if password is None:
-        return url
-    parts = urlsplit(url)
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{hostport}"))
+def _api_url(url: str, kind: str) -> ServerURL:
+    """A management API URL with a user, its password taken out."""
+    server = split_url(url, kind=kind, schemes=_HTTP_SCHEMES)
+    if not server.username:
+        raise ValueError(
+            f"{kind}: the management API URL {server.public!r} names no user; give"
+            " http://user:password@host:15672"
+        )
+    return server
 
 
-def _without_password(url: object) -> str:
-    return _split_password(url)[0] if isinstance(url, str) else repr(url)
+def _with_secret(
+    public: object, password: object, kind: str, schemes: tuple[str, ...]
+) -> ServerURL:
+    """A record's URL (without password) and its password field, together again."""
+    server = split_url(public, kind=kind, schemes=schemes)
+    secret = password if isinstance(password, str) and password else server.password
+    return dataclasses.replace(server, password=secret)
 
 
-def _record_api_url(record: Record) -> str:
-    return _with_password(str(record["api_url"]), record.get("password"))
+def _record_api(record: Mapping[str, Any], kind: str) -> ServerURL:
+    return _with_secret(record.get("api_url"), record.get("password"), kind, _HTTP_SCHEMES)
+
+
+def _compose(
+    server: ServerURL,
+    *,
+    scheme: str | None = None,
+    user: tuple[str, str] | None = None,
+    port: int | None = None,
+    path: str | None = None,
+    query: Iterable[tuple[str, str]] | None = None,
+) -> str:
+    """``server``'s URL, password included, with some of its parts replaced."""
+    username, password = user if user is not None else (server.username, server.password)
+    userinfo = ""
+    if username:
+        secret = f":{quote(password, safe='')}" if password else ""
+        userinfo = f"{quote(username, safe='')}{secret}@"
+    host = f"[{server.host}]" if ":" in server.host else server.host
+    port = server.port if port is None else port
+    hostport = f"{host}:{port}" if port is not None else host
+    rest = list(server.query if query is None else query)
+    tail = f"?{urlencode(rest)}" if rest else ""
+    path = server.path if path is None else path
+    return f"{scheme or server.scheme}://{userinfo}{hostport}{path}{tail}"
 
 
 def _vhost_of(amqp_url: str) -> str:
-    """The vhost an AMQP URL names, read as pika reads it (no path: ``/``)."""
-    path = urlsplit(amqp_url).path
+    """The vhost an AMQP URL names, read exactly as pika reads it (no path: ``/``)."""
+    path = urlparse(amqp_url).path
     return unquote(path.split("/")[1]) if len(path) > 1 else "/"
 
 
-def _host(parts: SplitResult) -> str:
-    """The URL's host as it goes into a netloc (an IPv6 address in brackets)."""
-    host = parts.hostname or ""
-    return f"[{host}]" if ":" in host else host
-
-
-def _amqp_for(api_url: str) -> str:
+def _amqp_for(api: ServerURL) -> str:
     """The AMQP URL of the broker behind a management API URL: same host and user, port 5672
     (5671 for ``https``)."""
-    parts = urlsplit(api_url)
-    scheme, port = ("amqps", 5671) if parts.scheme == "https" else ("amqp", 5672)
-    userinfo, at, _ = parts.netloc.rpartition("@")
-    return urlunsplit((scheme, f"{userinfo}{at}{_host(parts)}:{port}", "", "", ""))
+    scheme, port = ("amqps", 5671) if api.scheme == "https" else ("amqp", 5672)
+    return _compose(api, scheme=scheme, port=port, path="", query=())
 
 
-def _management_for(target: str, kind: str) -> tuple[str, str]:
+def _management_for(target: str, kind: str) -> tuple[ServerURL, ServerURL]:
     """Split an AMQP leftover target into (the AMQP URL pika takes, the management API URL)."""
-    parts = _split_url(_check_amqp_url(target, kind), kind)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    given = [v for k, v in query if k == _MANAGEMENT_PARAM]
-    amqp_url = target
+    amqp = _amqp_url(target, kind)
+    given = [v for k, v in amqp.query if k == _MANAGEMENT_PARAM]
     if given:  # pika refuses query parameters it does not know: take ours out
-        rest = urlencode([(k, v) for k, v in query if k != _MANAGEMENT_PARAM])
-        amqp_url = urlunsplit(parts._replace(query=rest))
+        rest = [(k, v) for k, v in amqp.query if k != _MANAGEMENT_PARAM]
+        amqp = _amqp_url(_compose(amqp, query=rest), kind)
     # Without a user in the URL pika logs in as guest/guest; the API needs a user too.
-    userinfo = parts.netloc.rpartition("@")[0] or "guest:guest"
+    user = (amqp.username, amqp.password) if amqp.username else ("guest", "guest")
     if given:
-        api = _split_url(given[-1], kind)
-        netloc = api.netloc if api.username is not None else f"{userinfo}@{api.netloc}"
-        api_url = api._replace(netloc=netloc).geturl()
+        api = split_url(given[-1], kind=kind, schemes=_HTTP_SCHEMES)
+        api_url = given[-1] if api.username else _compose(api, user=user)
     else:
-        scheme, port = _MANAGEMENT_DEFAULTS[parts.scheme]
-        api_url = urlunsplit((scheme, f"{userinfo}@{_host(parts)}:{port}", "", "", ""))
-    return amqp_url, _check_api_url(api_url, kind)
+        scheme, port = _MANAGEMENT_DEFAULTS[amqp.scheme]
+        api_url = _compose(amqp, scheme=scheme, user=user, port=port, path="", query=())
+    return amqp, _api_url(api_url, kind)
 
 
 # --- talking AMQP --------------------------------------------------------------------------------
@@ -592,10 +580,10 @@ class _VhostGone(Exception):
 @contextlib.contextmanager
 def _connection(record: Record, kind: str) -> Iterator[Any]:
     """A blocking connection for one operation, closed afterwards whatever happened."""
-    _require_pika(kind)
-    url = _with_password(str(record["url"]), record.get("password"))
-    params = pika.URLParameters(url)
-    if "heartbeat" not in dict(parse_qsl(urlsplit(url).query)):
+    require_extra(_HAVE_PIKA, kind, _EXTRA, "pika")
+    server = _with_secret(record.get("url"), record.get("password"), kind, _AMQP_SCHEMES)
+    params = pika.URLParameters(server.with_password())
+    if "heartbeat" not in dict(server.query):
         params.heartbeat = _HEARTBEAT
     try:
         conn = pika.BlockingConnection(params)
@@ -640,36 +628,40 @@ def _reason(exc: BaseException) -> str:
 def _fail(
     error: type[BackendError], cls: type[Backend[Any]], record: Record, doing: str, exc: Exception
 ) -> NoReturn:
-    if isinstance(exc, BackendError):
+    if isinstance(exc, BackendError | MissingExtraError):
         raise exc
-    where = record.get("url") or record.get("api_url") or "?"
-    message = f"{cls.kind} {record.get('name')!r}: could not {doing} at {where}: {_reason(exc)}"
-    raise error(
-        redact_text(message, record, cls.secret_fields),
-        kind=cls.kind,
-        resource=str(record.get("name")),
-    ) from exc
+    raise_backend_error(
+        error,
+        cls.kind,
+        record,
+        doing,
+        exc,
+        where=str(record.get("url") or record.get("api_url") or "?"),
+        reason=_reason,
+        secret_fields=cls.secret_fields,
+    )
 
 
 # --- talking to the management API ----------------------------------------------------------------
 
 
 class _Api:
-    """The management HTTP API behind ``api_url`` (credentials in it), one request at a time.
+    """The management HTTP API at ``server`` (its credentials included), one request at a time.
 
     Every identifier goes into the path percent-encoded as one segment (``/`` too), so a name
     can never reach another endpoint.
     """
 
-    def __init__(self, api_url: str, kind: str, record: Record | None = None) -> None:
-        parts = urlsplit(api_url)
-        port = f":{parts.port}" if parts.port is not None else ""
-        prefix = parts.path.rstrip("/").removesuffix("/api")
-        self.base = urlunsplit((parts.scheme, f"{_host(parts)}{port}", prefix, "", ""))
-        self.auth = (unquote(parts.username or ""), unquote(parts.password or ""))
+    def __init__(self, server: ServerURL, kind: str, record: Record | None = None) -> None:
+        prefix = server.path.rstrip("/").removesuffix("/api")
+        self.base = _compose(server, user=("", ""), path=prefix, query=())
+        self.auth = (server.username, server.password)
         self.kind = kind
-        self.record: Record = record or {"name": None, "api_url": self.base}
-        self.secrets = {"password": self.auth[1]}
+        # What errors name, and redact: the record's secrets and the API's password (I7).
+        self.record: Record = {
+            **(record or {"name": None, "api_url": self.base}),
+            "password": server.password,
+        }
 
     def request(
         self,
@@ -679,7 +671,7 @@ class _Api:
         params: Mapping[str, str | int] | None = None,
         body: Mapping[str, Any] | None = None,
     ) -> httpx.Response:
-        _require_httpx(self.kind)
+        require_extra(_HAVE_HTTPX, self.kind, _EXTRA, "httpx")
         url = self.base + "/api/" + "/".join(quote(s, safe="") for s in segments)
         return httpx.request(
             method, url, params=params, json=body, auth=self.auth, timeout=_HTTP_TIMEOUT
@@ -700,9 +692,9 @@ class _Api:
         try:
             response = self.request(method, segments, body=body)
         except httpx.HTTPError as exc:
-            self._fail(error, doing, f"{type(exc).__name__}: {exc}{_MANAGEMENT_HINT}", exc)
+            self._fail(error, doing, exc)
         if response.status_code not in statuses:
-            self._fail(error, doing, _http_reason(response), None)
+            self._fail(error, doing, _HttpStatus(response))
         return response.status_code
 
     def names(self, collection: str, vhost: str | None) -> Iterator[str]:
@@ -723,11 +715,9 @@ class _Api:
             try:
                 response = self.request("GET", segments, params=params)
             except httpx.HTTPError as exc:
-                self._fail(
-                    BackendError, doing, f"{type(exc).__name__}: {exc}{_MANAGEMENT_HINT}", exc
-                )
+                self._fail(BackendError, doing, exc)
             if response.status_code != 200:
-                self._fail(BackendError, doing, _http_reason(response), None)
+                self._fail(BackendError, doing, _HttpStatus(response))
             data = response.json()
             for item in data.get("items", []):
                 name = item.get("name")
@@ -737,14 +727,17 @@ class _Api:
                 return
             page += 1
 
-    def _fail(
-        self, error: type[BackendError], doing: str, reason: str, exc: BaseException | None
-    ) -> NoReturn:
-        name = self.record.get("name")
-        what = f"{self.kind} {name!r}" if name else self.kind
-        message = f"{what}: could not {doing} through the management API at {self.base}: {reason}"
-        message = redact_text(message, self.secrets, ("password",))
-        raise error(message, kind=self.kind, resource=str(name or self.base)) from exc
+    def _fail(self, error: type[BackendError], doing: str, exc: Exception) -> NoReturn:
+        raise_backend_error(
+            error,
+            self.kind,
+            self.record,
+            f"{doing} through the management API",
+            exc,
+            where=self.base,
+            reason=_http_reason,
+            secret_fields=("password",),
+        )
 
 
 _MANAGEMENT_HINT: Final = (
@@ -753,7 +746,19 @@ _MANAGEMENT_HINT: Final = (
 )
 
 
-def _http_reason(response: httpx.Response) -> str:
+class _HttpStatus(Exception):
+    """The management API answered with a status the request did not expect."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+
+
+def _http_reason(exc: BaseException) -> str:
+    """What the management API said (or why it could not be asked), with what to check."""
+    if not isinstance(exc, _HttpStatus):
+        return f"{type(exc).__name__}: {exc}{_MANAGEMENT_HINT}"
+    response = exc.response
     hints = {
         401: "; the API refused the user and password",
         403: "; the API's user needs the administrator tag",
@@ -764,16 +769,3 @@ def _http_reason(response: httpx.Response) -> str:
         f"HTTP {response.status_code} {response.reason_phrase} ({body or 'no body'})"
         f"{hints.get(response.status_code, '')}"
     )
-
-
-# --- drivers -----------------------------------------------------------------------------------
-
-
-def _require_pika(kind: str) -> None:
-    if not _HAVE_PIKA:
-        raise MissingExtraError(kind, _EXTRA, "pika")
-
-
-def _require_httpx(kind: str) -> None:
-    if not _HAVE_HTTPX:
-        raise MissingExtraError(kind, _EXTRA, "httpx")

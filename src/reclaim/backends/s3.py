@@ -7,8 +7,10 @@ unfinished multipart upload, then deletes it; a bucket that is already gone is f
 Names. S3 bucket names allow lower case letters, digits, dots and hyphens (3-63 characters),
 never underscores, so reclaim's ``rc_<run>_<time>_<seq>`` becomes ``rc-<run>-<time>-<seq>``
 (:meth:`S3Bucket.adapt_name`), optionally after a prefix of the user's that ends with a hyphen
-(``team-rc-3f2a1b0c-t1a2b3-7``). :meth:`S3Bucket.list_leftovers` maps the hyphens back before
-it asks :func:`~reclaim.backends.parse_name`, and lists only names of exactly that shape.
+(``team-rc-3f2a1b0c-t1a2b3-7``). The backend declares that spelling as its
+:attr:`~S3Bucket.name_style`; the record's ``name`` is the whole bucket name and its ``prefix``
+the user's part of it, and release, ``exists`` and :meth:`S3Bucket.list_leftovers` act only on
+names that are, whole, of that style (I8).
 
 Configuration, each an argument with the environment variable boto3 itself reads as default:
 
@@ -36,12 +38,23 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Final, cast
-from urllib.parse import parse_qs, unquote, urlsplit
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Final, NoReturn, cast
+from urllib.parse import urlsplit
 
-from reclaim._errors import AcquireError, BackendError, MissingExtraError, ReleaseError
-from reclaim.backends import Backend, Leftover, Record, parse_name, redact_text
+from reclaim.backends import (
+    AcquireError,
+    Backend,
+    BackendError,
+    Leftover,
+    NameStyle,
+    ReclaimName,
+    Record,
+    ReleaseError,
+    raise_backend_error,
+    require_extra,
+    split_url,
+)
 
 try:
     import boto3
@@ -60,15 +73,10 @@ __all__ = ["Bucket", "S3Bucket"]
 
 _KIND: Final = "s3.bucket"
 
-#: A bucket name reclaim makes or accepts from a record: S3's rules, minus dots (a dotted name
-#: breaks TLS of virtual-hosted addressing), so nothing else can reach a URL.
-_BUCKET_RE: Final = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
-
-#: A user's prefix: starts like a bucket name, ends with the hyphen before reclaim's name.
-_PREFIX_RE: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,29}-")
-
-#: Exactly the reclaim part of a bucket name: ``rc-<8 hex>-<base 36 time>-<seq>``.
-_RECLAIM_PART: Final = r"rc-[0-9a-f]{8}-[0-9a-z]{1,8}-[0-9]+"
+#: What a user may put before reclaim's name: starts like a bucket name, ends with the hyphen
+#: before ``rc-``, at most 31 characters (or nothing at all). No dots: a dotted name breaks TLS
+#: of virtual-hosted addressing.
+_USER_PREFIX: Final = r"(?:[a-z0-9][a-z0-9-]{0,29}-)?"
 
 #: A region: AWS's (``eu-west-1``) or an S3-compatible server's (``auto``, ``garage``). It can
 #: become part of a host name, so one DNS label at most.
@@ -137,6 +145,10 @@ class S3Bucket(Backend[Bucket]):
     secret_fields = frozenset({"secret_access_key", "session_token"})
     url_schemes = ("s3", "s3+http", "s3+https")
 
+    #: Bucket names cannot hold underscores: ``[<prefix>]rc-<run>-<time>-<seq>``, at most 63
+    #: bytes. The record's ``name`` is the whole bucket name, the user's prefix included.
+    name_style = NameStyle(separator="-", user_prefix=_USER_PREFIX, max_length=63)
+
     def __init__(
         self,
         *,
@@ -149,14 +161,9 @@ class S3Bucket(Backend[Bucket]):
         session_token: str | None = None,
         keep_credentials: bool = True,
     ) -> None:
-        _require_driver()
-        if prefix and not _PREFIX_RE.fullmatch(prefix):
-            raise ValueError(
-                f"S3Bucket prefix {prefix!r} must be lower case letters, digits and hyphens,"
-                " start with a letter or digit, end with '-', and be at most 31 characters"
-            )
+        require_extra(_HAVE_BOTO3, _KIND, "s3", "boto3")
         self.versioned = versioned
-        self.prefix = prefix
+        self.prefix = _check_prefix(prefix)
         self.endpoint_url = _check_endpoint(
             endpoint_url or _env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
         )
@@ -186,15 +193,33 @@ class S3Bucket(Backend[Bucket]):
         """Endpoint, region and credentials: what a client needs, with every key."""
         return {"endpoint_url": self.endpoint_url, "region": self.region, **self._credentials}
 
+    @classmethod
+    def owned_identities(
+        cls, record: Mapping[str, Any], name: ReclaimName
+    ) -> Iterable[tuple[str, object, str]]:
+        """The ``prefix`` field says which part of the name is the user's: exactly the prefix
+        the name carries (``""`` or absent for none). ``myapp-rc-...`` is the user's own naming
+        unless the record says reclaim put ``myapp-`` there (I8)."""
+        return (("prefix", record.get("prefix", ""), name.user_prefix),)
+
     def adapt_name(self, proposed: str) -> str:
-        """``rc_3f2a1b0c_t1a2b3_7`` -> ``<prefix>rc-3f2a1b0c-t1a2b3-7``: S3 forbids underscores."""
-        name = self.prefix + proposed.replace("_", "-")
-        _check_bucket(name)
-        return name
+        """``rc_3f2a1b0c_t1a2b3_7`` -> ``<prefix>rc-3f2a1b0c-t1a2b3-7``: S3 forbids underscores.
+
+        Raises:
+            ValueError: not a name reclaim makes, or too long for S3 with the prefix.
+        """
+        return self.name_style.spell(proposed, self.prefix)
 
     def plan(self, name: str) -> Record:
-        _check_bucket(name)
-        record = {"name": name, **self._connection()}
+        parsed = self.name_style.parse(name)
+        if parsed is None or parsed.user_prefix != self.prefix:
+            raise ValueError(
+                f"{name!r} is not a bucket name reclaim makes with the prefix {self.prefix!r}:"
+                f" {self.prefix}rc-<run>-<time>-<seq>, at most 63 bytes"
+            )
+        record: Record = {"name": name, **self._connection()}
+        if self.prefix:  # absent for none, as in the records of earlier versions
+            record["prefix"] = self.prefix
         if not self.keep_credentials:
             record.update(dict.fromkeys(self._credentials))
         return record
@@ -220,11 +245,7 @@ class S3Bucket(Backend[Bucket]):
                     Bucket=name, VersioningConfiguration={"Status": "Enabled"}
                 )
         except (ClientError, BotoCoreError) as exc:
-            raise AcquireError(
-                _message(record, "could not be created", exc, _ACQUIRE_HINT),
-                kind=_KIND,
-                resource=name,
-            ) from exc
+            _fail(AcquireError, record, "create the bucket", exc, _ACQUIRE_HINT)
         value = Bucket(name, self.region, self.endpoint_url, self._connection())
         return value, record
 
@@ -233,11 +254,11 @@ class S3Bucket(Backend[Bucket]):
         """Abort unfinished uploads, delete every object version and delete marker (in batches
         of 1000), then the bucket. A bucket that does not exist is already released (I3)."""
         client = _client(record)
-        bucket = _check_bucket(record["name"])
+        bucket = str(record["name"])
         try:
             for _ in range(_PASSES):
                 _abort_uploads(client, bucket)
-                _delete_versions(client, bucket, record)
+                _delete_versions(client, bucket)
                 try:
                     client.delete_bucket(Bucket=bucket)
                 except ClientError as exc:
@@ -248,48 +269,32 @@ class S3Bucket(Backend[Bucket]):
         except ClientError as exc:
             if _code(exc) in _GONE:
                 return
-            raise ReleaseError(
-                _message(record, "could not be deleted", exc, _RELEASE_HINT),
-                kind=_KIND,
-                resource=bucket,
-            ) from exc
-        except BotoCoreError as exc:
-            raise ReleaseError(
-                _message(record, "could not be deleted", exc, _UNREACHABLE_HINT),
-                kind=_KIND,
-                resource=bucket,
-            ) from exc
-        raise ReleaseError(
-            _redact(
-                f"{_where(record)} could not be deleted: still not empty after {_PASSES} passes;"
-                " something keeps writing to it (or an object lock holds versions)",
-                record,
+            _fail(ReleaseError, record, "delete the bucket", exc, _RELEASE_HINT)
+        except (BotoCoreError, _Stuck) as exc:
+            _fail(ReleaseError, record, "delete the bucket", exc, _RELEASE_HINT)
+        _fail(
+            ReleaseError,
+            record,
+            "delete the bucket",
+            _Stuck(
+                f"still not empty after {_PASSES} passes; something keeps writing to it"
+                " (or an object lock holds versions)"
             ),
-            kind=_KIND,
-            resource=bucket,
+            "",
         )
 
     @classmethod
     def exists(cls, record: Record) -> bool:
         """``head_bucket``: True when it answers, False on 404."""
         client = _client(record)
-        bucket = _check_bucket(record["name"])
         try:
-            client.head_bucket(Bucket=bucket)
+            client.head_bucket(Bucket=str(record["name"]))
         except ClientError as exc:
             if _code(exc) in _GONE:
                 return False
-            raise BackendError(
-                _message(record, "could not be looked up", exc, _RELEASE_HINT),
-                kind=_KIND,
-                resource=bucket,
-            ) from exc
+            _fail(BackendError, record, "look up the bucket", exc, _RELEASE_HINT)
         except BotoCoreError as exc:
-            raise BackendError(
-                _message(record, "could not be looked up", exc, _UNREACHABLE_HINT),
-                kind=_KIND,
-                resource=bucket,
-            ) from exc
+            _fail(BackendError, record, "look up the bucket", exc, _RELEASE_HINT)
         return True
 
     @classmethod
@@ -303,55 +308,42 @@ class S3Bucket(Backend[Bucket]):
 
         ``target`` is ``s3://`` (AWS), ``s3://host[:port]`` (https), or ``s3+http://host:port``
         for a local server, with optional ``?region=...`` and ``?prefix=team-`` (list only
-        names with that prefix; without it, only names that start with ``rc-``). Credentials
-        come from ``user:password@`` in the URL or from the environment, as for
+        names with exactly that prefix; without it, only names that start with ``rc-``).
+        Credentials come from ``user:password@`` in the URL or from the environment, as for
         :class:`S3Bucket`, and go into each leftover's record.
         """
-        _require_driver()
-        parts = urlsplit(target)
-        if parts.scheme not in cls.url_schemes:
-            raise ValueError(f"{target!r} is not an s3://, s3+http:// or s3+https:// URL")
-        query = parse_qs(parts.query)
-        prefix = query.get("prefix", [""])[0]
-        if prefix and not _PREFIX_RE.fullmatch(prefix):
-            raise ValueError(f"prefix {prefix!r} in {parts.scheme}:// URL is not a bucket prefix")
+        require_extra(_HAVE_BOTO3, _KIND, "s3", "boto3")
+        url = split_url(target, kind=_KIND, schemes=cls.url_schemes, need_host=False)
+        query = dict(url.query)
+        prefix = _check_prefix(query.get("prefix", ""))
         endpoint = None
-        if parts.hostname:
-            scheme = "http" if parts.scheme == "s3+http" else "https"
-            endpoint = f"{scheme}://{parts.netloc.rpartition('@')[2]}"
+        if url.host:
+            scheme = "http" if url.scheme == "s3+http" else "https"
+            host = f"[{url.host}]" if ":" in url.host else url.host
+            endpoint = f"{scheme}://{host}" + (f":{url.port}" if url.port is not None else "")
         backend = cls(
+            prefix=prefix,
             endpoint_url=endpoint,
-            region=query.get("region", [None])[0],
-            access_key_id=unquote(parts.username) if parts.username else None,
-            secret_access_key=unquote(parts.password) if parts.password else None,
+            region=query.get("region") or None,
+            access_key_id=url.username or None,
+            secret_access_key=url.password or None,
         )
-        shape = re.compile(re.escape(prefix) + _RECLAIM_PART)
         connection = backend._connection()
         client = _client(connection)
         try:
             pages = list(client.get_paginator("list_buckets").paginate())
         except (ClientError, BotoCoreError) as exc:
-            where = backend.endpoint_url or "aws"
-            reason = _redact(_reason(exc), connection)
-            raise BackendError(
-                f"s3 buckets at {where} could not be listed: {reason}; {_UNREACHABLE_HINT}",
-                kind=_KIND,
-                resource=where,
-            ) from exc
+            _fail(BackendError, connection, "list the buckets", exc, _UNREACHABLE_HINT)
         for page in pages:
             for item in page.get("Buckets", []):
-                name = item.get("Name", "")
-                if not shape.fullmatch(name):
+                parsed = cls.name_style.parse(item.get("Name"))
+                if parsed is None or parsed.user_prefix != prefix:
                     continue
-                parsed = parse_name(name[len(prefix) :].replace("-", "_"))
-                if parsed is None:  # pragma: no cover  (the shape above is parse_name's)
-                    continue
-                run_id, created = parsed.run_id, parsed.created_at
-                record = backend.plan(name)
+                record = backend.plan(parsed.text)
                 region = item.get("BucketRegion")
                 if region and _REGION_RE.fullmatch(region):
                     record["region"] = region
-                yield Leftover(record, run_id, created)
+                yield Leftover.of(record, parsed)
 
 
 # --- talking to S3 ---------------------------------------------------------------------------
@@ -364,15 +356,31 @@ _RELEASE_HINT: Final = (
 _UNREACHABLE_HINT: Final = "check that the S3 endpoint is up and reachable from here"
 
 
-def _require_driver() -> None:
-    if not _HAVE_BOTO3:
-        raise MissingExtraError(_KIND, "s3", "boto3")
+class _Stuck(Exception):
+    """The bucket could not be emptied (not a driver error: what S3 answered, in words)."""
+
+
+def _fail(
+    error: type[BackendError], record: Record, doing: str, exc: Exception, hint: str
+) -> NoReturn:
+    """Raise reclaim's ``error`` for ``exc``, with the toolkit's message and redaction."""
+    raise_backend_error(
+        error,
+        _KIND,
+        record,
+        doing,
+        exc,
+        where=str(record.get("endpoint_url") or "aws"),
+        reason=_reason(hint),
+        secret_fields=S3Bucket.secret_fields,
+        style=S3Bucket.name_style,
+    )
 
 
 def _client(record: Record) -> S3Client:
     """A boto3 client from a record alone (I2). A session per call: the default session is not
     safe to share between threads, and the watchdog may release from several."""
-    _require_driver()
+    require_extra(_HAVE_BOTO3, _KIND, "s3", "boto3")
     endpoint = _check_endpoint(record.get("endpoint_url"))
     region = _check_region(record.get("region") or "")
     config = Config(
@@ -409,7 +417,7 @@ def _abort_uploads(client: S3Client, bucket: str) -> None:
                 raise
 
 
-def _delete_versions(client: S3Client, bucket: str, record: Record) -> None:
+def _delete_versions(client: S3Client, bucket: str) -> None:
     """Every object version and delete marker: list (all pages), then delete in batches of 1000.
 
     Listing is finished before anything is deleted: paging on past entries that were deleted
@@ -435,15 +443,10 @@ def _delete_versions(client: S3Client, bucket: str, record: Record) -> None:
             errors = [e for e in out.get("Errors", []) if e.get("Code") != "NoSuchVersion"]
             if errors:
                 first = errors[0]
-                raise ReleaseError(
-                    _redact(
-                        f"{_where(record)} could not be emptied: {len(errors)} of {len(batch)}"
-                        f" versions were not deleted, the first {first.get('Key')!r}:"
-                        f" {first.get('Code')} {first.get('Message', '')}; {_RELEASE_HINT}",
-                        record,
-                    ),
-                    kind=_KIND,
-                    resource=bucket,
+                raise _Stuck(
+                    f"could not empty it: {len(errors)} of {len(batch)} versions were not"
+                    f" deleted, the first {first.get('Key')!r}: {first.get('Code')}"
+                    f" {first.get('Message', '')}"
                 )
         if complete:
             return
@@ -453,40 +456,37 @@ def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, ClientError):
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
-        error = exc.response.get("Error", {})
-        operation = getattr(exc, "operation_name", "?")
-        return (
-            f"{operation} answered HTTP {status} {error.get('Code', '?')}"
-            f" ({error.get('Message', 'no message')})"
-        )
-    return f"{type(exc).__name__}: {exc}"
+def _reason(hint: str) -> Callable[[BaseException], str]:
+    """The reason a failure gives: what S3 answered (operation, HTTP status, error code), and
+    what to check: ``hint`` for an answer of S3's, whether the endpoint is up when none came."""
 
+    def reason(exc: BaseException) -> str:
+        if isinstance(exc, _Stuck):
+            return f"{exc}; {hint}" if hint else str(exc)
+        if isinstance(exc, ClientError):
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
+            error = exc.response.get("Error", {})
+            operation = getattr(exc, "operation_name", "?")
+            return (
+                f"{operation} answered HTTP {status} {error.get('Code', '?')}"
+                f" ({error.get('Message', 'no message')}); {hint}"
+            )
+        return f"{type(exc).__name__}: {exc}; {_UNREACHABLE_HINT}"
 
-def _where(record: Record) -> str:
-    return f"{_KIND} {record.get('name')!r} at {record.get('endpoint_url') or 'aws'}"
-
-
-def _message(record: Record, what: str, exc: Exception, hint: str) -> str:
-    return _redact(f"{_where(record)} {what}: {_reason(exc)}; {hint}", record)
-
-
-def _redact(text: str, record: Record) -> str:
-    return redact_text(text, record, S3Bucket.secret_fields)
+    return reason
 
 
 # --- validation: nothing unchecked reaches a URL (I7) ----------------------------------------
 
 
-def _check_bucket(name: Any) -> str:
-    if not isinstance(name, str) or not _BUCKET_RE.fullmatch(name):
+def _check_prefix(prefix: object) -> str:
+    """A user's prefix for bucket names, as :attr:`S3Bucket.name_style` allows one."""
+    if not isinstance(prefix, str) or not re.fullmatch(_USER_PREFIX, prefix):
         raise ValueError(
-            f"{name!r} is not a bucket name reclaim makes: 3-63 lower case letters, digits and"
-            " hyphens, starting and ending with a letter or digit"
+            f"S3Bucket prefix {prefix!r} must be lower case letters, digits and hyphens,"
+            " start with a letter or digit, end with '-', and be at most 31 characters"
         )
-    return name
+    return prefix
 
 
 def _check_endpoint(url: Any) -> str | None:
