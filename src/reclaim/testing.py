@@ -212,6 +212,8 @@ def _check_refusals(cls: type[Backend[Any]], record: Record) -> None:
     for field, actual, _expected in cls.owned_identities(record, name):
         if field in record and isinstance(actual, str):
             for altered in (f"{actual}{sep}backup", f"{actual}/..", "", "/"):
+                if altered == actual:
+                    continue
                 _refused(cls, {**record, field: altered}, f"whose {field} is {altered!r}")
 
 

@@ -48,6 +48,9 @@ __all__ = ["MARKER_ENV", "Process"]
 MARKER_ENV: Final = "RECLAIM_RESOURCE"
 
 _KILL_WAIT: Final = 5.0  # seconds to wait for SIGKILL to take effect before calling it a failure
+#: Seconds a process whose environment reads empty is watched before it counts as not ours:
+#: a process exiting after our SIGTERM reads empty for a moment before it is gone.
+_EMPTY_ENV_WAIT: Final = 1.0
 
 
 class Process(Backend["subprocess.Popen[Any]"]):
@@ -153,17 +156,7 @@ def _find(record: Record) -> dict[int, int]:
     pid, started = _checked_ids(record)
     pgid = pid
     marker = f"{MARKER_ENV}={name}".encode() + b"\0"
-    group_is_ours = False  # the leader is alive, is the recorded process and carries the marker
-    group_may_be_ours = False  # the leader is gone: each member must prove itself
-    if pid is not None and started is not None:
-        leader = process_state(pid)
-        if leader is None or not leader.alive:
-            group_may_be_ours = leader is None or leader.start_time == started
-        elif leader.start_time == started:
-            if not _has_marker(leader.pid, marker):
-                raise _foreign(record, "pid", leader.pid, marker)
-            group_is_ours = True
-            found[leader.pid] = leader.start_time
+    group_is_ours, group_may_be_ours = _leader(record, pid, started, marker, found)
     me = os.getpid()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -174,15 +167,42 @@ def _find(record: Record) -> dict[int, int]:
         state = process_state(other)
         if state is None or not state.alive:
             continue
-        marked = _has_marker(other, marker)
         in_group = (group_is_ours or group_may_be_ours) and (
             state.pgid == pgid and state.start_time >= (started or 0)
         )
-        if in_group and not group_is_ours and not marked:
+        if in_group and group_is_ours:
+            found[other] = state.start_time
+            continue
+        if not in_group:
+            if _marked(other, marker):  # escaped the group (setsid) but carries the marker
+                found[other] = state.start_time
+            continue
+        member = _whose(other, state.start_time, marker)
+        if member == "foreign":
             raise _foreign(record, "pgid", pgid, marker, member=other)
-        if in_group or marked:
+        if member == "ours":
             found[other] = state.start_time
     return found
+
+
+def _leader(
+    record: Record, pid: int | None, started: int | None, marker: bytes, found: dict[int, int]
+) -> tuple[bool, bool]:
+    """(the group is ours: its leader lives, is the recorded process and carries the marker;
+    the group may be ours: the leader is gone, so each member must prove itself)."""
+    if pid is None or started is None:
+        return False, False
+    leader = process_state(pid)
+    if leader is None or not leader.alive:
+        return False, leader is None or leader.start_time == started
+    if leader.start_time != started:
+        return False, False  # the pid was reused: the recorded process is gone
+    verdict = _whose(leader.pid, started, marker)
+    if verdict == "foreign":
+        raise _foreign(record, "pid", leader.pid, marker)
+    if verdict == "ours":
+        found[leader.pid] = leader.start_time
+    return True, False  # ours, or it died while we looked: its group was ours
 
 
 def _checked_ids(record: Record) -> tuple[int | None, int | None]:
@@ -214,13 +234,36 @@ def _parsed(record: Record) -> ReclaimName | None:
     return Process.name_style.parse(record.get("name"))
 
 
-def _has_marker(pid: int, marker: bytes) -> bool:
+def _marked(pid: int, marker: bytes) -> bool | None:
+    """Does the process carry the marker? None when its environment reads empty: a process that
+    is exiting (its memory is already gone) or one that cleared its environment."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
             environ = f.read()
+    except FileNotFoundError:
+        return None
     except OSError:
-        return False
+        return False  # another user's process: not provably ours
+    if not environ:
+        return None
     return environ.startswith(marker) or (b"\0" + marker) in environ
+
+
+def _whose(pid: int, started: int, marker: bytes) -> str:
+    """ "ours", "foreign" or "gone". A process whose environment reads empty is watched for a
+    moment: one that is exiting (say, after our own SIGTERM) is gone, one that stays with an
+    empty environment cannot be shown to be ours and is refused."""
+    deadline = time.monotonic() + _EMPTY_ENV_WAIT
+    while True:
+        verdict = _marked(pid, marker)
+        if verdict is not None:
+            return "ours" if verdict else "foreign"
+        state = process_state(pid)
+        if state is None or not state.alive or state.start_time != started:
+            return "gone"
+        if time.monotonic() > deadline:
+            return "foreign"
+        time.sleep(0.005)
 
 
 def _signal_all(targets: dict[int, int], sig: int) -> None:
