@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from reclaim._persona import AsyncPersona, Persona
     from reclaim._reaper import RetryPolicy, SweepReport, sweep
     from reclaim._registry import ResourceState, RunState, default_location, open_registry
+    from reclaim._signals import Terminated
 
 # Names are imported on first use (PEP 562): `import reclaim` stays cheap for the pytest plugin
 # of a suite that acquires nothing, and for the watchdog, which imports reclaim only after its
@@ -71,6 +72,7 @@ _EXPORTS: dict[str, str] = {
     "RunState": "reclaim._registry",
     "default_location": "reclaim._registry",
     "open_registry": "reclaim._registry",
+    "Terminated": "reclaim._signals",
 }
 
 __all__ = [
@@ -93,6 +95,7 @@ __all__ = [
     "RetryPolicy",
     "RunState",
     "SweepReport",
+    "Terminated",
     "__version__",
     "default_location",
     "open_registry",
@@ -110,6 +113,7 @@ _REHOMED = frozenset(
         "RetryPolicy",
         "RunState",
         "SweepReport",
+        "Terminated",
     ]
 )
 

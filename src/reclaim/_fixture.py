@@ -19,6 +19,7 @@ from reclaim._errors import AcquireError, FixtureStateError
 from reclaim._reaper import RetryPolicy, add_redacted_cause, release_resource
 from reclaim._registry import Registry, ResourceState
 from reclaim._run import Run, current_run
+from reclaim._signals import critical
 from reclaim.backends import Backend, Record, redact_text
 
 __all__ = ["Fixture"]
@@ -74,6 +75,10 @@ class _Child:
 
 _NOTHING: Final = object()
 _Entry = _Held | _Cleanup | _Child
+
+
+def _unwinding(exc: BaseException | None) -> bool:
+    return isinstance(exc, KeyboardInterrupt)
 
 
 class Fixture:
@@ -159,12 +164,30 @@ class Fixture:
         return self
 
     def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
-        errors = self._release_all()
+        if not _unwinding(exc):
+            errors = self._release_all()
+        else:
+            # Unwinding from Ctrl-C or SIGTERM: another signal now waits until everything is
+            # released, then unwinds from here (I9: deferred, never swallowed).
+            errors = []
+            try:
+                with critical():
+                    errors = self._release_all()
+            except KeyboardInterrupt as again:
+                self._raise_after(again, errors, "")
         if errors:
             self._raise_after(exc, errors, f"releasing fixture {self.name!r} failed")
 
     async def __aexit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
-        errors = await self._arelease_all()
+        if not _unwinding(exc):
+            errors = await self._arelease_all()
+        else:
+            errors = []
+            try:
+                with critical():
+                    errors = await self._arelease_all()
+            except KeyboardInterrupt as again:
+                self._raise_after(again, errors, "")
         if errors:
             self._raise_after(exc, errors, f"releasing fixture {self.name!r} failed")
 

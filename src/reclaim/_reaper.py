@@ -26,6 +26,7 @@ from typing import Any, Final
 from reclaim._errors import BackendNotFoundError, ForeignNameError, ReleaseError
 from reclaim._identity import Identity, current_identity
 from reclaim._registry import Registry, ResourceRecord, ResourceState, RunRecord, RunState
+from reclaim._signals import critical
 from reclaim.backends import Backend, Record, load_backend, redact_text
 
 __all__ = [
@@ -106,7 +107,33 @@ def release_resource(
 
     Returns the outcome; the error in it is a :class:`ReleaseError` (or the
     :class:`BackendNotFoundError`), already journaled as ``failed``.
+
+    From the claim to the journaled outcome this is a critical section (I9): a signal that
+    arrives meanwhile is raised once the outcome is journaled, so a release is never left
+    ``releasing`` by Ctrl-C or SIGTERM, and the resource is never left behind half-deleted.
     """
+    with critical():
+        return _release_resource(
+            registry,
+            resource,
+            actor=actor,
+            states=states,
+            policy=policy,
+            backend=backend,
+            sleep=sleep,
+        )
+
+
+def _release_resource(
+    registry: Registry,
+    resource: ResourceRecord | int,
+    *,
+    actor: str,
+    states: tuple[ResourceState, ...],
+    policy: RetryPolicy | None,
+    backend: type[Backend[Any]] | None,
+    sleep: Callable[[float], None],
+) -> ReleaseOutcome:
     policy = policy or RetryPolicy()
     resource_id = resource if isinstance(resource, int) else resource.id
     claimed = registry.begin_release(resource_id, states=states)
@@ -144,7 +171,9 @@ def release_resource(
             registry.mark_released(claimed.id, actor=actor)
             return ReleaseOutcome(claimed, released=True)
     except BaseException:
-        # Interrupted (KeyboardInterrupt, a second signal): keep the entry for the next reaper.
+        # Interrupted by something other than a signal (signals wait for the section's end):
+        # a backend that raised KeyboardInterrupt or SystemExit. Keep the entry for the next
+        # reaper.
         registry.mark_failed(
             claimed.id, "interrupted while releasing", attempts=attempts, actor=actor
         )

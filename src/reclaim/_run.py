@@ -6,8 +6,9 @@ row goes. A process that does not end cleanly leaves its run open with its owner
 watchdog or the next sweep releases what it held.
 
 Opening a run starts its watchdog (layer 3, see ``_watchdog.py``) and, in the main thread,
-turns SIGTERM and SIGHUP into :class:`Terminated` while the run is open (layer 2), so ``with``
-blocks and finalizers run as they do for Ctrl-C. A handler the user installed is left alone.
+turns SIGTERM and SIGHUP into :class:`Terminated` while the run is open (layer 2, see
+``_signals.py``), so ``with`` blocks and finalizers run as they do for Ctrl-C. A handler the user
+installed is left alone.
 
 A forked child is not the owner of its parent's run: after ``fork`` the child starts with no run
 (and closes its copy of the watchdog pipe, so it cannot keep a dead owner "alive") and opens its
@@ -21,17 +22,16 @@ import contextlib
 import itertools
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import threading
-from types import FrameType
 from typing import Final
 
-from reclaim import _watchdog
+from reclaim import _signals, _watchdog
 from reclaim._identity import Identity, current_identity
 from reclaim._reaper import release_resource
 from reclaim._registry import Registry, ResourceState, default_location, open_registry
+from reclaim._signals import Terminated
 from reclaim.backends import make_name
 
 __all__ = ["Run", "Terminated", "current_run", "end_run", "existing_run"]
@@ -41,22 +41,6 @@ PARENT_ENV: Final = "RECLAIM_PARENT_RUN"
 LABEL_ENV: Final = "RECLAIM_RUN_LABEL"
 #: Set to 0 to start no watchdog (tests of the sweeper; environments that forbid processes).
 WATCHDOG_ENV: Final = "RECLAIM_WATCHDOG"
-
-_SIGNALS: Final = (signal.SIGTERM, signal.SIGHUP)
-
-
-class Terminated(KeyboardInterrupt):
-    """Raised in the main thread when SIGTERM or SIGHUP arrives while a run is open.
-
-    A KeyboardInterrupt, so that everything that unwinds on Ctrl-C (``with`` blocks, pytest's
-    teardown, ``finally``) unwinds on SIGTERM too, and ``except Exception`` does not swallow it.
-    A second signal while unwinding is ignored so that the releases finish; a SIGKILL is left to
-    the watchdog.
-    """
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"terminated by {signal.Signals(signum).name}")
-        self.signum = signum
 
 
 class Run:
@@ -158,40 +142,6 @@ _lock = threading.Lock()
 _runs: dict[str, Run] = {}
 _pipes: set[int] = set()  # write ends of watchdog pipes, closed in forked children
 
-# --- signals (layer 2) ---------------------------------------------------------------------
-
-_installed: dict[int, object] = {}  # signal -> the handler that was there before ours
-_terminating = False
-
-
-def _on_signal(signum: int, _frame: FrameType | None) -> None:
-    global _terminating  # noqa: PLW0603
-    if _terminating:
-        return  # already unwinding: let the releases finish
-    _terminating = True
-    raise Terminated(signum)
-
-
-def _install_signal_handlers() -> None:
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for signum in _SIGNALS:
-        if signum in _installed:
-            continue
-        current = signal.getsignal(signum)
-        if current is signal.SIG_DFL:  # the user's own handler, or SIG_IGN, is left alone
-            signal.signal(signum, _on_signal)
-            _installed[signum] = current
-
-
-def _restore_signal_handlers() -> None:
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for signum, previous in list(_installed.items()):
-        if signal.getsignal(signum) is _on_signal:
-            signal.signal(signum, previous)  # type: ignore[arg-type]
-        del _installed[signum]
-
 
 def current_run(registry: Registry | str | None = None) -> Run:
     """The run of this process for ``registry`` (by default the configured one), opened on first
@@ -204,7 +154,7 @@ def current_run(registry: Registry | str | None = None) -> Run:
             label = os.environ.get(LABEL_ENV) or os.path.basename(sys.argv[0] or "python")
             run = Run(reg, current_identity(), label[:120])
             _runs[key] = run
-            _install_signal_handlers()
+            _signals.install()
         return run
 
 
@@ -226,7 +176,7 @@ def end_run(registry: str | None = None) -> None:
             run.registry.close()
             with _lock:
                 if not _runs:
-                    _restore_signal_handlers()
+                    _signals.restore()
 
 
 def _close_all() -> None:
@@ -243,7 +193,7 @@ def _close_all() -> None:
 def _forget_after_fork() -> None:
     # The child is not the owner: it must neither release nor close the parent's run, nor keep
     # the parent's watchdog pipe open (the parent's death would go unnoticed through the pipe).
-    global _lock, _terminating  # noqa: PLW0603
+    global _lock  # noqa: PLW0603
     _lock = threading.Lock()
     for run in _runs.values():
         run._pipe = None
@@ -253,7 +203,7 @@ def _forget_after_fork() -> None:
         with contextlib.suppress(OSError):
             os.close(fd)
     _pipes.clear()
-    _terminating = False
+    _signals.reset_after_fork()
 
 
 atexit.register(_close_all)

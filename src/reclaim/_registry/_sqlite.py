@@ -33,6 +33,7 @@ from reclaim._registry._model import (
     RunRecord,
     RunState,
 )
+from reclaim._signals import critical
 
 __all__ = ["SCHEMA_VERSION", "SQLiteRegistry"]
 
@@ -288,7 +289,10 @@ class SQLiteRegistry(Registry):
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        # A critical section (I9): a signal's exception between BEGIN IMMEDIATE and COMMIT would
+        # leave the transaction open and the write lock held by this process, so it is raised
+        # when the transaction has ended.
+        with critical(), self._lock:
             conn = self._connection()
             try:
                 conn.execute("BEGIN IMMEDIATE")

@@ -1,0 +1,120 @@
+"""Layer 2 of the crash model: signals unwind the stack, but never split bookkeeping (I9).
+
+SIGTERM and SIGHUP become :class:`Terminated` (a KeyboardInterrupt) while a run is open, where no
+handler of the user's is installed, so that ``with`` blocks, ``finally`` and pytest's teardown run
+as they do for Ctrl-C (layer 1).
+
+A signal's exception arrives between any two bytecodes, which is fatal in two places: inside a
+registry transaction (it would stay open, holding the write lock, after ``BEGIN IMMEDIATE``) and
+inside a release between its claim and its outcome (the row would stay ``releasing`` while the
+resource stays on disk). Those are :func:`critical` sections: a signal that arrives inside one
+is noted and its exception raised when the outermost section ends, never lost. trio protects its
+own bookkeeping from KeyboardInterrupt the same way. SIGINT is deferred only while a section is
+open, and only where Python's default handler is installed (asyncio's runner and a user's own
+handler are left alone); outside sections it behaves exactly as the default.
+
+Only the main thread runs signal handlers, so sections in other threads need no protection and
+cost nothing. Standard library only: the registry and the watchdog import this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any, Final
+
+__all__ = ["Terminated", "critical", "install", "restore"]
+
+#: The signals that unwind a run (while one is open): SIGINT unwinds on its own.
+UNWINDING: Final = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when SIGTERM or SIGHUP arrives while a run is open.
+
+    A KeyboardInterrupt, so that everything that unwinds on Ctrl-C (``with`` blocks, pytest's
+    teardown, ``finally``) unwinds on SIGTERM too, and ``except Exception`` does not swallow it.
+    A signal that arrives while reclaim writes its registry or releases a resource is raised when
+    that step ends (I9). Every signal is raised: a second one during unwinding stops the
+    in-process releases, and the watchdog finishes them once the process is gone.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+_installed: dict[int, Any] = {}  # signal -> the handler that was there before ours
+_depth = 0  # critical sections open in the main thread
+_pending: int | None = None  # the first signal that arrived inside one
+_saved_sigint: Any = None  # the default SIGINT handler, while ours stands in for it
+
+
+def _exception(signum: int) -> KeyboardInterrupt:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+
+
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    global _pending  # noqa: PLW0603
+    if _depth > 0:
+        if _pending is None:
+            _pending = signum
+        return
+    raise _exception(signum)
+
+
+@contextlib.contextmanager
+def critical() -> Iterator[None]:
+    """A section that no signal's exception can split; the signal is raised when it ends."""
+    global _depth, _pending, _saved_sigint  # noqa: PLW0603
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers run in the main thread only
+        return
+    if _depth == 0 and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_signal)
+        _saved_sigint = signal.default_int_handler
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+        if _depth == 0:
+            if _saved_sigint is not None:
+                if signal.getsignal(signal.SIGINT) is _on_signal:
+                    signal.signal(signal.SIGINT, _saved_sigint)
+                _saved_sigint = None
+            if _pending is not None:
+                signum, _pending = _pending, None
+                raise _exception(signum)
+
+
+def install() -> None:
+    """Turn SIGTERM and SIGHUP into :class:`Terminated` (main thread; default handlers only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in UNWINDING:
+        if signum in _installed:
+            continue
+        current = signal.getsignal(signum)
+        if current is signal.SIG_DFL:  # the user's own handler, or SIG_IGN, is left alone
+            signal.signal(signum, _on_signal)
+            _installed[signum] = current
+
+
+def restore() -> None:
+    """Put back the handlers :func:`install` replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum, previous in list(_installed.items()):
+        if signal.getsignal(signum) is _on_signal:
+            signal.signal(signum, previous)
+        del _installed[signum]
+
+
+def reset_after_fork() -> None:
+    """A forked child starts with no section open and nothing pending."""
+    global _depth, _pending
+    _depth, _pending = 0, None
