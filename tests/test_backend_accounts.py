@@ -23,9 +23,9 @@ import pytest
 import reclaim
 from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
 from providers.scim import RestUsers, ScimServer
-from reclaim import AcquireError, BackendError, ReleaseError
+from reclaim import AcquireError, BackendError, ForeignNameError, ReleaseError
 from reclaim._registry import open_registry
-from reclaim.backends import Backend, Record, _http, load_backend
+from reclaim.backends import Backend, Record, _http, accounts, load_backend
 from reclaim.backends import make_name as _make_name
 from reclaim.backends.accounts import Account, RestAccount, ScimUser
 from reclaim.testing import check_backend, dead_identity
@@ -112,8 +112,11 @@ def test_scim_second_delete_is_404_and_release_is_a_no_op(scim: ScimServer) -> N
     _, record = backend.acquire(make_name(RUN, 1))
     ScimUser.release(record)
     ScimUser.release(record)
+    # Each release first asks whose the id is (I8): the second one hears 404 and is done.
     deletes = [status for method, _, status in scim.answered if method == "DELETE"]
-    assert deletes == [204, 404]
+    assert deletes == [204]
+    gets = [status for method, _, status in scim.answered if method == "GET"]
+    assert gets == [200, 404]
     assert scim.users == {}
 
 
@@ -170,14 +173,36 @@ def test_acquire_failure_in_a_fixture_leaves_nothing(registry_path: str) -> None
 # --- hostile input -----------------------------------------------------------------------------
 
 
+def test_an_id_of_a_users_account_is_refused(rest: RestUsers, scim: ScimServer) -> None:
+    """I8: a record with a reclaim name but the id of a user's account deletes nothing; the
+    server is asked whose the id is first. Before, both were deleted by id."""
+    alice = rest.add("alice")
+    planned = RestAccount(rest.collection, token=rest.token).plan(make_name(RUN, 7))
+    hostile = {**planned, "id": alice}
+    for call in (RestAccount.release, RestAccount.exists):
+        with pytest.raises(ForeignNameError, match=r"refused.*'alice'"):
+            call(hostile)
+    assert rest.usernames() == {"alice"}
+    carol = scim.add("carol")
+    hostile = {**ScimUser(scim.base_url, token=scim.token).plan(make_name(RUN, 7)), "id": carol}
+    for call in (ScimUser.release, ScimUser.exists):
+        with pytest.raises(ForeignNameError, match=r"refused.*'carol'"):
+            call(hostile)
+    assert scim.user_names() == {"carol"}
+    assert not [r for r in rest.requests + scim.requests if r.method == "DELETE"]
+    with pytest.raises(ValueError, match="must be '\\{name\\}'"):
+        RestAccount(rest.collection, {"username": "user_{name}"})
+
+
 def test_a_hostile_id_stays_inside_its_url(rest: RestUsers) -> None:
     record = RestAccount(rest.collection, token=rest.token).plan(make_name(RUN, 5))
     victim = rest.add("admin")
     record["id"] = f"../{victim}?force=1"
     RestAccount.release(record)  # 404 for that odd id: gone, and nothing else was touched
-    (delete,) = [r for r in rest.requests if r.method == "DELETE"]
-    assert delete.raw_path == f"/api/users/..%2F{victim}%3Fforce%3D1"
-    assert delete.query == {}
+    (get,) = [r for r in rest.requests if r.method == "GET"]
+    assert get.raw_path == f"/api/users/..%2F{victim}%3Fforce%3D1"
+    assert get.query == {}
+    assert not [r for r in rest.requests if r.method == "DELETE"]
     assert rest.usernames() == {"admin"}
     for bad in ("..", "."):
         record["id"] = bad
@@ -189,7 +214,12 @@ def test_a_hostile_scim_name_stays_inside_its_filter(scim: ScimServer) -> None:
     keep = scim.add("rc_keep_me")
     record = ScimUser(scim.base_url, token=scim.token).plan(make_name(RUN, 6))
     record["user_name"] = '" or userName sw "rc'  # as a tampered registry could hold
-    ScimUser.release(record)
+    with pytest.raises(ForeignNameError, match="refused"):
+        ScimUser.release(record)  # not the planned name's userName: nothing is sent (I8)
+    assert scim.requests == []
+    # The filter quotes whatever it is given: no value can end it early.
+    with accounts._scim_call(record, ReleaseError) as http:
+        assert accounts._scim_lookup(http, record) == []
     assert keep in scim.users
     (query,) = [r for r in scim.requests if r.method == "GET"]
     assert query.arg("filter") == 'userName eq "\\" or userName sw \\"rc"'

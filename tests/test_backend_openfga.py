@@ -28,7 +28,7 @@ import pytest
 import reclaim
 from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
 from providers.openfga import MODEL, OpenFgaServer, new_ulid
-from reclaim import AcquireError, ReleaseError, sweep
+from reclaim import AcquireError, ForeignNameError, ReleaseError, sweep
 from reclaim._registry import open_registry
 from reclaim.backends import Record, _http, load_backend
 from reclaim.backends import make_name as _make_name
@@ -143,7 +143,7 @@ def test_store_value_writes_checks_and_reads(fga: OpenFgaServer) -> None:
     OpenFgaStore.release(record)
     OpenFgaStore.release(record)
     deletes = [s for m, _, s in fga.answered if m == "DELETE"]
-    assert deletes == [204, 204], "OpenFGA answers 204 for a store that is gone"
+    assert deletes == [204], "the second release heard 404 store_id_not_found: nothing to do"
     assert not OpenFgaStore.exists(record)
 
 
@@ -166,6 +166,16 @@ def test_planned_store_found_by_exact_name_across_pages(fga: OpenFgaServer) -> N
     assert len(fga.live_stores()) == 130 + len(strangers)
     listing = [r for r in fga.requests if r.method == "GET" and r.path == "/stores"]
     assert any(r.arg("continuation_token") for r in listing), "it followed the pages"
+
+
+def test_the_id_of_a_users_store_is_refused(fga: OpenFgaServer, shared: str) -> None:
+    """I8: a record with a reclaim name but the id of a user's store deletes nothing."""
+    hostile = {**store_backend(fga).plan(make_name(RUN, 1)), "id": shared}
+    for call in (OpenFgaStore.release, OpenFgaStore.exists):
+        with pytest.raises(ForeignNameError, match=r"refused.*'shared"):
+            call(hostile)
+    assert shared in fga.live_stores()
+    assert not [r for r in fga.requests if r.method == "DELETE"]
 
 
 def test_a_404_that_is_not_openfgas_is_not_released(fga: OpenFgaServer) -> None:
@@ -296,6 +306,15 @@ def test_a_tuple_without_the_name_is_refused(fga: OpenFgaServer, shared: str) ->
         OpenFgaTuples(shared, api_url=fga.url, tuples=[("user:anne", "viewer", "document:x")])
     assert fga.keys(shared) == before
     OpenFgaTuples.release(record)
+
+
+def test_only_tuples_that_start_with_the_name_are_released(fga: OpenFgaServer, shared: str) -> None:
+    """A user's ``document:myapp_<name>`` only contains the name: it is not the test's."""
+    name = make_name(RUN, 1)
+    theirs = ("user:anne", "viewer", f"document:myapp_{name}")
+    fga.put(shared, theirs)
+    OpenFgaTuples.release(tuples_backend(fga, shared).plan(name))
+    assert theirs in fga.keys(shared)
 
 
 def test_tuples_of_a_deleted_store_are_released(fga: OpenFgaServer, shared: str) -> None:

@@ -28,7 +28,7 @@ from providers._server import RawReply, RawRequest, json_reply
 from providers.mailtm import MailTmServer
 from providers.smsactivate import SmsActivateServer
 from providers.twilio import TwilioServer
-from reclaim import AcquireError, BackendError, ReleaseError
+from reclaim import AcquireError, BackendError, ForeignNameError, ReleaseError
 from reclaim._reaper import RetryPolicy, sweep
 from reclaim._registry import ResourceState, open_registry
 from reclaim._run import end_run
@@ -150,12 +150,24 @@ def test_twilio_second_release_is_20404(twilio: TwilioServer) -> None:
     TwilioNumber.release(record)
     before = len(twilio.seen)
     TwilioNumber.release(record)
+    # Release asks whose the sid is first (I8); Twilio's 20404 there means released already.
     assert twilio.seen[before:] == [
         (
-            "DELETE",
+            "GET",
             f"/2010-04-01/Accounts/{twilio.account_sid}/IncomingPhoneNumbers/{record['sid']}.json",
         )
     ]
+
+
+def test_the_sid_of_a_users_number_is_refused(twilio: TwilioServer) -> None:
+    """I8: a record with a reclaim name but the sid of a user's number releases nothing."""
+    theirs = twilio.buy(twilio.available[-1], "Support line")
+    hostile = {**twilio_number(twilio).plan(name(1)), "sid": theirs}
+    for call in (TwilioNumber.release, TwilioNumber.exists):
+        with pytest.raises(ForeignNameError, match=r"refused.*'Support line'"):
+            call(hostile)
+    assert theirs in twilio.numbers
+    assert not [s for s in twilio.seen if s[0] == "DELETE"]
 
 
 def test_a_404_that_is_not_twilios_is_not_a_release(twilio: TwilioServer) -> None:

@@ -73,14 +73,18 @@ def check_leftover(backend: type[Backend[Any]], leftover: Leftover) -> ReclaimNa
 def refuse(
     kind: str, field: str, value: object, wanted: str, *, name: ReclaimName | None = None
 ) -> ForeignNameError:
-    """The error for a record field that does not name reclaim's own object."""
+    """The error for a record field that does not name reclaim's own object.
+
+    Backends raise it themselves for what only the server can answer: the object behind an id
+    must carry the record's whole name before it is deleted (asked with a read, never a write).
+    """
     shown = repr(value)
     if len(shown) > _SHOWN:
         shown = shown[: _SHOWN - 3] + "..."
     resource = name.text if name is not None else (value if isinstance(value, str) else "?")
     return ForeignNameError(
         f"{kind}: refused: the record's {field} {shown} is not {wanted}; reclaim deletes only"
-        " what it created, so nothing was sent to the server",
+        " what it created, so it was left alone",
         kind=kind,
         resource=str(resource)[:_SHOWN],
         field=field,

@@ -20,8 +20,7 @@ from datetime import UTC
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from reclaim._errors import BackendError, MissingExtraError
-from reclaim.backends import Record, redact_text
+from reclaim.backends import BackendError, Record, raise_backend_error, redact_text, require_extra
 
 _NO_HTTPX: ImportError | None = None
 try:
@@ -42,8 +41,7 @@ MAX_RETRY_AFTER: Final = 30.0
 
 def need_httpx(kind: str) -> None:
     """Raise ``MissingExtraError`` for backend ``kind`` when httpx is not installed."""
-    if _NO_HTTPX is not None:
-        raise MissingExtraError(kind, "http", "httpx") from _NO_HTTPX
+    require_extra(_NO_HTTPX is None, kind, "http", "httpx")
 
 
 def retry_after_seconds(value: str) -> float | None:
@@ -117,10 +115,15 @@ class Call:
             try:
                 response = self.client.request(method, url, **kwargs)
             except httpx.HTTPError as exc:
-                raise self.fail(
-                    f"{method} {shown} failed: {type(exc).__name__}: {exc}; is the server up"
-                    " and is the URL right?"
-                ) from exc
+                raise_backend_error(
+                    self.error,
+                    self.kind,
+                    self.record,
+                    f"{method} {shown}",
+                    exc,
+                    reason=_unreachable,
+                    secret_fields=self.secret_fields,
+                )
             wait = _retry_after(response, attempt)
             if wait is None or attempt == RATE_LIMIT_TRIES:
                 break
@@ -133,6 +136,10 @@ class Call:
         raise self.fail(
             f"{method} {shown} answered HTTP {status}{_provider_error(response)}; {_advice(status)}"
         )
+
+
+def _unreachable(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}; is the server up and is the URL right?"
 
 
 def _retry_after(response: httpx.Response, attempt: int) -> float | None:

@@ -24,8 +24,7 @@ from collections.abc import Callable, Generator, Mapping
 from typing import Any, Final, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
-from reclaim._errors import BackendError
-from reclaim.backends import Backend, redact_text
+from reclaim.backends import Backend, BackendError, backend_error
 from reclaim.backends._http import HAS_HTTPX, RATE_LIMIT_TRIES, need_httpx, retry_after_seconds
 
 if HAS_HTTPX:
@@ -273,14 +272,23 @@ class Context:
     def failure(
         self, error: type[BackendError], doing: str, exc: Exception, advice: str = ""
     ) -> BackendError:
-        kind = self.backend.kind
-        name = str(self.record.get("name", "?"))
-        message = f"{kind} {name!r} ({self.backend.describe(dict(self.record))}) {doing}: "
-        message += _explain(exc)
-        if advice:
-            message += f"; {advice}"
-        message = redact_text(message, self.record, self.backend.secret_fields)
-        return error(message, kind=kind, resource=name)
+        """reclaim's error for ``exc`` (the toolkit's one translation, redacted, I7)."""
+
+        def reason(failed: BaseException) -> str:
+            text = _explain(failed) if isinstance(failed, Exception) else str(failed)
+            return f"{text}; {advice}" if advice else text
+
+        return backend_error(
+            error,
+            self.backend.kind,
+            self.record,
+            doing.removeprefix("could not "),
+            exc,
+            where=self.backend.describe(dict(self.record)),
+            reason=reason,
+            secret_fields=self.backend.secret_fields,
+            style=self.backend.name_style,
+        )
 
     def run(self, flow: Flow[T], error: type[BackendError], doing: str, advice: str = "") -> T:
         need_httpx(self.backend.kind)

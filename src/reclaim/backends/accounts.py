@@ -29,12 +29,21 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, unquote, urlsplit
 
-from reclaim._errors import AcquireError, BackendError, ReleaseError
-from reclaim.backends import Backend, Leftover, Record, parse_name
+from reclaim.backends import (
+    AcquireError,
+    Backend,
+    BackendError,
+    Leftover,
+    ReclaimName,
+    Record,
+    ReleaseError,
+    refuse,
+    split_url,
+)
 from reclaim.backends._http import Call, check_url
 
 if TYPE_CHECKING:
@@ -46,8 +55,6 @@ __all__ = ["Account", "RestAccount", "ScimUser"]
 SCIM_USER_SCHEMA: Final = "urn:ietf:params:scim:schemas:core:2.0:User"
 SCIM_MEDIA_TYPE: Final = "application/scim+json"
 
-#: A name reclaim proposes, and nothing else (``parse_name`` would also find one inside text).
-_RECLAIM_NAME: Final = re.compile(r"rc_[0-9a-f]{8}_[0-9a-z]{1,8}_[0-9]+")
 #: E-mail domains built into user names: host names only, nothing that could end a filter.
 _DOMAIN: Final = re.compile(
     r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+"
@@ -166,6 +173,13 @@ class RestAccount(Backend[Account]):
                 f"name_field {self.name_field!r} must name a string value of the body that"
                 " contains '{name}'"
             )
+        head, _, domain = template.partition("@")
+        if head != "{name}" or (template != head and not _DOMAIN.fullmatch(domain)):
+            raise ValueError(
+                f"the name field {self.name_field!r} must be '{{name}}' or"
+                f" '{{name}}@<lower-case host name>', not {template!r}: release deletes an"
+                " account only when the server says it carries reclaim's whole name"
+            )
         if "{id}" not in item_url:
             raise ValueError(f"item_url {item_url!r} must contain '{{id}}'")
         if not _HEADER.fullmatch(auth_header):
@@ -183,6 +197,17 @@ class RestAccount(Backend[Account]):
         self.lookup_url = lookup_url
         self.items_field = items_field
         self.timeout = timeout
+
+    @classmethod
+    def owned_identities(
+        cls, record: Mapping[str, Any], name: ReclaimName
+    ) -> Iterable[tuple[str, object, str]]:
+        """The login a lookup matches, and release compares with the server's account: the
+        name, or ``<name>@<domain>``."""
+        return (("login", record.get("login"), _login_of(name, record.get("login"))),)
+
+    def adapt_name(self, proposed: str) -> str:
+        return self.name_style.spell(proposed)
 
     def plan(self, name: str) -> Record:
         assert self.name_field is not None
@@ -231,7 +256,12 @@ class RestAccount(Backend[Account]):
     @classmethod
     def release(cls, record: Record) -> None:
         with _rest_call(record, ReleaseError) as http:
-            ids = [record["id"]] if record.get("id") else _rest_lookup(http, record)
+            if record.get("id"):
+                # An id is the server's: delete it only once the server says the account
+                # behind it carries this record's whole login (I8); gone already: done (I3).
+                ids = [record["id"]] if _rest_owned(cls, http, record) else []
+            else:
+                ids = _rest_lookup(http, record)
             for account_id in ids:
                 url = _item_url(record, _check_id(account_id, http))
                 http.send("DELETE", url, ok=range(200, 300), gone=(404, 410))
@@ -241,8 +271,7 @@ class RestAccount(Backend[Account]):
         with _rest_call(record, BackendError) as http:
             if not record.get("id"):
                 return bool(_rest_lookup(http, record))
-            url = _item_url(record, _check_id(record["id"], http))
-            return http.send("GET", url, ok=(200,), gone=(404, 410)) is not None
+            return _rest_owned(cls, http, record)
 
     @classmethod
     def describe(cls, record: Record) -> str:
@@ -265,6 +294,49 @@ def _rest_call(record: Record, error: type[BackendError]) -> Call:
         headers=headers,
         timeout=float(record.get("timeout", 10.0)),
     )
+
+
+def _rest_owned(cls: type[Backend[Any]], http: Call, record: Record) -> bool:
+    """Is the account with the record's id there (False: gone), and reclaim's? Refused
+    (``ForeignNameError``) when the server's account carries another login."""
+    url = _item_url(record, _check_id(record["id"], http))
+    response = http.send("GET", url, ok=(200,), gone=(404, 410))
+    if response is None:
+        return False
+    data = _json_or_empty(response)
+    field = str(record["name_field"])
+    envelope = str(record.get("id_field") or "").rpartition(".")[0]
+    found = _dig(data, field)
+    if found is None and envelope:
+        found = _dig(data, f"{envelope}.{field}")
+    if found != record["login"]:
+        raise _not_ours(cls, record, "id", field, found)
+    return True
+
+
+def _not_ours(
+    cls: type[Backend[Any]], record: Record, field: str, server_field: str, found: object
+) -> Exception:
+    name = cls.name_style.parse(record.get("name"))
+    shown = repr(found)[:80] if found is not None else "none"
+    return refuse(
+        cls.kind,
+        field,
+        record.get(field),
+        f"the id of an account whose {server_field} is {record.get('login')!r} (the server's"
+        f" account has {shown})",
+        name=name,
+    )
+
+
+def _login_of(name: ReclaimName, actual: object) -> str:
+    """The login a record of this name must hold: the name itself, or ``<name>@<domain>``
+    when the record's login has a domain (a host name, nothing that could end a filter)."""
+    text = actual if isinstance(actual, str) else ""
+    _, at, domain = text.partition("@")
+    if not at:
+        return name.text
+    return f"{name.text}@{domain}" if _DOMAIN.fullmatch(domain) else f"{name.text}@<a host name>"
 
 
 def _rest_lookup(http: Call, record: Record) -> list[str]:
@@ -352,6 +424,17 @@ class ScimUser(Backend[Account]):
         self.password = password
         self.timeout = timeout
 
+    @classmethod
+    def owned_identities(
+        cls, record: Mapping[str, Any], name: ReclaimName
+    ) -> Iterable[tuple[str, object, str]]:
+        """The userName a lookup matches and release compares with the server's user: the
+        name, or ``<name>@<domain>``."""
+        return (("user_name", record.get("user_name"), _login_of(name, record.get("user_name"))),)
+
+    def adapt_name(self, proposed: str) -> str:
+        return self.name_style.spell(proposed)
+
     def plan(self, name: str) -> Record:
         user_name = f"{name}@{self.email_domain}" if self.email_domain else name
         return {
@@ -398,7 +481,12 @@ class ScimUser(Backend[Account]):
     @classmethod
     def release(cls, record: Record) -> None:
         with _scim_call(record, ReleaseError) as http:
-            ids = [record["id"]] if record.get("id") else _scim_lookup(http, record)
+            if record.get("id"):
+                # Delete the id only once the server says its user is this record's userName
+                # (I8); gone already: done (I3).
+                ids = [record["id"]] if _scim_owned(cls, http, record) else []
+            else:
+                ids = _scim_lookup(http, record)
             for user_id in ids:
                 url = f"{record['base_url']}/Users/{quote(_check_id(user_id, http), safe='')}"
                 # RFC 7644 section 3.6: 204; a deleted user is 404 for every operation after.
@@ -409,8 +497,7 @@ class ScimUser(Backend[Account]):
         with _scim_call(record, BackendError) as http:
             if not record.get("id"):
                 return bool(_scim_lookup(http, record))
-            url = f"{record['base_url']}/Users/{quote(_check_id(record['id'], http), safe='')}"
-            return http.send("GET", url, ok=(200,), gone=(404, 410)) is not None
+            return _scim_owned(cls, http, record)
 
     @classmethod
     def describe(cls, record: Record) -> str:
@@ -425,18 +512,15 @@ class ScimUser(Backend[Account]):
         ``scim+https://idp.test/scim/v2``. The token is the URL's password
         (``scim+https://:TOKEN@idp.test/scim/v2``) or ``SCIM_TOKEN``.
         """
-        parts = urlsplit(target)
-        if parts.scheme not in cls.url_schemes:
-            raise ValueError(f"{target!r} is not a scim+http(s):// URL")
-        host = parts.hostname or ""
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        base = parts._replace(scheme=parts.scheme.removeprefix("scim+"), netloc=netloc).geturl()
-        token = unquote(parts.password) if parts.password else os.environ.get("SCIM_TOKEN")
+        url = split_url(target, kind=cls.kind, schemes=cls.url_schemes)
+        host = f"[{url.host}]" if ":" in url.host else url.host
+        netloc = f"{host}:{url.port}" if url.port else host
+        base = f"{url.scheme.removeprefix('scim+')}://{netloc}{url.path}"
         template: Record = {
             "name": "rc_",
             "id": None,
             "base_url": check_url(base.rstrip("/"), "target"),
-            "token": token,
+            "token": url.password or os.environ.get("SCIM_TOKEN"),
             "timeout": 10.0,
         }
         with _scim_call(template, BackendError) as http:
@@ -446,11 +530,11 @@ class ScimUser(Backend[Account]):
                 if not isinstance(user_name, str) or not isinstance(user_id, str):
                     continue
                 local = user_name.split("@", 1)[0]
-                parsed = parse_name(local)
-                if not (user_name.startswith("rc_") and _RECLAIM_NAME.fullmatch(local) and parsed):
-                    continue  # never anything without reclaim's exact name
+                parsed = cls.name_style.parse(local)
+                if parsed is None or user_name != _login_of(parsed, user_name):
+                    continue  # never anything without reclaim's whole name
                 record = {**template, "name": local, "id": user_id, "user_name": user_name}
-                yield Leftover(record, parsed.run_id, parsed.created_at)
+                yield Leftover.of(record, parsed)
 
 
 def _scim_call(record: Record, error: type[BackendError]) -> Call:
@@ -466,6 +550,29 @@ def _scim_call(record: Record, error: type[BackendError]) -> Call:
         headers=headers,
         timeout=float(record.get("timeout", 10.0)),
     )
+
+
+def _scim_owned(cls: type[Backend[Any]], http: Call, record: Record) -> bool:
+    """Is the user with the record's id there (False: gone), and reclaim's? Refused
+    (``ForeignNameError``) when the server's user has another userName (compared as SCIM
+    compares it, case-insensitively, RFC 7643 section 4.1.1)."""
+    url = f"{record['base_url']}/Users/{quote(_check_id(record['id'], http), safe='')}"
+    response = http.send("GET", url, ok=(200,), gone=(404, 410))
+    if response is None:
+        return False
+    found = _json_or_empty(response).get("userName")
+    if not isinstance(found, str) or found.casefold() != str(record["user_name"]).casefold():
+        name = cls.name_style.parse(record.get("name"))
+        shown = repr(found)[:80] if found is not None else "none"
+        raise refuse(
+            cls.kind,
+            "id",
+            record.get("id"),
+            f"the id of the user {record.get('user_name')!r} (the server's user has the"
+            f" userName {shown})",
+            name=name,
+        )
+    return True
 
 
 def _scim_body(body: Mapping[str, Any]) -> bytes:

@@ -41,12 +41,21 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar, Final
-from urllib.parse import quote, urlsplit, urlunsplit
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, ClassVar, Final, TypeVar
+from urllib.parse import quote, urlunsplit
 
-from reclaim._errors import AcquireError, BackendError, ReleaseError
-from reclaim.backends import Backend, Leftover, Record, parse_name
+from reclaim.backends import (
+    NAMES,
+    AcquireError,
+    Backend,
+    BackendError,
+    Leftover,
+    ReclaimName,
+    Record,
+    ReleaseError,
+    split_url,
+)
 from reclaim.backends._http import need_httpx
 from reclaim.backends._httpflow import (
     PAGES,
@@ -88,7 +97,6 @@ MAILTM_RATE: Final = (8, 1.05)
 _DOMAIN_TTL: Final = 600.0  # seconds a process trusts the mail.tm domain it was given
 
 # What reaches a URL path is checked against these first (I7: never pasted unchecked).
-_NAME_RE: Final = re.compile(r"rc_[0-9a-f]{8}_[0-9a-z]{1,8}_[0-9]+")
 _LOCAL_RE: Final = re.compile(r"[a-z0-9][a-z0-9_.+-]{0,63}")
 _DOMAIN_RE: Final = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
 _ID_RE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -189,8 +197,35 @@ def _address(value: object) -> str:
 
 
 def _reclaim_name(name: str) -> str:
-    """reclaim's names are the local part of the address: only its own shape is accepted."""
-    return checked(_NAME_RE, name, "reclaim name")
+    """reclaim's names are the local part of the address: only a whole one is accepted."""
+    if NAMES.parse(name) is None:
+        raise ValueError(f"{name!r} is not a whole reclaim name (rc_<run>_<time>_<seq>)")
+    return name
+
+
+def _address_of(name: ReclaimName, actual: object) -> str:
+    """The address a record of this name must hold: the name as its whole local part, at a
+    domain (a host name)."""
+    text = actual if isinstance(actual, str) else ""
+    domain = text.rpartition("@")[2] if "@" in text else ""
+    return f"{name.text}@{domain}" if _DOMAIN_RE.fullmatch(domain) else f"{name.text}@<a domain>"
+
+
+MailboxT = TypeVar("MailboxT")
+
+
+class _AddressKind(Backend[MailboxT]):
+    """What both inbox kinds share: the address release acts on carries the whole name (I8)."""
+
+    @classmethod
+    def owned_identities(
+        cls, record: Mapping[str, Any], name: ReclaimName
+    ) -> Iterable[tuple[str, object, str]]:
+        """The address release logs in to or empties: ``<name>@<domain>``, nothing else."""
+        return (("address", record.get("address"), _address_of(name, record.get("address"))),)
+
+    def adapt_name(self, proposed: str) -> str:
+        return self.name_style.spell(proposed)
 
 
 # --- mailboxes: the value a test gets ---------------------------------------------------------
@@ -436,7 +471,7 @@ class MailTmMailbox(Mailbox):
         )
 
 
-class MailTmInbox(Backend[MailTmMailbox]):
+class MailTmInbox(_AddressKind[MailTmMailbox]):
     """A real mail.tm account whose address is the reclaim name, deleted at release.
 
     Args:
@@ -671,7 +706,7 @@ class MailsacMailbox(Mailbox):
         )
 
 
-class MailsacInbox(Backend[MailsacMailbox]):
+class MailsacInbox(_AddressKind[MailsacMailbox]):
     """A mailsac inbox ``<name>@<domain>``, emptied (and given back, if reserved) at release.
 
     Args:
@@ -882,30 +917,29 @@ class MailsacInbox(Backend[MailsacMailbox]):
         items = context.run(listing(), BackendError, "could not list reserved addresses")
         for item in items if isinstance(items, list) else []:
             address = str(item.get("_id", "")) if isinstance(item, dict) else ""
-            local, _, domain = address.partition("@")
-            parsed = parse_name(local)
-            if parsed is None or not _NAME_RE.fullmatch(local) or not _DOMAIN_RE.fullmatch(domain):
-                continue
+            parsed = cls.name_style.parse(address.partition("@")[0])
+            if parsed is None or address != _address_of(parsed, address):
+                continue  # never anything without reclaim's whole name
             record = {
-                "name": local,
+                "name": parsed.text,
                 "base_url": base_url,
                 "address": address,
                 "api_key": api_key,
                 "reserve": True,
                 "timeout": TIMEOUT,
             }
-            yield Leftover(record, parsed.run_id, parsed.created_at)
+            yield Leftover.of(record, parsed)
 
 
 def _leftover_target(target: str) -> tuple[str, str]:
-    parts = urlsplit(target)
-    scheme = {"mailsac": "https", "mailsac+http": "http"}.get(parts.scheme)
-    if scheme is None:
-        raise ValueError(f"{target!r}: expected mailsac://[KEY@]HOST or mailsac+http://")
-    host = parts.hostname or "mailsac.com"
-    netloc = host if parts.port is None else f"{host}:{parts.port}"
-    api_key = parts.username or os.environ.get("MAILSAC_KEY") or ""
+    url = split_url(
+        target, kind=MailsacInbox.kind, schemes=MailsacInbox.url_schemes, need_host=False
+    )
+    scheme = {"mailsac": "https", "mailsac+http": "http"}[url.scheme]
+    host = url.host or "mailsac.com"
+    netloc = host if url.port is None else f"{host}:{url.port}"
+    api_key = url.username or os.environ.get("MAILSAC_KEY") or ""
     if not api_key:
-        raise ValueError(f"{parts.scheme}://{netloc}: no API key in the URL and MAILSAC_KEY unset")
-    base_url = check_base_url(urlunsplit((scheme, netloc, parts.path or "/api", "", "")), target)
+        raise ValueError(f"{url.scheme}://{netloc}: no API key in the URL and MAILSAC_KEY unset")
+    base_url = check_base_url(urlunsplit((scheme, netloc, url.path or "/api", "", "")), target)
     return base_url, api_key

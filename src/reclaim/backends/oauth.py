@@ -25,6 +25,12 @@ access tokens of the grant), then the access token. Revocation answers 200 for u
 already revoked tokens too, so a second release is a no-op (I3). When a revocation call fails,
 introspection (RFC 7662) decides: every token inactive means released.
 
+Only our own (I8): a token carries no name, so reclaim cannot ask the server whether a token
+is one a test handed it. What it checks is the record: its ``name`` must be a whole reclaim name
+(the guard in front of every release), which a hand-written or damaged row naming somebody's
+grant does not have. A record with a reclaim name and a user's token in it cannot be told apart
+from a test's own: never copy tokens into registry rows by hand.
+
 Tokens and client secrets are secret fields (I7): they are in the record because release needs
 them, and never in an error message. Needs httpx: ``pip install 'reclaim[http]'``.
 """
@@ -41,8 +47,7 @@ from datetime import datetime
 from typing import Any, Final, Literal
 from urllib.parse import quote, quote_plus
 
-from reclaim._errors import AcquireError, BackendError, ReleaseError
-from reclaim.backends import Backend, Record
+from reclaim.backends import AcquireError, Backend, BackendError, Record, ReleaseError
 from reclaim.backends._http import Call, check_url, json_object, show_url
 
 __all__ = ["GithubGrant", "Grant", "OAuthGrant"]

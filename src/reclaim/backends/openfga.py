@@ -10,12 +10,13 @@ one name, and each of them carrying this exact reclaim name is deleted. ``DELETE
 
 ``OpenFgaTuples`` is for suites that share one store (with the application's authorization
 model) between tests. The tuples a test writes are its resource. They are found again *by
-content*, not by a list in the record: every tuple must carry reclaim's name in its object id or
-its user id (``document:{name}-budget``, ``user:{name}``), and ``FgaTuples.write`` refuses one
-that does not. Release reads the store's tuples and deletes those that carry the name, with
-``on_missing: "ignore"`` (OpenFGA 1.10 or later), so a tuple the test wrote a moment before it
-was killed is found although no record mentions it, and a second release is a no-op. The cost:
-release reads every tuple of the store (100 a page).
+content*, not by a list in the record: every tuple's object id or user id must start with
+reclaim's name right after its type (``document:{name}-budget``, ``user:{name}``), and
+``FgaTuples.write`` refuses one that does not; ``document:myapp_{name}`` is not the test's.
+Release reads the store's tuples and deletes those that carry the name, with ``on_missing:
+"ignore"`` (OpenFGA 1.10 or later), so a tuple the test wrote a moment before it was killed is
+found although no record mentions it, and a second release is a no-op. The cost: release reads
+every tuple of the store (100 a page).
 
 The API token (OpenFGA's pre-shared key, ``Authorization: Bearer``) is a secret field. Needs
 httpx: ``pip install 'reclaim[http]'``.
@@ -27,10 +28,17 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import unquote, urlsplit
 
-from reclaim._errors import AcquireError, BackendError, ReleaseError
-from reclaim.backends import Backend, Leftover, Record, parse_name
+from reclaim.backends import (
+    AcquireError,
+    Backend,
+    BackendError,
+    Leftover,
+    Record,
+    ReleaseError,
+    refuse,
+    split_url,
+)
 from reclaim.backends._http import Call, check_url, json_object
 
 if TYPE_CHECKING:
@@ -42,8 +50,8 @@ __all__ = ["FgaStore", "FgaTuples", "OpenFgaStore", "OpenFgaTuples", "TupleLike"
 DEFAULT_API_URL: Final = "http://localhost:8080"
 #: Store and model ids are ULIDs: 26 characters of Crockford's base 32.
 _ULID: Final = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
-#: A name reclaim proposes, and nothing else (``parse_name`` would also find one inside text).
-_RECLAIM_NAME: Final = re.compile(r"rc_[0-9a-f]{8}_[0-9a-z]{1,8}_[0-9]+")
+#: A reclaim name, to check the shape of tuple templates with.
+_SAMPLE: Final = "rc_00000000_0_1"
 #: OpenFGA's default limits: tuples per write call, and page size of reads and store lists.
 _BATCH: Final = 100
 
@@ -222,10 +230,18 @@ class OpenFgaStore(Backend[FgaStore]):
                 model_id = _check_ulid(found, http, "authorization model id")
         return FgaStore(record, store_id, model_id), record
 
+    def adapt_name(self, proposed: str) -> str:
+        return self.name_style.spell(proposed)
+
     @classmethod
     def release(cls, record: Record) -> None:
         with _fga_call(cls.kind, cls.secret_fields, record, ReleaseError) as http:
-            ids = [record["id"]] if record.get("id") else _stores_named(http, record)
+            if record.get("id"):
+                # Delete the id only once OpenFGA says the store behind it has this record's
+                # name (I8); gone already: done (I3).
+                ids = [record["id"]] if _store_owned(cls, http, record) else []
+            else:
+                ids = _stores_named(http, record)
             for store_id in ids:
                 # 204, also for a store deleted before (delete_store.go); a 404 is gone only
                 # when OpenFGA itself says so.
@@ -242,9 +258,7 @@ class OpenFgaStore(Backend[FgaStore]):
         with _fga_call(cls.kind, cls.secret_fields, record, BackendError) as http:
             if not record.get("id"):
                 return bool(_stores_named(http, record))
-            url = _store_url(record, record["id"])
-            found = http.send("GET", url, ok=(200,), gone=(404,), is_gone=_store_not_found)
-            return found is not None
+            return _store_owned(cls, http, record)
 
     @classmethod
     def describe(cls, record: Record) -> str:
@@ -256,18 +270,15 @@ class OpenFgaStore(Backend[FgaStore]):
         """Stores whose name is a reclaim name, at ``openfga+http://HOST:PORT`` (the API URL
         with ``openfga+`` before its scheme). The token is ``FGA_API_TOKEN``, or the URL's
         password (``openfga+https://:TOKEN@fga.test``)."""
-        parts = urlsplit(target)
-        if parts.scheme not in cls.url_schemes:
-            raise ValueError(f"{target!r} is not an openfga+http(s):// URL")
-        host = parts.hostname or ""
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        api = parts._replace(scheme=parts.scheme.removeprefix("openfga+"), netloc=netloc).geturl()
-        token = unquote(parts.password) if parts.password else os.environ.get("FGA_API_TOKEN")
+        url = split_url(target, kind=cls.kind, schemes=cls.url_schemes)
+        host = f"[{url.host}]" if ":" in url.host else url.host
+        netloc = f"{host}:{url.port}" if url.port else host
+        api = f"{url.scheme.removeprefix('openfga+')}://{netloc}{url.path}"
         template: Record = {
             "name": "rc_",
             "id": None,
             "api_url": check_url(api.rstrip("/"), "target"),
-            "api_token": token,
+            "api_token": url.password or os.environ.get("FGA_API_TOKEN"),
             "timeout": 10.0,
         }
         with _fga_call(cls.kind, cls.secret_fields, template, BackendError) as http:
@@ -275,12 +286,10 @@ class OpenFgaStore(Backend[FgaStore]):
                 name, store_id = store.get("name"), store.get("id")
                 if not isinstance(name, str) or not isinstance(store_id, str):
                     continue
-                parsed = parse_name(name)
-                if parsed is None or not _RECLAIM_NAME.fullmatch(name):
-                    continue  # never anything without reclaim's exact name
-                yield Leftover(
-                    {**template, "name": name, "id": store_id}, parsed.run_id, parsed.created_at
-                )
+                parsed = cls.name_style.parse(name)
+                if parsed is None:
+                    continue  # never anything without reclaim's whole name
+                yield Leftover.of({**template, "name": name, "id": store_id}, parsed)
 
 
 class OpenFgaTuples(Backend[FgaTuples]):
@@ -336,10 +345,11 @@ class OpenFgaTuples(Backend[FgaTuples]):
         self.model_id = model
         self.tuples = [_tuple_key(t, with_condition=True) for t in tuples]
         for key in self.tuples:
-            if "{name}" not in key["user"] and "{name}" not in key["object"]:
+            if not _carries(_SAMPLE, _fill(key, _SAMPLE)):
                 raise ValueError(
-                    f"tuple {key} must carry '{{name}}' in its user or object id: release finds"
-                    " a test's tuples by reclaim's name, e.g. 'document:{name}-1'"
+                    f"tuple {key} must carry '{{name}}' right after the type of its user or"
+                    " object id: release finds a test's tuples by reclaim's name, e.g."
+                    " 'document:{name}-1'"
                 )
         self.timeout = timeout
 
@@ -410,6 +420,27 @@ def _store_url(record: Record, store_id: str) -> str:
     if not _ULID.fullmatch(str(store_id)):
         raise ValueError(f"{store_id!r} is not an OpenFGA store id (a ULID)")
     return f"{record['api_url']}/stores/{store_id}"
+
+
+def _store_owned(cls: type[Backend[Any]], http: Call, record: Record) -> bool:
+    """Is the store with the record's id there (False: gone), and reclaim's? Refused
+    (``ForeignNameError``) when OpenFGA says that store has another name."""
+    url = _store_url(record, record["id"])
+    response = http.send("GET", url, ok=(200,), gone=(404,), is_gone=_store_not_found)
+    if response is None:
+        return False
+    found = json_object(response).get("name")
+    if found != record["name"]:
+        shown = repr(found)[:80] if found is not None else "none"
+        raise refuse(
+            cls.kind,
+            "id",
+            record.get("id"),
+            f"the id of the store {record['name']!r} (OpenFGA's store {record.get('id')} is"
+            f" named {shown})",
+            name=cls.name_style.parse(record["name"]),
+        )
+    return True
 
 
 def _store_not_found(response: httpx.Response) -> bool:
@@ -502,10 +533,11 @@ def _fill(key: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 
 def _carries(name: str, key: Mapping[str, Any]) -> bool:
-    """Does the tuple carry this exact name in its user or object? Not a longer one: ``..._1``
-    is not found inside ``..._12``."""
-    pattern = re.compile(r"(?<![0-9a-z])" + re.escape(name) + r"(?![0-9])")
-    return any(pattern.search(str(key.get(part, ""))) for part in ("user", "object"))
+    """Does the tuple's user or object id start with this exact name (``type:<name><suffix>``,
+    as :meth:`FgaTuples.ref` makes them)? Not a longer name (``..._1`` is not found in
+    ``..._12``), nor one inside a user's id (``document:myapp_<name>``)."""
+    pattern = re.compile(r"[^:#\s]+:" + re.escape(name) + r"(?![0-9])")
+    return any(pattern.match(str(key.get(part, ""))) for part in ("user", "object"))
 
 
 def _batches(keys: list[dict[str, Any]]) -> Iterable[list[dict[str, Any]]]:

@@ -15,7 +15,10 @@ already, I3). The number's ``FriendlyName`` is the reclaim name, journaled befor
 crash between buying and recording the number's sid leaves a planned record whose release finds
 the number by that name (``GET .../IncomingPhoneNumbers.json?FriendlyName=``), so nothing leaks
 (I1). The same name lets ``reclaim sweep --leftovers twilio://SID:TOKEN@api.twilio.com`` find
-numbers whose registry was lost. Received SMS are read with ``GET .../Messages.json?To=``.
+numbers whose registry was lost. Only our own (I8): before a number is released by the sid in
+its record, ``GET .../IncomingPhoneNumbers/{sid}.json`` must show that very name as its
+FriendlyName; a record whose sid is a number of somebody else's is refused (``ForeignNameError``)
+and nothing is released. Received SMS are read with ``GET .../Messages.json?To=``.
 Twilio's test credentials can buy the magic number ``+15005550006`` but cannot delete numbers
 (403), so release needs live credentials.
 
@@ -39,6 +42,11 @@ of ours, so a crash in that window cannot be repaired by name. What reclaim does
   journals the ids of the activations active before the purchase, and the release of a planned
   record cancels the activations of the same service and country that were not among them.
 
+The same lack of a name limits what reclaim can check before it cancels (I8): a record's
+``name`` must be a whole reclaim name, but whether the activation id in it is one reclaim rented
+cannot be asked of the provider. A record with a reclaim name and somebody else's activation id
+would be cancelled: registry rows are never to be written by hand.
+
 Credentials come from arguments or the environment (``TWILIO_ACCOUNT_SID``,
 ``TWILIO_AUTH_TOKEN``; ``SMS_ACTIVATE_API_KEY``) and are kept in the record as secret fields,
 because the watchdog and the sweeper release from the record alone (I2, I7). sms-activate takes
@@ -59,8 +67,16 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from reclaim._errors import AcquireError, BackendError, ReleaseError
-from reclaim.backends import Backend, Leftover, Record, parse_name
+from reclaim.backends import (
+    AcquireError,
+    Backend,
+    BackendError,
+    Leftover,
+    Record,
+    ReleaseError,
+    refuse,
+    split_url,
+)
 
 # The HTTP plumbing (one protocol generator for sync and async, 429 back-off, error messages
 # with secrets redacted) lives in _httpflow, shared with the email backends.
@@ -91,7 +107,6 @@ __all__ = ["Sms", "SmsActivateNumber", "SmsActivation", "TwilioNumber", "TwilioP
 TWILIO_URL: Final = "https://api.twilio.com"
 SMS_ACTIVATE_URL: Final = "https://api.sms-activate.org/stubs/handler_api.php"
 
-_NAME_RE: Final = re.compile(r"rc_[0-9a-f]{8}_[0-9a-z]{1,8}_[0-9]+")
 _ACCOUNT_RE: Final = re.compile(r"AC[0-9a-fA-F]{32}")
 _NUMBER_SID_RE: Final = re.compile(r"PN[0-9a-fA-F]{32}")
 _MESSAGE_SID_RE: Final = re.compile(r"(SM|MM)[0-9a-fA-F]{32}")
@@ -220,11 +235,43 @@ def _twilio_buy(record: Mapping[str, Any], backend: TwilioNumber) -> Flow[Any]:
     raise last
 
 
+def _twilio_owned(record: Mapping[str, Any]) -> Flow[bool]:
+    """Is the number with the record's sid there (False: released), and reclaim's? Refused
+    (``ForeignNameError``) when Twilio says its FriendlyName is not the record's name (I8)."""
+    sid = checked(_NUMBER_SID_RE, record["sid"], "Twilio number SID")
+    what = "GET .../IncomingPhoneNumbers/{sid}.json"
+    response = yield from request(
+        Call(
+            "GET",
+            f"{_twilio_root(record)}/IncomingPhoneNumbers/{sid}.json",
+            what,
+            headers=_twilio_headers(record),
+        )
+    )
+    if _twilio_gone(response, what):
+        return False
+    found = parse_json(expect(response, what, 200), what)
+    friendly = found.get("friendly_name") if isinstance(found, dict) else None
+    if friendly != record["name"]:
+        shown = repr(friendly)[:80] if friendly is not None else "none"
+        raise refuse(
+            TwilioNumber.kind,
+            "sid",
+            sid,
+            f"the sid of the number named {record['name']!r} (Twilio's number {sid} has the"
+            f" FriendlyName {shown})",
+            name=TwilioNumber.name_style.parse(record["name"]),
+        )
+    return True
+
+
 def _twilio_release(record: Mapping[str, Any]) -> Flow[None]:
     root, headers = _twilio_root(record), _twilio_headers(record)
     name = record["name"]
     if record.get("sid"):
-        sids = [checked(_NUMBER_SID_RE, record["sid"], "Twilio number SID")]
+        # A sid is Twilio's: release it only once Twilio says it carries this name (I8).
+        owned = yield from _twilio_owned(record)
+        sids = [checked(_NUMBER_SID_RE, record["sid"], "Twilio number SID")] if owned else []
     else:
         # A planned record: the purchase may have happened before the sid was journaled. The
         # FriendlyName (the reclaim name) finds it (I1).
@@ -249,20 +296,14 @@ def _twilio_exists(record: Mapping[str, Any]) -> Flow[bool]:
     if not record.get("sid"):
         listed = yield from _twilio_numbers(record, name)
         return any(isinstance(i, dict) and i.get("friendly_name") == name for i in listed)
-    sid = checked(_NUMBER_SID_RE, record["sid"], "Twilio number SID")
-    what = "GET .../IncomingPhoneNumbers/{sid}.json"
-    response = yield from request(
-        Call(
-            "GET",
-            f"{_twilio_root(record)}/IncomingPhoneNumbers/{sid}.json",
-            what,
-            headers=_twilio_headers(record),
-        )
-    )
-    if _twilio_gone(response, what):
-        return False
-    expect(response, what, 200)
-    return True
+    return (yield from _twilio_owned(record))
+
+
+def _whole_name(backend: Backend[Any], name: str) -> str:
+    """``name`` when it is a whole reclaim name in the backend's style; ValueError otherwise."""
+    if backend.name_style.parse(name) is None:
+        raise ValueError(f"{name!r} is not a whole reclaim name (rc_<run>_<time>_<seq>)")
+    return name
 
 
 class _WantedSms:
@@ -449,10 +490,13 @@ class TwilioNumber(Backend[TwilioPhone]):
         self.number_type = number_type
         self.timeout = float(timeout)
 
+    def adapt_name(self, proposed: str) -> str:
+        return self.name_style.spell(proposed)
+
     def plan(self, name: str) -> Record:
         # I1: the FriendlyName the number will carry is the name journaled here.
         return {
-            "name": checked(_NAME_RE, name, "reclaim name"),
+            "name": _whole_name(self, name),
             "base_url": self.base_url,
             "account_sid": self.account_sid,
             "auth_token": self.auth_token,
@@ -520,14 +564,12 @@ class TwilioNumber(Backend[TwilioPhone]):
         local stand-in); the credentials default to ``TWILIO_ACCOUNT_SID`` and
         ``TWILIO_AUTH_TOKEN``, the host to api.twilio.com.
         """
-        parts = urlsplit(target)
-        scheme = {"twilio": "https", "twilio+http": "http"}.get(parts.scheme)
-        if scheme is None:
-            raise ValueError(f"{target!r}: expected twilio://[SID:TOKEN@]HOST or twilio+http://")
-        host = parts.hostname or "api.twilio.com"
-        netloc = host if parts.port is None else f"{host}:{parts.port}"
-        account_sid = parts.username or os.environ.get("TWILIO_ACCOUNT_SID") or ""
-        auth_token = parts.password or os.environ.get("TWILIO_AUTH_TOKEN") or ""
+        url = split_url(target, kind=cls.kind, schemes=cls.url_schemes, need_host=False)
+        scheme = {"twilio": "https", "twilio+http": "http"}[url.scheme]
+        host = url.host or "api.twilio.com"
+        netloc = host if url.port is None else f"{host}:{url.port}"
+        account_sid = url.username or os.environ.get("TWILIO_ACCOUNT_SID") or ""
+        auth_token = url.password or os.environ.get("TWILIO_AUTH_TOKEN") or ""
         probe: Record = {
             "name": "leftovers",
             "base_url": check_base_url(urlunsplit((scheme, netloc, "", "", "")), "Twilio URL"),
@@ -540,16 +582,16 @@ class TwilioNumber(Backend[TwilioPhone]):
         )
         for item in listed:
             name = str(item.get("friendly_name", "")) if isinstance(item, dict) else ""
-            parsed = parse_name(name)
-            if parsed is None or not _NAME_RE.fullmatch(name):
-                continue
+            parsed = cls.name_style.parse(name)
+            if parsed is None:
+                continue  # never anything without reclaim's whole name
             record = {
                 **probe,
                 "name": name,
                 "sid": checked(_NUMBER_SID_RE, item.get("sid"), "Twilio number SID"),
                 "number": checked(_E164_RE, item.get("phone_number"), "Twilio phone number"),
             }
-            yield Leftover(record, parsed.run_id, parsed.created_at)
+            yield Leftover.of(record, parsed)
 
 
 # --- sms-activate ----------------------------------------------------------------------------
@@ -827,9 +869,12 @@ class SmsActivateNumber(Backend[SmsActivation]):
         self._planned: dict[str, Record] = {}
         _hide_key_in_logs()
 
+    def adapt_name(self, proposed: str) -> str:
+        return self.name_style.spell(proposed)
+
     def plan(self, name: str) -> Record:
         record: Record = {
-            "name": name,
+            "name": _whole_name(self, name),
             "base_url": self.base_url,
             "api_key": self.api_key,
             "service": self.service,
