@@ -19,7 +19,7 @@ from reclaim._errors import AcquireError, FixtureStateError
 from reclaim._reaper import RetryPolicy, add_redacted_cause, release_resource
 from reclaim._registry import Registry, ResourceState
 from reclaim._run import Run, current_run
-from reclaim._signals import critical
+from reclaim._signals import critical, protected
 from reclaim.backends import Backend, Record, redact_text
 
 __all__ = ["Fixture"]
@@ -75,10 +75,6 @@ class _Child:
 
 _NOTHING: Final = object()
 _Entry = _Held | _Cleanup | _Child
-
-
-def _unwinding(exc: BaseException | None) -> bool:
-    return isinstance(exc, KeyboardInterrupt)
 
 
 class Fixture:
@@ -163,36 +159,33 @@ class Fixture:
             self._raise_after(exc, errors, f"set-up of fixture {self.name!r} failed")
         return self
 
+    # Leaving a fixture is one critical section (I9), from its first bytecode: a Ctrl-C or
+    # SIGTERM that arrives meanwhile (a second one while unwinding from the first, too) waits
+    # until everything is released, then unwinds from here. Never swallowed, never a split.
+
+    @protected
     def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
-        if not _unwinding(exc):
-            errors = self._release_all()
-        else:
-            # Unwinding from Ctrl-C or SIGTERM: another signal now waits until everything is
-            # released, then unwinds from here (I9: deferred, never swallowed).
-            errors = []
-            try:
-                with critical():
-                    errors = self._release_all()
-            except KeyboardInterrupt as again:
-                self._raise_after(again, errors, "")
+        errors = self._release_all()
         if errors:
             self._raise_after(exc, errors, f"releasing fixture {self.name!r} failed")
 
+    @protected
     async def __aexit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
-        if not _unwinding(exc):
-            errors = await self._arelease_all()
-        else:
-            errors = []
-            try:
-                with critical():
-                    errors = await self._arelease_all()
-            except KeyboardInterrupt as again:
-                self._raise_after(again, errors, "")
+        errors = await self._arelease_all()
         if errors:
             self._raise_after(exc, errors, f"releasing fixture {self.name!r} failed")
 
     @staticmethod
     def _raise_after(exc: BaseException | None, errors: list[BaseException], message: str) -> None:
+        if exc is None or isinstance(exc, Exception):
+            # A signal that arrived while releasing (raised once its release was done) unwinds
+            # the stack itself, with the other failures as notes: Ctrl-C keeps meaning Ctrl-C.
+            signalled = next((e for e in errors if isinstance(e, KeyboardInterrupt)), None)
+            if signalled is not None:
+                if exc is not None:
+                    signalled.add_note(f"reclaim: while unwinding: {exc!r}")
+                errors = [e for e in errors if e is not signalled]
+                exc = signalled
         if exc is not None and not isinstance(exc, Exception):
             # KeyboardInterrupt, SystemExit, cancellation: propagate it as it is.
             for error in errors:
@@ -218,16 +211,20 @@ class Fixture:
         record = backend.plan(name)
         # I1: the name is journaled before the backend creates anything. A crash from here on
         # leaves a planned entry the watchdog or sweeper releases (a no-op if nothing was made).
-        resource_id = run.registry.plan(run.id, self.name, backend.kind, name, record)
-        held = _Held(backend, run, resource_id, record)
-        with self._lock:
-            self._stack.append(held)
+        # Journaled and put on the stack as one step (I9): a signal between the two would
+        # leave an entry this fixture does not know it has to release.
+        with critical():
+            resource_id = run.registry.plan(run.id, self.name, backend.kind, name, record)
+            held = _Held(backend, run, resource_id, record)
+            with self._lock:
+                self._stack.append(held)
         return held
 
     def _acquired(self, held: _Held, value: Any, record: Record) -> None:
-        held.run.registry.mark_acquired(held.resource_id, record)
-        held.record = record
-        held.value = value
+        with critical():
+            held.run.registry.mark_acquired(held.resource_id, record)
+            held.record = record
+            held.value = value
 
     def _acquire_failed(self, held: _Held, exc: BaseException) -> None:
         if not isinstance(exc, Exception):
@@ -256,24 +253,29 @@ class Fixture:
             AcquireError: the backend failed; whatever it had created is released again.
             FixtureStateError: the fixture is not open.
         """
-        held = self._plan(backend)
-        try:
-            value, record = backend.acquire(str(held.record["name"]))
-        except BaseException as exc:
-            self._acquire_failed(held, exc)
-            raise
-        self._acquired(held, value, record)
+        # Journal, create, journal again: one critical section (I9). A signal meanwhile is
+        # raised once the outcome is journaled: a backend interrupted half-way could leave a
+        # lock of its driver held or an object made but never journaled as acquired.
+        with critical():
+            held = self._plan(backend)
+            try:
+                value, record = backend.acquire(str(held.record["name"]))
+            except BaseException as exc:
+                self._acquire_failed(held, exc)
+                raise
+            self._acquired(held, value, record)
         return value
 
     async def aacquire(self, backend: Backend[T]) -> T:
         """Async twin of :meth:`acquire`."""
-        held = self._plan(backend)
-        try:
-            value, record = await backend.aacquire(str(held.record["name"]))
-        except BaseException as exc:
-            self._acquire_failed(held, exc)
-            raise
-        self._acquired(held, value, record)
+        with critical():
+            held = self._plan(backend)
+            try:
+                value, record = await backend.aacquire(str(held.record["name"]))
+            except BaseException as exc:
+                self._acquire_failed(held, exc)
+                raise
+            self._acquired(held, value, record)
         return value
 
     def add_cleanup(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
@@ -360,25 +362,33 @@ class Fixture:
         if not self._begin_release():
             return errors
         try:
-            while (entry := self._pop()) is not None:
+            while True:
                 try:
-                    if isinstance(entry, _Held):
-                        self._release_held(entry)
-                    elif isinstance(entry, _Cleanup):
-                        result = entry.fn(*entry.args, **entry.kwargs)
-                        if inspect.isawaitable(result):
-                            _close_awaitable(result)
-                            raise TypeError(
-                                f"cleanup {entry.fn!r} is async: leave the fixture with"
-                                " `async with` to run it"
-                            )
-                    else:
-                        entry.fixture.__exit__(None, None, None)
+                    # Taken off the stack and run as one step (I9): a signal in between would
+                    # lose the entry. The signal is raised after it, and the rest still runs.
+                    with critical():
+                        entry = self._pop()
+                        if entry is None:
+                            break
+                        self._run_entry(entry)
                 except BaseException as exc:
                     errors.append(exc)
         finally:
             self._state = _State.IDLE
         return errors
+
+    def _run_entry(self, entry: _Held | _Cleanup | _Child) -> None:
+        if isinstance(entry, _Held):
+            self._release_held(entry)
+        elif isinstance(entry, _Cleanup):
+            result = entry.fn(*entry.args, **entry.kwargs)
+            if inspect.isawaitable(result):
+                _close_awaitable(result)
+                raise TypeError(
+                    f"cleanup {entry.fn!r} is async: leave the fixture with `async with` to run it"
+                )
+        else:
+            entry.fixture.__exit__(None, None, None)
 
     async def _arelease_all(self) -> list[BaseException]:
         errors: list[BaseException] = []
@@ -386,20 +396,13 @@ class Fixture:
             return errors
         cancelled: BaseException | None = None
         try:
-            while (entry := self._pop()) is not None:
+            while True:
                 try:
-                    if isinstance(entry, _Held):
-                        cancelled = await _despite_cancel(
-                            asyncio.to_thread(self._release_held, entry), cancelled
-                        )
-                    elif isinstance(entry, _Cleanup):
-                        result = entry.fn(*entry.args, **entry.kwargs)
-                        if inspect.isawaitable(result):
-                            cancelled = await _despite_cancel(result, cancelled)
-                    else:
-                        cancelled = await _despite_cancel(
-                            entry.fixture.__aexit__(None, None, None), cancelled
-                        )
+                    with critical():
+                        entry = self._pop()
+                        if entry is None:
+                            break
+                        cancelled = await self._arun_entry(entry, cancelled)
                 except BaseException as exc:
                     errors.append(exc)
         finally:
@@ -410,6 +413,20 @@ class Fixture:
                 cancelled.add_note(f"reclaim: {error}")
             raise cancelled
         return errors
+
+    async def _arun_entry(
+        self, entry: _Held | _Cleanup | _Child, cancelled: BaseException | None
+    ) -> BaseException | None:
+        """Run one entry to its end even if the task is cancelled meanwhile; return the
+        cancellation to re-raise once everything is released."""
+        if isinstance(entry, _Held):
+            return await _despite_cancel(asyncio.to_thread(self._release_held, entry), cancelled)
+        if isinstance(entry, _Cleanup):
+            result = entry.fn(*entry.args, **entry.kwargs)
+            if inspect.isawaitable(result):
+                return await _despite_cancel(result, cancelled)
+            return cancelled
+        return await _despite_cancel(entry.fixture.__aexit__(None, None, None), cancelled)
 
     def _release_held(self, held: _Held) -> bool:
         """Release one resource; True when this call released it (False: somebody else had)."""

@@ -9,9 +9,11 @@ registry transaction (it would stay open, holding the write lock, after ``BEGIN 
 inside a release between its claim and its outcome (the row would stay ``releasing`` while the
 resource stays on disk). Those are :func:`critical` sections: a signal that arrives inside one
 is noted and its exception raised when the outermost section ends, never lost. trio protects its
-own bookkeeping from KeyboardInterrupt the same way. SIGINT is deferred only while a section is
-open, and only where Python's default handler is installed (asyncio's runner and a user's own
-handler are left alone); outside sections it behaves exactly as the default.
+own bookkeeping from KeyboardInterrupt the same way. SIGINT is handled so only while a run is
+open and only where Python's default handler is installed (asyncio's runner and a user's own
+handler are left alone); outside sections it behaves exactly as the default. The handler stays
+installed for the whole run: swapping it per section would let a signal that was already on its
+way be run by the default handler, at any instant, after the section.
 
 Only the main thread runs signal handlers, so sections in other threads need no protection and
 cost nothing. Standard library only: the registry and the watchdog import this.
@@ -20,13 +22,17 @@ cost nothing. Standard library only: the registry and the watchdog import this.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import signal
 import threading
-from collections.abc import Iterator
-from types import FrameType
-from typing import Any, Final
+from collections.abc import Callable, Iterator
+from types import CodeType, FrameType
+from typing import Any, Final, TypeVar
 
-__all__ = ["Terminated", "critical", "install", "restore"]
+F = TypeVar("F", bound=Callable[..., Any])
+
+__all__ = ["Terminated", "critical", "install", "protected", "restore"]
 
 #: The signals that unwind a run (while one is open): SIGINT unwinds on its own.
 UNWINDING: Final = (signal.SIGTERM, signal.SIGHUP)
@@ -47,59 +53,97 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+_protected: set[CodeType] = set()  # code of functions that run as critical sections whole
 _installed: dict[int, Any] = {}  # signal -> the handler that was there before ours
 _depth = 0  # critical sections open in the main thread
 _pending: int | None = None  # the first signal that arrived inside one
-_saved_sigint: Any = None  # the default SIGINT handler, while ours stands in for it
 
 
 def _exception(signum: int) -> KeyboardInterrupt:
     return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
 
 
-def _on_signal(signum: int, _frame: FrameType | None) -> None:
+def _on_signal(signum: int, frame: FrameType | None) -> None:
     global _pending  # noqa: PLW0603
-    if _depth > 0:
+    if _depth > 0 or _inside_protected(frame):
         if _pending is None:
             _pending = signum
         return
     raise _exception(signum)
 
 
+def _inside_protected(frame: FrameType | None) -> bool:
+    # A signal can land on the first bytecodes of a protected function, before its critical
+    # section is entered: the frames say so. (Signals are rare; walking the stack is cheap.)
+    while frame is not None:
+        if frame.f_code in _protected:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def protected(func: F) -> F:
+    """Run ``func`` (sync or async) as one critical section, from its first bytecode: for
+    ``__exit__`` methods, which must never be cut before they have released everything."""
+    if inspect.iscoroutinefunction(func):
+
+        @functools.wraps(func)
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            with critical():
+                return await func(*args, **kwargs)
+
+        _protected.update((func.__code__, _code(run_async)))
+        return run_async  # type: ignore[return-value]
+
+    @functools.wraps(func)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with critical():
+            return func(*args, **kwargs)
+
+    _protected.update((func.__code__, _code(run)))
+    return run  # type: ignore[return-value]
+
+
+def _code(func: object) -> CodeType:
+    code = getattr(func, "__code__", None)
+    assert isinstance(code, CodeType)
+    return code
+
+
 @contextlib.contextmanager
 def critical() -> Iterator[None]:
     """A section that no signal's exception can split; the signal is raised when it ends."""
-    global _depth, _pending, _saved_sigint  # noqa: PLW0603
+    global _depth, _pending  # noqa: PLW0603
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers run in the main thread only
         return
     if _depth == 0 and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        # Ctrl-C must wait too, also where no run is open (the CLI's sweep). Installed for good:
+        # outside sections ours raises KeyboardInterrupt exactly as the default does.
         signal.signal(signal.SIGINT, _on_signal)
-        _saved_sigint = signal.default_int_handler
     _depth += 1
     try:
         yield
     finally:
         _depth -= 1
-        if _depth == 0:
-            if _saved_sigint is not None:
-                if signal.getsignal(signal.SIGINT) is _on_signal:
-                    signal.signal(signal.SIGINT, _saved_sigint)
-                _saved_sigint = None
-            if _pending is not None:
-                signum, _pending = _pending, None
-                raise _exception(signum)
+        if _depth == 0 and _pending is not None:
+            signum, _pending = _pending, None
+            raise _exception(signum)
 
 
 def install() -> None:
-    """Turn SIGTERM and SIGHUP into :class:`Terminated` (main thread; default handlers only)."""
+    """While a run is open: SIGTERM and SIGHUP become :class:`Terminated`, and all three (with
+    SIGINT) wait for critical sections to end. Only where the default handler is installed
+    (SIG_DFL, or Python's ``default_int_handler`` for SIGINT): a handler of the user's, asyncio's
+    runner or SIG_IGN is left alone. Main thread only."""
     if threading.current_thread() is not threading.main_thread():
         return
-    for signum in UNWINDING:
+    for signum in (*UNWINDING, signal.SIGINT):
         if signum in _installed:
             continue
         current = signal.getsignal(signum)
-        if current is signal.SIG_DFL:  # the user's own handler, or SIG_IGN, is left alone
+        default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+        if current is default:
             signal.signal(signum, _on_signal)
             _installed[signum] = current
 
