@@ -10,6 +10,7 @@ The tree::
     ├── MissingExtraError             a backend's driver is not installed (ImportError too)
     ├── BackendError                  a backend failed; carries .kind, .resource, .run_id
     │   ├── AcquireError              creating the resource failed
+    │   │   └── NotCreatedError       ... and the backend knows that nothing was created
     │   └── ReleaseError              deleting it failed; the entry stays `failed` for the sweeper
     │       └── ForeignNameError      a record or a listed object does not name what reclaim made
     └── FixtureStateError             misuse of a Fixture (RuntimeError too)
@@ -29,6 +30,7 @@ __all__ = [
     "FixtureStateError",
     "ForeignNameError",
     "MissingExtraError",
+    "NotCreatedError",
     "ReclaimError",
     "ReclaimWarning",
     "RegistryCorruptError",
@@ -112,6 +114,18 @@ class BackendError(ReclaimError):
 
 class AcquireError(BackendError):
     """Creating a resource failed. What was planned stays journaled until released (I1)."""
+
+
+class NotCreatedError(AcquireError):
+    """Creating a resource failed, and the backend knows that nothing was created: the
+    connection never opened, the server refused the credentials before any command, the create
+    request was never sent, the operating system refused the name.
+
+    A backend raises it (``raise backend_error(NotCreatedError, ...) from exc``) only when it
+    is sure; the fixture then closes the planned entry as never created, instead of releasing
+    it (which would fail against a server that is down, and leave an entry failing forever).
+    When in doubt a backend raises :class:`AcquireError`: the entry is released, or kept (I1).
+    """
 
 
 class ReleaseError(BackendError):

@@ -50,6 +50,7 @@ from reclaim._errors import (
     BackendNotFoundError,
     ForeignNameError,
     MissingExtraError,
+    NotCreatedError,
     ReleaseError,
 )
 from reclaim.backends._guard import check_leftover, check_record, refuse
@@ -82,6 +83,7 @@ __all__ = [
     "Leftover",
     "MissingExtraError",
     "NameStyle",
+    "NotCreatedError",
     "ReclaimName",
     "Record",
     "ReleaseError",
