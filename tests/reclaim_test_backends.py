@@ -12,7 +12,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from reclaim.backends import Backend, Leftover, Record, parse_name
+from reclaim.backends import (
+    Backend,
+    Leftover,
+    NotCreatedError,
+    Record,
+    backend_error,
+    parse_name,
+)
 
 SECRET = "tok-9f8e7d6c5b4a"
 
@@ -173,3 +180,44 @@ class Greedy(Backend[Path]):
             parsed = parse_name(found.group(0)) if found else None
             if parsed is not None:
                 yield Leftover({"name": entry.name, "path": entry.path}, *parsed[1:3])
+
+
+class Unreachable(Backend[str]):
+    """A server kind whose server is down: acquire proves nothing was created (the connection
+    never opened); release fails the same way, as it would against a real server that is down."""
+
+    kind = "test.unreachable"
+    secret_fields = frozenset({"password"})
+
+    def __init__(self, password: str = SECRET) -> None:
+        self.password = password
+
+    def plan(self, name: str) -> Record:
+        return {"name": name, "password": self.password}
+
+    def acquire(self, name: str) -> tuple[str, Record]:
+        record = self.plan(name)
+        try:
+            raise ConnectionRefusedError(f"connect to 127.0.0.1:1 refused (password {SECRET})")
+        except ConnectionRefusedError as exc:
+            raise backend_error(
+                NotCreatedError, self.kind, record, "connect", exc, secret_fields={"password"}
+            ) from exc
+
+    @classmethod
+    def release(cls, record: Record) -> None:
+        raise ConnectionRefusedError("connect to 127.0.0.1:1 refused")
+
+    @classmethod
+    def exists(cls, record: Record) -> bool:
+        raise ConnectionRefusedError("connect to 127.0.0.1:1 refused")
+
+
+class Halfway(Unreachable):
+    """A server that went away after the create request was sent: nobody knows whether it was
+    made, so the entry must stay for the sweeper (I1)."""
+
+    kind = "test.halfway"
+
+    def acquire(self, name: str) -> tuple[str, Record]:
+        raise TimeoutError(f"no answer to CREATE {name} within 5 s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import os
 import sqlite3
 import stat
@@ -16,6 +17,7 @@ from conftest import reclaim_cli
 from reclaim import RegistryCorruptError, RegistryVersionError
 from reclaim._identity import current_identity
 from reclaim._registry import default_location, open_registry
+from reclaim._registry._sqlite import _SCHEMA_V1, SCHEMA_VERSION
 
 WORKER = """
 import sys
@@ -108,9 +110,42 @@ def test_schema_records_runs_resources_events(registry_path: str) -> None:
     try:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         version = raw.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        assert version == ("1",)
+        assert version == (str(SCHEMA_VERSION),)
     finally:
         raw.close()
+
+
+def test_a_version_1_registry_is_migrated_and_keeps_its_entries(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite3"
+    raw = sqlite3.connect(path)
+    raw.executescript(_SCHEMA_V1)
+    raw.executemany(
+        "INSERT INTO meta (key, value) VALUES (?, ?)",
+        [("application", "reclaim"), ("schema_version", "1")],
+    )
+    owner = json.dumps(current_identity().to_json())
+    raw.execute(
+        "INSERT INTO runs (id, label, owner, state, started_at, heartbeat_at, lease_seconds)"
+        " VALUES ('0000abcd', 'old', ?, 'open', 1, 1, 60)",
+        (owner,),
+    )
+    for rid, state in ((1, "planned"), (2, "failed"), (3, "acquired")):
+        raw.execute(
+            "INSERT INTO resources (id, run_id, fixture, kind, name, record, state, created_at,"
+            " updated_at) VALUES (?, '0000abcd', 'f', 'path.tempdir', ?, '{}', ?, 1, 5)",
+            (rid, f"rc_0000abcd_1_{rid}", state),
+        )
+    raw.commit()
+    raw.close()
+    reg = open_registry(str(path))
+    got = {r.id: r.acquired_at for r in reg.resources()}
+    assert got == {1: None, 2: 5, 3: 5}, "planned rows never existed for sure; others may have"
+    reg.close()
+    raw = sqlite3.connect(path)
+    assert raw.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (
+        str(SCHEMA_VERSION),
+    )
+    raw.close()
 
 
 def _unchanged(path: Path, content: bytes) -> None:

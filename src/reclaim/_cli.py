@@ -9,6 +9,7 @@ failed, so scripts and cron can tell the two apart. ``run`` exits with its comma
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from types import FrameType
 from typing import Any, Final, NoReturn
 
@@ -28,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from reclaim import __version__, _run
+from reclaim._acquire import acquire_failed, journal_plan
 from reclaim._errors import BackendNotFoundError, ReclaimError
 from reclaim._follow import event_json, event_text, follow
 from reclaim._leftovers import (
@@ -450,24 +452,144 @@ def _duration(seconds: float) -> str:
 
 
 @cli.command()
-@click.argument("resource_id", type=int)
+@click.argument("resource_ids", metavar="[ID]...", nargs=-1, type=int)
+@click.option("--run", "run_id", metavar="RUN", help="Every entry of this run.")
+@click.option("--failed", is_flag=True, help="Entries whose release failed.")
+@click.option(
+    "--never-acquired",
+    is_flag=True,
+    help="Failed or planned entries never journaled as acquired (they may never have existed).",
+)
 @click.option("--yes", is_flag=True, help="Do it: without --yes, only say what would go.")
+@click.option("--force", is_flag=True, help="Also entries of live runs, or being released.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 @click.pass_obj
-def forget(location: str, resource_id: int, yes: bool) -> None:
-    """Drop a registry entry WITHOUT releasing it (for what was deleted by hand, or a kind that
-    will never be installed again). The resource itself is left as it is."""
+def forget(location: str, /, resource_ids: tuple[int, ...], **options: Any) -> None:
+    """Drop registry entries WITHOUT releasing them (what was deleted by hand, a kind that will
+    never be installed again, entries of acquires that never created anything). The resources
+    themselves are left as they are. Name entries by ID, or select them with --run, --failed and
+    --never-acquired (they combine). A dry run unless --yes; entries of a live run, or being
+    released now, are kept unless --force."""
+    query = _ForgetQuery(
+        ids=resource_ids,
+        run_id=options["run_id"],
+        failed=options["failed"],
+        never_acquired=options["never_acquired"],
+        force=options["force"],
+    )
+    yes, as_json = bool(options["yes"]), bool(options["as_json"])
+    if not (query.ids or query.run_id or query.failed or query.never_acquired):
+        _fail("say what to forget: entry IDs, or --run RUN, --failed, --never-acquired")
     registry = _open(location, create=False)
-    resource = None if registry is None else registry.get_resource(resource_id)
-    if registry is None or resource is None:
-        _fail(f"there is no resource {resource_id} in the registry {location}")
-    if not yes:
-        _console.print(
-            f"would forget {resource.kind} {resource.name!r} (state {resource.state});"
-            " run again with --yes to drop the entry without releasing it"
+    if registry is None:
+        if query.ids:
+            _fail(f"there is no resource {_ids(query.ids)} in the registry {location}")
+        _fail(f"there is no registry at {location}, so there is nothing to forget")
+    try:
+        chosen, kept, missing = query.select(registry)
+        if missing:  # a typo must not forget the rest
+            _fail(f"there is no resource {_ids(missing)} in the registry {location}")
+        if yes:
+            chosen = [r for r in chosen if registry.forget(r.id, actor="user") is not None]
+    finally:
+        registry.close()
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "dry_run": not yes,
+                    "forgotten" if yes else "would_forget": [
+                        {"id": r.id, "kind": r.kind, "name": r.name, "state": r.state}
+                        for r in chosen
+                    ],
+                    "kept": [{"id": r.id, "why": why} for r, why in kept],
+                }
+            )
         )
-        return
-    registry.forget(resource_id, actor="user")
-    _console.print(f"forgot {resource.kind} {resource.name!r}; it was not released")
+    else:
+        _print_forget(chosen, kept, yes=yes)
+    if kept and not chosen:
+        sys.exit(1)
+
+
+def _ids(ids: Iterable[int]) -> str:
+    return ", ".join(str(i) for i in ids)
+
+
+def _print_forget(
+    chosen: list[ResourceRecord],
+    kept: list[tuple[ResourceRecord, str]],
+    *,
+    yes: bool,
+) -> None:
+    verb = "forgot" if yes else "would forget"
+    for r in chosen:
+        _console.print(f"{verb} {r.id}  {r.kind}  {r.name}  ({r.state})")
+    for r, why in kept:
+        _console.print(_line((f"kept {r.id}  {r.kind}  {r.name}: {why}", "yellow")))
+    if yes:
+        _console.print(f"Forgot {len(chosen)}; none of them was released.")
+    elif chosen:
+        _console.print(
+            "Nothing was changed: run again with --yes to drop these entries without"
+            " releasing them."
+        )
+    else:
+        _console.print("Nothing to forget.")
+
+
+@dataclasses.dataclass(frozen=True)
+class _ForgetQuery:
+    """Which entries ``reclaim forget`` takes: by id, or every one that fits all the filters."""
+
+    ids: tuple[int, ...]
+    run_id: str | None
+    failed: bool
+    never_acquired: bool
+    force: bool
+
+    def select(
+        self, registry: Registry
+    ) -> tuple[list[ResourceRecord], list[tuple[ResourceRecord, str]], list[int]]:
+        """(the entries to forget, those kept and why, the ids not in the registry)."""
+        missing = [rid for rid in self.ids if registry.get_resource(rid) is None]
+        if self.ids:
+            found = (registry.get_resource(rid) for rid in self.ids)
+            candidates = [r for r in found if r is not None]
+        else:
+            candidates = registry.resources(self.run_id)
+        candidates = [r for r in candidates if self._fits(r)]
+        chosen: list[ResourceRecord] = []
+        kept: list[tuple[ResourceRecord, str]] = []
+        alive: dict[str, bool] = {}
+        for resource in candidates:
+            if resource.run_id not in alive:
+                run = registry.get_run(resource.run_id)
+                alive[resource.run_id] = run is not None and is_alive(run)
+            why = self._keep_reason(resource, alive[resource.run_id])
+            if why is None:
+                chosen.append(resource)
+            else:
+                kept.append((resource, why))
+        return chosen, kept, missing
+
+    def _fits(self, r: ResourceRecord) -> bool:
+        if self.run_id is not None and r.run_id != self.run_id:
+            return False
+        if self.failed and r.state != ResourceState.FAILED:
+            return False
+        return not self.never_acquired or (
+            r.acquired_at is None and r.state in (ResourceState.FAILED, ResourceState.PLANNED)
+        )
+
+    def _keep_reason(self, r: ResourceRecord, run_alive: bool) -> str | None:
+        if self.force:
+            return None
+        if run_alive:
+            return "its run is alive and may still use it (--force to forget)"
+        if r.state == ResourceState.RELEASING:
+            return "it is being released now (--force to forget)"
+        return None
 
 
 # --- watch ---------------------------------------------------------------------------------
@@ -774,31 +896,23 @@ def _acquire(
         name = backend.adapt_name(make_name(run_id, 10**9 + secrets.randbelow(9 * 10**9)))
         if name not in taken:
             break
+    # I1: the name is journaled before the backend creates anything (one copy: _acquire.py).
+    # If this process dies from here on, the run's end, the watchdog or the sweeper releases it.
     try:
-        record = backend.plan(name)
+        resource_id, record = journal_plan(registry, run_id, "cli", backend, name)
     except Exception as exc:
+        if registry.get_run(run_id) is None:  # the run ended between the check and now
+            _fail(f"run {run_id} ended before {kind} {name!r} could be planned")
         reason = redact_text(f"{type(exc).__name__}: {exc}", args, backend.secret_fields)
         _fail(f"{kind} {name!r} could not be planned: {reason}; nothing was created", 1)
-    # I1: the name is journaled before the backend creates anything. If this process dies from
-    # here on, the run's end, the watchdog or the sweeper releases the planned entry.
-    try:
-        resource_id = registry.plan(run_id, "cli", kind, name, record)
-    except Exception as exc:  # the run's row went (it ended) between the check and now
-        _fail(f"run {run_id} ended before {kind} {name!r} could be planned ({exc})")
     try:
         with _stdout_to_stderr():
             value, record = backend.acquire(name)
     except Exception as exc:
-        outcome = release_resource(
-            registry, resource_id, actor="cli", states=(ResourceState.PLANNED,)
+        error = acquire_failed(
+            registry, resource_id, backend, record, exc, run_id=run_id, actor="cli"
         )
-        reason = redact_text(f"{type(exc).__name__}: {exc}", record, backend.secret_fields)
-        message = f"{kind} {name!r} could not be created: {reason}"
-        if outcome.error is not None:
-            message += f"; releasing what it may have left failed too: {outcome.error}"
-        else:
-            message += "; nothing of it is held"
-        _fail(message, 1)
+        _fail(str(error), 1)
     registry.mark_acquired(resource_id, record)
     now = registry.get_resource(resource_id)
     if now is None or now.state != ResourceState.ACQUIRED:

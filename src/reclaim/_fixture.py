@@ -15,12 +15,13 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
-from reclaim._errors import AcquireError, FixtureStateError
-from reclaim._reaper import RetryPolicy, add_redacted_cause, release_resource
+from reclaim._acquire import acquire_failed, journal_plan
+from reclaim._errors import FixtureStateError
+from reclaim._reaper import RetryPolicy, release_resource
 from reclaim._registry import Registry, ResourceState
 from reclaim._run import Run, current_run
 from reclaim._signals import critical, protected
-from reclaim.backends import Backend, Record, redact_text
+from reclaim.backends import Backend, Record
 
 __all__ = ["Fixture"]
 
@@ -208,13 +209,11 @@ class Fixture:
             raise TypeError(f"{type(backend).__name__} has no `kind`: every backend needs one")
         run = current_run(self._registry)
         name = backend.adapt_name(run.next_name())
-        record = backend.plan(name)
-        # I1: the name is journaled before the backend creates anything. A crash from here on
-        # leaves a planned entry the watchdog or sweeper releases (a no-op if nothing was made).
+        # I1: the name is journaled before the backend creates anything (see _acquire.py).
         # Journaled and put on the stack as one step (I9): a signal between the two would
         # leave an entry this fixture does not know it has to release.
         with critical():
-            resource_id = run.registry.plan(run.id, self.name, backend.kind, name, record)
+            resource_id, record = journal_plan(run.registry, run.id, self.name, backend, name)
             held = _Held(backend, run, resource_id, record)
             with self._lock:
                 self._stack.append(held)
@@ -229,22 +228,19 @@ class Fixture:
     def _acquire_failed(self, held: _Held, exc: BaseException) -> None:
         if not isinstance(exc, Exception):
             return  # stays on the stack; released at exit like everything else
-        # The backend may have created part of it: release from the planned record now.
+        # The backend may have created part of it: settle the planned entry now (_acquire.py).
         with self._lock:
             self._stack.remove(held)
-        self._release_held(held)
-        reason = redact_text(
-            f"{type(exc).__name__}: {exc}", held.record, held.backend.secret_fields
-        )
-        error = AcquireError(
-            f"{held.backend.kind} {held.record.get('name')!r} could not be created: {reason}",
-            kind=held.backend.kind,
-            resource=str(held.record.get("name")),
+        raise acquire_failed(
+            held.run.registry,
+            held.resource_id,
+            held.backend,
+            held.record,
+            exc,
             run_id=held.run.id,
-            resource_id=held.resource_id,
-        )
-        add_redacted_cause(error, exc, held.record, held.backend.secret_fields)
-        raise error from None
+            actor="fixture",
+            policy=IN_PROCESS_POLICY,
+        ) from None
 
     def acquire(self, backend: Backend[T]) -> T:
         """Create a resource through ``backend`` and own it until the fixture exits.

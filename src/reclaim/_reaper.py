@@ -228,12 +228,21 @@ def _refusal(resource: ResourceRecord, refused: ForeignNameError) -> ForeignName
     return error
 
 
+#: What clears entries that may never have existed, said wherever one is reported.
+NEVER_ACQUIRED_HINT: Final = (
+    "it was never journaled as acquired, so it may never have existed: once you know it does"
+    " not, `reclaim forget --never-acquired --yes` clears every such entry"
+)
+
+
 def _release_error(resource: ResourceRecord, reason: str, attempts: int) -> ReleaseError:
     message = (
         f"{resource.kind} {resource.name!r} could not be released after {attempts} attempt"
         f"{'s' if attempts != 1 else ''}: {reason}; it stays in state failed and the next"
         " `reclaim sweep` retries it"
     )
+    if resource.acquired_at is None:
+        message += f" ({NEVER_ACQUIRED_HINT})"
     return ReleaseError(
         message,
         kind=resource.kind,

@@ -98,6 +98,11 @@ class Registry(abc.ABC):
     def get_resource(self, resource_id: int) -> ResourceRecord | None: ...
 
     @abc.abstractmethod
+    def close_planned(self, resource_id: int, reason: str, *, actor: str) -> bool:
+        """Drop a ``planned`` entry whose backend proved that nothing was created (the event
+        log says ``resource.not_created`` and why). False when it is no longer planned."""
+
+    @abc.abstractmethod
     def forget(self, resource_id: int, *, actor: str) -> ResourceRecord | None:
         """Drop an entry without releasing it: only ever on a user's explicit command."""
 

@@ -53,6 +53,9 @@ class ResourceRecord:
     last_error: str | None
     created_at: float
     updated_at: float
+    #: When it was journaled as acquired; None: never, so it may never have existed (an
+    #: acquire that failed, a crash between the create and the journal).
+    acquired_at: float | None = None
     #: Set when the row could not be read whole (its record is not valid JSON, its state is
     #: unknown): what is wrong. ``record`` is then empty and ``state`` reads as ``failed``, so
     #: every command shows it by its id; nothing is ever released from it, and ``reclaim

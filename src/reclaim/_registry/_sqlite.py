@@ -38,7 +38,7 @@ from reclaim._signals import critical
 __all__ = ["SCHEMA_VERSION", "SQLiteRegistry"]
 
 #: The schema this reclaim writes. Bump it with a migration in ``_MIGRATIONS``.
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 _APPLICATION: Final = "reclaim"
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
@@ -86,8 +86,17 @@ CREATE TABLE events (
 CREATE INDEX events_by_time ON events(at);
 """
 
-# Migrations from version N to N+1, applied in one transaction each. Empty while there is one.
-_MIGRATIONS: Final[dict[int, str]] = {}
+# Migrations from version N to N+1, applied in one transaction each (a new file is made at
+# version 1 and migrated like an old one, so both end the same).
+_MIGRATIONS: Final[dict[int, str]] = {
+    # 1 -> 2: when an entry was journaled as acquired. NULL: never, so it may never have existed
+    # (an acquire that failed, a crash before the journal). Older rows past `planned` count as
+    # acquired: the conservative reading, which keeps them retried.
+    1: """
+    ALTER TABLE resources ADD COLUMN acquired_at REAL;
+    UPDATE resources SET acquired_at = updated_at WHERE state != 'planned'
+    """,
+}
 
 # Connections inherited through fork are kept, never closed: closing one in the child could
 # release locks the parent holds (SQLite: "do not carry a connection across fork").
@@ -255,31 +264,30 @@ class SQLiteRegistry(Registry):
                     "INSERT INTO meta (key, value) VALUES (?, ?)",
                     [
                         ("application", _APPLICATION),
-                        ("schema_version", str(SCHEMA_VERSION)),
+                        ("schema_version", "1"),
                         ("created_at", str(time.time())),
                     ],
                 )
-            else:
-                meta = {}
-                if "meta" in tables:
-                    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-                if meta.get("application") != _APPLICATION:
-                    raise self._corrupt("is an SQLite database but not a reclaim registry")
-                version = int(meta.get("schema_version", "0"))
-                if version > SCHEMA_VERSION:
-                    raise RegistryVersionError(
-                        f"the reclaim registry {self.path} has schema version {version}, newer"
-                        f" than this reclaim knows ({SCHEMA_VERSION}): upgrade reclaim",
-                        path=str(self.path),
-                    )
-                while version < SCHEMA_VERSION:
-                    for statement in _MIGRATIONS[version].split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                    version += 1
-                    conn.execute(
-                        "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),)
-                    )
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            if meta.get("application") != _APPLICATION:
+                raise self._corrupt("is an SQLite database but not a reclaim registry")
+            version = int(meta.get("schema_version", "0"))
+            if version > SCHEMA_VERSION:
+                raise RegistryVersionError(
+                    f"the reclaim registry {self.path} has schema version {version}, newer"
+                    f" than this reclaim knows ({SCHEMA_VERSION}): upgrade reclaim",
+                    path=str(self.path),
+                )
+            # A registry of an older reclaim is migrated by any command, read-only ones too:
+            # it is known to be ours by now, and the columns it lacks are read below.
+            while version < SCHEMA_VERSION:
+                for statement in _MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                version += 1
+                conn.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),)
+                )
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -491,11 +499,12 @@ class SQLiteRegistry(Registry):
         now = time.time()
         with self._write() as conn:
             row = conn.execute(
-                "UPDATE resources SET record = ?, state = ?, updated_at = ?"
+                "UPDATE resources SET record = ?, state = ?, updated_at = ?, acquired_at = ?"
                 " WHERE id = ? AND state = ? RETURNING run_id, kind, name",
                 (
                     json.dumps(record),
                     ResourceState.ACQUIRED,
+                    now,
                     now,
                     resource_id,
                     ResourceState.PLANNED,
@@ -562,6 +571,26 @@ class SQLiteRegistry(Registry):
                     detail={"by": actor, "error": error, "attempts": row[3]},
                     at=now,
                 )
+
+    def close_planned(self, resource_id: int, reason: str, *, actor: str) -> bool:
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute(
+                "DELETE FROM resources WHERE id = ? AND state = ? RETURNING run_id, kind, name",
+                (resource_id, ResourceState.PLANNED),
+            ).fetchone()
+            if row is not None:
+                self._event(
+                    conn,
+                    "resource.not_created",
+                    run_id=row[0],
+                    resource_id=resource_id,
+                    kind=row[1],
+                    name=row[2],
+                    detail={"by": actor, "reason": reason},
+                    at=now,
+                )
+        return row is not None
 
     def resources(self, run_id: str | None = None) -> list[ResourceRecord]:
         if run_id is None:
@@ -677,7 +706,8 @@ _RUN_COLUMNS: Final = (
     " claimed_by, claimed_at"
 )
 _RESOURCE_COLUMNS: Final = (
-    "id, run_id, fixture, kind, name, record, state, attempts, last_error, created_at, updated_at"
+    "id, run_id, fixture, kind, name, record, state, attempts, last_error, created_at,"
+    " updated_at, acquired_at"
 )
 
 
@@ -735,5 +765,6 @@ def _resource(r: tuple[Any, ...]) -> ResourceRecord:
         ),
         created_at=r[9],
         updated_at=r[10],
+        acquired_at=r[11],
         damaged=damaged,
     )
