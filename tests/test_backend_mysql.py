@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,12 +24,13 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pymysql
+import pymysql.cursors
 import pytest
 
 import reclaim
 from _services import TcpProxy, require, with_port
 from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
-from reclaim import AcquireError, ForeignNameError
+from reclaim import AcquireError, ForeignNameError, NotCreatedError, ReleaseError
 from reclaim._registry import open_registry
 from reclaim.backends import Record, check_leftover, load_backend, make_name
 from reclaim.backends.mysql import MysqlDatabase
@@ -461,3 +463,127 @@ def test_list_leftovers_yields_only_reclaim_names(mysql_url: str, created: set[s
         MysqlDatabase.release(leftover.record)  # the record is all release needs
     assert not any(db_exists(mysql_url, name) for name in ours)
     assert all(db_exists(mysql_url, name) for name in foreign)
+
+
+# --- an acquire that fails: what it leaves ----------------------------------------------------
+
+
+def _closed_port() -> int:
+    """A loopback port nobody listens on (bound, then closed)."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port: int = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
+def _no_entries(registry_path: str) -> bool:
+    reg = open_registry(registry_path)
+    try:
+        return reg.resources() == []
+    finally:
+        reg.close()
+
+
+def _assert_not_created(dsn: str, password: str, registry_path: str, cause: str) -> None:
+    """Through a Fixture: an AcquireError naming ``cause``, no password, no entry left; the
+    backend's own acquire says NotCreatedError."""
+    with pytest.raises(AcquireError) as info, reclaim.Fixture("mysql-down") as f:
+        f.acquire(MysqlDatabase(dsn))
+    assert not isinstance(info.value, ReleaseError)
+    assert cause in str(info.value)
+    for text in (str(info.value), str(info.value.__cause__), repr(info.value.__cause__)):
+        assert password not in text
+        assert quote(password, safe="") not in text
+    assert _no_entries(registry_path), "the planned entry is closed as never created"
+    with pytest.raises(NotCreatedError) as own:
+        MysqlDatabase(dsn).acquire(make_name(secrets.token_hex(4), 1))
+    assert cause in str(own.value)
+    assert password not in str(own.value)
+
+
+def test_acquire_against_a_closed_port_leaves_no_entry(
+    mysql_url: str, mysql_user: tuple[str, str], registry_path: str
+) -> None:
+    user, password = mysql_user
+    dsn = as_user(mysql_url, user, password, port=_closed_port())
+    _assert_not_created(dsn, password, registry_path, "unreachable")
+
+
+def test_acquire_with_a_wrong_password_leaves_no_entry(
+    mysql_url: str, mysql_user: tuple[str, str], registry_path: str
+) -> None:
+    user, password = mysql_user
+    wrong = password + "-wrong"
+    _assert_not_created(as_user(mysql_url, user, wrong), wrong, registry_path, "Access denied")
+
+
+def test_acquire_without_the_privilege_leaves_no_entry(
+    mysql_url: str, registry_path: str, created: set[str]
+) -> None:
+    """An account without CREATE: MariaDB refuses the statement itself (1044)."""
+    user, password = f"reclaim_t_{secrets.token_hex(4)}", f"pw:{secrets.token_hex(6)}"
+    hosts = ("localhost", "127.0.0.1")
+    with admin(mysql_url) as conn, conn.cursor() as cur:
+        for host in hosts:
+            cur.execute("CREATE USER %s@%s IDENTIFIED BY %s", (user, host, password))
+    try:
+        dsn = as_user(mysql_url, user, password)
+        denied = pytest.raises(AcquireError, match="Access denied")
+        with denied as info, reclaim.Fixture("mysql-denied") as f:
+            f.acquire(MysqlDatabase(dsn))
+        assert "1044" in str(info.value)
+        assert password not in str(info.value)
+        assert _no_entries(registry_path)
+        name = make_name(secrets.token_hex(4), 1)
+        created.add(name)
+        with pytest.raises(NotCreatedError):
+            MysqlDatabase(dsn).acquire(name)
+        assert not db_exists(mysql_url, name)
+    finally:
+        with admin(mysql_url) as conn, conn.cursor() as cur:
+            for host in hosts:
+                cur.execute("DROP USER IF EXISTS %s@%s", (user, host))
+
+
+def test_acquire_of_a_name_that_exists_leaves_the_stranger_alone(
+    mysql_url: str, registry_path: str, created: set[str]
+) -> None:
+    """CREATE DATABASE fails with "database exists": it is not ours, so the Fixture must not
+    release it (that would drop it and its tables)."""
+    name = make_name(secrets.token_hex(4), 1)
+    created.add(name)
+    with admin(mysql_url) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}`")
+        cur.execute(f"CREATE TABLE `{name}`.precious (id INT)")
+    backend = MysqlDatabase(mysql_url)
+    backend.adapt_name = lambda proposed: name  # type: ignore[method-assign]  # a collision
+    with pytest.raises(AcquireError, match="database exists"), reclaim.Fixture("mysql-dup") as f:
+        f.acquire(backend)
+    assert db_exists(mysql_url, name), "the stranger's database was left alone"
+    assert _no_entries(registry_path)
+    with pytest.raises(NotCreatedError):
+        MysqlDatabase(mysql_url).acquire(name)
+    with admin(mysql_url) as conn, conn.cursor() as cur:
+        cur.execute(f"SHOW TABLES FROM `{name}`")
+        assert [row[0] for row in cur.fetchall()] == ["precious"]
+
+
+def test_a_create_without_an_answer_stays_an_acquire_error(
+    mysql_url: str, monkeypatch: pytest.MonkeyPatch, created: set[str]
+) -> None:
+    """The connection is lost once CREATE DATABASE was sent: it may have run, so the error is a
+    plain AcquireError (the Fixture then releases the planned entry)."""
+    execute = pymysql.cursors.Cursor.execute
+
+    def lost(self: Any, query: str, args: Any = None) -> Any:
+        if query.startswith("CREATE DATABASE"):
+            raise pymysql.err.OperationalError(2013, "Lost connection to server during query")
+        return execute(self, query, args)
+
+    monkeypatch.setattr(pymysql.cursors.Cursor, "execute", lost)
+    name = make_name(secrets.token_hex(4), 1)
+    created.add(name)
+    with pytest.raises(AcquireError, match="unreachable") as info:
+        MysqlDatabase(mysql_url).acquire(name)
+    assert not isinstance(info.value, NotCreatedError)

@@ -22,6 +22,7 @@ import hmac
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -37,7 +38,8 @@ from psycopg import sql
 import reclaim
 from _services import TcpProxy, require, with_port
 from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
-from reclaim import AcquireError, ForeignNameError, ReleaseError
+from reclaim import AcquireError, ForeignNameError, NotCreatedError, ReleaseError
+from reclaim._registry import open_registry
 from reclaim.backends import Backend, Record, check_leftover, load_backend, make_name, parse_name
 from reclaim.backends.postgres import (
     PostgresDatabase,
@@ -1063,3 +1065,162 @@ def test_module_imports_without_psycopg_and_names_the_extra() -> None:
     ).stdout
     assert out.startswith("MissingExtraError")
     assert "pip install 'reclaim[postgres]'" in out
+
+
+# --- an acquire that fails: what it leaves -------------------------------------------------
+
+
+def _closed_port() -> int:
+    """A loopback port nobody listens on (bound, then closed)."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port: int = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
+def _no_entries(registry_path: str) -> bool:
+    reg = open_registry(registry_path)
+    try:
+        return reg.resources() == []
+    finally:
+        reg.close()
+
+
+def _tables_with_setup(dsn: str) -> PostgresTables:
+    return PostgresTables(dsn, setup=_make_prefixed_table)
+
+
+#: Each kind in the form that talks to the server in ``acquire`` (tables only with a set-up).
+CONNECTING: dict[str, Callable[[str], Backend[Any]]] = {
+    "schema": PostgresSchema,
+    "schema-setup": lambda dsn: PostgresSchema(dsn, setup=lambda conn: None),
+    "database": PostgresDatabase,
+    "tables-setup": _tables_with_setup,
+    "role": PostgresRole,
+}
+
+
+def _assert_not_created(
+    make: Callable[[str], Backend[Any]], dsn: str, registry_path: str, cause: str
+) -> None:
+    """Through a Fixture: an AcquireError naming ``cause``, no password, no entry left; the
+    backend's own acquire says NotCreatedError."""
+    with pytest.raises(AcquireError) as info, reclaim.Fixture("down") as fx:
+        fx.acquire(make(dsn))
+    assert not isinstance(info.value, ReleaseError)
+    assert cause in str(info.value)
+    for text in (str(info.value), str(info.value.__cause__), repr(info.value.__cause__)):
+        assert SECRET not in text
+    assert _no_entries(registry_path), "the planned entry is closed as never created"
+    with pytest.raises(NotCreatedError) as own:
+        make(dsn).acquire(fresh_name())
+    assert cause in str(own.value)
+    assert SECRET not in str(own.value)
+
+
+@pytest.mark.parametrize("kind", sorted(CONNECTING))
+def test_acquire_against_a_closed_port_leaves_no_entry(
+    pg: Server, registry_path: str, kind: str
+) -> None:
+    dsn = with_port(pg.secret_dsn, _closed_port())
+    _assert_not_created(CONNECTING[kind], dsn, registry_path, "cannot be reached")
+
+
+@pytest.mark.parametrize("kind", sorted(CONNECTING))
+def test_acquire_with_a_login_the_server_refuses_leaves_no_entry(
+    pg: Server, registry_path: str, kind: str
+) -> None:
+    """The test server trusts 127.0.0.1 (it checks no password), so the login it refuses is a
+    role that does not exist; a password is in the DSN all the same, and never shown."""
+    user = f"nobody_{uuid.uuid4().hex[:8]}"
+    dsn = pg.secret_dsn.replace("://postgres:", f"://{user}:", 1)
+    assert user in dsn
+    _assert_not_created(CONNECTING[kind], dsn, registry_path, "refused the connection")
+    assert user not in pg.roles()
+
+
+def _pin(backend: Backend[Any], name: str) -> Backend[Any]:
+    """``backend`` proposing ``name`` to the Fixture, as a name collision would."""
+    backend.adapt_name = lambda proposed: name  # type: ignore[method-assign]
+    return backend
+
+
+@pytest.mark.parametrize("kind", ["schema", "schema-setup", "database", "role"])
+def test_acquire_of_a_name_that_exists_leaves_the_stranger_alone(
+    pg: Server, registry_path: str, kind: str
+) -> None:
+    """CREATE fails with "already exists": the object is not ours, so the Fixture must not
+    release it (it would have dropped it, its tables and rows with it)."""
+    name = fresh_name()
+    pg.track(name)
+    ident = sql.Identifier(name)
+    if kind.startswith("schema"):
+        pg.execute(sql.SQL("CREATE SCHEMA {}").format(ident))
+        pg.execute(sql.SQL("CREATE TABLE {}.precious (id int)").format(ident))
+        there = pg.schemas
+    elif kind == "database":
+        pg.execute(sql.SQL("CREATE DATABASE {}").format(ident))
+        there = pg.databases
+    else:
+        pg.execute(sql.SQL("CREATE ROLE {}").format(ident))
+        there = pg.roles
+    with pytest.raises(AcquireError, match="already exists") as info, reclaim.Fixture("dup") as fx:
+        fx.acquire(_pin(CONNECTING[kind](pg.secret_dsn), name))
+    assert SECRET not in str(info.value)
+    assert name in there(), "the stranger's object was left alone"
+    assert _no_entries(registry_path)
+    with pytest.raises(NotCreatedError):
+        CONNECTING[kind](pg.secret_dsn).acquire(name)
+    if kind.startswith("schema"):
+        assert "precious" in pg.relations(name)
+
+
+def test_acquire_refused_for_lack_of_a_privilege_leaves_no_entry(
+    pg: Server, registry_path: str
+) -> None:
+    """A login without CREATEDB: "permission denied to create database", nothing made."""
+    user = f"reclaim_t_{uuid.uuid4().hex[:8]}"
+    pg.execute(sql.SQL("CREATE ROLE {} LOGIN NOCREATEDB").format(sql.Identifier(user)))
+    pg.finally_run.append(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(user)))
+    dsn = pg.secret_dsn.replace("://postgres:", f"://{user}:", 1)
+    before = pg.databases()
+    with pytest.raises(AcquireError, match="permission denied") as info, reclaim.Fixture("f") as fx:
+        fx.acquire(PostgresDatabase(dsn))
+    assert SECRET not in str(info.value)
+    assert _no_entries(registry_path)
+    with pytest.raises(NotCreatedError, match="permission denied"):
+        PostgresDatabase(dsn).acquire(fresh_name())
+    assert pg.databases() == before
+
+
+def test_a_refused_grant_undoes_the_role_and_leaves_no_entry(
+    pg: Server, registry_path: str
+) -> None:
+    """CREATE ROLE and its GRANT are one transaction: a group that does not exist refuses both."""
+    backend = PostgresRole(pg.dsn, member_of=[f"no_group_{uuid.uuid4().hex[:8]}"])
+    with pytest.raises(AcquireError, match="does not exist"), reclaim.Fixture("f") as fx:
+        fx.acquire(backend)
+    assert _no_entries(registry_path)
+    name = fresh_name()
+    with pytest.raises(NotCreatedError):
+        backend.acquire(name)
+    assert name not in pg.roles()
+
+
+def test_a_create_that_may_have_run_stays_an_acquire_error(pg: Server) -> None:
+    """The cached connection was cut, the retry could not connect: the CREATE may have reached
+    the server on the first try, so the error is a plain AcquireError (the entry is released)."""
+    with pg.proxy() as proxy:
+        backend = PostgresSchema(with_port(pg.secret_dsn, proxy.port))
+        first, record = backend.acquire(fresh_name(1))  # caches a connection through the proxy
+        pg.track(first)
+        proxy.stop()  # cuts it, and refuses the retry's new connection
+        name = fresh_name(2)
+        pg.track(name)
+        with pytest.raises(AcquireError, match="cannot be reached") as info:
+            backend.acquire(name)
+        assert not isinstance(info.value, NotCreatedError)
+        assert SECRET not in str(info.value)
+        proxy.start()
+        PostgresSchema.release(record)

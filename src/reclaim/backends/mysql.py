@@ -29,6 +29,7 @@ from reclaim.backends import (
     BackendError,
     Leftover,
     NameStyle,
+    NotCreatedError,
     Record,
     ReleaseError,
     backend_error,
@@ -81,6 +82,15 @@ _KILL_DENIED: Final = 1095
 
 #: Client error codes that mean "the server could not be reached or went away".
 _UNREACHABLE: Final = frozenset({2002, 2003, 2005, 2006, 2013})
+
+#: Server errors that answer ``CREATE DATABASE`` with a refusal that made nothing: it exists
+#: already (not ours: never released), access denied (1044, 1045, 1227, 1142), a syntax
+#: error, a bad name, an unknown character set or collation or a mismatch of the two, a
+#: read-only server (1290, 1792, 1836). A lost connection, a timeout or "can't create database"
+#: (1006, the disk) stay doubtful.
+_CREATE_REFUSED: Final = frozenset(
+    {1007, 1044, 1045, 1064, 1102, 1115, 1142, 1227, 1253, 1273, 1290, 1792, 1836}
+)
 
 
 class MysqlDatabase(Backend[str]):
@@ -138,8 +148,14 @@ class MysqlDatabase(Backend[str]):
             sql += f" CHARACTER SET {self.charset}"
         if self.collation is not None:
             sql += f" COLLATE {self.collation}"
-        with _session(record, AcquireError, "create the database") as cur:
-            cur.execute(sql)
+        doing = "create the database"
+        with _session(record, NotCreatedError, doing, error_in_block=AcquireError) as cur:
+            try:
+                cur.execute(sql)
+            except pymysql.err.MySQLError as exc:
+                if _code(exc) not in _CREATE_REFUSED:
+                    raise  # sent, and no clear answer: AcquireError, the entry is released
+                raise _error(NotCreatedError, record, doing, exc) from exc
         return _dsn(record, name, self._query), record
 
     @classmethod
@@ -243,10 +259,36 @@ def _reason(exc: BaseException) -> str:
     return reason
 
 
+def _error(
+    error_type: type[BackendError], record: Record, doing: str, exc: BaseException
+) -> BackendError:
+    """The toolkit's error for PyMySQL's ``exc``: what, where (never the password), why."""
+    where = f"{record.get('user')}@{record.get('host')}:{record.get('port')}"
+    return backend_error(
+        error_type,
+        _KIND,
+        record,
+        doing,
+        exc,
+        where=where,
+        reason=_reason,
+        secret_fields=MysqlDatabase.secret_fields,
+        style=_STYLE,
+    )
+
+
 @contextlib.contextmanager
-def _session(record: Record, error_type: type[BackendError], doing: str) -> Iterator[Any]:
-    """A cursor on a fresh autocommit connection; PyMySQL's errors in the block (connecting
-    included) become ``error_type`` through the toolkit's translation, redacted (I7)."""
+def _session(
+    record: Record,
+    error_type: type[BackendError],
+    doing: str,
+    *,
+    error_in_block: type[BackendError] | None = None,
+) -> Iterator[Any]:
+    """A cursor on a fresh autocommit connection; PyMySQL's errors become ``error_type``
+    through the toolkit's translation, redacted (I7): those of connecting (the handshake and
+    login included: nothing was sent yet), and those in the block, which become
+    ``error_in_block`` instead when it is given."""
     require_extra(_HAVE_DRIVER, _KIND, *_EXTRA)
     try:
         conn: Connection = pymysql.connect(
@@ -260,22 +302,13 @@ def _session(record: Record, error_type: type[BackendError], doing: str) -> Iter
             autocommit=True,
             charset="utf8mb4",
         )
-        try:
-            with conn.cursor() as cur:
-                yield cur
-        finally:
-            with contextlib.suppress(Exception):
-                conn.close()
     except pymysql.err.MySQLError as exc:
-        where = f"{record.get('user')}@{record.get('host')}:{record.get('port')}"
-        raise backend_error(
-            error_type,
-            _KIND,
-            record,
-            doing,
-            exc,
-            where=where,
-            reason=_reason,
-            secret_fields=MysqlDatabase.secret_fields,
-            style=_STYLE,
-        ) from exc
+        raise _error(error_type, record, doing, exc) from exc
+    try:
+        with conn.cursor() as cur:
+            yield cur
+    except pymysql.err.MySQLError as exc:
+        raise _error(error_in_block or error_type, record, doing, exc) from exc
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()

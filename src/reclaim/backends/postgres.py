@@ -48,6 +48,7 @@ from reclaim.backends import (
     BackendError,
     Leftover,
     NameStyle,
+    NotCreatedError,
     ReclaimName,
     Record,
     ReleaseError,
@@ -277,19 +278,37 @@ atexit.register(_pool.close_all)
 os.register_at_fork(after_in_child=_pool.forget_after_fork)
 
 
-def _using(server: _Server, work: Callable[[Connection[Any]], T]) -> T:
+@dataclasses.dataclass
+class _Progress:
+    """How far :func:`_using` got, for an acquire to tell a failure that made nothing from one
+    that may have made something."""
+
+    #: The failure came while opening a connection: no statement had been sent on it.
+    connecting: bool = False
+    #: A statement began on a connection that then broke: it may have run on the server.
+    doubtful: bool = False
+
+
+def _using(
+    server: _Server, work: Callable[[Connection[Any]], T], progress: _Progress | None = None
+) -> T:
     """Run ``work`` on a cached autocommit connection to ``server``.
 
     A cached connection the server dropped in the meantime (restart, idle timeout, a proxy that
     went away) is replaced once by a fresh one; a fresh connection's failure is final.
+    ``progress``, when given, is kept up to date (see :class:`_Progress`).
     """
+    progress = _Progress() if progress is None else progress
     for _attempt in range(2):
+        progress.connecting = True
         conn, reused = _pool.take(server)
+        progress.connecting = False
         try:
             result = work(conn)
         except psycopg.OperationalError:
             if reused and conn.closed:
                 conn.close()
+                progress.doubtful = True  # what was sent may have run before the cut
                 continue  # stale cache entry: try once more on a fresh connection
             _pool.give_back(server, conn)
             raise
@@ -314,8 +333,13 @@ def _fetch(
     return _using(server, work)
 
 
-def _execute(server: _Server, query: Any, params: Sequence[Any] | None = None) -> None:
-    _using(server, lambda conn: conn.execute(query, params))
+def _execute(
+    server: _Server,
+    query: Any,
+    params: Sequence[Any] | None = None,
+    progress: _Progress | None = None,
+) -> None:
+    _using(server, lambda conn: conn.execute(query, params), progress)
 
 
 # --- errors --------------------------------------------------------------------------------
@@ -335,6 +359,15 @@ def _reason(exc: BaseException) -> str:
         )
     if isinstance(exc, pg_errors.InsufficientPrivilege):
         return f"permission denied ({first}); connect as a user who owns it or is a superuser"
+    if (
+        isinstance(exc, psycopg.OperationalError)
+        and getattr(exc, "sqlstate", None) is None
+        and "FATAL:" in first
+    ):
+        return (
+            f"the server refused the connection ({first}); check the DSN's user, password and"
+            " database"
+        )
     if isinstance(exc, psycopg.OperationalError) and getattr(exc, "sqlstate", None) in (
         None,
         "08000",
@@ -344,6 +377,31 @@ def _reason(exc: BaseException) -> str:
     ):
         return f"the server cannot be reached ({first}); check that it runs and the DSN is right"
     return f"{type(exc).__name__}: {first}"
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether the server answered an autocommit statement with an ERROR: its transaction was
+    rolled back, so the statement made nothing ("already exists", "permission denied", a
+    template that is missing or busy, a read-only server...). A FATAL or PANIC (the session
+    ended, perhaps after the commit) and a connection lost without an answer are not refusals.
+    """
+    if not isinstance(exc, psycopg.DatabaseError):
+        return False
+    sqlstate = getattr(exc, "sqlstate", None)
+    severity = getattr(getattr(exc, "diag", None), "severity_nonlocalized", None)
+    return bool(sqlstate) and not str(sqlstate).startswith("08") and severity == "ERROR"
+
+
+def _create_error(exc: BaseException, progress: _Progress) -> type[AcquireError]:
+    """:class:`NotCreatedError` when the create statement (run with ``progress``) surely made
+    nothing: no connection could be opened before anything was sent (refused, unknown host,
+    credentials refused, TLS, timeout), or the server refused the statement itself. Anything
+    else (a connection lost after the statement was sent) is :class:`AcquireError`."""
+    if progress.doubtful:
+        return AcquireError
+    if progress.connecting or _refused(exc):
+        return NotCreatedError
+    return AcquireError
 
 
 def _options(cls: type[Backend[Any]], record: Record) -> dict[str, Any]:
@@ -468,26 +526,31 @@ class PostgresSchema(_PostgresBackend[str]):
         schema = sql.Identifier(name)
         create = sql.SQL("CREATE SCHEMA {}").format(schema)
         if self.setup is None:
+            progress = _Progress()
             try:
-                _execute(self._server, create)
+                _execute(self._server, create, progress=progress)
             except psycopg.Error as exc:
-                raise self._acquire_error(record, exc) from exc
+                raise self._acquire_error(_create_error(exc, progress), record, exc) from exc
             return name, record
         try:
             conn = _connect(self._server, autocommit=False)
-        except psycopg.Error as exc:
-            raise self._acquire_error(record, exc) from exc
+        except psycopg.Error as exc:  # no connection: nothing was sent
+            raise self._acquire_error(NotCreatedError, record, exc) from exc
         with conn:  # commits when the block ends without an error, rolls back otherwise
             try:
                 conn.execute(create)
                 conn.execute(sql.SQL("SET search_path TO {}").format(schema))
             except psycopg.Error as exc:
-                raise self._acquire_error(record, exc) from exc
-            self.setup(conn)
+                # Inside a transaction that is never committed (the block ends in this error
+                # and rolls back; a lost connection aborts it on the server): nothing was made.
+                raise self._acquire_error(NotCreatedError, record, exc) from exc
+            self.setup(conn)  # may commit on its own: its failure stays an AcquireError
         return name, record
 
-    def _acquire_error(self, record: Record, exc: BaseException) -> BackendError:
-        return _error(AcquireError, type(self), record, "create the schema", exc)
+    def _acquire_error(
+        self, error_type: type[AcquireError], record: Record, exc: BaseException
+    ) -> BackendError:
+        return _error(error_type, type(self), record, "create the schema", exc)
 
     @classmethod
     def release(cls, record: Record) -> None:
@@ -589,40 +652,43 @@ class PostgresDatabase(_PostgresBackend[str]):
             query += sql.SQL(" TEMPLATE {}").format(sql.Identifier(self.template))
         if self.strategy is not None:
             query += sql.SQL(" STRATEGY {}").format(sql.SQL(self.strategy))  # one of two words
+        progress = _Progress()
         try:
-            self._create(query)
+            self._create(query, progress)
         except psycopg.Error as exc:
-            raise self._acquire_error(record, exc) from exc
+            raise self._acquire_error(_create_error(exc, progress), record, exc) from exc
         if self.setup is not None:
             try:
                 conn = _connect(self._server.with_dbname(name), autocommit=False)
-            except psycopg.Error as exc:
-                raise self._acquire_error(record, exc) from exc
+            except psycopg.Error as exc:  # the database exists: it is released
+                raise self._acquire_error(AcquireError, record, exc) from exc
             with conn:
                 self.setup(conn)
         return _dsn_with(self.dsn, dbname=name), record
 
-    def _create(self, query: sql.Composed) -> None:
+    def _create(self, query: sql.Composed, progress: _Progress) -> None:
         if self.template is None:
-            _execute(self._server, query)
+            _execute(self._server, query, progress=progress)
             return
         deadline = time.monotonic() + self.template_wait
         delay = 0.05
         while True:
             _pool.close_database(self._server.conninfo, self.template)
             try:
-                _execute(self._server, query)
+                _execute(self._server, query, progress=progress)
                 return
-            except pg_errors.ObjectInUse:
+            except pg_errors.ObjectInUse:  # refused, nothing made: it may be tried again
                 if time.monotonic() + delay > deadline:
                     raise
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
-    def _acquire_error(self, record: Record, exc: BaseException) -> BackendError:
+    def _acquire_error(
+        self, error_type: type[AcquireError], record: Record, exc: BaseException
+    ) -> BackendError:
         doing = "create the database"
         if self.template is None:
-            return _error(AcquireError, type(self), record, doing, exc)
+            return _error(error_type, type(self), record, doing, exc)
         doing += f" from template {self.template!r}"
         template = self.template
         reason: Callable[[BaseException], str] = _reason
@@ -640,7 +706,7 @@ class PostgresDatabase(_PostgresBackend[str]):
                 " database of the same server as template"
             )
             reason = lambda _exc: missing  # noqa: E731
-        return _error(AcquireError, type(self), record, doing, exc, reason=reason)
+        return _error(error_type, type(self), record, doing, exc, reason=reason)
 
     def _sessions_on(self, dbname: str) -> str:
         query = (
@@ -822,12 +888,16 @@ class PostgresTables(_PostgresBackend[str]):
         record = self.plan(name)
         prefix = str(record["prefix"])
         if self.setup is not None:
+            doing = f"connect for the set-up of tables {prefix}*"
             try:
                 conn = _connect(self._server, autocommit=False)
+            except psycopg.Error as exc:  # before the set-up ran: nothing was made
+                raise _error(NotCreatedError, type(self), record, doing, exc) from exc
+            try:
                 conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
-            except psycopg.Error as exc:
-                doing = f"connect for the set-up of tables {prefix}*"
-                raise _error(AcquireError, type(self), record, doing, exc) from exc
+            except psycopg.Error as exc:  # before the set-up ran: nothing was made
+                conn.close()
+                raise _error(NotCreatedError, type(self), record, doing, exc) from exc
             with conn:
                 self.setup(conn, prefix)
         return prefix, record
@@ -1042,11 +1112,13 @@ class PostgresRole(_PostgresBackend[RoleLogin]):
         if self.member_of:
             grants = sql.SQL(", ").join(sql.Identifier(r) for r in self.member_of)
             statements.append(sql.SQL("GRANT {} TO {}").format(grants, role))
+        progress = _Progress()
         try:
-            _execute(self._server, sql.SQL("; ").join(statements))
+            # One simple query: one transaction, so a GRANT refused undoes the CREATE ROLE.
+            _execute(self._server, sql.SQL("; ").join(statements), progress=progress)
         except psycopg.Error as exc:
             doing = "create the role"
-            raise _error(AcquireError, type(self), record, doing, exc) from exc
+            raise _error(_create_error(exc, progress), type(self), record, doing, exc) from exc
         dsn = _dsn_with(self.dsn, user=name, password=password)
         return RoleLogin(name, password, dsn), record
 
