@@ -192,3 +192,38 @@ def test_watch_prints_markup_as_it_is(bracketed: Bracketed) -> None:
     finally:
         watcher.kill()
     assert not bracketed.path.exists()
+
+
+# --- failures speak one line, and JSON with --json (issue 11) --------------------------------
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "5 parsecs"])
+def test_grace_takes_durations_and_refuses_what_is_not_one(registry_path: str, value: str) -> None:
+    result = reclaim_cli("sweep", "--grace", value, "--json", check=False)
+    assert result.returncode == 2
+    error = json.loads(result.stdout)
+    assert "is not a duration" in error["error"] or "negative" in error["error"]
+    assert error["exit_status"] == 2
+
+
+def test_grace_accepts_units(registry_path: str) -> None:
+    assert reclaim_cli("sweep", "--grace", "5m").returncode == 0
+    assert reclaim_cli("sweep", "--grace", "0").returncode == 0
+
+
+def test_json_commands_that_fail_print_a_json_error(registry_path: str) -> None:
+    result = reclaim_cli("forget", "777", "--json", check=False)
+    assert result.returncode == 2
+    assert json.loads(result.stdout) == {
+        "error": f"there is no resource 777 in the registry {registry_path}",
+        "exit_status": 2,
+    }
+
+
+def test_demo_with_a_bad_registry_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.sqlite3"
+    bad.write_text("not a registry")
+    result = reclaim_cli("--registry", str(bad), "demo", check=False)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "is not an SQLite database" in result.stderr

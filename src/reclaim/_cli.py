@@ -80,8 +80,15 @@ def _cell(value: object, style: str = "") -> Text:
     return value if isinstance(value, Text) else Text(str(value), style=style)
 
 
+#: Set when the command line asks for --json: a failure then also prints a JSON object on
+#: standard output, so a machine reading it never gets nothing.
+_json_errors = False
+
+
 def _fail(message: str, code: int = 2) -> NoReturn:
     _errors.print(Text("reclaim: ", style="bold red") + Text(message))
+    if _json_errors:
+        click.echo(json.dumps({"error": message, "exit_status": code}))
     sys.exit(code)
 
 
@@ -217,6 +224,11 @@ def status(location: str, as_json: bool) -> None:
 # --- sweep ---------------------------------------------------------------------------------
 
 
+#: The registry sweep's default grace (seconds): a run that died younger may still have its
+#: watchdog at work.
+DEFAULT_SWEEP_GRACE: Final = 300.0
+
+
 def _duration_option(
     _ctx: click.Context, _param: click.Parameter, value: str | None
 ) -> float | None:
@@ -233,11 +245,11 @@ def _duration_option(
 @click.option("--dry-run", is_flag=True, help="Show what would be released; change nothing.")
 @click.option(
     "--grace",
-    type=click.FloatRange(min=0),
-    default=300.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="Leave runs that started less than this long ago (their watchdog may be at work).",
+    callback=_duration_option,
+    default=None,
+    metavar="DURATION",
+    help="Leave runs that started less than this long ago (their watchdog may be at work):"
+    " 90 (seconds), 90s, 30m, 2h, 1d [default: 5m].",
 )
 @click.option(
     "--leftovers",
@@ -262,7 +274,7 @@ def sweep_command(
     location: str,
     *,
     dry_run: bool,
-    grace: float,
+    grace: float | None,
     leftover_urls: tuple[str, ...],
     older_than: float | None,
     yes: bool,
@@ -292,6 +304,8 @@ def sweep_command(
     if older_than is not None or yes:
         _fail("--older-than and --yes go with --leftovers URL (the registry sweep needs neither)")
     registry = _open(location, create=False)
+    if grace is None:
+        grace = DEFAULT_SWEEP_GRACE
     report = SweepReport() if registry is None else sweep(registry, grace=grace, dry_run=dry_run)
     if as_json:
         data = report.to_json()
@@ -1012,6 +1026,10 @@ def demo(location: str) -> None:
     """Watch reclaim clean up after a process killed with SIGKILL (no server needed)."""
     from reclaim._demo import run_demo  # noqa: PLC0415  (only this command needs it)
 
+    # A registry that cannot be used is said here in one line, not in the child's traceback.
+    registry = _open(location, create=True)
+    if registry is not None:
+        registry.close()
     try:
         ok = run_demo(location, _console)
     except ReclaimError as exc:
@@ -1019,6 +1037,20 @@ def demo(location: str) -> None:
     sys.exit(0 if ok else 1)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """The console script's entry point."""
-    cli(prog_name="reclaim")
+    global _json_errors  # noqa: PLW0603  (one process, one command line)
+    args = sys.argv[1:] if argv is None else argv
+    own = args[: args.index("--")] if "--" in args else args  # not the command of `run`
+    _json_errors = "--json" in own
+    try:
+        result = cli.main(args=args, prog_name="reclaim", standalone_mode=False)
+    except click.ClickException as exc:  # a usage error: the message, and JSON with --json
+        exc.show()
+        if _json_errors:
+            click.echo(json.dumps({"error": exc.format_message(), "exit_status": exc.exit_code}))
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        _errors.print(Text("Aborted."))
+        sys.exit(1)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Final
 
@@ -17,8 +18,12 @@ def parse_duration(text: str | float) -> float:
     Raises:
         ValueError: the text is not such a duration (the message shows what is accepted).
     """
+    if isinstance(text, bool):
+        raise ValueError(f"{text!r} is not a duration")
     if isinstance(text, int | float):
         seconds = float(text)
+        if not math.isfinite(seconds):
+            raise ValueError(f"{text!r} is not a duration: give a finite number of seconds")
     else:
         match = _DURATION_RE.fullmatch(text)
         if match is None:
