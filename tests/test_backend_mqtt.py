@@ -15,9 +15,11 @@ comes back. Every topic a test makes is cleared at teardown, also when the test 
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -34,9 +36,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 import reclaim
-from _services import TcpProxy, require
+from _services import TcpProxy, reachable, require
 from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
-from reclaim import ForeignNameError
+from reclaim import ForeignNameError, NotCreatedError, ReleaseError
 from reclaim._registry import open_registry
 from reclaim.backends import Record, load_backend, make_name
 from reclaim.backends.mqtt import CLAIM_SUFFIX, MqttTopic
@@ -290,6 +292,99 @@ def test_a_silent_broker_is_a_bounded_clear_error() -> None:
                 call()
     finally:
         silent.close()
+
+
+def _free_port() -> int:
+    """A port of this machine nobody listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _acquire_leaves_no_entry(registry_path: str, backend: MqttTopic, *, says: str) -> None:
+    """``Fixture.acquire`` fails with an AcquireError that names the cause, and nothing of it
+    is left in the registry: the backend proved that nothing was created."""
+    with reclaim.Fixture("creates-nothing") as f, pytest.raises(reclaim.AcquireError) as info:
+        f.acquire(backend)
+    assert not isinstance(info.value, ReleaseError)
+    message = str(info.value)
+    assert "mqtt.topic" in message
+    assert says in message
+    assert "hunter2secret" not in message
+    reg = open_registry(registry_path)
+    try:
+        assert reg.resources() == []
+    finally:
+        reg.close()
+
+
+def test_an_acquire_that_cannot_connect_creates_nothing(registry_path: str) -> None:
+    """A port nobody listens on: the claim was never published; the entry is closed instead of
+    failing every later sweep against a broker that is not there."""
+    url = f"mqtt://tester:hunter2secret@127.0.0.1:{_free_port()}"
+    with pytest.raises(NotCreatedError, match="unreachable") as info:
+        MqttTopic(url).acquire(make_name("0a1b2c3d", 1))
+    assert "hunter2secret" not in str(info.value)
+    _acquire_leaves_no_entry(registry_path, MqttTopic(url), says="unreachable")
+
+
+def test_an_acquire_that_gets_no_connack_creates_nothing(registry_path: str) -> None:
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        url = f"mqtt://tester:hunter2secret@127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(NotCreatedError, match="sent no CONNACK"):
+            MqttTopic(url, timeout=0.3).acquire(make_name("0a1b2c3d", 1))
+        _acquire_leaves_no_entry(registry_path, MqttTopic(url, timeout=0.3), says="no CONNACK")
+    finally:
+        silent.close()
+
+
+@pytest.fixture
+def guarded_port(tmp_path: Path) -> Iterator[int]:
+    """A Mosquitto of this test's own that checks passwords (user tester, password right-pw)."""
+    binary, passwd = shutil.which("mosquitto"), shutil.which("mosquitto_passwd")
+    if binary is None or passwd is None:
+        if os.environ.get("RECLAIM_REQUIRE_SERVICES") == "1":
+            pytest.fail("RECLAIM_REQUIRE_SERVICES=1 but mosquitto is not on PATH")
+        pytest.skip("mosquitto and mosquitto_passwd are not on PATH: no broker with passwords")
+    passwords = tmp_path / "passwords"
+    subprocess.run(
+        [passwd, "-c", "-b", str(passwords), "tester", "right-pw"],
+        check=True,
+        capture_output=True,
+        timeout=CHILD_TIMEOUT,
+    )
+    port = _free_port()
+    config = tmp_path / "mosquitto.conf"
+    config.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}\n"
+        # Run as root, mosquitto drops to its own user, who cannot read this test's directory.
+        f"user {getpass.getuser()}\n"
+    )
+    proc = subprocess.Popen(
+        [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_until(lambda: reachable("127.0.0.1", port, timeout=0.2), timeout=20)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=CHILD_TIMEOUT)
+
+
+def test_an_acquire_with_a_wrong_password_creates_nothing(
+    guarded_port: int, registry_path: str
+) -> None:
+    right = MqttTopic(f"mqtt://tester:right-pw@127.0.0.1:{guarded_port}")
+    _prefix, record = right.acquire(make_name("0a1b2c3d", 1))  # the broker is up, and checks
+    MqttTopic.release(record)
+    url = f"mqtt://tester:hunter2secret@127.0.0.1:{guarded_port}"
+    with pytest.raises(NotCreatedError, match="refused the connection") as info:
+        MqttTopic(url).acquire(make_name("0a1b2c3d", 2))
+    assert "hunter2secret" not in str(info.value)
+    _acquire_leaves_no_entry(registry_path, MqttTopic(url), says="refused the connection")
 
 
 def test_bad_urls_are_clear_and_keep_the_password_out() -> None:

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -39,9 +40,9 @@ import pytest
 from nats.aio.client import Client as NATS
 
 import reclaim
-from _services import TcpProxy, require, with_port
+from _services import TcpProxy, reachable, require, with_port
 from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
-from reclaim import AcquireError, BackendError, ForeignNameError, ReleaseError
+from reclaim import AcquireError, BackendError, ForeignNameError, NotCreatedError, ReleaseError
 from reclaim._registry import open_registry
 from reclaim.backends import Record, make_name, redact_record
 from reclaim.backends.nats import NatsKeyValue, NatsStream, durable_consumer
@@ -620,11 +621,127 @@ def test_errors_name_the_resource_and_hide_the_secrets() -> None:
         list(NatsStream.list_leftovers(url))
 
 
+def _no_entry(registry_path: str) -> None:
+    reg = open_registry(registry_path)
+    try:
+        assert reg.resources() == []
+    finally:
+        reg.close()
+
+
+def _acquire_leaves_no_entry(registry_path: str, backend: Any, *, says: str, hidden: str) -> None:
+    """``Fixture.acquire`` (and ``aacquire``) fail with an AcquireError that names the cause,
+    and nothing of it is left in the registry: the backend proved that nothing was created."""
+    with reclaim.Fixture("creates-nothing") as f, pytest.raises(reclaim.AcquireError) as info:
+        f.acquire(backend)
+
+    async def main() -> reclaim.AcquireError:
+        async with reclaim.Fixture("creates-nothing-async") as f:
+            with pytest.raises(reclaim.AcquireError) as ainfo:
+                await f.aacquire(backend)
+        return ainfo.value
+
+    for error in (info.value, asyncio.run(main())):
+        assert not isinstance(error, ReleaseError)
+        message = str(error)
+        assert backend.kind in message
+        assert says in message
+        assert hidden not in message
+    _no_entry(registry_path)
+
+
+def test_an_acquire_that_cannot_connect_creates_nothing(registry_path: str) -> None:
+    """A port nobody listens on: the connection never opened, so nothing was created; the
+    entry is closed instead of failing every later sweep against a server that is not there."""
+    url = f"nats://tester:hunter2secret@127.0.0.1:{_closed_port()}"
+    for make in (NatsStream, NatsKeyValue):
+        with pytest.raises(NotCreatedError, match="cannot reach the server") as info:
+            make(url).acquire("rc_00000000_a_1")
+        assert "hunter2secret" not in str(info.value)
+        _acquire_leaves_no_entry(
+            registry_path, make(url), says="cannot reach the server", hidden="hunter2secret"
+        )
+
+
+@pytest.fixture
+def guarded_url() -> Iterator[str]:
+    """A nats-server of this test's own that checks a user and password (tester / right-pw)."""
+    binary = shutil.which("nats-server")
+    if binary is None:
+        if os.environ.get("RECLAIM_REQUIRE_SERVICES") == "1":
+            pytest.fail("RECLAIM_REQUIRE_SERVICES=1 but nats-server is not on PATH")
+        pytest.skip("nats-server is not on PATH: no server that checks a password")
+    port = _closed_port()
+    proc = subprocess.Popen(
+        [binary, "-a", "127.0.0.1", "-p", str(port), "--user", "tester", "--pass", "right-pw"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: reachable("127.0.0.1", port, timeout=0.2), timeout=20)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=CHILD_TIMEOUT)
+
+
+def test_an_acquire_with_a_wrong_password_creates_nothing(
+    guarded_url: str, registry_path: str
+) -> None:
+    wrong = f"wrong-{secrets.token_hex(6)}"
+    url = _with_userinfo(guarded_url, f"tester:{wrong}")
+    for make in (NatsStream, NatsKeyValue):
+        with pytest.raises(NotCreatedError, match="refused the credentials") as info:
+            make(url).acquire("rc_00000000_a_1")
+        assert wrong not in str(info.value)
+        _acquire_leaves_no_entry(
+            registry_path, make(url), says="refused the credentials", hidden=wrong
+        )
+
+
+class _Named(NatsStream):
+    """A stream backend that takes the name it is given (to collide with a stream on purpose)."""
+
+    def __init__(self, url: str, name: str) -> None:
+        super().__init__(url)
+        self.fixed = name
+
+    def adapt_name(self, proposed: str) -> str:
+        return self.fixed
+
+
+def test_a_stream_somebody_else_holds_is_never_released(server: Server, registry_path: str) -> None:
+    """A stream of that name exists with another configuration: the API refuses the create
+    (400), the stream is not ours, and the failed acquire leaves it alone."""
+    name = server.name(1)
+
+    async def theirs(nc: NATS) -> None:
+        await nc.jetstream().add_stream(name=name, subjects=[f"theirs.{server.token}"])
+
+    server.run(theirs)
+    with pytest.raises(NotCreatedError, match="JetStream API answered 400"):
+        NatsStream(server.url).acquire(name)
+    with (
+        reclaim.Fixture("collides") as f,
+        pytest.raises(reclaim.AcquireError, match="answered 400"),
+    ):
+        f.acquire(_Named(server.url, name))
+    assert server.has(name)
+    _no_entry(registry_path)
+
+
+def test_a_bucket_nats_py_refuses_is_never_sent(server: Server) -> None:
+    name = server.name(1)
+    with pytest.raises(NotCreatedError, match="at most 64"):
+        NatsKeyValue(server.url, history=65).acquire(name)
+    assert not server.has(f"KV_{name}")
+
+
 def test_a_server_error_is_reported_with_its_code(server: Server) -> None:
     """Two streams may not capture the same subjects: the server's answer reaches the user."""
     subject = f"shared.{server.token}"
     NatsStream(server.url, subjects=[subject]).acquire(server.name(1))
-    with pytest.raises(AcquireError, match=r"JetStream API answered \d+"):
+    with pytest.raises(NotCreatedError, match=r"JetStream API answered \d+"):
         NatsStream(server.url, subjects=[subject]).acquire(server.name(2))
 
 

@@ -33,7 +33,7 @@ import pytest
 import reclaim
 from _services import TcpProxy, require, with_port
 from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
-from reclaim import AcquireError, BackendError, ForeignNameError, ReleaseError
+from reclaim import AcquireError, BackendError, ForeignNameError, NotCreatedError, ReleaseError
 from reclaim._registry import open_registry
 from reclaim.backends import Backend, Record, make_name
 from reclaim.backends.rabbitmq import RabbitExchange, RabbitQueue, RabbitVhost
@@ -720,6 +720,129 @@ def test_acquire_errors_say_what_happened_without_the_password(broker: Broker) -
         assert broker.password not in message
         if secret is not None:
             assert secret not in message
+
+
+def _acquire_leaves_no_entry(
+    registry_path: str, backend: Backend[str], *, says: str, secrets_: tuple[str, ...]
+) -> None:
+    """``Fixture.acquire`` fails with an AcquireError that names the cause, and nothing of it
+    is left in the registry: the backend proved that nothing was created."""
+    with reclaim.Fixture("creates-nothing") as f, pytest.raises(reclaim.AcquireError) as info:
+        f.acquire(backend)
+    assert not isinstance(info.value, ReleaseError)
+    message = str(info.value)
+    assert backend.kind in message
+    assert says in message
+    for secret in secrets_:
+        assert secret not in message
+    reg = open_registry(registry_path)
+    try:
+        assert reg.resources() == []
+    finally:
+        reg.close()
+
+
+def test_an_acquire_that_cannot_connect_creates_nothing(broker: Broker, registry_path: str) -> None:
+    """A port nobody listens on: nothing was sent, so nothing was created; the entry is closed
+    instead of failing every later sweep against a broker that is not there."""
+    closed = closed_port()
+    cases: list[tuple[Any, str]] = [
+        (lambda: RabbitQueue(with_port(broker.amqp, closed)), "is the broker up"),
+        (lambda: RabbitExchange(with_port(broker.amqp, closed)), "is the broker up"),
+        (lambda: RabbitVhost(with_port(broker.api, closed)), "rabbitmq_management"),
+    ]
+    for make, says in cases:
+        with pytest.raises(NotCreatedError, match=says) as info:
+            make().acquire(fresh_name())
+        assert broker.password not in str(info.value)
+        _acquire_leaves_no_entry(registry_path, make(), says=says, secrets_=(broker.password,))
+
+
+def test_an_acquire_with_a_wrong_password_creates_nothing(
+    broker: Broker, registry_path: str
+) -> None:
+    wrong = f"wrong-{secrets.token_hex(6)}"
+    cases: list[tuple[Any, str]] = [
+        (lambda: RabbitQueue(broker.amqp_url(broker.vhost, password=wrong)), "user and password"),
+        (lambda: RabbitExchange(broker.amqp_url("no-such-vhost")), "vhost does not exist"),
+        (lambda: RabbitVhost(_with_userinfo(broker.api, broker.user, wrong)), "refused the user"),
+    ]
+    for make, says in cases:
+        with pytest.raises(NotCreatedError, match=says):
+            make().acquire(fresh_name())
+        _acquire_leaves_no_entry(
+            registry_path, make(), says=says, secrets_=(broker.password, wrong)
+        )
+
+
+def test_a_refused_declare_creates_nothing(broker: Broker, registry_path: str) -> None:
+    """The broker refuses the declare itself (an unknown exchange type closes the connection
+    with 503 COMMAND_INVALID): nothing was made."""
+    name = fresh_name()
+    with pytest.raises(NotCreatedError, match="COMMAND_INVALID"):
+        RabbitExchange(broker.amqp, "x-no-such-type").acquire(name)
+    assert not broker.has("exchanges", name)
+    _acquire_leaves_no_entry(
+        registry_path,
+        RabbitExchange(broker.amqp, "x-no-such-type"),
+        says="COMMAND_INVALID",
+        secrets_=(broker.password,),
+    )
+
+
+class _NamedQueue(RabbitQueue):
+    """Takes the name it is given (to collide with somebody else's queue on purpose)."""
+
+    def __init__(self, url: str, name: str) -> None:
+        super().__init__(url)
+        self.fixed = name
+
+    def adapt_name(self, proposed: str) -> str:
+        return self.fixed
+
+
+class _NamedExchange(RabbitExchange):
+    def __init__(self, url: str, name: str) -> None:
+        super().__init__(url, "topic")
+        self.fixed = name
+
+    def adapt_name(self, proposed: str) -> str:
+        return self.fixed
+
+
+class _NamedVhost(RabbitVhost):
+    def __init__(self, api_url: str, name: str) -> None:
+        super().__init__(api_url)
+        self.fixed = name
+
+    def adapt_name(self, proposed: str) -> str:
+        return self.fixed
+
+
+def test_what_somebody_else_holds_is_never_released(broker: Broker, registry_path: str) -> None:
+    """A queue, exchange or vhost of that name exists already: not ours. The failed acquire
+    (406 PRECONDITION_FAILED for other arguments; a vhost that answers GET) leaves it alone."""
+    queue, exchange, vhost = fresh_name(1), fresh_name(2), fresh_name(3)
+    conn, ch = channel(broker.amqp)
+    try:
+        ch.queue_declare(queue=queue, durable=False)
+        ch.exchange_declare(exchange=exchange, exchange_type="direct")
+    finally:
+        conn.close()
+    assert broker.admin.put(f"/api/vhosts/{vhost}").status_code == 201
+    try:
+        cases: list[tuple[Backend[str], str, str, str]] = [
+            (_NamedQueue(broker.amqp, queue), "PRECONDITION_FAILED", "queues", queue),
+            (_NamedExchange(broker.amqp, exchange), "PRECONDITION_FAILED", "exchanges", exchange),
+            (_NamedVhost(broker.api, vhost), "exists already", "vhosts", vhost),
+        ]
+        for backend, says, collection, name in cases:
+            with pytest.raises(NotCreatedError, match=says):
+                backend.acquire(name)
+            _acquire_leaves_no_entry(registry_path, backend, says=says, secrets_=(broker.password,))
+            assert broker.has(collection, name), f"{name} is somebody else's: never deleted"
+    finally:
+        broker.admin.delete(f"/api/vhosts/{vhost}")
 
 
 def test_release_errors_name_the_resource_and_hide_the_password(broker: Broker) -> None:

@@ -36,7 +36,7 @@ import redis
 import reclaim
 from _services import TcpProxy, require, with_port
 from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
-from reclaim import AcquireError, BackendError, ForeignNameError, ReleaseError
+from reclaim import AcquireError, BackendError, ForeignNameError, NotCreatedError, ReleaseError
 from reclaim._registry import open_registry
 from reclaim._run import current_run
 from reclaim.backends import Record, make_name, redact_record
@@ -811,6 +811,113 @@ def test_acquire_errors_say_what_happened_without_the_password(server: Server) -
         assert backend.kind in message
         assert "refused the user and password" in message
         assert wrong not in message
+
+
+def _acquire_leaves_no_entry(registry_path: str, backend: Any, *, says: str, hidden: str) -> None:
+    """``Fixture.acquire`` fails with an AcquireError that names the cause, and nothing of it
+    is left in the registry: the backend proved that nothing was created."""
+    with reclaim.Fixture("creates-nothing") as f, pytest.raises(reclaim.AcquireError) as info:
+        f.acquire(backend)
+    assert not isinstance(info.value, ReleaseError)
+    message = str(info.value)
+    assert backend.kind in message
+    assert says in message
+    assert hidden not in message
+    reg = open_registry(registry_path)
+    try:
+        assert reg.resources() == []
+    finally:
+        reg.close()
+
+
+def test_an_acquire_that_cannot_connect_creates_nothing(server: Server, registry_path: str) -> None:
+    """A port nobody listens on: the connection never opened, so nothing was created; the
+    entry is closed instead of failing every later sweep against a server that is not there."""
+    url = with_port(server.url_as("someone", "hunter2secret"), _closed_port())
+    for make in (RedisNamespace, RedisDatabase):
+        with pytest.raises(NotCreatedError, match="cannot reach the server") as info:
+            make(url).acquire(server.name(1))
+        assert "hunter2secret" not in str(info.value)
+        _acquire_leaves_no_entry(
+            registry_path, make(url), says="cannot reach the server", hidden="hunter2secret"
+        )
+
+
+def test_an_acquire_with_a_wrong_password_creates_nothing(
+    server: Server, registry_path: str
+) -> None:
+    user, _password = server.acl_user()
+    wrong = f"wrong-{secrets.token_hex(6)}"
+    for make in (RedisNamespace, RedisDatabase):
+        with pytest.raises(NotCreatedError, match="refused the user and password"):
+            make(server.url_as(user, wrong)).acquire(server.name(1))
+        _acquire_leaves_no_entry(
+            registry_path,
+            make(server.url_as(user, wrong)),
+            says="refused the user and password",
+            hidden=wrong,
+        )
+
+
+def test_a_refused_create_command_creates_nothing(server: Server, registry_path: str) -> None:
+    """An account that may connect but not write: the server's error reply means the command
+    did not run."""
+    user, password = server.acl_user()
+    server.db(0).acl_setuser(user, enabled=True, commands=["-set", "-eval", "-evalsha"])
+    url = server.url_as(user, password)
+    with pytest.raises(NotCreatedError, match="may not do this"):
+        RedisNamespace(url).acquire(server.name(1))
+    with pytest.raises(NotCreatedError, match="may not do this"):
+        RedisDatabase(url, databases=[1]).acquire(server.name(2))
+    _acquire_leaves_no_entry(registry_path, RedisNamespace(url), says="ACL", hidden=password)
+
+
+class _Named(RedisNamespace):
+    """Takes the name it is given (to collide with somebody else's namespace on purpose)."""
+
+    def __init__(self, url: str, name: str) -> None:
+        super().__init__(url)
+        self.fixed = name
+
+    def adapt_name(self, proposed: str) -> str:
+        return self.fixed
+
+
+def test_a_namespace_somebody_else_holds_is_never_released(
+    server: Server, registry_path: str
+) -> None:
+    """The marker exists already: not ours. The failed acquire must leave its keys alone."""
+    name = server.name(1)
+    server.db(0).set(f"{name}:{MARKER}", "somebody")
+    server.db(0).set(f"{name}:data", "theirs")
+    with pytest.raises(NotCreatedError, match="exists already"):
+        RedisNamespace(server.url).acquire(name)
+    with (
+        reclaim.Fixture("collides") as f,
+        pytest.raises(reclaim.AcquireError, match="exists already"),
+    ):
+        f.acquire(_Named(server.url, name))
+    assert server.db(0).get(f"{name}:data") == b"theirs"
+    assert server.db(0).get(f"{name}:{MARKER}") == b"somebody"
+
+
+def test_no_free_database_creates_nothing(server: Server, registry_path: str) -> None:
+    claimed = server.free_databases()[:1]
+    if not claimed:
+        pytest.skip("every logical database of the server is claimed or in use")
+    db = claimed[0]
+    server.db(db).set(f"reclaim-test-{server.token}:user-key", "x")
+    try:
+        with pytest.raises(NotCreatedError, match="no free database"):
+            RedisDatabase(server.url, databases=[db]).acquire(server.name(1))
+        _acquire_leaves_no_entry(
+            registry_path,
+            RedisDatabase(server.url, databases=[db]),
+            says="no free database",
+            hidden="-",
+        )
+    finally:
+        server.db(db).delete(f"reclaim-test-{server.token}:user-key")
 
 
 def test_release_errors_name_the_resource_and_hide_the_password(server: Server) -> None:

@@ -12,17 +12,19 @@ release asks the server itself (``head_bucket``, ``list_buckets``) through a cli
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import boto3
 import pytest
@@ -33,7 +35,13 @@ from moto.server import ThreadedMotoServer
 import reclaim
 from _services import TcpProxy
 from conftest import CHILD_TIMEOUT, Spawner, alive, kill, reclaim_cli, wait_until
-from reclaim import AcquireError, ForeignNameError, MissingExtraError, ReleaseError
+from reclaim import (
+    AcquireError,
+    ForeignNameError,
+    MissingExtraError,
+    NotCreatedError,
+    ReleaseError,
+)
 from reclaim._registry import open_registry
 from reclaim._run import end_run
 from reclaim.backends import Record, load_backend, make_name, parse_name
@@ -274,10 +282,13 @@ def test_unversioned_bucket_with_objects_is_emptied(s3: S3Client) -> None:
     assert not bucket_exists(s3, bucket.name)
 
 
-def test_existing_name_is_never_adopted(s3: S3Client) -> None:
+def test_existing_name_is_never_adopted(s3: S3Client, registry_path: str) -> None:
+    """The bucket exists already (409): it is somebody else's, the acquire made nothing, and
+    the failed acquire leaves the bucket alone."""
     name = S3Bucket().adapt_name(make_name("0000ad07", 1))
     s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": REGION})
-    with pytest.raises(AcquireError) as info:
+    s3.put_object(Bucket=name, Key="theirs", Body=b"x")
+    with pytest.raises(NotCreatedError) as info:
         S3Bucket().acquire(name)
     message = str(info.value)
     assert name in message
@@ -286,6 +297,107 @@ def test_existing_name_is_never_adopted(s3: S3Client) -> None:
     assert "s3:CreateBucket" in message, "says what to check"
     assert SECRET not in message
     assert info.value.kind == "s3.bucket"
+    _acquire_leaves_no_entry(registry_path, _Named(name), says="HTTP 409")
+    assert s3.get_object(Bucket=name, Key="theirs")["Body"].read() == b"x"
+
+
+class _Named(S3Bucket):
+    """Takes the name it is given (to collide with somebody else's bucket on purpose)."""
+
+    def __init__(self, name: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fixed = name
+
+    def adapt_name(self, proposed: str) -> str:
+        return self.fixed
+
+
+def _acquire_leaves_no_entry(registry_path: str, backend: S3Bucket, *, says: str) -> None:
+    """``Fixture.acquire`` fails with an AcquireError that names the cause, and nothing of it
+    is left in the registry: the backend proved that nothing was created."""
+    with reclaim.Fixture("creates-nothing") as f, pytest.raises(reclaim.AcquireError) as info:
+        f.acquire(backend)
+    assert not isinstance(info.value, ReleaseError)
+    message = str(info.value)
+    assert "s3.bucket" in message
+    assert says in message
+    assert SECRET not in message
+    reg = open_registry(registry_path)
+    try:
+        assert reg.resources() == []
+    finally:
+        reg.close()
+
+
+def test_an_acquire_that_cannot_connect_creates_nothing(s3: S3Client, registry_path: str) -> None:
+    """A port nobody listens on: no request reached a server (botocore's retries included);
+    the entry is closed instead of failing every later sweep against a server not there."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = int(probe.getsockname()[1])
+    backend = S3Bucket(endpoint_url=f"http://127.0.0.1:{closed}")
+    with pytest.raises(NotCreatedError, match="Could not connect") as info:
+        backend.acquire(backend.adapt_name(make_name("0000dead", 1)))
+    assert SECRET not in str(info.value)
+    _acquire_leaves_no_entry(registry_path, backend, says="S3 endpoint is up")
+
+
+class Scripted(BaseHTTPRequestHandler):
+    """An S3 stand-in that answers requests with the statuses of ``answers``, in turn (the last
+    one for ever): an S3 error document with the status's code."""
+
+    answers: ClassVar[list[tuple[int, str]]] = []
+    seen: ClassVar[list[str]] = []
+
+    def _answer(self) -> None:
+        type(self).seen.append(self.command)
+        index = min(len(type(self).seen), len(self.answers)) - 1
+        status, code = self.answers[index]
+        body = (
+            "<?xml version='1.0' encoding='UTF-8'?>"
+            f"<Error><Code>{code}</Code><Message>scripted</Message></Error>"
+        ).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_PUT = do_GET = do_DELETE = _answer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def scripted(*answers: tuple[int, str]) -> Iterator[str]:
+    """An S3 stand-in's endpoint, answering ``answers`` in turn."""
+    handler = type("Answers", (Scripted,), {"answers": list(answers), "seen": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_refused_create_creates_nothing_unless_a_retry_came_before(
+    s3: S3Client, registry_path: str
+) -> None:
+    """403 to the only CreateBucket: nothing was made. The same 409 after a 500 that botocore
+    retried is not proof: the first request may have made the bucket (AcquireError)."""
+    name = S3Bucket().adapt_name(make_name("0000f00d", 1))
+    with scripted((403, "SignatureDoesNotMatch")) as endpoint:
+        with pytest.raises(NotCreatedError, match="HTTP 403 SignatureDoesNotMatch"):
+            S3Bucket(endpoint_url=endpoint).acquire(name)
+        _acquire_leaves_no_entry(
+            registry_path, S3Bucket(endpoint_url=endpoint), says="SignatureDoesNotMatch"
+        )
+    with scripted((500, "InternalError"), (409, "BucketAlreadyOwnedByYou")) as endpoint:
+        with pytest.raises(AcquireError, match="HTTP 409") as info:
+            S3Bucket(endpoint_url=endpoint).acquire(name)
+        assert not isinstance(info.value, NotCreatedError)
 
 
 def test_keep_credentials_false_stores_no_keys(s3: S3Client) -> None:

@@ -50,8 +50,10 @@ from typing import Any, Final
 from reclaim.backends import (
     Backend,
     Leftover,
+    NotCreatedError,
     ReclaimName,
     Record,
+    backend_error,
     redact_text,
     require_extra,
     split_url,
@@ -137,7 +139,22 @@ class MqttTopic(Backend[str]):
         record = self.plan(name)
         prefix = record["prefix"]
         claim = json.dumps({"kind": _KIND, "prefix": prefix, "created_at": time.time()})
-        with _Session(record, f"claim the topic prefix {prefix}") as session:
+        try:
+            session = _Session(record, f"claim the topic prefix {prefix}")
+        except Exception as exc:
+            # The claim is the first message published: a session that never opened (broker
+            # down, wrong port, CONNACK refused, no CONNACK in time) made nothing.
+            raise backend_error(
+                NotCreatedError,
+                _KIND,
+                record,
+                "connect to the broker",
+                exc,
+                where=_where(record),
+                reason=str,
+                secret_fields=self.secret_fields,
+            ) from exc
+        with session:
             session.publish_retained({name + CLAIM_SUFFIX: claim.encode()})
         return prefix, record
 

@@ -47,6 +47,7 @@ from reclaim.backends import (
     Backend,
     BackendError,
     Leftover,
+    NotCreatedError,
     ReclaimName,
     Record,
     ReleaseError,
@@ -57,6 +58,7 @@ from reclaim.backends import (
 
 try:
     import nats
+    import nats.aio.client
     import nats.errors
     import nats.js.api
     import nats.js.errors
@@ -166,12 +168,18 @@ class _JetStreamBackend(Backend[str]):
         return _run_sync(lambda: self.aacquire(name))
 
     async def aacquire(self, name: str) -> tuple[str, Record]:
+        """Create it with one JetStream API request. Raises :class:`NotCreatedError` when
+        nothing was created: the connection never opened (down, wrong port, credentials
+        refused), nats-py refused the request before sending it, no JetStream received it, or
+        the API answered it with a 4xx (a stream of that name exists with another configuration:
+        somebody else's, never released on our behalf)."""
         record = self.plan(name)
-        async with _jetstream(record, self.kind, f"create the {self._noun}", AcquireError) as js:
+        doing = f"create the {self._noun}"
+        async with _jetstream(record, self.kind, doing, AcquireError, NotCreatedError) as js:
             try:
                 await self._create(js, name)
             except Exception as exc:
-                _fail(AcquireError, self.kind, record, f"create the {self._noun}", exc)
+                _fail(_create_failure(exc), self.kind, record, doing, exc)
         return name, record
 
     async def _create(self, js: JetStreamContext, name: str) -> None:
@@ -344,25 +352,37 @@ def _run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 @contextlib.asynccontextmanager
 async def _jetstream(
-    record: Record, kind: str, doing: str, error: type[BackendError]
+    record: Record,
+    kind: str,
+    doing: str,
+    error: type[BackendError],
+    connect_error: type[BackendError] | None = None,
 ) -> AsyncIterator[JetStreamContext]:
     """A connection for one operation, closed after it. Fails fast: two connection attempts,
-    no reconnects (the reaper has its own back-off)."""
-    async with _connected(record, kind, doing, error) as nc:
+    no reconnects (the reaper has its own back-off). A connection that does not open raises
+    ``connect_error`` (``error`` by default)."""
+    async with _connected(record, kind, doing, error, connect_error) as nc:
         yield nc.jetstream(timeout=_API_TIMEOUT)
 
 
 @contextlib.asynccontextmanager
 async def _connected(
-    record: Record, kind: str, doing: str, error: type[BackendError]
+    record: Record,
+    kind: str,
+    doing: str,
+    error: type[BackendError],
+    connect_error: type[BackendError] | None = None,
 ) -> AsyncIterator[NATS]:
     seen: list[Exception] = []
 
     async def on_error(exc: Exception) -> None:
         seen.append(exc)  # nats-py would log each one; the last one goes in our message
 
+    # nats.connect() leaves the socket of a refused connection (wrong password) open: our own
+    # client, closed whatever happened.
+    nc = nats.aio.client.Client()
     try:
-        nc = await nats.connect(
+        await nc.connect(
             servers=[record["url"]],
             user=record.get("user") or None,
             password=record.get("password") or None,
@@ -371,11 +391,13 @@ async def _connected(
             connect_timeout=_CONNECT_TIMEOUT,
             allow_reconnect=False,
             max_reconnect_attempts=1,
-            reconnect_time_wait=0.1,
+            reconnect_time_wait=0.1,  # type: ignore[arg-type]  # seconds: a float works
             error_cb=on_error,
         )
     except Exception as exc:
-        _fail(error, kind, record, doing, seen[-1] if seen else exc, cause=exc)
+        with contextlib.suppress(Exception):
+            await nc.close()
+        _fail(connect_error or error, kind, record, doing, seen[-1] if seen else exc, cause=exc)
     try:
         yield nc
     finally:
@@ -462,12 +484,38 @@ def _parse_url(url: object, kind: str) -> dict[str, str]:
     return {"url": public, "user": server.username, "password": password, "token": token}
 
 
-def _reason(exc: BaseException) -> str:
+def _create_failure(exc: BaseException) -> type[BackendError]:
+    """:class:`NotCreatedError` when ``exc`` proves that the create request made nothing, else
+    :class:`AcquireError` (a timeout, a lost connection or a 5xx: it may have been made)."""
+    if isinstance(
+        exc,
+        # nats-py's own checks, before the request is sent (the TTL check only reads).
+        nats.js.errors.InvalidBucketNameError
+        | nats.js.errors.KeyHistoryTooLargeError
+        | nats.js.errors.KeyValueLimitMarkerTTLNotSupportedError,
+    ):
+        return NotCreatedError
+    if isinstance(exc, nats.js.errors.ServiceUnavailableError) and exc.code is None:
+        return NotCreatedError  # no responders: nobody received the request
+    refused = (  # the API answered the create with a 4xx: nothing was made
+        isinstance(exc, nats.js.errors.APIError)
+        and isinstance(exc.code, int)
+        and 400 <= exc.code < 500
+    )
+    return NotCreatedError if refused else AcquireError
+
+
+def _reason(exc: BaseException) -> str:  # noqa: PLR0911  (one answer per kind of failure)
     """What a driver error means for the user, with the advice that fits it."""
-    if isinstance(exc, nats.errors.AuthorizationError):
+    if isinstance(exc, nats.errors.AuthorizationError) or (
+        # nats-py raises the server's -ERR at connect as a plain nats.errors.Error.
+        isinstance(exc, nats.errors.Error) and "authorization violation" in str(exc).lower()
+    ):
         return "the server refused the credentials; check the URL's user and password or token"
     if isinstance(exc, nats.errors.NoRespondersError | nats.js.errors.ServiceUnavailableError):
         return "no JetStream answered; is JetStream enabled (nats-server -js) for this account?"
+    if isinstance(exc, nats.js.errors.KeyHistoryTooLargeError):
+        return "a KV bucket keeps at most 64 values per key (history=64 or less)"
     if isinstance(exc, nats.js.errors.APIError):
         return f"the JetStream API answered {exc.code} (error {exc.err_code}): {exc.description}"
     if isinstance(exc, OSError | nats.errors.NoServersError):

@@ -47,6 +47,7 @@ from reclaim.backends import (
     BackendError,
     Leftover,
     MissingExtraError,
+    NotCreatedError,
     ReclaimName,
     Record,
     ReleaseError,
@@ -155,12 +156,23 @@ class _AmqpBackend(Backend[str]):
         return (("vhost", record.get("vhost", vhost), vhost),)
 
     def acquire(self, name: str) -> tuple[str, Record]:
+        """Declare it on a connection of its own. Raises :class:`NotCreatedError` when nothing
+        was made: the connection or its channel never opened (broker down, wrong port, wrong
+        password, no access to the vhost, the vhost missing), so the declare was never sent; or
+        the broker refused the declare itself (a channel closed with ``403``/``405``/``406``:
+        no permission, another connection's exclusive queue, one of that name with other
+        arguments, which is somebody else's and never deleted on our behalf)."""
         record = self.plan(name)
+        sent = False
         try:
             with _connection(record, self.kind) as conn:
-                self._declare(conn.channel(), name)
+                channel = conn.channel()
+                sent = True
+                self._declare(channel, name)
         except Exception as exc:
-            _fail(AcquireError, type(self), record, f"declare the {self._noun}", exc)
+            made = sent and not _refused(exc)
+            error = AcquireError if made else NotCreatedError
+            _fail(error, type(self), record, f"declare the {self._noun}", exc)
         return record["name"], record
 
     def _declare(self, channel: Any, name: str) -> None:
@@ -390,9 +402,27 @@ class RabbitVhost(Backend[str]):
         }
 
     def acquire(self, name: str) -> tuple[str, Record]:
+        """Create the vhost and grant the user its permissions.
+
+        Raises :class:`NotCreatedError` when nothing was made: the API could not be reached, or
+        refused the credentials, before the vhost was created; a vhost of that name exists
+        already (somebody else's: a ``PUT`` would update it, and release would delete it); or
+        the API answered the create with a ``4xx``. A failure after the vhost was created (the
+        permissions) is :class:`AcquireError`: the vhost is released again.
+        """
         record = self.plan(name)
         api = _Api(_record_api(record, self.kind), self.kind, record)
         description = f"made by reclaim ({self.kind}); deleted when the test is done"
+        looked = api.expect(
+            NotCreatedError, "look for the vhost", {200, 404}, "GET", ("vhosts", name)
+        )
+        if looked == 200:
+            raise NotCreatedError(
+                f"{self.kind} {name!r}: a vhost of that name exists already at"
+                f" {record['api_url']}: it is not this run's; refusing to take it over",
+                kind=self.kind,
+                resource=name,
+            )
         api.expect(
             AcquireError,
             "create the vhost",
@@ -400,6 +430,7 @@ class RabbitVhost(Backend[str]):
             "PUT",
             ("vhosts", name),
             body={"description": description},
+            refused=NotCreatedError,
         )
         api.expect(
             AcquireError,
@@ -606,6 +637,22 @@ def _reply_code(exc: BaseException) -> int | None:
     return None
 
 
+def _refused(exc: BaseException) -> bool:
+    """Did the broker answer the declare with a definite refusal (nothing was made)?
+
+    A channel closed with a ``4xx`` (403 ACCESS_REFUSED, 405 RESOURCE_LOCKED, 406
+    PRECONDITION_FAILED...) answers the one method sent on it; a connection closed with 503
+    COMMAND_INVALID (an unknown exchange type) or 540 NOT_IMPLEMENTED refuses the method too.
+    """
+    if not _HAVE_PIKA:
+        return False
+    if isinstance(exc, pika.exceptions.ChannelClosedByBroker):
+        return 400 <= int(exc.reply_code) < 500
+    if isinstance(exc, pika.exceptions.ConnectionClosedByBroker):
+        return int(exc.reply_code) in (503, 540)
+    return False
+
+
 def _reason(exc: BaseException) -> str:
     """What went wrong, in words, with a hint for the common cases."""
     if isinstance(exc, _VhostGone):
@@ -686,16 +733,24 @@ class _Api:
         segments: tuple[str, ...],
         *,
         body: Mapping[str, Any] | None = None,
+        refused: type[BackendError] | None = None,
     ) -> int:
         """Send one request; return its status if it is one of ``statuses``, else raise
-        ``error`` with what happened and what to do."""
+        ``error`` with what happened and what to do; ``refused`` instead (when given) when the
+        request provably did nothing: no connection was made, or a definite ``4xx`` came back.
+        """
         try:
             response = self.request(method, segments, body=body)
         except httpx.HTTPError as exc:
-            self._fail(error, doing, exc)
-        if response.status_code not in statuses:
-            self._fail(error, doing, _HttpStatus(response))
-        return response.status_code
+            unsent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+            self._fail(refused if refused is not None and unsent else error, doing, exc)
+        status = response.status_code
+        if status not in statuses:
+            definite = status in _REFUSED_STATUSES
+            self._fail(
+                refused if refused is not None and definite else error, doing, _HttpStatus(response)
+            )
+        return status
 
     def names(self, collection: str, vhost: str | None) -> Iterator[str]:
         """Names of the ``queues``/``exchanges`` in ``vhost``, or of all ``vhosts``, whose name
@@ -739,6 +794,9 @@ class _Api:
             secret_fields=("password",),
         )
 
+
+#: Answers of the management API that mean the request did nothing.
+_REFUSED_STATUSES: Final = frozenset({400, 401, 403, 404, 405, 409, 422})
 
 _MANAGEMENT_HINT: Final = (
     "; is the management plugin enabled (rabbitmq-plugins enable rabbitmq_management) and"

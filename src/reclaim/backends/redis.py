@@ -46,6 +46,7 @@ from reclaim.backends import (
     Backend,
     BackendError,
     Leftover,
+    NotCreatedError,
     ReclaimName,
     Record,
     ReleaseError,
@@ -227,14 +228,26 @@ class RedisNamespace(Backend[str]):
         }
 
     def acquire(self, name: str) -> tuple[str, Record]:
+        """``SET <prefix>__reclaim__ <name> NX``, sent once. Raises :class:`NotCreatedError`
+        when nothing was written: the server could not be reached or refused the credentials
+        (the connection is opened before the command is sent), it refused the command, or the
+        marker exists already (somebody else's namespace: never released on our behalf)."""
         record = self.plan(name)
-        with _translated(AcquireError, _NAMESPACE, record, "write the namespace's marker key"):
-            created = _client(record["url"], record["password"]).set(
-                _marker(record["prefix"]), name, nx=True
-            )
-        if not created:
-            raise AcquireError(
-                f"{_NAMESPACE} {name!r}: the marker key {_marker(record['prefix'])!r} exists"
+        marker = _marker(record["prefix"])
+        client = _client(record["url"], record["password"])
+        created = _create(
+            client,
+            _NAMESPACE,
+            record,
+            "write the namespace's marker key",
+            "SET",
+            marker,
+            name,
+            "NX",
+        )
+        if created is None:
+            raise NotCreatedError(
+                f"{_NAMESPACE} {name!r}: the marker key {marker!r} exists"
                 f" already at {record['url']}: another namespace uses this prefix; refusing to"
                 " share it",
                 kind=_NAMESPACE,
@@ -367,13 +380,29 @@ class RedisDatabase(Backend[str]):
         return {"name": name, "url": self.url, "password": self._password}
 
     def acquire(self, name: str) -> tuple[str, Record]:
+        """Claim a free database with one script, sent once. Raises :class:`NotCreatedError`
+        when nothing was claimed: the server could not be reached or refused the credentials,
+        the database count could not be read (nothing is written before the script), the
+        server refused the script, or no database was free."""
         record = self.plan(name)
         client = _client(record["url"], record["password"])
-        with _translated(AcquireError, _DATABASE, record, "claim a database"):
+        with _translated(NotCreatedError, _DATABASE, record, "count the databases"):
             candidates = self.databases or tuple(range(1, _database_count(client, record)))
-            db = int(_script(client, _CLAIM_LUA)(args=[name, _CLAIMS_DB, *candidates]))
+        claimed = _create(
+            client,
+            _DATABASE,
+            record,
+            "claim a database",
+            "EVAL",
+            _CLAIM_LUA,
+            0,
+            name,
+            _CLAIMS_DB,
+            *candidates,
+        )
+        db = int(claimed)
         if db < 0:
-            raise AcquireError(
+            raise NotCreatedError(
                 f"{_DATABASE} {name!r}: no free database at {record['url']} among"
                 f" {_ranges(candidates)}: {_why_busy(client, candidates)}. Run `reclaim sweep`"
                 " to release what dead runs claimed, or give the server more databases"
@@ -480,7 +509,7 @@ def _database_count(client: redis.Redis, record: Record) -> int:
         answer = client.config_get("databases")
         return int(str(answer["databases"]))
     except (redis.ResponseError, KeyError, ValueError) as exc:
-        raise AcquireError(
+        raise NotCreatedError(
             f"{_DATABASE} {record['name']!r}: could not read `CONFIG GET databases` at"
             f" {record['url']} ({type(exc).__name__}: {exc}); pass"
             " RedisDatabase(url, databases=range(1, N)) with the server's database count",
@@ -620,16 +649,45 @@ def _client(url: str, password: str | None) -> redis.Redis:
     return client
 
 
+def _create(client: redis.Redis, kind: str, record: Record, doing: str, *command: Any) -> Any:
+    """Send the one command that creates something, on a connection of its own, and return
+    the server's answer.
+
+    The connection is opened (and the credentials checked) before the command is sent: a
+    failure there is :class:`NotCreatedError`. The command is sent once, never retried (a retry
+    after a lost answer could not tell our marker from somebody else's); an error reply means
+    Redis did not run it (a script's one write is its last step): :class:`NotCreatedError`.
+    A connection lost after sending is :class:`AcquireError`: it may have been done.
+    """
+    pool = client.connection_pool
+    with _translated(NotCreatedError, kind, record, "connect"):
+        conn = pool.get_connection()
+    try:
+        with (
+            _translated(AcquireError, kind, record, doing),
+            _translated(NotCreatedError, kind, record, doing, catch=redis.ResponseError),
+        ):
+            conn.send_command(*command)  # type: ignore[no-untyped-call]
+            return conn.read_response()
+    finally:
+        pool.release(conn)
+
+
 def _claims_client(record: Record) -> redis.Redis:
     """A client on the claims' database of the record's server, whatever its URL names."""
     return _client(_with_db(str(record["url"]), _CLAIMS_DB), record.get("password"))
 
 
 def _translated(
-    error: type[BackendError], kind: str, record: Record, doing: str
+    error: type[BackendError],
+    kind: str,
+    record: Record,
+    doing: str,
+    *,
+    catch: type[Exception] | None = None,
 ) -> contextlib.AbstractContextManager[None]:
     return translate_errors(
-        redis.RedisError,
+        catch or redis.RedisError,
         error,
         kind,
         record,

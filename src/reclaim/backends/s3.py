@@ -48,6 +48,7 @@ from reclaim.backends import (
     BackendError,
     Leftover,
     NameStyle,
+    NotCreatedError,
     ReclaimName,
     Record,
     ReleaseError,
@@ -59,7 +60,7 @@ from reclaim.backends import (
 try:
     import boto3
     from botocore.config import Config
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
     _HAVE_BOTO3 = True
 except ImportError:  # the module imports without its driver; using it raises MissingExtraError
@@ -225,10 +226,20 @@ class S3Bucket(Backend[Bucket]):
         return record
 
     def acquire(self, name: str) -> tuple[Bucket, Record]:
-        """Create the bucket (versioned if asked); fails if the name exists already."""
+        """Create the bucket (versioned if asked); fails if the name exists already.
+
+        Raises :class:`NotCreatedError` when no bucket was made: no ``CreateBucket`` reached the
+        server (it could not be reached, botocore refused the input or found no credentials),
+        or the only one that did was answered with a ``4xx`` (``AccessDenied``, a bad signature,
+        ``BucketAlreadyExists``/``BucketAlreadyOwnedByYou``: somebody else's bucket, never
+        deleted on our behalf). After a retried request, or a failure to turn on versioning,
+        it is :class:`AcquireError`: a bucket may exist, and is released.
+        """
         record = self.plan(name)
         # Created with the credentials given now, even if the record keeps none of them.
         client = _client(self._connection())
+        reached = _Reached()
+        client.meta.events.register("needs-retry.s3.CreateBucket", reached)
         try:
             if self.region == "us-east-1":
                 client.create_bucket(Bucket=name)
@@ -240,12 +251,17 @@ class S3Bucket(Backend[Bucket]):
                         "LocationConstraint": cast("BucketLocationConstraintType", self.region)
                     },
                 )
-            if self.versioned:
+        except (ClientError, BotoCoreError) as exc:
+            _fail(
+                _create_failure(exc, reached.count), record, "create the bucket", exc, _ACQUIRE_HINT
+            )
+        if self.versioned:
+            try:
                 client.put_bucket_versioning(
                     Bucket=name, VersioningConfiguration={"Status": "Enabled"}
                 )
-        except (ClientError, BotoCoreError) as exc:
-            _fail(AcquireError, record, "create the bucket", exc, _ACQUIRE_HINT)
+            except (ClientError, BotoCoreError) as exc:
+                _fail(AcquireError, record, "turn on versioning", exc, _ACQUIRE_HINT)
         value = Bucket(name, self.region, self.endpoint_url, self._connection())
         return value, record
 
@@ -354,6 +370,32 @@ _RELEASE_HINT: Final = (
     " s3:ListBucketMultipartUploads, s3:AbortMultipartUpload and s3:DeleteBucket"
 )
 _UNREACHABLE_HINT: Final = "check that the S3 endpoint is up and reachable from here"
+
+
+#: Answers to a CreateBucket that mean it made nothing.
+_REFUSED: Final = frozenset({400, 401, 403, 404, 405, 409, 422})
+
+
+class _Reached:
+    """Counts the CreateBucket requests that reached the server (a ``needs-retry`` handler:
+    botocore calls it after every attempt). botocore retries by itself, and an earlier attempt
+    that was sent may have made the bucket, whatever the last one was answered."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, caught_exception: BaseException | None = None, **_: Any) -> None:
+        if not isinstance(caught_exception, EndpointConnectionError):  # connect failed: unsent
+            self.count += 1
+
+
+def _create_failure(exc: Exception, reached: int) -> type[BackendError]:
+    """:class:`NotCreatedError` when ``exc`` proves that no bucket was made, else
+    :class:`AcquireError`."""
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return NotCreatedError if reached <= 1 and status in _REFUSED else AcquireError
+    return NotCreatedError if reached == 0 else AcquireError
 
 
 class _Stuck(Exception):
