@@ -24,7 +24,7 @@ from reclaim._reaper import (
     release_resource,
 )
 from reclaim._registry import Registry, ResourceState
-from reclaim.backends import Backend, Record, redact_text
+from reclaim.backends import Backend, Record, redact_text, secret_record
 
 __all__ = ["NEVER_ACQUIRED_HINT", "acquire_failed", "journal_plan"]
 
@@ -33,7 +33,7 @@ def journal_plan(
     registry: Registry, run_id: str, fixture: str, backend: Backend[Any], name: str
 ) -> tuple[int, Record]:
     """Journal the planned record of ``name`` (I1); return its entry id and the record."""
-    record = backend.plan(name)
+    record = secret_record(backend, backend.plan(name))  # its repr hides credentials (I7)
     return registry.plan(run_id, fixture, backend.kind, name, record), record
 
 

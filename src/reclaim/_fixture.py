@@ -21,7 +21,7 @@ from reclaim._reaper import RetryPolicy, release_resource
 from reclaim._registry import Registry, ResourceState
 from reclaim._run import Run, current_run
 from reclaim._signals import critical, protected
-from reclaim.backends import Backend, Record
+from reclaim.backends import Backend, Record, secret_record
 
 __all__ = ["Fixture"]
 
@@ -56,6 +56,9 @@ class _Held:
         self.resource_id = resource_id
         self.record = record
         self.value: Any = _NOTHING
+
+    def __repr__(self) -> str:  # no record: it may hold credentials (I7)
+        return f"<held {self.backend.kind} entry {self.resource_id}>"
 
 
 class _Cleanup:
@@ -222,7 +225,7 @@ class Fixture:
     def _acquired(self, held: _Held, value: Any, record: Record) -> None:
         with critical():
             held.run.registry.mark_acquired(held.resource_id, record)
-            held.record = record
+            held.record = secret_record(held.backend, record)
             held.value = value
 
     def _acquire_failed(self, held: _Held, exc: BaseException) -> None:

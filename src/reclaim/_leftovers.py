@@ -41,6 +41,7 @@ from reclaim.backends import (
     redact_record,
     redact_text,
     redact_url,
+    secret_record,
 )
 
 __all__ = [
@@ -269,7 +270,7 @@ def release_leftovers(report: LeftoverReport, registry: Registry | None) -> Left
         if item.action != "release":
             continue
         try:
-            item.backend.release(item.leftover.record)
+            item.backend.release(secret_record(item.backend, item.leftover.record))
         except Exception as exc:
             item.action = "failed"
             item.error = redact_text(

@@ -27,7 +27,7 @@ from reclaim._errors import BackendNotFoundError, ForeignNameError, ReleaseError
 from reclaim._identity import Identity, current_identity
 from reclaim._registry import Registry, ResourceRecord, ResourceState, RunRecord, RunState
 from reclaim._signals import critical
-from reclaim.backends import Backend, Record, load_backend, redact_text
+from reclaim.backends import Backend, Record, load_backend, redact_text, secret_record
 
 __all__ = [
     "ReleaseOutcome",
@@ -160,7 +160,7 @@ def _release_resource(
                 sleep(delay)
             attempts += 1
             try:
-                backend.release(claimed.record)
+                backend.release(secret_record(backend, claimed.record))
             except ForeignNameError as exc:
                 # Not ours (I8): no retry can make it ours. Kept as failed, with the reason.
                 last = exc
@@ -385,6 +385,7 @@ def sweep(
 
 def _exists(resource: ResourceRecord) -> bool | None:
     try:
-        return load_backend(resource.kind).exists(resource.record)
+        backend = load_backend(resource.kind)
+        return backend.exists(secret_record(backend, resource.record))
     except Exception:
         return None

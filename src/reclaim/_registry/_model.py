@@ -40,14 +40,18 @@ class ResourceState(enum.StrEnum):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ResourceRecord:
-    """One resource as the registry holds it."""
+    """One resource as the registry holds it.
+
+    Its ``repr`` leaves the record out: records may hold credentials (I7), and only backends
+    know which fields are secret.
+    """
 
     id: int
     run_id: str
     fixture: str
     kind: str
     name: str
-    record: dict[str, Any]
+    record: dict[str, Any] = dataclasses.field(repr=False)
     state: ResourceState
     attempts: int
     last_error: str | None

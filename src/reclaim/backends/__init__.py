@@ -87,6 +87,7 @@ __all__ = [
     "ReclaimName",
     "Record",
     "ReleaseError",
+    "SecretRecord",
     "ServerURL",
     "backend_error",
     "check_leftover",
@@ -100,6 +101,7 @@ __all__ = [
     "redact_url",
     "refuse",
     "require_extra",
+    "secret_record",
     "split_url",
     "translate_errors",
 ]
@@ -338,6 +340,33 @@ def _configured() -> dict[str, str]:
 
 
 # --- secrets (I7) ----------------------------------------------------------------------------
+
+
+class SecretRecord(dict[str, Any]):
+    """A record whose ``repr`` shows its secret fields as ``***`` (I7).
+
+    It is a plain dict in every other way (JSON, equality, ``record["password"]``). reclaim hands
+    records to backends in this form, so that a traceback printed with its frames' arguments
+    (pytest's long format, ``--showlocals``) never shows a password.
+    """
+
+    __slots__ = ("_secret_fields",)
+
+    def __init__(self, record: Mapping[str, Any], secret_fields: Iterable[str]) -> None:
+        super().__init__(record)
+        self._secret_fields = frozenset(secret_fields)
+
+    def __repr__(self) -> str:
+        return repr(redact_record(self, self._secret_fields))
+
+    __str__ = __repr__
+
+
+def secret_record(backend: type[Backend[Any]] | Backend[Any], record: Mapping[str, Any]) -> Record:
+    """``record`` as a :class:`SecretRecord` of ``backend``'s secret fields."""
+    if isinstance(record, SecretRecord):
+        return record
+    return SecretRecord(record, backend.secret_fields)
 
 
 def redact_record(record: Mapping[str, Any], secret_fields: Iterable[str]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, NoReturn
@@ -27,6 +28,9 @@ __all__ = [
 ]
 
 _REDACTED: Final = "***"
+
+#: Where reclaim's own code lives: frames from anywhere else are dropped from driver tracebacks.
+_OWN_SOURCE: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 #: Query parameters that carry a credential (``?password=...``): split out like a password.
 SECRET_PARAMS: Final = frozenset({"password", "pass", "token", "secret", "access_token"})
@@ -187,6 +191,7 @@ def backend_error(
     at = f" at {where}" if where else ""
     why = (reason or _default_reason)(exc)
     text = redact_text(f"{what}: could not {doing}{at}: {why}", record, secret_fields)
+    _drop_foreign_frames(exc)
     parsed = style.parse(name)
     return error_type(
         text,
@@ -194,6 +199,30 @@ def backend_error(
         resource=str(name) if name else "?",
         run_id=parsed.run_id if parsed is not None else None,
     )
+
+
+def _drop_foreign_frames(exc: BaseException) -> None:
+    """Keep only reclaim's own frames in the traceback of a driver's exception (and of what it
+    was chained from). A printed traceback shows every frame's arguments (pytest's long
+    format), and a driver's frames hold passwords in plain arguments (``psycopg.connect(...,
+    password=...)``); reclaim's own frames hold them only in records whose repr is redacted."""
+    import types  # noqa: PLC0415  (only on the error path)
+
+    seen: set[int] = set()
+    chain: BaseException | None = exc
+    while chain is not None and id(chain) not in seen:
+        seen.add(id(chain))
+        kept: list[types.TracebackType] = []
+        tb = chain.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename.startswith(_OWN_SOURCE):
+                kept.append(tb)
+            tb = tb.tb_next
+        rebuilt: types.TracebackType | None = None
+        for entry in reversed(kept):
+            rebuilt = types.TracebackType(rebuilt, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+        chain.__traceback__ = rebuilt
+        chain = chain.__cause__ or chain.__context__
 
 
 def raise_backend_error(
