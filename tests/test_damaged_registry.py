@@ -164,3 +164,28 @@ def test_read_only_commands_never_make_or_change_a_file(tmp_path: Path) -> None:
         assert "not a reclaim registry" in result.stderr + result.stdout
     assert stat.S_IMODE(foreign.stat().st_mode) == 0o644, "a foreign file was chmod-ed"
     assert foreign.read_bytes() == before
+
+
+def test_a_releasing_row_whose_claimer_died_is_taken_over(
+    registry_path: str, scratch: Path
+) -> None:
+    # The owner claimed the release (state releasing) and died before its outcome: the run is
+    # closed, its owner dead. The next sweep takes the row over and releases it.
+    reg = open_registry(registry_path)
+    reg.open_run("0000c1a1", dead_identity(), label="claimed then killed")
+    name = "rc_0000c1a1_t0a1b2_1"
+    path = scratch / name
+    path.mkdir()
+    record = {"name": name, "path": str(path), "prefix": ""}
+    rid = reg.plan("0000c1a1", "f", "path.tempdir", name, record)
+    reg.mark_acquired(rid, record)
+    claimed = reg.begin_release(rid, states=(ResourceState.ACQUIRED,))
+    assert claimed is not None
+    reg.close_run("0000c1a1")
+    reg.close()
+    result = reclaim_cli("sweep", "--grace", "0")
+    assert "released" in result.stdout
+    assert not path.exists()
+    reg = open_registry(registry_path)
+    assert reg.get_resource(rid) is None
+    reg.close()
