@@ -79,8 +79,8 @@ class ServerURL:
 
     #: The URL without its password (nor a secret query parameter).
     public: str
-    #: The password, decoded; "" when there is none.
-    password: str
+    #: The password, decoded; "" when there is none (left out of ``repr``, I7).
+    password: str = dataclasses.field(repr=False)
     scheme: str
     host: str
     port: int | None

@@ -119,10 +119,11 @@ _EXTRA: Final = ("postgres", "psycopg (version 3)")
 
 @dataclasses.dataclass(frozen=True)
 class _Server:
-    """Where to connect: a libpq conninfo without the password, and the password apart."""
+    """Where to connect: a libpq conninfo without the password, and the password apart (left
+    out of ``repr``: tracebacks print arguments, I7)."""
 
     conninfo: str
-    password: str | None
+    password: str | None = dataclasses.field(repr=False)
 
     @classmethod
     def parse(cls, dsn: str, kind: str) -> _Server:
