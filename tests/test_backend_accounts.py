@@ -4,13 +4,15 @@ finds an account whose id was never recorded by its exact name and never touches
 ids and names cannot leave their URL or filter; secrets stay out of errors, the registry and
 ``reclaim status``; 429 is retried after Retry-After; a SIGKILLed owner's accounts are deleted by
 its watchdog, or by ``reclaim sweep`` when the watchdog died too; a provider that is down keeps the
-entry failed until a sweep after it is back."""
+entry failed until a sweep after it is back; an acquire that provably created nothing (no
+connection, a refused token, a taken name) leaves no entry and deletes nobody's account."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,7 +25,7 @@ import pytest
 import reclaim
 from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
 from providers.scim import RestUsers, ScimServer
-from reclaim import AcquireError, BackendError, ForeignNameError, ReleaseError
+from reclaim import AcquireError, BackendError, ForeignNameError, NotCreatedError, ReleaseError
 from reclaim._registry import open_registry
 from reclaim.backends import Backend, Record, _http, accounts, load_backend
 from reclaim.backends import make_name as _make_name
@@ -575,3 +577,105 @@ def test_provider_down_keeps_the_entry_failed_until_a_later_sweep(
     swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
     assert (swept["released"], swept["failed"]) == (1, 0)
     assert scim.users == {}
+
+
+# --- an acquire that created nothing (issue 11) ------------------------------------------------
+
+
+def closed_port() -> int:
+    """A port of 127.0.0.1 nobody listens on (bound, then closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def no_entries(registry_path: str) -> bool:
+    reg = open_registry(registry_path)
+    try:
+        return reg.resources() == []
+    finally:
+        reg.close()
+
+
+def account_backends(url: str, token: str) -> list[Backend[Account]]:
+    return [RestAccount(f"{url}/api/users", token=token), ScimUser(f"{url}/scim/v2", token=token)]
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["rest", "scim"])
+def test_an_unreachable_server_leaves_no_entry(which: int, registry_path: str) -> None:
+    token = "tok-unreachable-5e4d"
+    backend = account_backends(f"http://127.0.0.1:{closed_port()}", token)[which]
+    with pytest.raises(NotCreatedError, match="ConnectError") as direct:
+        backend.acquire(make_name(RUN, 40))
+    assert token not in str(direct.value)
+    with reclaim.Fixture("down") as fixture, pytest.raises(AcquireError) as caught:
+        fixture.acquire(backend)
+    assert not isinstance(caught.value, ReleaseError)
+    assert "ConnectError" in str(caught.value), "the cause is named"
+    assert "is the server up" in str(caught.value)
+    assert token not in str(caught.value)
+    assert no_entries(registry_path), "nothing is left to fail at every sweep"
+
+
+def test_a_refused_token_leaves_no_entry(
+    rest: RestUsers, scim: ScimServer, registry_path: str
+) -> None:
+    wrong = "wrong-token-3c2b1a"
+    backends = [RestAccount(rest.collection, token=wrong), ScimUser(scim.base_url, token=wrong)]
+    for backend in backends:
+        with pytest.raises(NotCreatedError, match="HTTP 401"):
+            backend.acquire(make_name(RUN, 41))
+        with reclaim.Fixture("wrong") as fixture, pytest.raises(AcquireError) as caught:
+            fixture.acquire(backend)
+        assert not isinstance(caught.value, ReleaseError)
+        assert "HTTP 401" in str(caught.value)
+        assert "credentials were refused" in str(caught.value)
+        assert wrong not in str(caught.value)
+        assert wrong not in "".join(getattr(caught.value, "__notes__", []))
+    assert no_entries(registry_path)
+    assert [m for m, _ in rest.calls] == ["POST", "POST"], "no compensating lookup or delete"
+    assert [m for m, _ in scim.calls] == ["POST", "POST"]
+
+
+def test_a_taken_name_is_somebody_elses_and_is_left_alone(
+    rest: RestUsers, scim: ScimServer, registry_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """409: the account that exists is not ours. Before, the compensating release found it by
+    its (colliding) name and deleted it."""
+    name = make_name(RUN, 45)
+    theirs_rest = rest.add(name)
+    theirs_scim = scim.add(name)
+    with reclaim.Fixture("collide") as fixture:
+        for backend in (
+            RestAccount(rest.collection, token=rest.token),
+            ScimUser(scim.base_url, token=scim.token),
+        ):
+            monkeypatch.setattr(type(backend), "adapt_name", lambda _self, _proposed: name)
+            with pytest.raises(AcquireError, match="409") as caught:
+                fixture.acquire(backend)
+            assert "nothing was created" in str(caught.value)
+    assert theirs_rest in rest.users, "the stranger's REST account is still there"
+    assert theirs_scim in scim.users, "the stranger's SCIM user is still there"
+    assert [m for m, _ in rest.calls] == ["POST"]
+    assert [m for m, _ in scim.calls] == ["POST"]
+    assert no_entries(registry_path)
+
+
+def test_a_server_error_on_create_is_not_proof(rest: RestUsers, registry_path: str) -> None:
+    """A 5xx (or a 503 asked again, then a refusal) may have made the account: AcquireError,
+    and the Fixture's release looks for it by name."""
+    backend = RestAccount(rest.collection, token=rest.token)
+    rest.inject(1, 500, {"error": "boom"}, method="POST")
+    with pytest.raises(AcquireError, match="HTTP 500") as caught:
+        backend.acquire(make_name(RUN, 42))
+    assert not isinstance(caught.value, NotCreatedError)
+    rest.inject(1, 503, {"error": "busy"}, {"Retry-After": "0"}, method="POST")
+    rest.inject(1, 409, {"error": "conflict"}, method="POST")
+    with pytest.raises(AcquireError, match="HTTP 409") as caught:
+        backend.acquire(make_name(RUN, 43))
+    assert not isinstance(caught.value, NotCreatedError), "the 503 may have made it"
+    rest.throttle(1)  # a 429 refuses: the 409 after it is still proof
+    rest.inject(1, 409, {"error": "conflict"}, method="POST")
+    with pytest.raises(NotCreatedError, match="HTTP 409"):
+        backend.acquire(make_name(RUN, 44))

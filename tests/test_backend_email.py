@@ -7,7 +7,8 @@ reported; mailsac's public inbox is emptied and its reserved address given back;
 reclaim names only; hostile names never reach a URL; secrets stay out of errors, the registry,
 ``reclaim status`` and the child's traceback; a SIGKILLed owner's inboxes are deleted by its
 watchdog, or by ``reclaim sweep`` when the watchdog died too; a provider that is down keeps the
-entry failed until a sweep after it is back."""
+entry failed until a sweep after it is back; an acquire that provably made nothing (no
+connection, a refused key, a stranger's address) leaves no entry and touches nobody's inbox."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,10 +30,17 @@ import reclaim
 from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
 from providers.mailsac import MailsacServer
 from providers.mailtm import MailTmServer
-from reclaim import AcquireError, BackendError, ForeignNameError, MissingExtraError, ReleaseError
+from reclaim import (
+    AcquireError,
+    BackendError,
+    ForeignNameError,
+    MissingExtraError,
+    NotCreatedError,
+    ReleaseError,
+)
 from reclaim._reaper import RetryPolicy, sweep
 from reclaim._registry import ResourceState, open_registry
-from reclaim.backends import _http, _httpflow, load_backend, make_name
+from reclaim.backends import Backend, _http, _httpflow, load_backend, make_name
 from reclaim.backends.email import (
     MailsacInbox,
     MailTmInbox,
@@ -617,4 +626,127 @@ def test_provider_down_keeps_the_entry_failed_until_a_later_sweep(
     mailtm.up()
     swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
     assert swept["released"] == 1
+    assert mailtm.addresses() == set()
+
+
+# --- an acquire that made nothing (issue 11) ---------------------------------------------------
+
+
+def closed_port() -> int:
+    """A port of 127.0.0.1 nobody listens on (bound, then closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def no_entries(registry_path: str) -> bool:
+    reg = open_registry(registry_path)
+    try:
+        return reg.resources() == []
+    finally:
+        reg.close()
+
+
+def test_an_unreachable_provider_leaves_no_entry(registry_path: str) -> None:
+    url = f"http://127.0.0.1:{closed_port()}"
+    key = "k_unreachable0123456789"
+    backends: list[Backend[Any]] = [
+        MailTmInbox(base_url=url),  # its plan asks for the domain: fails before any entry
+        MailTmInbox(base_url=url, domain="reclaim-test.example"),  # fails at POST /accounts
+        MailsacInbox(key, base_url=url),
+        MailsacInbox(key, base_url=url, reserve=True),
+    ]
+    for backend in backends:
+        with pytest.raises(NotCreatedError, match=r"cannot be reached.*ConnectError"):
+            backend.acquire(name(40))
+        with reclaim.Fixture("down") as fixture, pytest.raises(AcquireError) as caught:
+            fixture.acquire(backend)
+        assert not isinstance(caught.value, ReleaseError)
+        assert "ConnectError" in str(caught.value), "the cause is named"
+        assert key not in str(caught.value)
+    assert no_entries(registry_path)
+
+
+def test_an_unreachable_provider_async(registry_path: str) -> None:
+    url = f"http://127.0.0.1:{closed_port()}"
+
+    async def main() -> None:
+        backends: list[Backend[Any]] = [
+            MailTmInbox(base_url=url, domain="reclaim-test.example"),
+            MailsacInbox("k_unreachable0123456789", base_url=url, reserve=True),
+        ]
+        for backend in backends:
+            with pytest.raises(NotCreatedError, match="ConnectError"):
+                await backend.aacquire(name(41))
+            async with reclaim.Fixture("down") as fixture:
+                with pytest.raises(AcquireError, match="ConnectError"):
+                    await fixture.aacquire(backend)
+
+    asyncio.run(main())
+    assert no_entries(registry_path)
+
+
+def test_a_refused_key_leaves_no_entry(mailsac: MailsacServer, registry_path: str) -> None:
+    wrong = "k_wrong9876543210"
+    for reserve in (False, True):
+        backend = MailsacInbox(wrong, base_url=mailsac.api_url, reserve=reserve)
+        with reclaim.Fixture("wrong") as fixture, pytest.raises(AcquireError) as caught:
+            fixture.acquire(backend)
+        assert not isinstance(caught.value, ReleaseError)
+        assert "answered HTTP 401" in str(caught.value)
+        assert "nothing was created" in str(caught.value)
+        assert wrong not in str(caught.value)
+        assert wrong not in "".join(getattr(caught.value, "__notes__", []))
+    assert no_entries(registry_path)
+    assert not any(method == "DELETE" for method, _ in mailsac.seen), "no compensating release"
+
+
+def test_a_strangers_address_is_left_alone(
+    mailtm: MailTmServer,
+    mailsac: MailsacServer,
+    registry_path: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The address exists and is not ours (mail.tm 422 our password cannot open; mailsac 401
+    owned by another account): nothing was made, and the entry is closed. Before, mailsac's
+    compensating release was refused with 401 and the entry failed at every sweep."""
+    collide = name(45)
+    mailtm.create_account(f"{collide}@reclaim-test.example", "the-strangers-password")
+    mailsac.reserve(f"{collide}@mailsac.com", "somebody-else")
+    backends: list[Backend[Any]] = [
+        MailTmInbox(base_url=mailtm.url),
+        MailsacInbox(mailsac.api_key, base_url=mailsac.api_url, reserve=True),
+    ]
+    for backend in backends:
+        monkeypatch.setattr(type(backend), "adapt_name", lambda _self, _proposed: collide)
+        with reclaim.Fixture("collide") as fixture, pytest.raises(AcquireError) as caught:
+            fixture.acquire(backend)
+        assert "nothing was created" in str(caught.value)
+    assert mailtm.addresses() == {f"{collide}@reclaim-test.example"}
+    assert mailsac.owners == {f"{collide}@mailsac.com": "somebody-else"}
+    assert no_entries(registry_path)
+
+
+def test_no_credits_left_reserves_nothing(registry_path: str) -> None:
+    with MailsacServer(credits=0) as server:
+        backend = MailsacInbox(server.api_key, base_url=server.api_url, reserve=True)
+        with pytest.raises(NotCreatedError, match="needs credits"):
+            backend.acquire(name(46))
+    assert no_entries(registry_path)
+
+
+def test_a_server_error_on_create_is_not_proof(mailtm: MailTmServer) -> None:
+    backend = MailTmInbox(base_url=mailtm.url)
+    mailtm.fail_next(1, 500, only="POST /accounts")
+    with pytest.raises(AcquireError, match="HTTP 500") as caught:
+        backend.acquire(name(47))
+    assert not isinstance(caught.value, NotCreatedError)
+    # Created, then the login fails: AcquireError, and the planned record finds the account.
+    mailtm.fail_next(1, 500, only="POST /token")
+    with pytest.raises(AcquireError, match="HTTP 500") as caught:
+        backend.acquire(name(48))
+    assert not isinstance(caught.value, NotCreatedError)
+    assert len(mailtm.addresses()) == 1
+    MailTmInbox.release(backend._planned[name(48)])  # what the Fixture journaled
     assert mailtm.addresses() == set()

@@ -8,7 +8,9 @@ decides when the server refuses a revocation; the sweeper revokes from the regis
 tokens and client secrets never reach an error, the registry or ``reclaim status`` (I7); 429 and
 GitHub's 403 with Retry-After are retried; a SIGKILLed owner's grants are revoked by the
 watchdog, or by ``reclaim sweep`` when the watchdog died too; a server that is down keeps the
-entry failed until a sweep after it is back.
+entry failed until a sweep after it is back. An acquire that provably owns nothing (a token
+endpoint that cannot be reached or refuses the client, given tokens that are all dead) leaves no
+entry; a given token that cannot be checked stays journaled, to be revoked.
 
 ``reclaim.testing.check_backend`` does not apply: it checks a resource that acquire *creates*,
 while a given token exists before reclaim owns it (see ``reclaim.backends.oauth``). Each of its
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +31,7 @@ from typing import Any
 
 import pytest
 
+import reclaim
 from conftest import CHILD_TIMEOUT, kill, reclaim_cli, wait_until
 from providers.oauth import (
     CLIENT_ID,
@@ -37,8 +41,9 @@ from providers.oauth import (
     GithubServer,
     OAuthServer,
 )
-from reclaim import AcquireError, ReleaseError, sweep
+from reclaim import AcquireError, NotCreatedError, ReleaseError, sweep
 from reclaim._registry import open_registry
+from reclaim._run import end_run
 from reclaim.backends import Record, _http, load_backend
 from reclaim.backends import make_name as _make_name
 from reclaim.backends.oauth import GithubGrant, Grant, OAuthGrant
@@ -552,3 +557,111 @@ def test_server_down_keeps_the_entries_failed_until_a_later_sweep(
     swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
     assert (swept["released"], swept["failed"]) == (2, 0)
     assert auth.live_tokens() == []
+
+
+# --- an acquire that owns nothing (issue 11) ---------------------------------------------------
+
+
+def closed_port() -> int:
+    """A port of 127.0.0.1 nobody listens on (bound, then closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def entries(registry_path: str) -> list[Any]:
+    reg = open_registry(registry_path)
+    try:
+        return list(reg.resources())
+    finally:
+        reg.close()
+
+
+def test_an_unreachable_token_endpoint_leaves_no_entry(registry_path: str) -> None:
+    backend = OAuthGrant(
+        f"http://127.0.0.1:{closed_port()}", client_id=CLIENT_ID, client_secret=CLIENT_SECRET
+    )
+    with pytest.raises(NotCreatedError, match="ConnectError"):
+        backend.acquire(make_name(RUN, 40))
+    with reclaim.Fixture("down") as fixture, pytest.raises(AcquireError) as caught:
+        fixture.acquire(backend)
+    assert not isinstance(caught.value, ReleaseError)
+    assert "ConnectError" in str(caught.value), "the cause is named"
+    assert CLIENT_SECRET not in str(caught.value)
+    assert entries(registry_path) == []
+
+
+def test_a_refused_client_leaves_no_entry(auth: OAuthServer, registry_path: str) -> None:
+    wrong = "wrong-client-secret-7a6b"
+    backend = OAuthGrant(auth.url, client_id=CLIENT_ID, client_secret=wrong)
+    with pytest.raises(NotCreatedError, match="HTTP 401"):
+        backend.acquire(make_name(RUN, 41))
+    with reclaim.Fixture("wrong") as fixture, pytest.raises(AcquireError) as caught:
+        fixture.acquire(backend)
+    assert not isinstance(caught.value, ReleaseError)
+    assert "invalid_client" in str(caught.value)
+    assert wrong not in str(caught.value)
+    assert wrong not in "".join(getattr(caught.value, "__notes__", []))
+    assert entries(registry_path) == []
+    assert [path for _, path in auth.calls] == ["/token", "/token"], "nothing revoked"
+
+
+def test_given_tokens_that_are_all_dead_leave_no_entry(
+    auth: OAuthServer, registry_path: str
+) -> None:
+    backend, access, refresh = given(auth)
+    assert refresh is not None
+    for token in (access, refresh):
+        auth.tokens[token].active = False
+    with reclaim.Fixture("dead") as fixture, pytest.raises(AcquireError) as caught:
+        fixture.acquire(backend)
+    assert "refresh token it was given is not active" in str(caught.value)
+    assert "nothing was created" in str(caught.value)
+    assert access not in str(caught.value)
+    assert entries(registry_path) == []
+
+
+def test_a_given_token_still_alive_is_revoked(auth: OAuthServer, registry_path: str) -> None:
+    """The refresh token is dead but the access token lives: not "nothing": the Fixture's
+    release revokes the live one."""
+    backend, access, refresh = given(auth)
+    assert refresh is not None
+    auth.tokens[refresh].active = False
+    with pytest.raises(AcquireError, match="though the other token is") as direct:
+        backend.acquire(make_name(RUN, 42))
+    assert not isinstance(direct.value, NotCreatedError)
+    with reclaim.Fixture("half") as fixture, pytest.raises(AcquireError):
+        fixture.acquire(backend)
+    assert not auth.active(access)
+    assert entries(registry_path) == []
+
+
+def test_given_tokens_at_an_unreachable_server_stay_journaled(registry_path: str) -> None:
+    """Nothing is created for a given token, but it is owned from the plan on: a server that
+    cannot be asked is no proof the token is dead, so it stays to be revoked (AcquireError)."""
+    with OAuthServer() as server:
+        backend, access, _ = given(server)
+        server.down()
+        with pytest.raises(AcquireError, match="ConnectError") as direct:
+            backend.acquire(make_name(RUN, 43))
+        assert not isinstance(direct.value, NotCreatedError)
+        with reclaim.Fixture("down") as fixture, pytest.raises(AcquireError):
+            fixture.acquire(backend)
+        (entry,) = entries(registry_path)
+        assert entry.state.value == "failed"
+        server.up()
+        end_run(registry_path)  # the run's end releases what it still holds: the token
+        assert not server.active(access)
+        assert entries(registry_path) == []
+
+
+def test_github_unknown_token_leaves_no_entry(github: GithubServer, registry_path: str) -> None:
+    token = "gho_revoked_or_never_valid"
+    with pytest.raises(NotCreatedError, match="does not know the token"):
+        github_grant(github, token).acquire(make_name(RUN, 44))
+    with reclaim.Fixture("dead") as fixture, pytest.raises(AcquireError) as caught:
+        fixture.acquire(github_grant(github, token))
+    assert "nothing was created" in str(caught.value)
+    assert token not in str(caught.value)
+    assert entries(registry_path) == []

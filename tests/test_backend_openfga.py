@@ -9,13 +9,16 @@ another test's (``_1`` is not ``_12``), and a tuple without the name is refused;
 server or the registry cannot leave their URL; the API token stays out of errors, the registry and
 ``reclaim status``; 429 is retried; a SIGKILLed owner's store and tuples are released by its
 watchdog, or by ``reclaim sweep`` when the watchdog died too; a server that is down keeps the
-entries failed until a sweep after it is back; the registry-less sweep lists only reclaim names."""
+entries failed until a sweep after it is back; the registry-less sweep lists only reclaim names.
+An acquire that provably made nothing (no connection, a refused key, a tuple that exists
+already) leaves no entry and deletes nothing."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,9 +31,9 @@ import pytest
 import reclaim
 from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
 from providers.openfga import MODEL, OpenFgaServer, new_ulid
-from reclaim import AcquireError, ForeignNameError, ReleaseError, sweep
+from reclaim import AcquireError, ForeignNameError, NotCreatedError, ReleaseError, sweep
 from reclaim._registry import open_registry
-from reclaim.backends import Record, _http, load_backend
+from reclaim.backends import Backend, Record, _http, load_backend
 from reclaim.backends import make_name as _make_name
 from reclaim.backends.openfga import FgaStore, FgaTuples, OpenFgaStore, OpenFgaTuples, TupleLike
 from reclaim.testing import check_backend, dead_identity
@@ -473,3 +476,106 @@ def test_server_down_keeps_the_entries_failed_until_a_later_sweep(
     assert (swept["released"], swept["failed"]) == (2, 0)
     assert held["store"] not in env.live_stores()
     assert env.keys(shared) == others
+
+
+# --- an acquire that made nothing (issue 11) ---------------------------------------------------
+
+
+def closed_port() -> int:
+    """A port of 127.0.0.1 nobody listens on (bound, then closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def no_entries(registry_path: str) -> bool:
+    reg = open_registry(registry_path)
+    try:
+        return reg.resources() == []
+    finally:
+        reg.close()
+
+
+def test_an_unreachable_server_leaves_no_entry(registry_path: str) -> None:
+    url = f"http://127.0.0.1:{closed_port()}"
+    backends: list[Backend[Any]] = [
+        OpenFgaStore(url, api_token=API_TOKEN),
+        OpenFgaTuples(
+            new_ulid(),
+            api_url=url,
+            api_token=API_TOKEN,
+            tuples=[("user:{name}", "owner", "document:{name}-1")],
+        ),
+    ]
+    for backend in backends:
+        with pytest.raises(NotCreatedError, match="ConnectError"):
+            backend.acquire(make_name(RUN, 40))
+        with reclaim.Fixture("down") as fixture, pytest.raises(AcquireError) as caught:
+            fixture.acquire(backend)
+        assert not isinstance(caught.value, ReleaseError)
+        assert "ConnectError" in str(caught.value), "the cause is named"
+        assert API_TOKEN not in str(caught.value)
+    assert no_entries(registry_path)
+
+
+def test_a_refused_key_leaves_no_entry(fga: OpenFgaServer, shared: str, registry_path: str) -> None:
+    wrong = "wrong-fga-key-9d8c"
+    backends: list[Backend[Any]] = [
+        OpenFgaStore(fga.url, api_token=wrong),
+        OpenFgaTuples(
+            shared,
+            api_url=fga.url,
+            api_token=wrong,
+            tuples=[("user:{name}", "owner", "document:{name}-1")],
+        ),
+    ]
+    for backend in backends:
+        with reclaim.Fixture("wrong") as fixture, pytest.raises(AcquireError) as caught:
+            fixture.acquire(backend)
+        assert "HTTP 401" in str(caught.value)
+        assert "nothing was created" in str(caught.value)
+        assert wrong not in str(caught.value)
+        assert wrong not in "".join(getattr(caught.value, "__notes__", []))
+    assert no_entries(registry_path)
+    assert [m for m, _ in fga.calls] == ["POST", "POST"], "no compensating read or delete"
+
+
+def test_a_tuple_that_exists_already_is_left_alone(
+    fga: OpenFgaServer, shared: str, registry_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenFGA refuses the whole write (400): nothing of ours was written, and the tuple that
+    carries the (colliding) name is somebody else's. Before, the compensating release deleted
+    every tuple carrying the name."""
+    name = make_name(RUN, 45)
+    theirs = ("user:anne", "viewer", f"document:{name}-1")
+    fga.put(shared, theirs)
+    before = fga.keys(shared)
+    monkeypatch.setattr(OpenFgaTuples, "adapt_name", lambda _self, _proposed: name)
+    with reclaim.Fixture("collide") as fixture, pytest.raises(AcquireError) as caught:
+        fixture.acquire(tuples_backend(fga, shared))
+    assert "already exists" in str(caught.value)
+    assert "nothing was created" in str(caught.value)
+    assert fga.keys(shared) == before
+    assert no_entries(registry_path)
+
+
+def test_a_later_batch_that_fails_is_not_proof(fga: OpenFgaServer, shared: str) -> None:
+    """101 tuples are two write calls: when the second is refused the first is written."""
+    tuples: list[TupleLike] = [
+        ("user:{name}", "viewer", f"document:{{name}}-{chr(97 + i % 26)}{i}") for i in range(101)
+    ]
+    name = make_name(RUN, 46)
+    fga.put(shared, ("user:" + name, "viewer", f"document:{name}-w100"))
+    backend = OpenFgaTuples(shared, api_url=fga.url, api_token=API_TOKEN, tuples=tuples)
+    with pytest.raises(AcquireError, match="already exists") as caught:
+        backend.acquire(name)
+    assert not isinstance(caught.value, NotCreatedError)
+    OpenFgaTuples.release(backend.plan(name))
+
+
+def test_a_server_error_on_create_is_not_proof(fga: OpenFgaServer) -> None:
+    fga.inject(1, 500, {"code": "internal_error", "message": "boom"}, method="POST")
+    with pytest.raises(AcquireError, match="HTTP 500") as caught:
+        store_backend(fga).acquire(make_name(RUN, 47))
+    assert not isinstance(caught.value, NotCreatedError)

@@ -7,7 +7,9 @@ never recorded is found by its FriendlyName (I1), across pages, and a 404 that i
 activation; leftovers are reclaim names only; hostile ids never reach a URL; credentials stay out
 of errors, the registry, ``reclaim status``, tracebacks and httpx's log; a SIGKILLed owner's
 numbers are released by its watchdog, or by ``reclaim sweep`` when the watchdog died too; a
-provider that is down keeps the entry failed until a sweep after it is back."""
+provider that is down keeps the entry failed until a sweep after it is back; an acquire that
+provably bought or rented nothing (no connection, refused credentials, no number, an answer that
+rents nothing) leaves no entry."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,11 +31,11 @@ from providers._server import RawReply, RawRequest, json_reply
 from providers.mailtm import MailTmServer
 from providers.smsactivate import SmsActivateServer
 from providers.twilio import TwilioServer
-from reclaim import AcquireError, BackendError, ForeignNameError, ReleaseError
+from reclaim import AcquireError, BackendError, ForeignNameError, NotCreatedError, ReleaseError
 from reclaim._reaper import RetryPolicy, sweep
 from reclaim._registry import ResourceState, open_registry
 from reclaim._run import end_run
-from reclaim.backends import load_backend, make_name
+from reclaim.backends import Backend, load_backend, make_name
 from reclaim.backends.phone import SmsActivateNumber, TwilioNumber
 from reclaim.testing import check_backend, dead_identity
 
@@ -578,3 +581,125 @@ def test_provider_down_keeps_the_entry_failed_until_a_later_sweep(
     swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
     assert swept["released"] == 1
     assert twilio.owned() == {}
+
+
+# --- an acquire that bought nothing (issue 11) -------------------------------------------------
+
+
+def closed_port() -> int:
+    """A port of 127.0.0.1 nobody listens on (bound, then closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def no_entries(registry_path: str) -> bool:
+    reg = open_registry(registry_path)
+    try:
+        return reg.resources() == []
+    finally:
+        reg.close()
+
+
+def test_an_unreachable_provider_leaves_no_entry(registry_path: str) -> None:
+    url = f"http://127.0.0.1:{closed_port()}"
+    token, key = "f" * 32, "e" * 32
+    sid = "AC" + "0" * 32
+    backends: list[Backend[Any]] = [
+        TwilioNumber(sid, token, base_url=url),
+        TwilioNumber(sid, token, base_url=url, phone_number="+15005550006"),
+        SmsActivateNumber(key, base_url=f"{url}/stubs/handler_api.php"),
+        SmsActivateNumber(key, base_url=f"{url}/stubs/handler_api.php", find_unrecorded=True),
+    ]
+    for backend in backends:
+        with pytest.raises(NotCreatedError, match=r"cannot be reached.*ConnectError"):
+            backend.acquire(name(40))
+        with reclaim.Fixture("down") as fixture, pytest.raises(AcquireError) as caught:
+            fixture.acquire(backend)
+        assert not isinstance(caught.value, ReleaseError)
+        assert "ConnectError" in str(caught.value), "the cause is named"
+        assert token not in str(caught.value)
+        assert key not in str(caught.value)
+
+    async def main() -> None:
+        with pytest.raises(NotCreatedError, match="ConnectError"):
+            await backends[1].aacquire(name(41))
+        with pytest.raises(NotCreatedError, match="ConnectError"):
+            await backends[2].aacquire(name(41))
+
+    asyncio.run(main())
+    assert no_entries(registry_path)
+
+
+def test_refused_credentials_leave_no_entry(
+    twilio: TwilioServer, sms: SmsActivateServer, registry_path: str
+) -> None:
+    wrong = "0123456789abcdef" * 2
+    backends: list[Backend[Any]] = [
+        TwilioNumber(twilio.account_sid, wrong, base_url=twilio.url),
+        TwilioNumber(twilio.account_sid, wrong, base_url=twilio.url, phone_number="+15005550006"),
+        SmsActivateNumber(wrong, base_url=sms.api_url),
+    ]
+    for backend in backends:
+        with reclaim.Fixture("wrong") as fixture, pytest.raises(AcquireError) as caught:
+            fixture.acquire(backend)
+        assert not isinstance(caught.value, ReleaseError)
+        assert "401" in str(caught.value) or "BAD_KEY" in str(caught.value)
+        assert "nothing was created" in str(caught.value)
+        assert wrong not in str(caught.value)
+        assert wrong not in "".join(getattr(caught.value, "__notes__", []))
+    assert no_entries(registry_path)
+    assert twilio.owned() == {}
+    assert sms.activations == {}
+
+
+def test_no_number_to_buy_or_rent_leaves_no_entry(
+    sms: SmsActivateServer, registry_path: str
+) -> None:
+    with (
+        TwilioServer() as server,  # it offers numbers in the US only
+        reclaim.Fixture("none") as fixture,
+        pytest.raises(AcquireError, match="offers no"),
+    ):
+        fixture.acquire(twilio_number(server, country="GB"))
+    # Every number it tries is taken: Twilio's 400 21422 bought nothing.
+    with (
+        TwilioServer(available=["+15005550007"]) as server,
+        pytest.raises(NotCreatedError, match="21422"),
+    ):
+        twilio_number(server, phone_number="+15005550006").acquire(name(42))
+    for word in ("NO_NUMBERS", "NO_BALANCE", "WRONG_MAX_PRICE:12.5"):
+        sms.refuse_numbers = word
+        with pytest.raises(NotCreatedError, match=word.partition(":")[0]):
+            sms_number(sms).acquire(name(43))
+    with reclaim.Fixture("none") as fixture, pytest.raises(AcquireError) as caught:
+        fixture.acquire(sms_number(sms))
+    assert "nothing was created" in str(caught.value)
+    assert no_entries(registry_path)
+
+
+def test_clones_sending_error_words_with_400(registry_path: str) -> None:
+    with SmsActivateServer(http_errors=True) as clone:
+        clone.refuse_numbers = "NO_NUMBERS"
+        with pytest.raises(NotCreatedError, match="NO_NUMBERS"):
+            sms_number(clone).acquire(name(44))
+
+
+def test_an_unclear_answer_is_not_proof(twilio: TwilioServer, sms: SmsActivateServer) -> None:
+    """A 5xx to the purchase, or an answer sms-activate's list does not know: it may have been
+    bought, so AcquireError (the Fixture then releases what the planned record finds)."""
+    twilio.fail_next(1, 500, only="POST ")
+    with pytest.raises(AcquireError, match="HTTP 500") as caught:
+        twilio_number(twilio).acquire(name(45))
+    assert not isinstance(caught.value, NotCreatedError)
+    for word in ("ERROR_SQL", "SOMETHING_NEW"):
+        sms.refuse_numbers = word
+        with pytest.raises(AcquireError, match=word) as caught:
+            sms_number(sms).acquire(name(46))
+        assert not isinstance(caught.value, NotCreatedError)
+    sms.refuse_numbers = None
+    sms.fail_next(1, 500)
+    with pytest.raises(AcquireError, match="HTTP 500") as caught:
+        sms_number(sms).acquire(name(47))
+    assert not isinstance(caught.value, NotCreatedError)

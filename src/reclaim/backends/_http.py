@@ -20,7 +20,15 @@ from datetime import UTC
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from reclaim.backends import BackendError, Record, raise_backend_error, redact_text, require_extra
+from reclaim.backends import (
+    AcquireError,
+    BackendError,
+    NotCreatedError,
+    Record,
+    raise_backend_error,
+    redact_text,
+    require_extra,
+)
 
 _NO_HTTPX: ImportError | None = None
 try:
@@ -37,6 +45,18 @@ RATE_LIMIT_TRIES: Final = 5
 #: ``Call`` waiting what it asks for, never longer than this (without a hint: 0.5 s, 1 s, 2 s,
 #: 4 s).
 MAX_RETRY_AFTER: Final = 30.0
+#: Answers to a create request that mean the server made nothing: bad request, credentials
+#: refused, no such collection, method or media type, already exists (somebody else's: never
+#: released), invalid. A 5xx, a timeout or a reset after the request was sent are not proof.
+NOT_MADE: Final = frozenset({400, 401, 403, 404, 405, 409, 415, 422})
+
+
+def never_sent(exc: BaseException) -> bool:
+    """Whether an httpx error proves that the request was never sent: no connection could be
+    opened (refused, unknown host, TLS failure, connect timeout), or no transport for the URL."""
+    return HAS_HTTPX and isinstance(
+        exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.UnsupportedProtocol
+    )
 
 
 def need_httpx(kind: str) -> None:
@@ -91,12 +111,17 @@ class Call:
     def __exit__(self, *_exc: object) -> None:
         self.client.close()
 
-    def fail(self, message: str) -> BackendError:
-        """An error of this operation's kind, naming the resource, with secrets redacted."""
+    def fail(self, message: str, error: type[BackendError] | None = None) -> BackendError:
+        """An error of this operation's kind (or ``error``), naming the resource, with secrets
+        redacted."""
         text = redact_text(message, self.record, self.secret_fields)
-        return self.error(
+        return (error or self.error)(
             f"{self.kind} {self.resource!r}: {text}", kind=self.kind, resource=self.resource
         )
+
+    def _not_created(self, proven: bool) -> type[BackendError]:
+        """NotCreatedError when nothing was ``proven`` to be made by an acquire's call."""
+        return NotCreatedError if proven and issubclass(self.error, AcquireError) else self.error
 
     def send(
         self,
@@ -106,17 +131,25 @@ class Call:
         ok: Container[int],
         gone: Container[int] = (),
         is_gone: Callable[[httpx.Response], bool] | None = None,
+        creates: bool = False,
         **kwargs: Any,
     ) -> httpx.Response | None:
         """The answer when its status is in ``ok``; None when it is in ``gone`` (and
-        ``is_gone`` agrees); an error otherwise."""
+        ``is_gone`` agrees); an error otherwise.
+
+        ``creates`` marks the request that makes an acquire's resource, sent before anything
+        else was made: its failure is a :class:`~reclaim.NotCreatedError` when it proves that
+        nothing was made (the request was never sent, or every answer was a rate limit and the
+        last one a definite refusal, ``NOT_MADE``), an ``AcquireError`` otherwise.
+        """
         shown = show_url(url)
+        refused = creates  # every answer so far refused the request, or there was none
         for attempt in range(1, RATE_LIMIT_TRIES + 1):
             try:
                 response = self.client.request(method, url, **kwargs)
             except httpx.HTTPError as exc:
                 raise_backend_error(
-                    self.error,
+                    self._not_created(refused and never_sent(exc)),
                     self.kind,
                     self.record,
                     f"{method} {shown}",
@@ -127,14 +160,18 @@ class Call:
             wait = _retry_after(response, attempt)
             if wait is None or attempt == RATE_LIMIT_TRIES:
                 break
+            # 429 and 403 (rate limits) refuse the request; a 503 may have half-done it.
+            refused = refused and response.status_code in (403, 429)
             _pause(wait)
         status = response.status_code
         if status in ok:
             return response
         if status in gone and (is_gone is None or is_gone(response)):
             return None
+        detail = f"{_provider_error(response)}; {_advice(status)}"
         raise self.fail(
-            f"{method} {shown} answered HTTP {status}{_provider_error(response)}; {_advice(status)}"
+            f"{method} {shown} answered HTTP {status}{detail}",
+            self._not_created(refused and status in NOT_MADE),
         )
 
 

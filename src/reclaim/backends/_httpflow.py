@@ -24,8 +24,15 @@ from collections.abc import Callable, Generator, Mapping
 from typing import Any, Final, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
-from reclaim.backends import Backend, BackendError, backend_error
-from reclaim.backends._http import HAS_HTTPX, RATE_LIMIT_TRIES, need_httpx, retry_after_seconds
+from reclaim.backends import AcquireError, Backend, BackendError, NotCreatedError, backend_error
+from reclaim.backends._http import (
+    HAS_HTTPX,
+    NOT_MADE,
+    RATE_LIMIT_TRIES,
+    need_httpx,
+    never_sent,
+    retry_after_seconds,
+)
 
 if HAS_HTTPX:
     import httpx
@@ -52,6 +59,9 @@ class Call:
     #: A form body (``application/x-www-form-urlencoded``).
     data: Mapping[str, str] | None = None
     headers: Mapping[str, str] | None = None
+    #: Whether the call may make something (the default). False for a read or a login: a flow
+    #: that fails before a call that creates was sent made nothing (``NotCreatedError``).
+    creates: bool = True
 
     def options(self) -> dict[str, Any]:
         """The keyword arguments of ``httpx.Client.request`` besides method and URL."""
@@ -99,6 +109,25 @@ class HttpError(Exception):
 
 class ProtocolError(Exception):
     """The provider answered something this backend does not understand."""
+
+
+class NothingMade(Exception):
+    """An acquire's failure, ``cause``, that proves nothing was made: ``Context.run`` raises
+    :class:`~reclaim.NotCreatedError` for it. A flow raises it for a definite refusal of its
+    create call (``refused``); the drivers for a failure before any call that creates was
+    sent, or of such a call that was never sent."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def refused(what: str, response: httpx.Response, hint: str = "") -> Exception:
+    """The error for an answer to a create call that is not a success: ``NothingMade`` when
+    its status is a definite refusal (``NOT_MADE``: 400, 401, 403, 404, 409, 422...), the
+    plain ``HttpError`` when something may have been made (a 5xx)."""
+    error = HttpError(what, response, hint)
+    return NothingMade(error) if response.status_code in NOT_MADE else error
 
 
 def _provider_error(response: httpx.Response) -> tuple[str, str]:
@@ -205,8 +234,31 @@ def _paced(flow: Flow[T], limiter: RateLimiter | None) -> Generator[Call | float
         flow.close()
 
 
+class _Progress:
+    """Whether a call that may create something has been sent yet, in one run of a flow."""
+
+    def __init__(self) -> None:
+        self.made = False
+
+    def sent(self, call: Call) -> None:
+        self.made = self.made or call.creates
+
+    def failed(self, exc: Exception, call: Call | None = None) -> None:
+        """Raise ``NothingMade`` for ``exc`` (of the flow, or of sending ``call``) when it
+        proves that nothing was made: no call that creates was sent before it, and ``call``
+        does not create or was never sent. Otherwise note what ``call`` may have made."""
+        translated = (HttpError, ProtocolError, ValueError, httpx.HTTPError)
+        if isinstance(exc, NothingMade) or not isinstance(exc, translated):
+            return
+        if not self.made and (call is None or not call.creates or never_sent(exc)):
+            raise NothingMade(exc) from exc
+        if call is not None:
+            self.sent(call)
+
+
 def _drive(flow: Flow[T], timeout: float, limiter: RateLimiter | None) -> T:
     steps = _paced(flow, limiter)
+    progress = _Progress()
     with httpx.Client(timeout=timeout) as client:
         try:
             reply: Any = None
@@ -215,8 +267,16 @@ def _drive(flow: Flow[T], timeout: float, limiter: RateLimiter | None) -> T:
                     step = steps.send(reply)
                 except StopIteration as stop:
                     return cast("T", stop.value)
+                except Exception as exc:
+                    progress.failed(exc)
+                    raise
                 if isinstance(step, Call):
-                    reply = client.request(step.method, step.url, **step.options())
+                    try:
+                        reply = client.request(step.method, step.url, **step.options())
+                    except Exception as exc:
+                        progress.failed(exc, step)
+                        raise
+                    progress.sent(step)
                 else:
                     time.sleep(step)
                     reply = None
@@ -228,6 +288,7 @@ async def _adrive(flow: Flow[T], timeout: float, limiter: RateLimiter | None) ->
     import asyncio  # noqa: PLC0415  (kept out of the watchdog's imports, as in Backend)
 
     steps = _paced(flow, limiter)
+    progress = _Progress()
     async with httpx.AsyncClient(timeout=timeout) as client:
         try:
             reply: Any = None
@@ -236,8 +297,16 @@ async def _adrive(flow: Flow[T], timeout: float, limiter: RateLimiter | None) ->
                     step = steps.send(reply)
                 except StopIteration as stop:
                     return cast("T", stop.value)
+                except Exception as exc:
+                    progress.failed(exc)
+                    raise
                 if isinstance(step, Call):
-                    reply = await client.request(step.method, step.url, **step.options())
+                    try:
+                        reply = await client.request(step.method, step.url, **step.options())
+                    except Exception as exc:
+                        progress.failed(exc, step)
+                        raise
+                    progress.sent(step)
                 else:
                     await asyncio.sleep(step)
                     reply = None
@@ -291,9 +360,14 @@ class Context:
         )
 
     def run(self, flow: Flow[T], error: type[BackendError], doing: str, advice: str = "") -> T:
+        """The flow's result; ``error`` when it fails: for an ``AcquireError``, a
+        :class:`~reclaim.NotCreatedError` when the failure proves that nothing was made (see
+        ``NothingMade``)."""
         need_httpx(self.backend.kind)
         try:
             return _drive(flow, self.timeout, self.limiter)
+        except NothingMade as exc:
+            raise self.failure(_not_created(error), doing, exc.cause, advice) from None
         except (HttpError, ProtocolError, ValueError, httpx.HTTPError) as exc:
             # `from None`: the provider's own text may quote a secret; the message is redacted.
             raise self.failure(error, doing, exc, advice) from None
@@ -304,8 +378,15 @@ class Context:
         need_httpx(self.backend.kind)
         try:
             return await _adrive(flow, self.timeout, self.limiter)
+        except NothingMade as exc:
+            raise self.failure(_not_created(error), doing, exc.cause, advice) from None
         except (HttpError, ProtocolError, ValueError, httpx.HTTPError) as exc:
             raise self.failure(error, doing, exc, advice) from None
+
+
+def _not_created(error: type[BackendError]) -> type[BackendError]:
+    """NotCreatedError for an acquire's ``error``; a release or a lookup keeps its own."""
+    return NotCreatedError if issubclass(error, AcquireError) else error
 
 
 # --- checking what reaches a URL ------------------------------------------------------------

@@ -234,7 +234,10 @@ class RestAccount(Backend[Account]):
         password = _new_password() if "{password}" in json.dumps(self.body) else None
         body = _template(self.body, name, password)
         with _rest_call(record, AcquireError) as http:
-            response = http.send("POST", record["collection"], ok=(200, 201, 202), json=body)
+            # A 409 ("taken") is somebody else's account, never released: NotCreatedError.
+            response = http.send(
+                "POST", record["collection"], ok=(200, 201, 202), json=body, creates=True
+            )
             assert response is not None
             data = _json_or_empty(response)
             found = _dig(data, record["id_field"])
@@ -463,7 +466,11 @@ class ScimUser(Backend[Account]):
             body["password"] = password
         with _scim_call(record, AcquireError) as http:
             response = http.send(
-                "POST", f"{record['base_url']}/Users", ok=(201, 200), content=_scim_body(body)
+                "POST",
+                f"{record['base_url']}/Users",
+                ok=(201, 200),
+                content=_scim_body(body),
+                creates=True,  # 409 uniqueness: somebody else's user, never released
             )
             assert response is not None
             data = _json_or_empty(response)

@@ -65,6 +65,7 @@ from reclaim.backends._httpflow import (
     Context,
     Flow,
     HttpError,
+    NothingMade,
     Pause,
     ProtocolError,
     RateLimiter,
@@ -73,6 +74,7 @@ from reclaim.backends._httpflow import (
     expect,
     limiter_for,
     parse_json,
+    refused,
     request,
 )
 
@@ -378,7 +380,13 @@ def _mailtm_login(base: str, address: str, password: str) -> Flow[tuple[str, str
     which is what mail.tm answers for an account that does not exist."""
     what = "POST /token"
     response = yield from request(
-        Call("POST", f"{base}/token", what, json={"address": address, "password": password})
+        Call(
+            "POST",
+            f"{base}/token",
+            what,
+            json={"address": address, "password": password},
+            creates=False,  # a login makes nothing to release
+        )
     )
     if response.status_code == 401:
         return None
@@ -394,7 +402,9 @@ def _mailtm_login(base: str, address: str, password: str) -> Flow[tuple[str, str
 
 def _mailtm_domain(base: str) -> Flow[str]:
     what = "GET /domains"
-    response = yield from request(Call("GET", f"{base}/domains", what, params={"page": "1"}))
+    response = yield from request(
+        Call("GET", f"{base}/domains", what, params={"page": "1"}, creates=False)
+    )
     body = parse_json(expect(response, what, 200), what)
     members = body.get("hydra:member", []) if isinstance(body, dict) else body
     for domain in members if isinstance(members, list) else []:
@@ -540,14 +550,19 @@ class MailTmInbox(_AddressKind[MailTmMailbox]):
         )
         if response.status_code == 422:
             # Taken: ours if our password opens it (an acquire retried after a crash), else a
-            # stranger's, which reclaim never adopts.
+            # stranger's, which reclaim never adopts, nor deletes: nothing was made.
             login = yield from _mailtm_login(base, address, password)
             if login is None:
-                raise HttpError(
-                    what, response, "reclaim adopts an address only if its own password opens it"
+                raise NothingMade(
+                    HttpError(
+                        what,
+                        response,
+                        "reclaim adopts an address only if its own password opens it",
+                    )
                 )
             return login
-        expect(response, what, 200, 201)
+        if response.status_code not in (200, 201):
+            raise refused(what, response)
         login = yield from _mailtm_login(base, address, password)
         if login is None:
             raise ProtocolError("the account was created, but POST /token refuses its password")
@@ -766,13 +781,17 @@ class MailsacInbox(_AddressKind[MailsacMailbox]):
             # credits left: ours only if the address now says we own it.
             what_now = "GET /addresses/{email}"
             check = yield from request(
-                Call("GET", f"{base}/addresses/{path}", what_now, headers=headers)
+                Call("GET", f"{base}/addresses/{path}", what_now, headers=headers, creates=False)
             )
             owned = parse_json(expect(check, what_now, 200), what_now)
             if isinstance(owned, dict) and owned.get("owner"):
                 return
-            raise HttpError(what, response, "reserving private addresses needs credits")
-        expect(response, what, 200)
+            # Not reserved by this account: the 400 made nothing.
+            raise NothingMade(
+                HttpError(what, response, "reserving private addresses needs credits")
+            )
+        if response.status_code != 200:
+            raise refused(what, response)
 
     def _acquired(self, record: Record) -> tuple[MailsacMailbox, Record]:
         context = Context(type(self), record)
@@ -854,14 +873,20 @@ class MailsacInbox(_AddressKind[MailsacMailbox]):
         if record.get("reserve"):
             what = "GET /addresses/{email}"
             response = yield from request(
-                Call("GET", f"{base}/addresses/{path}", what, headers=headers)
+                Call("GET", f"{base}/addresses/{path}", what, headers=headers, creates=False)
             )
             owned = parse_json(expect(response, what, 200), what)
             if isinstance(owned, dict) and owned.get("owner"):
                 return True
         what = "GET /addresses/{email}/message-count"
         response = yield from request(
-            Call("GET", f"{base}/addresses/{path}/message-count", what, headers=headers)
+            Call(
+                "GET",
+                f"{base}/addresses/{path}/message-count",
+                what,
+                headers=headers,
+                creates=False,
+            )
         )
         counted = parse_json(expect(response, what, 200), what)
         return bool(isinstance(counted, dict) and counted.get("count"))

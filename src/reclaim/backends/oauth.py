@@ -47,7 +47,14 @@ from datetime import datetime
 from typing import Any, Final, Literal
 from urllib.parse import quote, quote_plus
 
-from reclaim.backends import AcquireError, Backend, BackendError, Record, ReleaseError
+from reclaim.backends import (
+    AcquireError,
+    Backend,
+    BackendError,
+    NotCreatedError,
+    Record,
+    ReleaseError,
+)
 from reclaim.backends._http import Call, check_url, json_object, show_url
 
 __all__ = ["GithubGrant", "Grant", "OAuthGrant"]
@@ -183,16 +190,25 @@ class OAuthGrant(Backend[Grant]):
         record = self.plan(name)
         with _oauth_call(record, AcquireError) as http:
             if self.given:
-                info: dict[str, Any] = {}
-                for field in ("refresh_token", "access_token"):
-                    if record[field]:
-                        info = _introspect(http, record, field)
-                        if info.get("active") is not True:
-                            raise http.fail(
-                                f"the {field.replace('_', ' ')} it was given is not active"
-                                " (expired, revoked or unknown to this server): there is"
-                                " nothing to own"
-                            )
+                # Nothing is created for a given token: it is owned from the plan on. Only
+                # the server's word that every token is dead proves there is nothing to own
+                # (NotCreatedError); a server that cannot be asked leaves the tokens to release.
+                fields = [f for f in ("refresh_token", "access_token") if record[f]]
+                infos = {f: _introspect(http, record, f) for f in fields}
+                dead = [f for f in fields if infos[f].get("active") is not True]
+                if dead:
+                    shown = dead[0].replace("_", " ")
+                    if len(dead) == len(fields):
+                        raise http.fail(
+                            f"the {shown} it was given is not active (expired, revoked or"
+                            " unknown to this server): there is nothing to own",
+                            NotCreatedError,
+                        )
+                    raise http.fail(
+                        f"the {shown} it was given is not active (expired, revoked or unknown"
+                        " to this server), though the other token is: that one is revoked"
+                    )
+                info = infos[fields[-1]]
                 expires = info.get("exp") if record["access_token"] else None
                 scope = info.get("scope")
                 token_type = str(info.get("token_type") or "Bearer")
@@ -202,7 +218,7 @@ class OAuthGrant(Backend[Grant]):
                 if self.scope:
                     form["scope"] = self.scope
                 response = http.send(
-                    "POST", self.token_url, ok=(200,), **_client_auth(record, form)
+                    "POST", self.token_url, ok=(200,), creates=True, **_client_auth(record, form)
                 )
                 assert response is not None
                 tokens = json_object(response)
@@ -377,7 +393,8 @@ class GithubGrant(Backend[Grant]):
             if info is None:
                 raise http.fail(
                     "GitHub does not know the token it was given for this app (revoked, expired"
-                    " or of another app): there is nothing to own"
+                    " or of another app): there is nothing to own",
+                    NotCreatedError,
                 )
         scopes = info.get("scopes")
         scope = (

@@ -81,14 +81,23 @@ class _Handle:
 
     def write(self, *tuples: TupleLike) -> None:
         """Write tuples (100 a call; more are several calls, not one transaction)."""
+        self._write(tuples, BackendError)
+
+    def _write(self, tuples: Sequence[TupleLike], error: type[BackendError]) -> None:
         keys = [_tuple_key(t, with_condition=True) for t in tuples]
-        with self._call() as http:
-            for batch in _batches(keys):
+        with _fga_call(self._kind, self._secret_fields, self._record, error) as http:
+            for index, batch in enumerate(_batches(keys)):
                 body: dict[str, Any] = {"writes": {"tuple_keys": batch}}
                 if self.model_id:
                     body["authorization_model_id"] = self.model_id
+                # A write call is one transaction: the first one refused (a 400 for a tuple
+                # that exists already: not ours) or never sent wrote nothing.
                 http.send(
-                    "POST", f"{_store_url(self._record, self.store_id)}/write", ok=(200,), json=body
+                    "POST",
+                    f"{_store_url(self._record, self.store_id)}/write",
+                    ok=(200,),
+                    json=body,
+                    creates=index == 0,
                 )
 
     def delete(self, *tuples: TupleLike) -> None:
@@ -146,6 +155,10 @@ class FgaTuples(_Handle):
 
     def write(self, *tuples: TupleLike) -> None:
         """Write tuples, each carrying :attr:`name` in its object or user (else ValueError)."""
+        self._check(tuples)
+        super().write(*tuples)
+
+    def _check(self, tuples: Sequence[TupleLike]) -> None:
         for t in tuples:
             key = _tuple_key(t, with_condition=False)
             if not _carries(self.name, key):
@@ -154,7 +167,6 @@ class FgaTuples(_Handle):
                     " crash would leave it where release cannot find it: write e.g."
                     f" {{'object': 'document:{self.name}-1', ...}} (see FgaTuples.ref)"
                 )
-        super().write(*tuples)
 
     def read(self) -> list[dict[str, Any]]:
         """The tuples of the store that carry :attr:`name` (their ``key``s)."""
@@ -212,7 +224,7 @@ class OpenFgaStore(Backend[FgaStore]):
         record = self.plan(name)
         with _fga_call(self.kind, self.secret_fields, record, AcquireError) as http:
             response = http.send(
-                "POST", f"{self.api_url}/stores", ok=(200, 201), json={"name": name}
+                "POST", f"{self.api_url}/stores", ok=(200, 201), json={"name": name}, creates=True
             )
             assert response is not None
             store_id = _check_ulid(json_object(response).get("id"), http, "store id")
@@ -367,10 +379,8 @@ class OpenFgaTuples(Backend[FgaTuples]):
         record = self.plan(name)
         value = FgaTuples(record, self.store_id, self.model_id)
         tuples = [_fill(t, name) for t in self.tuples]
-        try:
-            value.write(*tuples)
-        except BackendError as exc:
-            raise AcquireError(str(exc), kind=self.kind, resource=name) from exc
+        value._check(tuples)
+        value._write(tuples, AcquireError)  # NotCreatedError when its first call wrote nothing
         return value, record
 
     @classmethod

@@ -2,7 +2,9 @@
 
 The full path is decided and journaled before the directory is made (I1), so a process killed
 between ``mkdir`` and the record being written leaves nothing the sweeper cannot find. Release
-removes the whole tree; a directory that is already gone is fine (I3).
+removes the whole tree; a directory that is already gone is fine (I3). A ``mkdir`` that fails
+made nothing: acquire raises :class:`~reclaim.NotCreatedError`, and an entry already there (not
+ours) is left alone.
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from reclaim.backends import Backend, Leftover, ReclaimName, Record, parse_name
+from reclaim.backends import (
+    Backend,
+    Leftover,
+    NotCreatedError,
+    ReclaimName,
+    Record,
+    backend_error,
+    parse_name,
+)
 
 __all__ = ["TempDir"]
 
@@ -62,7 +72,20 @@ class TempDir(Backend[Path]):
     def acquire(self, name: str) -> tuple[Path, Record]:
         record = self.plan(name)
         path = Path(record["path"])
-        path.mkdir(mode=0o700)  # fails if something is there already: never adopt a stranger
+        try:
+            path.mkdir(mode=0o700)  # fails if something is there already: never adopt a stranger
+        except OSError as exc:
+            # mkdir is one system call: when it fails, nothing was made (a name too long, no
+            # parent, no permission), and what is there already is not ours to remove.
+            raise backend_error(
+                NotCreatedError,
+                self.kind,
+                record,
+                "make the directory",
+                exc,
+                where=_shorten(str(path)),
+                reason=_os_reason,
+            ) from exc
         return path, record
 
     @classmethod
@@ -99,6 +122,19 @@ class TempDir(Backend[Path]):
                 if parsed is not None and entry.is_dir(follow_symlinks=False):
                     record = {"name": entry.name, "path": entry.path, "prefix": ""}
                     yield Leftover.of(record, parsed)
+
+
+def _shorten(path: str, keep: int = 80) -> str:
+    """A path for a message: a very long one (the cause of its error) cut in the middle."""
+    return path if len(path) <= 2 * keep + 3 else f"{path[:keep]}...{path[-keep:]}"
+
+
+def _os_reason(exc: BaseException) -> str:
+    """``FileExistsError: [Errno 17] File exists``: the path is named once, by ``where``."""
+    if isinstance(exc, OSError) and exc.strerror:
+        code = f"[Errno {exc.errno}] " if exc.errno is not None else ""
+        return f"{type(exc).__name__}: {code}{exc.strerror}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _rmtree(path: str) -> None:

@@ -80,7 +80,7 @@ from reclaim.backends import (
 
 # The HTTP plumbing (one protocol generator for sync and async, 429 back-off, error messages
 # with secrets redacted) lives in _httpflow, shared with the email backends.
-from reclaim.backends._http import need_httpx
+from reclaim.backends._http import NOT_MADE, need_httpx
 from reclaim.backends._httpflow import (
     PAGES,
     RETRY_ADVICE,
@@ -89,6 +89,7 @@ from reclaim.backends._httpflow import (
     Context,
     Flow,
     HttpError,
+    NothingMade,
     Pause,
     ProtocolError,
     check_base_url,
@@ -165,7 +166,7 @@ def _twilio_numbers(record: Mapping[str, Any], friendly_name: str | None) -> Flo
     what = "GET .../IncomingPhoneNumbers.json"
     for _ in range(PAGES):
         response = yield from request(
-            Call("GET", url, what, params=params, headers=_twilio_headers(record))
+            Call("GET", url, what, params=params, headers=_twilio_headers(record), creates=False)
         )
         body = parse_json(expect(response, what, 200), what)
         numbers = body.get("incoming_phone_numbers") if isinstance(body, dict) else None
@@ -198,6 +199,7 @@ def _twilio_buy(record: Mapping[str, Any], backend: TwilioNumber) -> Flow[Any]:
                 what,
                 params=params,
                 headers=headers,
+                creates=False,
             )
         )
         body = parse_json(expect(response, what, 200), what)
@@ -212,6 +214,7 @@ def _twilio_buy(record: Mapping[str, Any], backend: TwilioNumber) -> Flow[Any]:
                 + (f" with area code {backend.area_code}" if backend.area_code else "")
             )
     last: HttpError | None = None
+    definite = True  # every purchase so far was refused with a status that makes nothing
     what = "POST .../IncomingPhoneNumbers.json"
     for number in candidates:
         response = yield from request(
@@ -229,10 +232,13 @@ def _twilio_buy(record: Mapping[str, Any], backend: TwilioNumber) -> Flow[Any]:
                 raise ProtocolError(f"{what} answered no phone number object")
             return bought
         last = HttpError(what, response)
+        definite = definite and response.status_code in NOT_MADE
         if last.code != "21422":  # 21422: that number is no longer available; try the next
-            raise last
+            break
     assert last is not None
-    raise last
+    # A 400, 401, 403, 404 (Twilio's test credentials, a wrong account, a number taken) bought
+    # nothing; after a 5xx nobody knows.
+    raise NothingMade(last) if definite else last
 
 
 def _twilio_owned(record: Mapping[str, Any]) -> Flow[bool]:
@@ -600,6 +606,28 @@ class TwilioNumber(Backend[TwilioPhone]):
 _OVER: Final = frozenset(
     {"ACCESS_CANCEL", "ACCESS_CANCEL_ALREADY", "NO_ACTIVATION", "WRONG_ACTIVATION_ID"}
 )
+#: Actions of ``handler_api.php`` that change nothing.
+_READS: Final = frozenset({"getActiveActivations", "getStatus", "getBalance"})
+#: ``getNumber``'s answers that rent nothing: no number, no money, a wrong key, service,
+#: country, operator or price, a banned account (``BANNED:<until>``, ``WRONG_MAX_PRICE:<min>``).
+#: ``ERROR_SQL`` and words this list does not know are not proof.
+_NOT_RENTED: Final = frozenset(
+    {
+        "NO_NUMBERS",
+        "NO_BALANCE",
+        "NO_KEY",
+        "BAD_KEY",
+        "BAD_ACTION",
+        "BAD_SERVICE",
+        "BAD_COUNTRY",
+        "WRONG_SERVICE",
+        "WRONG_COUNTRY",
+        "WRONG_OPERATOR",
+        "WRONG_MAX_PRICE",
+        "BANNED",
+        "CHANNELS_LIMIT",
+    }
+)
 _ANSWER_RE: Final = re.compile(r"[A-Z][A-Z0-9_]*(?::.*)?", re.DOTALL)
 _ACTIVATION_RE: Final = re.compile(r"[0-9]{1,20}")
 _SERVICE_RE: Final = re.compile(r"[a-z0-9_]{1,20}")
@@ -655,6 +683,7 @@ def _handler(record: Mapping[str, Any], action: str, **params: str) -> Flow[str]
             record["base_url"],
             what,
             params={"api_key": record["api_key"], "action": action, **params},
+            creates=action not in _READS,
         )
     )
     text = response.text.strip()
@@ -898,10 +927,19 @@ class SmsActivateNumber(Backend[SmsActivation]):
             params["operator"] = self.operator
         if self.max_price is not None:
             params["maxPrice"] = f"{self.max_price:g}"
-        answer = yield from _handler(record, "getNumber", **params)
+        try:
+            answer = yield from _handler(record, "getNumber", **params)
+        except HttpError as exc:
+            # A clone's JSON error with a 4xx rented nothing; a 5xx or a strange 200 may have.
+            if exc.status in NOT_MADE:
+                raise NothingMade(exc) from exc
+            raise
         match = re.fullmatch(r"ACCESS_NUMBER:([0-9]{1,20}):([0-9]{4,15})", answer)
         if match is None:
-            raise _AnswerError("getNumber", answer)
+            error = _AnswerError("getNumber", answer)
+            if answer.partition(":")[0] in _NOT_RENTED:
+                raise NothingMade(error)
+            raise error
         return match.group(1), match.group(2)
 
     def _acquired(self, record: Record, got: tuple[str, str]) -> tuple[SmsActivation, Record]:
