@@ -76,6 +76,6 @@ def test_kit_catches_a_release_that_skips_the_guard(
 
     Unguarded.release = staticmethod(bare_release)  # type: ignore[method-assign]
     Unguarded.kind = "path.tempdir"
-    monkeypatch.setitem(backends._cache, "path.tempdir", Unguarded)
+    monkeypatch.setitem(backends._base._cache, "path.tempdir", Unguarded)
     with pytest.raises(AssertionError, match="refuse it with ForeignNameError"):
         check_backend(lambda: Unguarded(parent=scratch), registry=tmp_path / "kit.sqlite3")

@@ -35,13 +35,15 @@ from reclaim.backends import (
     ENTRY_POINT_GROUP,
     Backend,
     Leftover,
-    _configured,  # the RECLAIM_BACKENDS kinds, read exactly as load_backend reads them
     check_leftover,
     load_backend,
     redact_record,
     redact_text,
     redact_url,
     secret_record,
+)
+from reclaim.backends._base import (
+    _configured,  # the RECLAIM_BACKENDS kinds, read exactly as load_backend reads them
 )
 
 __all__ = [

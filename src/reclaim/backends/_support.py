@@ -15,6 +15,7 @@ from typing import Any, Final, NoReturn
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from reclaim._errors import BackendError, MissingExtraError
+from reclaim.backends._base import redact_text
 from reclaim.backends._names import NAMES, NameStyle
 
 __all__ = [
@@ -184,8 +185,6 @@ def backend_error(
     The message is redacted of every secret field of the record (I7) and carries
     ``.kind``, ``.resource`` and ``.run_id``. Raise it ``from exc``.
     """
-    from reclaim.backends import redact_text  # noqa: PLC0415  (the package imports this module)
-
     name = record.get("name")
     what = f"{kind} {name!r}" if isinstance(name, str) and name else kind
     at = f" at {where}" if where else ""
