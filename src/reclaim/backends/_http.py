@@ -27,6 +27,7 @@ from reclaim.backends import (
     Record,
     raise_backend_error,
     redact_text,
+    redact_url,
     require_extra,
 )
 
@@ -249,5 +250,7 @@ def check_url(url: str, what: str) -> str:
     """``url`` when it is an http(s) URL with a host; ValueError naming ``what`` otherwise."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{what} {url!r} must be an http:// or https:// URL with a host")
+        raise ValueError(
+            f"{what} {redact_url(url)!r} must be an http:// or https:// URL with a host"
+        )
     return url
