@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reclaim._errors import AcquireError, NotCreatedError
+from reclaim._errors import AcquireError, NotCreatedError, ReclaimError
 from reclaim._reaper import (
     NEVER_ACQUIRED_HINT,
     RetryPolicy,
@@ -51,7 +51,11 @@ def acquire_failed(
     """Settle the planned entry of a failed acquisition; return the error to raise."""
     kind = backend.kind
     name = str(record.get("name", "?"))
-    reason = redact_text(f"{type(exc).__name__}: {exc}", record, backend.secret_fields)
+    if isinstance(exc, ReclaimError):  # says what it is already, often naming the resource
+        reason = str(exc).removeprefix(f"{kind} {name!r}: ")
+    else:
+        reason = f"{type(exc).__name__}: {exc}"
+    reason = redact_text(reason, record, backend.secret_fields)
     note = None
     if isinstance(exc, NotCreatedError):
         registry.close_planned(resource_id, reason, actor=actor)

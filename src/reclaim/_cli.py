@@ -85,9 +85,9 @@ def _cell(value: object, style: str = "") -> Text:
 _json_errors = False
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
+def _fail(message: str, code: int = 2, *, json_printed: bool = False) -> NoReturn:
     _errors.print(Text("reclaim: ", style="bold red") + Text(message))
-    if _json_errors:
+    if _json_errors and not json_printed:
         click.echo(json.dumps({"error": message, "exit_status": code}))
     sys.exit(code)
 
@@ -1014,7 +1014,7 @@ def release(location: str, resource_id: int, as_json: bool) -> None:
         message = str(outcome.error)
     if as_json:
         click.echo(json.dumps({**data, "error": message}))
-    _fail(message, 1)
+    _fail(message, 1, json_printed=as_json)
 
 
 # --- demo ----------------------------------------------------------------------------------
