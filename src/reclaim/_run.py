@@ -203,7 +203,6 @@ def _forget_after_fork() -> None:
         with contextlib.suppress(OSError):
             os.close(fd)
     _pipes.clear()
-    _signals.reset_after_fork()
 
 
 atexit.register(_close_all)

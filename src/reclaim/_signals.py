@@ -21,12 +21,12 @@ cost nothing. Standard library only: the registry and the watchdog import this.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
+import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Any, Final, TypeVar
 
@@ -110,25 +110,39 @@ def _code(func: object) -> CodeType:
     return code
 
 
-@contextlib.contextmanager
-def critical() -> Iterator[None]:
-    """A section that no signal's exception can split; the signal is raised when it ends."""
-    global _depth, _pending  # noqa: PLW0603
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers run in the main thread only
-        return
-    if _depth == 0 and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        # Ctrl-C must wait too, also where no run is open (the CLI's sweep). Installed for good:
-        # outside sections ours raises KeyboardInterrupt exactly as the default does.
-        signal.signal(signal.SIGINT, _on_signal)
-    _depth += 1
-    try:
-        yield
-    finally:
+class _Critical:
+    """The context manager :func:`critical` returns: one object, since the state is global.
+    A class rather than a generator: registry writes enter it on every call (issue 15)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        global _depth  # noqa: PLW0603
+        if threading.get_ident() != _main_ident:
+            return  # signal handlers run in the main thread only
+        if _depth == 0 and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            # Ctrl-C must wait too, also where no run is open (the CLI's sweep). Installed for
+            # good: outside sections ours raises KeyboardInterrupt exactly as the default does.
+            signal.signal(signal.SIGINT, _on_signal)
+        _depth += 1
+
+    def __exit__(self, *_exc: object) -> None:
+        global _depth, _pending  # noqa: PLW0603
+        if threading.get_ident() != _main_ident:
+            return
         _depth -= 1
         if _depth == 0 and _pending is not None:
             signum, _pending = _pending, None
             raise _exception(signum)
+
+
+_CRITICAL: Final = _Critical()
+_main_ident = threading.main_thread().ident
+
+
+def critical() -> _Critical:
+    """A section that no signal's exception can split; the signal is raised when it ends."""
+    return _CRITICAL
 
 
 def install() -> None:
@@ -159,6 +173,11 @@ def restore() -> None:
 
 
 def reset_after_fork() -> None:
-    """A forked child starts with no section open and nothing pending."""
-    global _depth, _pending
+    """A forked child starts with no section open and nothing pending; the thread that forked
+    is its main thread."""
+    global _depth, _pending, _main_ident  # noqa: PLW0603
     _depth, _pending = 0, None
+    _main_ident = threading.main_thread().ident
+
+
+os.register_at_fork(after_in_child=reset_after_fork)
