@@ -29,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from reclaim import __version__, _run
+from reclaim import _settings as settings
 from reclaim._acquire import acquire_failed, journal_plan
 from reclaim._errors import BackendNotFoundError, ReclaimError
 from reclaim._follow import event_json, event_text, follow
@@ -106,7 +107,7 @@ def _open(location: str | None, *, create: bool) -> Registry | None:
 @click.option(
     "--registry",
     metavar="PATH",
-    envvar="RECLAIM_REGISTRY",
+    envvar=settings.REGISTRY.name,
     help="The registry file [default: $RECLAIM_REGISTRY or the per-user state directory].",
 )
 @click.pass_context
@@ -224,11 +225,6 @@ def status(location: str, as_json: bool) -> None:
 # --- sweep ---------------------------------------------------------------------------------
 
 
-#: The registry sweep's default grace (seconds): a run that died younger may still have its
-#: watchdog at work.
-DEFAULT_SWEEP_GRACE: Final = 300.0
-
-
 def _duration_option(
     _ctx: click.Context, _param: click.Parameter, value: str | None
 ) -> float | None:
@@ -305,7 +301,7 @@ def sweep_command(
         _fail("--older-than and --yes go with --leftovers URL (the registry sweep needs neither)")
     registry = _open(location, create=False)
     if grace is None:
-        grace = DEFAULT_SWEEP_GRACE
+        grace = settings.DEFAULT_SWEEP_GRACE
     report = SweepReport() if registry is None else sweep(registry, grace=grace, dry_run=dry_run)
     if as_json:
         data = report.to_json()
@@ -657,7 +653,7 @@ def watch(location: str, from_start: bool, as_json: bool) -> None:
 # --- run -----------------------------------------------------------------------------------
 
 #: Environment variable naming the run of the command under ``reclaim run``.
-RUN_ENV: Final = "RECLAIM_RUN"
+RUN_ENV: Final = settings.RUN.name
 
 _FORWARDED: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -845,7 +841,7 @@ def _forward(proc: subprocess.Popen[bytes], signum: int, *, from_terminal: bool)
 def acquire(location: str, kind: str, json_args: str, as_json: bool) -> None:
     """Create a resource of KIND for the run of `reclaim run` (for shell scripts and other
     languages). Prints its value (a path, a pid); it is released when the run ends."""
-    run_id = os.environ.get(RUN_ENV, "").strip()
+    run_id = settings.RUN.get()
     if not run_id:
         _fail(
             f"reclaim acquire needs a run to own the {kind} resource, and {RUN_ENV} is not set:"

@@ -17,6 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from reclaim import _settings as settings
 from reclaim._identity import process_state
 from reclaim._reaper import is_alive, reap_run
 from reclaim._registry import open_registry
@@ -69,7 +70,7 @@ def run_demo(location: str, console: Console) -> bool:
         [sys.executable, "-m", "reclaim._demo", location],
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "RECLAIM_WATCHDOG": "0"},
+        env={**os.environ, settings.WATCHDOG.name: "0"},
     )
     try:
         assert child.stdout is not None

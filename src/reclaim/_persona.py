@@ -23,6 +23,7 @@ import os
 import re
 from typing import TYPE_CHECKING, Any, Final
 
+from reclaim import _settings as settings
 from reclaim._fixture import Fixture
 from reclaim._registry import Registry
 
@@ -32,8 +33,8 @@ if TYPE_CHECKING:
 __all__ = ["AsyncPersona", "Persona"]
 
 #: Which provider each kind of identity uses when the test does not say.
-EMAIL_ENV: Final = "RECLAIM_PERSONA_EMAIL"  # mailtm (default) or mailsac
-PHONE_ENV: Final = "RECLAIM_PERSONA_PHONE"  # twilio (default) or smsactivate
+EMAIL_ENV: Final = settings.PERSONA_EMAIL.name  # mailtm (default) or mailsac
+PHONE_ENV: Final = settings.PERSONA_PHONE.name  # twilio (default) or smsactivate
 
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
@@ -70,8 +71,8 @@ class Persona(Fixture):
                 " with a letter or digit"
             )
         super().__init__(name, registry=registry)
-        self.email_provider = (email or os.environ.get(EMAIL_ENV) or "mailtm").lower()
-        self.phone_provider = (phone or os.environ.get(PHONE_ENV) or "twilio").lower()
+        self.email_provider = (email or settings.PERSONA_EMAIL.get()).lower()
+        self.phone_provider = (phone or settings.PERSONA_PHONE.get()).lower()
         _check_choice("email", self.email_provider, ("mailtm", "mailsac"))
         _check_choice("phone", self.phone_provider, ("twilio", "smsactivate"))
 
@@ -137,7 +138,8 @@ class Persona(Fixture):
 
     def _token_env(self, provider: str) -> str:
         person = re.sub(r"[^A-Z0-9]", "_", self.name.upper())
-        return f"RECLAIM_PERSONA_{person}_{re.sub(r'[^A-Z0-9]', '_', provider.upper())}_TOKEN"
+        kind = re.sub(r"[^A-Z0-9]", "_", provider.upper())
+        return f"{settings.PERSONA_TOKEN.name}{person}_{kind}_TOKEN"
 
     # --- sync ------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
+from reclaim import _settings as settings
 from reclaim._errors import BackendNotFoundError, ForeignNameError, ReleaseError
 from reclaim._identity import Identity, current_identity
 from reclaim._registry import Registry, ResourceRecord, ResourceState, RunRecord, RunState
@@ -346,7 +347,7 @@ class SweepReport:
 def sweep(
     registry: Registry,
     *,
-    grace: float = 300.0,
+    grace: float = settings.DEFAULT_SWEEP_GRACE,
     dry_run: bool = False,
     policy: RetryPolicy | None = None,
     now: float | None = None,

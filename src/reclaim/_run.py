@@ -27,6 +27,7 @@ import sys
 import threading
 from typing import Final
 
+from reclaim import _settings as settings
 from reclaim import _signals, _watchdog
 from reclaim._identity import Identity, current_identity
 from reclaim._reaper import release_resource
@@ -37,10 +38,10 @@ from reclaim.backends import make_name
 __all__ = ["Run", "Terminated", "current_run", "end_run", "existing_run"]
 
 #: Environment variable naming the run a process belongs to (``reclaim run``, xdist workers).
-PARENT_ENV: Final = "RECLAIM_PARENT_RUN"
-LABEL_ENV: Final = "RECLAIM_RUN_LABEL"
+PARENT_ENV: Final = settings.PARENT_RUN.name
+LABEL_ENV: Final = settings.LABEL.name
 #: Set to 0 to start no watchdog (tests of the sweeper; environments that forbid processes).
-WATCHDOG_ENV: Final = "RECLAIM_WATCHDOG"
+WATCHDOG_ENV: Final = settings.WATCHDOG.name
 
 
 class Run:
@@ -50,7 +51,7 @@ class Run:
         self.registry = registry
         self.owner = owner
         self._seq = itertools.count(1)
-        parent = os.environ.get(PARENT_ENV) or None
+        parent = settings.PARENT_RUN.get() or None
         for _ in range(5):
             run_id = secrets.token_hex(4)
             try:
@@ -66,7 +67,7 @@ class Run:
         self.closed = False
         self.watchdog: subprocess.Popen[bytes] | None = None
         self._pipe: int | None = None
-        if os.environ.get(WATCHDOG_ENV, "1") != "0":
+        if settings.WATCHDOG.get() != "0":
             self._start_watchdog()
 
     def _start_watchdog(self) -> None:
@@ -151,7 +152,7 @@ def current_run(registry: Registry | str | None = None) -> Run:
         run = _runs.get(key)
         if run is None or run.closed:
             reg = registry if isinstance(registry, Registry) else open_registry(key)
-            label = os.environ.get(LABEL_ENV) or os.path.basename(sys.argv[0] or "python")
+            label = settings.LABEL.get() or os.path.basename(sys.argv[0] or "python")
             run = Run(reg, current_identity(), label[:120])
             _runs[key] = run
             _signals.install()

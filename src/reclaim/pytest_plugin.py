@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 import pytest
 
+from reclaim import _settings as settings
+
 if TYPE_CHECKING:
     from reclaim._fixture import Fixture, _Held
     from reclaim._persona import Persona
@@ -54,15 +56,15 @@ if TYPE_CHECKING:
 
 __all__ = ["persona", "reclaim", "reclaim_fixture", "reclaim_session"]
 
-# The same names as in reclaim._run, repeated so that loading the plugin imports nothing heavy.
-_PARENT_ENV: Final = "RECLAIM_PARENT_RUN"
-_LABEL_ENV: Final = "RECLAIM_RUN_LABEL"
-_REGISTRY_ENV: Final = "RECLAIM_REGISTRY"
+# From reclaim._settings, which imports nothing heavy (loading the plugin must stay cheap).
+_PARENT_ENV: Final = settings.PARENT_RUN.name
+_LABEL_ENV: Final = settings.LABEL.name
+_REGISTRY_ENV: Final = settings.REGISTRY.name
 
 #: The default grace of the start-up sweep: a run that died this young may still have a statement
 #: in flight on a server (a CREATE the server finishes after the client is gone), and its
 #: watchdog is at work on it anyway.
-DEFAULT_GRACE: Final = "10s"
+DEFAULT_GRACE: Final = f"{settings.DEFAULT_PYTEST_GRACE:g}s"
 
 _MAX_LISTED: Final = 20
 

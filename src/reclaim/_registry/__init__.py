@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from reclaim import _settings as settings
 from reclaim._registry._base import Registry
 from reclaim._registry._model import (
     EventRecord,
@@ -30,13 +31,13 @@ __all__ = [
     "open_registry",
 ]
 
-ENV_VAR = "RECLAIM_REGISTRY"
+ENV_VAR = settings.REGISTRY.name
 
 
 def default_location() -> str:
     """``$RECLAIM_REGISTRY``, else ``$XDG_STATE_HOME/reclaim/registry.sqlite3`` (by default under
     ``~/.local/state``)."""
-    configured = os.environ.get(ENV_VAR, "").strip()
+    configured = settings.REGISTRY.get()
     if configured:
         return configured
     state_home = os.environ.get("XDG_STATE_HOME", "").strip()
