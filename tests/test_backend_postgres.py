@@ -339,7 +339,7 @@ def test_schema_drop_blocked_by_a_lock_fails_clearly(
 ) -> None:
     """A connection left inside a transaction holds a lock: release fails with a message that
     says so (after lock_timeout), instead of hanging the teardown forever."""
-    from reclaim.backends import postgres  # noqa: PLC0415
+    from reclaim.backends import postgres  # noqa: PLC0415  (the module itself, to patch a constant)
 
     monkeypatch.setattr(postgres, "LOCK_TIMEOUT_MS", 300)
     dsn = f"{pg.dsn}?application_name=locktest{uuid.uuid4().hex[:6]}"  # its own cached conn

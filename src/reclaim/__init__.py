@@ -125,7 +125,7 @@ def __getattr__(name: str) -> object:
     module_name = _EXPORTS.get(name)
     if module_name is None:
         raise AttributeError(f"module 'reclaim' has no attribute {name!r}")
-    import importlib  # noqa: PLC0415
+    import importlib  # noqa: PLC0415  (PEP 562: on first use only)
 
     value = getattr(importlib.import_module(module_name), name)
     if name in _REHOMED:

@@ -83,14 +83,14 @@ class Persona(Fixture):
     # --- what to acquire, built once for both flavours -------------------------------------
 
     def _email_backend(self, provider: str | None, options: dict[str, Any]) -> Backend[Any]:
-        from reclaim.backends.email import MailsacInbox, MailTmInbox  # noqa: PLC0415
+        from reclaim.backends.email import MailsacInbox, MailTmInbox  # noqa: PLC0415  (a provider's backend and driver load only when used)
 
         chosen = (provider or self.email_provider).lower()
         _check_choice("email", chosen, ("mailtm", "mailsac"))
         return MailTmInbox(**options) if chosen == "mailtm" else MailsacInbox(**options)
 
     def _phone_backend(self, provider: str | None, options: dict[str, Any]) -> Backend[Any]:
-        from reclaim.backends.phone import SmsActivateNumber, TwilioNumber  # noqa: PLC0415
+        from reclaim.backends.phone import SmsActivateNumber, TwilioNumber  # noqa: PLC0415  (a provider's backend and driver load only when used)
 
         chosen = (provider or self.phone_provider).lower()
         _check_choice("phone", chosen, ("twilio", "smsactivate"))
@@ -99,7 +99,7 @@ class Persona(Fixture):
     def _grant_backend(
         self, provider: str, access_token: str | None, options: dict[str, Any]
     ) -> Backend[Any]:
-        from reclaim.backends.oauth import GithubGrant, OAuthGrant  # noqa: PLC0415
+        from reclaim.backends.oauth import GithubGrant, OAuthGrant  # noqa: PLC0415  (a provider's backend and driver load only when used)
 
         token = access_token or self.token(provider)
         if provider.lower() == "github":
@@ -113,8 +113,8 @@ class Persona(Fixture):
         return OAuthGrant(access_token=token, **options)
 
     def _account_backend(self, api: Any, options: dict[str, Any]) -> Backend[Any]:
-        from reclaim.backends import Backend  # noqa: PLC0415
-        from reclaim.backends.accounts import RestAccount, ScimUser  # noqa: PLC0415
+        from reclaim.backends import Backend  # noqa: PLC0415  (a provider's backend and driver load only when used)
+        from reclaim.backends.accounts import RestAccount, ScimUser  # noqa: PLC0415  (a provider's backend and driver load only when used)
 
         if isinstance(api, Backend):
             if options:
@@ -168,13 +168,13 @@ class Persona(Fixture):
 
     def s3_bucket(self, **options: Any) -> Any:
         """A bucket of its own (``S3Bucket``), emptied of every version and deleted."""
-        from reclaim.backends.s3 import S3Bucket  # noqa: PLC0415
+        from reclaim.backends.s3 import S3Bucket  # noqa: PLC0415  (a provider's backend and driver load only when used)
 
         return self.acquire(S3Bucket(**options))
 
     def openfga_store(self, **options: Any) -> Any:
         """An OpenFGA store of its own (``OpenFgaStore``)."""
-        from reclaim.backends.openfga import OpenFgaStore  # noqa: PLC0415
+        from reclaim.backends.openfga import OpenFgaStore  # noqa: PLC0415  (a provider's backend and driver load only when used)
 
         return self.acquire(OpenFgaStore(**options))
 

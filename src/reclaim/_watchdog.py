@@ -82,7 +82,7 @@ def wait_for_owner(pid: int, start: int, pipe_fd: int) -> bool:
 def reap(location: str, run_id: str) -> None:
     """The owner is dead: release what its run still holds (if it is still open)."""
     from reclaim._reaper import reap_run  # noqa: PLC0415  (imported only when there is work)
-    from reclaim._registry import RunState, open_registry  # noqa: PLC0415
+    from reclaim._registry import RunState, open_registry  # noqa: PLC0415  (reclaim is imported only once the owner is dead)
 
     try:
         registry = open_registry(location, create=False)

@@ -165,7 +165,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from reclaim._duration import parse_duration  # noqa: PLC0415
+    from reclaim._duration import parse_duration  # noqa: PLC0415  (loading the plugin imports nothing heavy)
 
     grace_text = config.getoption("reclaim_grace") or config.getini("reclaim_grace")
     try:
@@ -228,7 +228,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     try:
         state.first_event = registry.last_event_id()
         if state.sweep:
-            from reclaim._reaper import sweep  # noqa: PLC0415
+            from reclaim._reaper import sweep  # noqa: PLC0415  (loading the plugin imports nothing heavy)
 
             report = sweep(registry, grace=state.grace)
             state.swept_released = report.released
@@ -281,7 +281,7 @@ def reclaim_session(request: pytest.FixtureRequest) -> Iterator[Fixture]:
 def persona(reclaim: Fixture) -> Callable[..., Persona]:
     """A factory of :class:`reclaim.Persona`: ``sarah = persona("novice_sarah")`` gives an open
     persona, released at the test's teardown with everything else the test acquired."""
-    from reclaim._persona import Persona  # noqa: PLC0415
+    from reclaim._persona import Persona  # noqa: PLC0415  (loading the plugin imports nothing heavy)
 
     def make(name: str, **options: Any) -> Persona:
         return reclaim.use(Persona(name, **options))
@@ -313,7 +313,7 @@ def reclaim_fixture(
 
 def _finish(fixture: Fixture, state: _State, label: str) -> None:
     """Exit the fixture; release failures become warnings unless strict."""
-    from reclaim._errors import ReclaimWarning, ReleaseError  # noqa: PLC0415
+    from reclaim._errors import ReclaimWarning, ReleaseError  # noqa: PLC0415  (loading the plugin imports nothing heavy)
 
     try:
         fixture.__exit__(None, None, None)
@@ -356,8 +356,8 @@ def _fixture_class() -> type[_PluginFixture]:
 
 
 def _make_fixture_class() -> type[_PluginFixture]:
-    from reclaim._errors import ReleaseError  # noqa: PLC0415
-    from reclaim._fixture import Fixture  # noqa: PLC0415
+    from reclaim._errors import ReleaseError  # noqa: PLC0415  (loading the plugin imports nothing heavy)
+    from reclaim._fixture import Fixture  # noqa: PLC0415  (loading the plugin imports nothing heavy)
 
     class PytestFixture(Fixture):
         """A Fixture that counts for the summary and, when strict, checks releases."""
@@ -431,7 +431,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     """End this process's run now (as a clean exit would): release what is still held and stop
     the watchdog, rather than at interpreter exit."""
     if "reclaim._run" in sys.modules:
-        from reclaim._run import end_run  # noqa: PLC0415
+        from reclaim._run import end_run  # noqa: PLC0415  (loading the plugin imports nothing heavy)
 
         end_run(_location())
 
@@ -515,7 +515,7 @@ def _crashed_counts(state: _State) -> tuple[int, int] | None:
 
 
 def _location() -> str:
-    from reclaim._registry import default_location  # noqa: PLC0415
+    from reclaim._registry import default_location  # noqa: PLC0415  (loading the plugin imports nothing heavy)
 
     return default_location()
 
@@ -525,7 +525,7 @@ def _registry_exists(location: str) -> bool:
 
 
 def _open(location: str) -> Registry:
-    from reclaim._registry import open_registry  # noqa: PLC0415
+    from reclaim._registry import open_registry  # noqa: PLC0415  (loading the plugin imports nothing heavy)
 
     return open_registry(location, create=False)
 
@@ -533,6 +533,6 @@ def _open(location: str) -> Registry:
 def _existing_run() -> Any:
     if "reclaim._run" not in sys.modules:
         return None
-    from reclaim._run import existing_run  # noqa: PLC0415
+    from reclaim._run import existing_run  # noqa: PLC0415  (loading the plugin imports nothing heavy)
 
     return existing_run(_location())

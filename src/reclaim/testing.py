@@ -226,7 +226,7 @@ def _check_lookalikes_survive(
     *,
     leftovers_url: str | None,
 ) -> None:
-    from reclaim._leftovers import find_leftovers, release_leftovers  # noqa: PLC0415
+    from reclaim._leftovers import find_leftovers, release_leftovers  # noqa: PLC0415  (only check 8 needs the leftover pass)
 
     if reg.get_run(run_id) is None:  # reaped whole by check 6: the same dead run again
         reg.open_run(run_id, dead_identity(), label="check_backend")

@@ -57,6 +57,6 @@ def open_registry(location: str | None = None, *, create: bool = True) -> Regist
             "a PostgreSQL registry is not available in this version of reclaim;"
             " set RECLAIM_REGISTRY to a file path"
         )
-    from reclaim._registry._sqlite import SQLiteRegistry  # noqa: PLC0415
+    from reclaim._registry._sqlite import SQLiteRegistry  # noqa: PLC0415  (sqlite3 loads only when a registry is opened)
 
     return SQLiteRegistry(location, create=create)
