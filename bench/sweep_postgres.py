@@ -46,8 +46,8 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
-from reclaim._reaper import sweep
 from reclaim._registry import open_registry
+from reclaim._sweep import sweep
 from reclaim.backends import Record, make_name
 from reclaim.backends.postgres import PostgresSchema
 from reclaim.testing import dead_identity

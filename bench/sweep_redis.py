@@ -51,8 +51,8 @@ from typing import Any, Final
 
 import redis
 
-from reclaim._reaper import sweep
 from reclaim._registry import open_registry
+from reclaim._sweep import sweep
 from reclaim.backends import Record, make_name
 from reclaim.backends.redis import MARKER, RedisNamespace, glob_escape
 from reclaim.testing import dead_identity

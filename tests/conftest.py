@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from reclaim._identity import process_state
-from reclaim._reaper import sweep
 from reclaim._registry import open_registry
 from reclaim._run import end_run
+from reclaim._sweep import sweep
 
 pytest_plugins = ["pytester"]
 

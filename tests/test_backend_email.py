@@ -38,8 +38,9 @@ from reclaim import (
     NotCreatedError,
     ReleaseError,
 )
-from reclaim._reaper import RetryPolicy, sweep
+from reclaim._reaper import RetryPolicy
 from reclaim._registry import ResourceState, open_registry
+from reclaim._sweep import sweep
 from reclaim.backends import Backend, _http, _httpflow, load_backend, make_name
 from reclaim.backends.email import (
     MailsacInbox,

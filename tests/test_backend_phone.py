@@ -32,9 +32,10 @@ from providers.mailtm import MailTmServer
 from providers.smsactivate import SmsActivateServer
 from providers.twilio import TwilioServer
 from reclaim import AcquireError, BackendError, ForeignNameError, NotCreatedError, ReleaseError
-from reclaim._reaper import RetryPolicy, sweep
+from reclaim._reaper import RetryPolicy
 from reclaim._registry import ResourceState, open_registry
 from reclaim._run import end_run
+from reclaim._sweep import sweep
 from reclaim.backends import Backend, load_backend, make_name
 from reclaim.backends.phone import SmsActivateNumber, TwilioNumber
 from reclaim.testing import check_backend, dead_identity

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import Spawner, kill, reclaim_cli
-from reclaim._reaper import sweep
 from reclaim._registry import open_registry
+from reclaim._sweep import sweep
 from reclaim.backends import make_name
 from reclaim.backends.path import TempDir
 from reclaim.testing import dead_identity

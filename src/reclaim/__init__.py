@@ -6,7 +6,11 @@ General layout:
 - ``_identity.py``: who owns a run and whether that owner still lives.
 - ``_run.py``: this process's run, opened at the first acquisition, closed at a clean exit.
 - ``_fixture.py``: :class:`Fixture`, the user's API (layer 1 of the crash model).
-- ``_reaper.py``: release one resource, one dead run, or sweep every dead run (layer 4).
+- ``_signals.py``: signals unwind the stack but never split bookkeeping (layer 2).
+- ``_reaper.py``: release one resource, or everything of one dead run (every layer uses it).
+- ``_sweep.py``, ``_leftovers.py``: the sweep of dead runs, and the registry-less pass (layer 4).
+- ``_acquire.py``: the journal steps of an acquisition, for Fixture and ``reclaim acquire``.
+- ``_settings.py``: every environment variable, its default and meaning.
 - ``backends/``: the backend contract (for backend authors) and the built-in kinds.
 - ``testing.py``: ``check_backend``, the conformance kit for backends.
 - ``_watchdog.py``: the per-run watchdog process (layer 3); standard library only.
@@ -38,9 +42,10 @@ if TYPE_CHECKING:
     )
     from reclaim._fixture import Fixture
     from reclaim._persona import AsyncPersona, Persona
-    from reclaim._reaper import RetryPolicy, SweepReport, sweep
+    from reclaim._reaper import RetryPolicy
     from reclaim._registry import ResourceState, RunState, default_location, open_registry
     from reclaim._signals import Terminated
+    from reclaim._sweep import SweepReport, sweep
 
 # Names are imported on first use (PEP 562): `import reclaim` stays cheap for the pytest plugin
 # of a suite that acquires nothing, and for the watchdog, which imports reclaim only after its
@@ -68,8 +73,8 @@ _EXPORTS: dict[str, str] = {
     "Persona": "reclaim._persona",
     "AsyncPersona": "reclaim._persona",
     "RetryPolicy": "reclaim._reaper",
-    "SweepReport": "reclaim._reaper",
-    "sweep": "reclaim._reaper",
+    "SweepReport": "reclaim._sweep",
+    "sweep": "reclaim._sweep",
     "ResourceState": "reclaim._registry",
     "RunState": "reclaim._registry",
     "default_location": "reclaim._registry",

@@ -41,7 +41,7 @@ from reclaim._leftovers import (
     redact_url,
     release_leftovers,
 )
-from reclaim._reaper import SweepReport, is_alive, release_resource, sweep
+from reclaim._reaper import is_alive, release_resource
 from reclaim._registry import (
     ENV_VAR,
     Registry,
@@ -52,6 +52,7 @@ from reclaim._registry import (
     default_location,
     open_registry,
 )
+from reclaim._sweep import SweepReport, sweep
 from reclaim.backends import Backend, load_backend, make_name, redact_text
 
 __all__ = ["main"]

@@ -1,8 +1,8 @@
-"""Releasing what the registry holds: one resource, one run, or every dead run (the sweep).
+"""Releasing what the registry holds: one resource, or everything of one run.
 
 The same code serves every layer of the crash model: a Fixture's exit (layer 1), the watchdog
-(layer 3) and the sweeper (layer 4). It needs only the registry and the backends' class-level
-``release(record)`` (I2): no live object, no test code.
+(layer 3) and the sweeper (layer 4, in ``_sweep.py`` and ``_leftovers.py``). It needs only the
+registry and the backends' class-level ``release(record)`` (I2): no live object, no test code.
 
 Three rules live here:
 
@@ -23,7 +23,6 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
-from reclaim import _settings as settings
 from reclaim._errors import BackendNotFoundError, ForeignNameError, ReleaseError
 from reclaim._identity import Identity, current_identity
 from reclaim._registry import Registry, ResourceRecord, ResourceState, RunRecord, RunState
@@ -33,12 +32,10 @@ from reclaim.backends import Backend, Record, load_backend, redact_text, secret_
 __all__ = [
     "ReleaseOutcome",
     "RetryPolicy",
-    "SweepReport",
     "claim_run",
     "is_alive",
     "reap_run",
     "release_resource",
-    "sweep",
 ]
 
 #: Every state a reaper that holds the run's claim may release from.
@@ -51,9 +48,6 @@ ALL_STATES: Final = (
 
 #: A claim held this long by a holder we cannot check is considered abandoned.
 CLAIM_STALE_AFTER: Final = 600.0
-
-#: Events older than this are pruned by a sweep.
-EVENT_RETENTION: Final = 7 * 24 * 3600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,80 +307,3 @@ def reap_run(
     finally:
         registry.finish_reap(run.id, token, actor=actor)
     return outcomes
-
-
-# --- the sweep -----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class SweepReport:
-    """What a sweep did (or, with ``dry_run``, would do)."""
-
-    released: int = 0
-    failed: int = 0
-    skipped_live: int = 0
-    skipped_grace: int = 0
-    skipped_busy: int = 0
-    runs_reaped: list[str] = dataclasses.field(default_factory=list)
-    outcomes: list[ReleaseOutcome] = dataclasses.field(default_factory=list)
-    would_release: list[tuple[ResourceRecord, bool | None]] = dataclasses.field(
-        default_factory=list
-    )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "released": self.released,
-            "failed": self.failed,
-            "skipped_live": self.skipped_live,
-            "skipped_grace": self.skipped_grace,
-            "skipped_busy": self.skipped_busy,
-            "runs_reaped": list(self.runs_reaped),
-        }
-
-
-def sweep(
-    registry: Registry,
-    *,
-    grace: float = settings.DEFAULT_SWEEP_GRACE,
-    dry_run: bool = False,
-    policy: RetryPolicy | None = None,
-    now: float | None = None,
-) -> SweepReport:
-    """Release everything of runs whose owner is dead and which started more than ``grace``
-    seconds ago. Never a live run's (I4); each run claimed first (I6)."""
-    now = time.time() if now is None else now
-    report = SweepReport()
-    for run in registry.list_runs():
-        resources = registry.resources(run.id)
-        if is_alive(run, now=now):
-            report.skipped_live += len(resources)
-            continue
-        if now - run.started_at < grace:
-            report.skipped_grace += len(resources)
-            continue
-        if dry_run:
-            for resource in reversed(resources):
-                report.would_release.append((resource, _exists(resource)))
-            continue
-        outcomes = reap_run(registry, run, actor="sweeper", policy=policy)
-        if outcomes is None:
-            report.skipped_busy += len(resources)
-            continue
-        report.runs_reaped.append(run.id)
-        for outcome in outcomes:
-            report.outcomes.append(outcome)
-            if outcome.released:
-                report.released += 1
-            elif not outcome.skipped:
-                report.failed += 1
-    if not dry_run:
-        registry.prune_events(now - EVENT_RETENTION)
-    return report
-
-
-def _exists(resource: ResourceRecord) -> bool | None:
-    try:
-        backend = load_backend(resource.kind)
-        return backend.exists(secret_record(backend, resource.record))
-    except Exception:
-        return None

@@ -228,7 +228,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     try:
         state.first_event = registry.last_event_id()
         if state.sweep:
-            from reclaim._reaper import sweep  # noqa: PLC0415  (loading the plugin imports nothing heavy)
+            from reclaim._sweep import sweep  # noqa: PLC0415  (loading the plugin imports nothing heavy)
 
             report = sweep(registry, grace=state.grace)
             state.swept_released = report.released

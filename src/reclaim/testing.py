@@ -18,8 +18,8 @@ from typing import Any, Final
 
 from reclaim._errors import BackendNotFoundError, ForeignNameError
 from reclaim._identity import Identity, current_identity
-from reclaim._reaper import sweep
 from reclaim._registry import open_registry
+from reclaim._sweep import sweep
 from reclaim.backends import Backend, Record, check_record, load_backend, make_name
 
 __all__ = ["FOREIGN_NAMES", "check_backend", "dead_identity", "lookalikes"]
