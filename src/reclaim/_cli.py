@@ -734,19 +734,10 @@ def run_command(location: str, label: str | None, as_json: bool, command: tuple[
 
 
 def _open_run(location: str, label: str) -> _run.Run:
-    # The run's label comes from the environment (see reclaim._run.current_run); set it for
-    # this call only, so that the command's own runs keep their own labels.
-    before = os.environ.get(_run.LABEL_ENV)
-    os.environ[_run.LABEL_ENV] = label
     try:
-        return _run.current_run(location)
+        return _run.current_run(location, label=label)
     except ReclaimError as exc:
         _fail(str(exc))
-    finally:
-        if before is None:
-            os.environ.pop(_run.LABEL_ENV, None)
-        else:
-            os.environ[_run.LABEL_ENV] = before
 
 
 def _leftovers(location: str, run_id: str) -> list[ResourceRecord]:

@@ -144,15 +144,16 @@ _runs: dict[str, Run] = {}
 _pipes: set[int] = set()  # write ends of watchdog pipes, closed in forked children
 
 
-def current_run(registry: Registry | str | None = None) -> Run:
+def current_run(registry: Registry | str | None = None, *, label: str | None = None) -> Run:
     """The run of this process for ``registry`` (by default the configured one), opened on first
-    use."""
+    use. ``label`` names a run that opens now (default: ``$RECLAIM_RUN_LABEL``, else the
+    program's name); an open run keeps its label."""
     key = registry.location if isinstance(registry, Registry) else registry or default_location()
     with _lock:
         run = _runs.get(key)
         if run is None or run.closed:
             reg = registry if isinstance(registry, Registry) else open_registry(key)
-            label = settings.LABEL.get() or os.path.basename(sys.argv[0] or "python")
+            label = label or settings.LABEL.get() or os.path.basename(sys.argv[0] or "python")
             run = Run(reg, current_identity(), label[:120])
             _runs[key] = run
             _signals.install()
