@@ -405,3 +405,21 @@ def test_a_failed_release_says_why_and_keeps_the_secret(registry_path: str, scra
         assert SECRET not in result.stdout + result.stderr
         marker.unlink()  # now the fixture's exit releases it
     assert not path.exists()
+
+
+def test_runs_the_command_opens_record_reclaim_run_as_their_parent(scratch: Path) -> None:
+    # A Python test runner under `reclaim run` opens its own run: the registry's parent_id
+    # column ties it to the outer one (RECLAIM_PARENT_RUN, set by reclaim run).
+    code = (
+        "import json, os, reclaim\n"
+        "from reclaim.backends.path import TempDir\n"
+        "from reclaim._run import current_run\n"
+        "with reclaim.Fixture('inner') as f:\n"
+        f"    f.acquire(TempDir(parent={str(scratch)!r}))\n"
+        "    run = current_run()\n"
+        "    row = run.registry.get_run(run.id)\n"
+        "    print(json.dumps({'outer': os.environ['RECLAIM_RUN'], 'parent': row.parent_id}))\n"
+    )
+    result = reclaim_cli("run", "--", sys.executable, "-c", code)
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["parent"] == seen["outer"]

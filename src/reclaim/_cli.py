@@ -693,6 +693,7 @@ def run_command(location: str, label: str | None, as_json: bool, command: tuple[
     env = dict(os.environ)
     env[RUN_ENV] = run.id
     env[ENV_VAR] = location
+    env[settings.PARENT_RUN.name] = run.id  # runs the command opens record this one as parent
     code = _supervise(list(command), env)
     try:
         held = len(run.registry.resources(run.id))

@@ -192,7 +192,10 @@ def pytest_configure(config: pytest.Config) -> None:
         worker: str | None = str(workerinput.get("workerid", "gw?"))
     else:
         session_id, worker = secrets.token_hex(4), None
-    # A run's label ties it to this session (the summary finds crashed workers' runs by it).
+    # Every run of this session (the controller's, each worker's) records the session as its
+    # parent in the registry's parent_id column; the summary finds crashed workers' runs by it.
+    # The label is for people.
+    os.environ[_PARENT_ENV] = _parent(session_id)
     os.environ[_LABEL_ENV] = f"pytest {worker or 'main'} session {session_id}"
     config.stash[_STATE] = _State(
         session_id=session_id,
@@ -492,14 +495,14 @@ def _crashed_counts(state: _State) -> tuple[int, int] | None:
         runs: set[str] = set()
         held: set[int] = set()
         released: set[int] = set()
-        marker = f"session {state.session_id}"
+        parent = _parent(state.session_id)
         reported = set(state.stats.runs)
         after = state.first_event
         while page := registry.events(after_id=after, limit=5000):
             after = page[-1].id
             for event in page:
                 if event.event == "run.opened":
-                    if str(event.detail.get("label", "")).endswith(marker):
+                    if event.detail.get("parent") == parent:
                         runs.add(str(event.run_id))
                 elif event.run_id in runs and event.run_id not in reported:
                     if event.event == "resource.planned" and event.resource_id is not None:
@@ -512,6 +515,11 @@ def _crashed_counts(state: _State) -> tuple[int, int] | None:
 
 
 # --- small helpers --------------------------------------------------------------------------
+
+
+def _parent(session_id: str) -> str:
+    """What the runs of a pytest session record as their parent."""
+    return f"pytest-session:{session_id}"
 
 
 def _location() -> str:
