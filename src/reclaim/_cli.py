@@ -13,7 +13,6 @@ import dataclasses
 import json
 import os
 import secrets
-import shlex
 import signal
 import subprocess
 import sys
@@ -52,6 +51,7 @@ from reclaim._registry import (
     default_location,
     open_registry,
 )
+from reclaim._supervise import supervise
 from reclaim._sweep import SweepReport, sweep
 from reclaim.backends import Backend, load_backend, make_name, redact_text
 
@@ -85,6 +85,10 @@ def _cell(value: object, style: str = "") -> Text:
 #: Set when the command line asks for --json: a failure then also prints a JSON object on
 #: standard output, so a machine reading it never gets nothing.
 _json_errors = False
+
+
+def _say_error(message: str) -> None:
+    _errors.print(Text("reclaim: ", style="bold red") + Text(message))
 
 
 def _fail(message: str, code: int = 2, *, json_printed: bool = False) -> NoReturn:
@@ -656,11 +660,6 @@ def watch(location: str, from_start: bool, as_json: bool) -> None:
 #: Environment variable naming the run of the command under ``reclaim run``.
 RUN_ENV: Final = settings.RUN.name
 
-_FORWARDED: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-#: ``si_code`` of a signal the kernel sent (a terminal's Ctrl-C), as opposed to kill(2).
-_SI_KERNEL: Final = 0x80
-
 
 @cli.command(
     name="run",
@@ -694,7 +693,7 @@ def run_command(location: str, label: str | None, as_json: bool, command: tuple[
     env[RUN_ENV] = run.id
     env[ENV_VAR] = location
     env[settings.PARENT_RUN.name] = run.id  # runs the command opens record this one as parent
-    code = _supervise(list(command), env)
+    code = supervise(list(command), env, say=_say_error)
     try:
         held = len(run.registry.resources(run.id))
         _run.end_run(location)
@@ -749,72 +748,6 @@ def _leftovers(location: str, run_id: str) -> list[ResourceRecord]:
         return registry.resources(run_id)
     finally:
         registry.close()
-
-
-def _supervise(argv: list[str], env: dict[str, str]) -> int:
-    """Start the command, pass signals on to it until it ends, and return its exit status.
-
-    Signals are taken with ``sigtimedwait`` while the command runs, because the way a signal was
-    sent matters for SIGINT: a Ctrl-C on the terminal reaches the whole foreground process
-    group, so the command (in our group) has it already, and a second one would interrupt its
-    clean-up (layer 1). A SIGINT sent with kill(2) to reclaim alone is passed on. SIGTERM and
-    SIGHUP are always passed on. Signals that were ignored when reclaim started stay ignored.
-    """
-    proc: subprocess.Popen[bytes] | None = None
-    early: list[int] = []
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        # Until the mask below is set, and for signals another thread of ours takes: the way
-        # they were sent is unknown, so they are passed on.
-        if proc is None:
-            early.append(signum)
-        else:
-            _forward(proc, signum, from_terminal=False)
-
-    previous: dict[int, Any] = {}
-    for sig in _FORWARDED:
-        if signal.getsignal(sig) is not signal.SIG_IGN:
-            previous[sig] = signal.signal(sig, on_signal)
-    try:
-        try:
-            proc = subprocess.Popen(argv, env=env)
-        except (FileNotFoundError, NotADirectoryError):
-            _errors.print(
-                Text("reclaim: ", style="bold red")
-                + Text(f"command not found: {argv[0]!r}; check its name and PATH")
-            )
-            return 127
-        except OSError as exc:
-            _errors.print(
-                Text("reclaim: ", style="bold red")
-                + Text(f"cannot run {shlex.join(argv)!r}: {exc.strerror or exc}")
-            )
-            return 126
-        waited = {*previous, signal.SIGCHLD}
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
-        try:
-            for signum in early:
-                _forward(proc, signum, from_terminal=False)
-            while proc.poll() is None:
-                info = signal.sigtimedwait(waited, 0.1)
-                if info is not None and info.si_signo != signal.SIGCHLD:
-                    _forward(proc, info.si_signo, from_terminal=info.si_code == _SI_KERNEL)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-    code = proc.returncode
-    return 128 - code if code < 0 else code
-
-
-def _forward(proc: subprocess.Popen[bytes], signum: int, *, from_terminal: bool) -> None:
-    if from_terminal and signum == signal.SIGINT:
-        with contextlib.suppress(OSError):
-            if os.getpgid(proc.pid) == os.getpgrp():
-                return  # the terminal sent it to the command too
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signum)
 
 
 # --- acquire and release -------------------------------------------------------------------
