@@ -14,7 +14,7 @@ import pytest
 from conftest import Spawner, alive, kill, reclaim_cli
 from reclaim import ResourceState, RetryPolicy, sweep
 from reclaim._identity import Identity, current_identity, process_state
-from reclaim._reaper import claim_run, is_alive, reap_run
+from reclaim._reaper import claim_for_reaping, is_alive, reap_run
 from reclaim._registry import open_registry
 from reclaim.testing import dead_identity
 from reclaim_test_backends import SECRET
@@ -229,19 +229,19 @@ def test_one_reaper_at_a_time(registry_path: str) -> None:
     reg.open_run("000000c1", dead_identity(), label="contested")
     run = reg.get_run("000000c1")
     assert run is not None
-    first = claim_run(reg, run)
+    first = claim_for_reaping(reg, run)
     assert first is not None
-    assert claim_run(reg, run) is None, "a stale view of the run must lose the CAS"
+    assert claim_for_reaping(reg, run) is None, "a stale view of the run must lose the CAS"
     claimed = reg.get_run("000000c1")
     assert claimed is not None
-    assert claim_run(reg, claimed) is None, "the holder (this process) is alive"
+    assert claim_for_reaping(reg, claimed) is None, "the holder (this process) is alive"
     assert reap_run(reg, claimed, actor="sweeper") is None
 
     # A claimer that died mid-reap: its claim is taken over.
     reg.open_run("000000c2", dead_identity(), label="abandoned")
     run2 = reg.get_run("000000c2")
     assert run2 is not None
-    assert claim_run(reg, run2, claimer=dead_identity()) is not None
+    assert claim_for_reaping(reg, run2, claimer=dead_identity()) is not None
     abandoned = reg.get_run("000000c2")
     assert abandoned is not None
     assert reap_run(reg, abandoned, actor="sweeper") == []

@@ -706,7 +706,7 @@ def run_command(location: str, label: str | None, as_json: bool, command: tuple[
         )
     except ReclaimError as exc:
         _fail(f"closing run {run.id} failed: {exc}; `reclaim sweep` releases what it held", code)
-    left = _leftovers(location, run.id)
+    left = _still_held(location, run.id)
     for resource in left:
         _errors.print(
             Text("reclaim: ", style="bold red")
@@ -740,7 +740,7 @@ def _open_run(location: str, label: str) -> _run.Run:
         _fail(str(exc))
 
 
-def _leftovers(location: str, run_id: str) -> list[ResourceRecord]:
+def _still_held(location: str, run_id: str) -> list[ResourceRecord]:
     registry = _open(location, create=False)
     if registry is None:
         return []

@@ -137,7 +137,7 @@ def describe_detail(event: EventRecord) -> str:
 
 
 def _claimer(token: object) -> str:
-    # A claim token is the claimer's identity as JSON (see reclaim._reaper.claim_run).
+    # A claim token is the claimer's identity as JSON (see reclaim._reaper.claim_for_reaping).
     try:
         holder = json.loads(str(token))
         return f"pid {holder['pid']} on {holder['host']}"

@@ -32,7 +32,7 @@ from reclaim.backends import Backend, Record, load_backend, redact_text, secret_
 __all__ = [
     "ReleaseOutcome",
     "RetryPolicy",
-    "claim_run",
+    "claim_for_reaping",
     "is_alive",
     "reap_run",
     "release_resource",
@@ -260,7 +260,9 @@ def is_alive(run: RunRecord, *, now: float | None = None) -> bool:
     return now - run.heartbeat_at < run.lease_seconds
 
 
-def claim_run(registry: Registry, run: RunRecord, claimer: Identity | None = None) -> str | None:
+def claim_for_reaping(
+    registry: Registry, run: RunRecord, claimer: Identity | None = None
+) -> str | None:
     """Become the run's only reaper (I6). Returns the claim token, or None when somebody alive
     holds it already (or the run changed under us)."""
     if run.state == RunState.REAPING and run.claimed_by is not None and not _claim_abandoned(run):
@@ -295,7 +297,7 @@ def reap_run(
 
     Returns the outcomes, or None when another reaper holds the run.
     """
-    token = claim_run(registry, run, claimer)
+    token = claim_for_reaping(registry, run, claimer)
     if token is None:
         return None
     outcomes: list[ReleaseOutcome] = []

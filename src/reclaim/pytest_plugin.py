@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from reclaim._persona import Persona
 
     class _PluginFixture(Fixture):
-        def __init__(self, name: str, *, state: _State) -> None: ...
+        def __init__(self, name: str, *, state: _Session) -> None: ...
 
     from reclaim._registry import Registry
     from reclaim.backends import Record
@@ -92,7 +92,7 @@ class _Stats:
 
 
 @dataclasses.dataclass
-class _State:
+class _Session:
     """The plugin's state for one pytest process (controller, worker, or a plain run)."""
 
     session_id: str
@@ -109,7 +109,7 @@ class _State:
     crashed: list[str] = dataclasses.field(default_factory=list)
 
 
-_STATE: Final = pytest.StashKey[_State]()
+_STATE: Final = pytest.StashKey[_Session]()
 
 
 # --- options --------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # The label is for people.
     os.environ[_PARENT_ENV] = _parent(session_id)
     os.environ[_LABEL_ENV] = f"pytest {worker or 'main'} session {session_id}"
-    config.stash[_STATE] = _State(
+    config.stash[_STATE] = _Session(
         session_id=session_id,
         worker=worker,
         strict=bool(config.getini("reclaim_strict") if strict is None else strict),
@@ -314,7 +314,7 @@ def reclaim_fixture(
     return pytest.fixture(scope=scope, name=_scoped.__name__)(_scoped)
 
 
-def _finish(fixture: Fixture, state: _State, label: str) -> None:
+def _finish(fixture: Fixture, state: _Session, label: str) -> None:
     """Exit the fixture; release failures become warnings unless strict."""
     from reclaim._errors import ReclaimWarning, ReleaseError  # noqa: PLC0415  (loading the plugin imports nothing heavy)
 
@@ -365,7 +365,7 @@ def _make_fixture_class() -> type[_PluginFixture]:
     class PytestFixture(Fixture):
         """A Fixture that counts for the summary and, when strict, checks releases."""
 
-        def __init__(self, name: str, *, state: _State) -> None:
+        def __init__(self, name: str, *, state: _Session) -> None:
             super().__init__(name)
             self._plugin = state
 
@@ -481,7 +481,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         tr.write_line(f"  ... and {len(stats.failures) - _MAX_LISTED} more (`reclaim status`)")
 
 
-def _crashed_counts(state: _State) -> tuple[int, int] | None:
+def _crashed_counts(state: _Session) -> tuple[int, int] | None:
     """(resources the crashed workers' runs held, how many of them are released), read from the
     registry's events of this session."""
     location = _location()
