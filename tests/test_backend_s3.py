@@ -12,7 +12,9 @@ release asks the server itself (``head_bucket``, ``list_buckets``) through a cli
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -754,3 +756,38 @@ def test_module_imports_without_boto3_and_names_the_extra() -> None:
     )
     assert "pip install 'reclaim[s3]'" in out.stdout
     assert issubclass(MissingExtraError, ImportError)
+
+
+def test_async_persona_s3_bucket_is_awaited_off_the_event_loop(
+    s3: S3Client, registry_path: str
+) -> None:
+    # AsyncPersona's docstring says every method is awaited: the bucket is made in a worker
+    # thread, so the event loop keeps running meanwhile (a ticker task proves it).
+    assert inspect.iscoroutinefunction(reclaim.AsyncPersona.s3_bucket)
+    assert inspect.iscoroutinefunction(reclaim.AsyncPersona.openfga_store)
+
+    async def main() -> tuple[int, str]:
+        ticks = 0
+        running = True
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while running:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.ensure_future(ticker())
+        async with reclaim.Persona("bucketeer") as person:
+            await asyncio.sleep(0)
+            before = ticks
+            bucket = await person.s3_bucket()
+            during = ticks - before
+            name = bucket.name
+            assert name in bucket_names(s3)
+        running = False
+        await task
+        return during, name
+
+    during, name = asyncio.run(main())
+    assert during > 0, "the loop ran while the bucket was made"
+    assert name not in bucket_names(s3), "released when the persona ended"

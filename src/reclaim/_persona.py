@@ -168,15 +168,11 @@ class Persona(Fixture):
 
     def s3_bucket(self, **options: Any) -> Any:
         """A bucket of its own (``S3Bucket``), emptied of every version and deleted."""
-        from reclaim.backends.s3 import S3Bucket  # noqa: PLC0415  (a provider's backend and driver load only when used)
-
-        return self.acquire(S3Bucket(**options))
+        return self.acquire(_s3_backend(options))
 
     def openfga_store(self, **options: Any) -> Any:
         """An OpenFGA store of its own (``OpenFgaStore``)."""
-        from reclaim.backends.openfga import OpenFgaStore  # noqa: PLC0415  (a provider's backend and driver load only when used)
-
-        return self.acquire(OpenFgaStore(**options))
+        return self.acquire(_openfga_backend(options))
 
     # --- async twins -----------------------------------------------------------------------
 
@@ -197,6 +193,14 @@ class Persona(Fixture):
     async def auser_account(self, api: Any, **options: Any) -> Any:
         """Async twin of :meth:`user_account`."""
         return await self.aacquire(self._account_backend(api, options))
+
+    async def as3_bucket(self, **options: Any) -> Any:
+        """Async twin of :meth:`s3_bucket`."""
+        return await self.aacquire(_s3_backend(options))
+
+    async def aopenfga_store(self, **options: Any) -> Any:
+        """Async twin of :meth:`openfga_store`."""
+        return await self.aacquire(_openfga_backend(options))
 
 
 class AsyncPersona:
@@ -231,6 +235,26 @@ class AsyncPersona:
     async def user_account(self, api: Any, **options: Any) -> Any:
         """See :meth:`Persona.user_account`."""
         return await self.persona.auser_account(api, **options)
+
+    async def s3_bucket(self, **options: Any) -> Any:
+        """See :meth:`Persona.s3_bucket` (the blocking client runs in a worker thread)."""
+        return await self.persona.as3_bucket(**options)
+
+    async def openfga_store(self, **options: Any) -> Any:
+        """See :meth:`Persona.openfga_store`."""
+        return await self.persona.aopenfga_store(**options)
+
+
+def _s3_backend(options: dict[str, Any]) -> Any:
+    from reclaim.backends.s3 import S3Bucket  # noqa: PLC0415  (a provider's backend and driver load only when used)
+
+    return S3Bucket(**options)
+
+
+def _openfga_backend(options: dict[str, Any]) -> Any:
+    from reclaim.backends.openfga import OpenFgaStore  # noqa: PLC0415  (a provider's backend and driver load only when used)
+
+    return OpenFgaStore(**options)
 
 
 def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
