@@ -137,3 +137,12 @@ def wait_until(predicate: Callable[[], object], timeout: float = 60.0) -> float:
             raise AssertionError(f"not true after {timeout} s: {predicate}")
         time.sleep(0.005)
     return time.monotonic() - started
+
+
+def registry_is_empty(location: str) -> bool:
+    """Does the registry at ``location`` hold no resource entry at all?"""
+    reg = open_registry(location)
+    try:
+        return reg.resources() == []
+    finally:
+        reg.close()

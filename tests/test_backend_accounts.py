@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,8 @@ from typing import Any
 import pytest
 
 import reclaim
-from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
+from _services import closed_port
+from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, registry_is_empty, wait_until
 from providers.scim import RestUsers, ScimServer
 from reclaim import AcquireError, BackendError, ForeignNameError, NotCreatedError, ReleaseError
 from reclaim._registry import open_registry
@@ -582,22 +582,6 @@ def test_provider_down_keeps_the_entry_failed_until_a_later_sweep(
 # --- an acquire that created nothing (issue 11) ------------------------------------------------
 
 
-def closed_port() -> int:
-    """A port of 127.0.0.1 nobody listens on (bound, then closed)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-def no_entries(registry_path: str) -> bool:
-    reg = open_registry(registry_path)
-    try:
-        return reg.resources() == []
-    finally:
-        reg.close()
-
-
 def account_backends(url: str, token: str) -> list[Backend[Account]]:
     return [RestAccount(f"{url}/api/users", token=token), ScimUser(f"{url}/scim/v2", token=token)]
 
@@ -615,7 +599,7 @@ def test_an_unreachable_server_leaves_no_entry(which: int, registry_path: str) -
     assert "ConnectError" in str(caught.value), "the cause is named"
     assert "is the server up" in str(caught.value)
     assert token not in str(caught.value)
-    assert no_entries(registry_path), "nothing is left to fail at every sweep"
+    assert registry_is_empty(registry_path), "nothing is left to fail at every sweep"
 
 
 def test_a_refused_token_leaves_no_entry(
@@ -633,7 +617,7 @@ def test_a_refused_token_leaves_no_entry(
         assert "credentials were refused" in str(caught.value)
         assert wrong not in str(caught.value)
         assert wrong not in "".join(getattr(caught.value, "__notes__", []))
-    assert no_entries(registry_path)
+    assert registry_is_empty(registry_path)
     assert [m for m, _ in rest.calls] == ["POST", "POST"], "no compensating lookup or delete"
     assert [m for m, _ in scim.calls] == ["POST", "POST"]
 
@@ -659,7 +643,7 @@ def test_a_taken_name_is_somebody_elses_and_is_left_alone(
     assert theirs_scim in scim.users, "the stranger's SCIM user is still there"
     assert [m for m, _ in rest.calls] == ["POST"]
     assert [m for m, _ in scim.calls] == ["POST"]
-    assert no_entries(registry_path)
+    assert registry_is_empty(registry_path)
 
 
 def test_a_server_error_on_create_is_not_proof(rest: RestUsers, registry_path: str) -> None:

@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,7 +26,8 @@ import httpx
 import pytest
 
 import reclaim
-from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
+from _services import closed_port
+from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, registry_is_empty, wait_until
 from providers.mailsac import MailsacServer
 from providers.mailtm import MailTmServer
 from reclaim import (
@@ -633,22 +633,6 @@ def test_provider_down_keeps_the_entry_failed_until_a_later_sweep(
 # --- an acquire that made nothing (issue 11) ---------------------------------------------------
 
 
-def closed_port() -> int:
-    """A port of 127.0.0.1 nobody listens on (bound, then closed)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-def no_entries(registry_path: str) -> bool:
-    reg = open_registry(registry_path)
-    try:
-        return reg.resources() == []
-    finally:
-        reg.close()
-
-
 def test_an_unreachable_provider_leaves_no_entry(registry_path: str) -> None:
     url = f"http://127.0.0.1:{closed_port()}"
     key = "k_unreachable0123456789"
@@ -666,7 +650,7 @@ def test_an_unreachable_provider_leaves_no_entry(registry_path: str) -> None:
         assert not isinstance(caught.value, ReleaseError)
         assert "ConnectError" in str(caught.value), "the cause is named"
         assert key not in str(caught.value)
-    assert no_entries(registry_path)
+    assert registry_is_empty(registry_path)
 
 
 def test_an_unreachable_provider_async(registry_path: str) -> None:
@@ -685,7 +669,7 @@ def test_an_unreachable_provider_async(registry_path: str) -> None:
                     await fixture.aacquire(backend)
 
     asyncio.run(main())
-    assert no_entries(registry_path)
+    assert registry_is_empty(registry_path)
 
 
 def test_a_refused_key_leaves_no_entry(mailsac: MailsacServer, registry_path: str) -> None:
@@ -699,7 +683,7 @@ def test_a_refused_key_leaves_no_entry(mailsac: MailsacServer, registry_path: st
         assert "nothing was created" in str(caught.value)
         assert wrong not in str(caught.value)
         assert wrong not in "".join(getattr(caught.value, "__notes__", []))
-    assert no_entries(registry_path)
+    assert registry_is_empty(registry_path)
     assert not any(method == "DELETE" for method, _ in mailsac.seen), "no compensating release"
 
 
@@ -726,7 +710,7 @@ def test_a_strangers_address_is_left_alone(
         assert "nothing was created" in str(caught.value)
     assert mailtm.addresses() == {f"{collide}@reclaim-test.example"}
     assert mailsac.owners == {f"{collide}@mailsac.com": "somebody-else"}
-    assert no_entries(registry_path)
+    assert registry_is_empty(registry_path)
 
 
 def test_no_credits_left_reserves_nothing(registry_path: str) -> None:
@@ -734,7 +718,7 @@ def test_no_credits_left_reserves_nothing(registry_path: str) -> None:
         backend = MailsacInbox(server.api_key, base_url=server.api_url, reserve=True)
         with pytest.raises(NotCreatedError, match="needs credits"):
             backend.acquire(name(46))
-    assert no_entries(registry_path)
+    assert registry_is_empty(registry_path)
 
 
 def test_a_server_error_on_create_is_not_proof(mailtm: MailTmServer) -> None:

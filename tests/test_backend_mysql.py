@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,8 +27,8 @@ import pymysql.cursors
 import pytest
 
 import reclaim
-from _services import TcpProxy, require, with_port
-from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
+from _services import TcpProxy, closed_port, require, with_port
+from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, registry_is_empty, wait_until
 from reclaim import AcquireError, ForeignNameError, NotCreatedError, ReleaseError
 from reclaim._registry import open_registry
 from reclaim.backends import Record, check_leftover, load_backend, make_name
@@ -468,23 +467,6 @@ def test_list_leftovers_yields_only_reclaim_names(mysql_url: str, created: set[s
 # --- an acquire that fails: what it leaves ----------------------------------------------------
 
 
-def _closed_port() -> int:
-    """A loopback port nobody listens on (bound, then closed)."""
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port: int = probe.getsockname()[1]
-    probe.close()
-    return port
-
-
-def _no_entries(registry_path: str) -> bool:
-    reg = open_registry(registry_path)
-    try:
-        return reg.resources() == []
-    finally:
-        reg.close()
-
-
 def _assert_not_created(dsn: str, password: str, registry_path: str, cause: str) -> None:
     """Through a Fixture: an AcquireError naming ``cause``, no password, no entry left; the
     backend's own acquire says NotCreatedError."""
@@ -495,7 +477,7 @@ def _assert_not_created(dsn: str, password: str, registry_path: str, cause: str)
     for text in (str(info.value), str(info.value.__cause__), repr(info.value.__cause__)):
         assert password not in text
         assert quote(password, safe="") not in text
-    assert _no_entries(registry_path), "the planned entry is closed as never created"
+    assert registry_is_empty(registry_path), "the planned entry is closed as never created"
     with pytest.raises(NotCreatedError) as own:
         MysqlDatabase(dsn).acquire(make_name(secrets.token_hex(4), 1))
     assert cause in str(own.value)
@@ -506,7 +488,7 @@ def test_acquire_against_a_closed_port_leaves_no_entry(
     mysql_url: str, mysql_user: tuple[str, str], registry_path: str
 ) -> None:
     user, password = mysql_user
-    dsn = as_user(mysql_url, user, password, port=_closed_port())
+    dsn = as_user(mysql_url, user, password, port=closed_port())
     _assert_not_created(dsn, password, registry_path, "unreachable")
 
 
@@ -534,7 +516,7 @@ def test_acquire_without_the_privilege_leaves_no_entry(
             f.acquire(MysqlDatabase(dsn))
         assert "1044" in str(info.value)
         assert password not in str(info.value)
-        assert _no_entries(registry_path)
+        assert registry_is_empty(registry_path)
         name = make_name(secrets.token_hex(4), 1)
         created.add(name)
         with pytest.raises(NotCreatedError):
@@ -561,7 +543,7 @@ def test_acquire_of_a_name_that_exists_leaves_the_stranger_alone(
     with pytest.raises(AcquireError, match="database exists"), reclaim.Fixture("mysql-dup") as f:
         f.acquire(backend)
     assert db_exists(mysql_url, name), "the stranger's database was left alone"
-    assert _no_entries(registry_path)
+    assert registry_is_empty(registry_path)
     with pytest.raises(NotCreatedError):
         MysqlDatabase(mysql_url).acquire(name)
     with admin(mysql_url) as conn, conn.cursor() as cur:

@@ -24,7 +24,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,7 +39,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 import reclaim
-from _services import TcpProxy, reachable, require, with_port
+from _services import TcpProxy, closed_port, reachable, require, with_port
 from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
 from reclaim import AcquireError, BackendError, ForeignNameError, NotCreatedError, ReleaseError
 from reclaim._registry import open_registry
@@ -573,13 +572,6 @@ def _reap(child: subprocess.Popen[str]) -> None:
             pipe.close()
 
 
-def _closed_port() -> int:
-    """A port of this machine nobody listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 # --- URLs, secrets, errors ------------------------------------------------------------------
 
 
@@ -603,7 +595,7 @@ def test_records_hold_credentials_only_in_secret_fields(server: Server) -> None:
 
 
 def test_errors_name_the_resource_and_hide_the_secrets() -> None:
-    closed = _closed_port()
+    closed = closed_port()
     url = f"nats://tester:hunter2secret@127.0.0.1:{closed}"
     for cls in (NatsStream, NatsKeyValue):
         record = cls(url).plan("rc_00000000_a_1")
@@ -653,7 +645,7 @@ def _acquire_leaves_no_entry(registry_path: str, backend: Any, *, says: str, hid
 def test_an_acquire_that_cannot_connect_creates_nothing(registry_path: str) -> None:
     """A port nobody listens on: the connection never opened, so nothing was created; the
     entry is closed instead of failing every later sweep against a server that is not there."""
-    url = f"nats://tester:hunter2secret@127.0.0.1:{_closed_port()}"
+    url = f"nats://tester:hunter2secret@127.0.0.1:{closed_port()}"
     for make in (NatsStream, NatsKeyValue):
         with pytest.raises(NotCreatedError, match="cannot reach the server") as info:
             make(url).acquire("rc_00000000_a_1")
@@ -671,7 +663,7 @@ def guarded_url() -> Iterator[str]:
         if os.environ.get("RECLAIM_REQUIRE_SERVICES") == "1":
             pytest.fail("RECLAIM_REQUIRE_SERVICES=1 but nats-server is not on PATH")
         pytest.skip("nats-server is not on PATH: no server that checks a password")
-    port = _closed_port()
+    port = closed_port()
     proc = subprocess.Popen(
         [binary, "-a", "127.0.0.1", "-p", str(port), "--user", "tester", "--pass", "right-pw"],
         stdout=subprocess.DEVNULL,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from typing import Any
 import pytest
 
 import reclaim
+from _services import closed_port
 from conftest import CHILD_TIMEOUT, kill, reclaim_cli, wait_until
 from providers.oauth import (
     CLIENT_ID,
@@ -560,14 +560,6 @@ def test_server_down_keeps_the_entries_failed_until_a_later_sweep(
 
 
 # --- an acquire that owns nothing (issue 11) ---------------------------------------------------
-
-
-def closed_port() -> int:
-    """A port of 127.0.0.1 nobody listens on (bound, then closed)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def entries(registry_path: str) -> list[Any]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +28,8 @@ from typing import Any
 import pytest
 
 import reclaim
-from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
+from _services import closed_port
+from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, registry_is_empty, wait_until
 from providers.openfga import MODEL, OpenFgaServer, new_ulid
 from reclaim import AcquireError, ForeignNameError, NotCreatedError, ReleaseError, sweep
 from reclaim._registry import open_registry
@@ -481,22 +481,6 @@ def test_server_down_keeps_the_entries_failed_until_a_later_sweep(
 # --- an acquire that made nothing (issue 11) ---------------------------------------------------
 
 
-def closed_port() -> int:
-    """A port of 127.0.0.1 nobody listens on (bound, then closed)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-def no_entries(registry_path: str) -> bool:
-    reg = open_registry(registry_path)
-    try:
-        return reg.resources() == []
-    finally:
-        reg.close()
-
-
 def test_an_unreachable_server_leaves_no_entry(registry_path: str) -> None:
     url = f"http://127.0.0.1:{closed_port()}"
     backends: list[Backend[Any]] = [
@@ -516,7 +500,7 @@ def test_an_unreachable_server_leaves_no_entry(registry_path: str) -> None:
         assert not isinstance(caught.value, ReleaseError)
         assert "ConnectError" in str(caught.value), "the cause is named"
         assert API_TOKEN not in str(caught.value)
-    assert no_entries(registry_path)
+    assert registry_is_empty(registry_path)
 
 
 def test_a_refused_key_leaves_no_entry(fga: OpenFgaServer, shared: str, registry_path: str) -> None:
@@ -537,7 +521,7 @@ def test_a_refused_key_leaves_no_entry(fga: OpenFgaServer, shared: str, registry
         assert "nothing was created" in str(caught.value)
         assert wrong not in str(caught.value)
         assert wrong not in "".join(getattr(caught.value, "__notes__", []))
-    assert no_entries(registry_path)
+    assert registry_is_empty(registry_path)
     assert [m for m, _ in fga.calls] == ["POST", "POST"], "no compensating read or delete"
 
 
@@ -557,7 +541,7 @@ def test_a_tuple_that_exists_already_is_left_alone(
     assert "already exists" in str(caught.value)
     assert "nothing was created" in str(caught.value)
     assert fga.keys(shared) == before
-    assert no_entries(registry_path)
+    assert registry_is_empty(registry_path)
 
 
 def test_a_later_batch_that_fails_is_not_proof(fga: OpenFgaServer, shared: str) -> None:

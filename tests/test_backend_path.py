@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import reclaim
+from conftest import registry_is_empty
 from reclaim import AcquireError, NotCreatedError, ReleaseError
-from reclaim._registry import open_registry
 from reclaim.backends import make_name
 from reclaim.backends.path import TempDir
 
@@ -22,14 +22,6 @@ RUN = "0a1b2c3d"
 
 def name(seq: int) -> str:
     return make_name(RUN, seq, now=1_800_000_000)
-
-
-def no_entries(registry_path: str) -> bool:
-    reg = open_registry(registry_path)
-    try:
-        return reg.resources() == []
-    finally:
-        reg.close()
 
 
 def acquire_in_a_fixture(backend: TempDir) -> AcquireError:
@@ -48,7 +40,7 @@ def test_a_name_too_long(scratch: Path, registry_path: str) -> None:
     assert len(str(direct.value)) < 600, "the long path is shown once, shortened"
     error = acquire_in_a_fixture(backend)
     assert "File name too long" in str(error)
-    assert no_entries(registry_path)
+    assert registry_is_empty(registry_path)
     assert list(scratch.iterdir()) == []
 
 
@@ -62,7 +54,7 @@ def test_a_parent_that_is_not_a_directory(parent: str, scratch: Path, registry_p
     cause = "FileNotFoundError" if parent == "missing" else "NotADirectoryError"
     assert cause in str(error), "the cause is named"
     assert str(scratch / parent) in str(error), "where it was to be made"
-    assert no_entries(registry_path)
+    assert registry_is_empty(registry_path)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory")
@@ -72,7 +64,7 @@ def test_a_parent_that_is_not_writable(scratch: Path, registry_path: str) -> Non
     try:
         error = acquire_in_a_fixture(TempDir(parent=locked))
         assert "PermissionError" in str(error)
-        assert no_entries(registry_path)
+        assert registry_is_empty(registry_path)
     finally:
         locked.chmod(0o700)
 
@@ -90,7 +82,7 @@ def test_a_directory_there_already_is_left_alone(
     error = acquire_in_a_fixture(TempDir(parent=scratch))
     assert "FileExistsError" in str(error)
     assert (theirs / "keep.txt").read_text() == "somebody's"
-    assert no_entries(registry_path)
+    assert registry_is_empty(registry_path)
 
 
 def test_a_file_there_already_is_left_alone(
@@ -101,4 +93,4 @@ def test_a_file_there_already_is_left_alone(
     monkeypatch.setattr(TempDir, "adapt_name", lambda _self, _proposed: taken)
     acquire_in_a_fixture(TempDir(parent=scratch))
     assert (scratch / taken).read_text() == "a file of somebody's"
-    assert no_entries(registry_path)
+    assert registry_is_empty(registry_path)

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import signal
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,8 @@ from typing import Any
 import pytest
 
 import reclaim
-from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
+from _services import closed_port
+from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, registry_is_empty, wait_until
 from providers._server import RawReply, RawRequest, json_reply
 from providers.mailtm import MailTmServer
 from providers.smsactivate import SmsActivateServer
@@ -587,22 +587,6 @@ def test_provider_down_keeps_the_entry_failed_until_a_later_sweep(
 # --- an acquire that bought nothing (issue 11) -------------------------------------------------
 
 
-def closed_port() -> int:
-    """A port of 127.0.0.1 nobody listens on (bound, then closed)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-def no_entries(registry_path: str) -> bool:
-    reg = open_registry(registry_path)
-    try:
-        return reg.resources() == []
-    finally:
-        reg.close()
-
-
 def test_an_unreachable_provider_leaves_no_entry(registry_path: str) -> None:
     url = f"http://127.0.0.1:{closed_port()}"
     token, key = "f" * 32, "e" * 32
@@ -630,7 +614,7 @@ def test_an_unreachable_provider_leaves_no_entry(registry_path: str) -> None:
             await backends[2].aacquire(name(41))
 
     asyncio.run(main())
-    assert no_entries(registry_path)
+    assert registry_is_empty(registry_path)
 
 
 def test_refused_credentials_leave_no_entry(
@@ -650,7 +634,7 @@ def test_refused_credentials_leave_no_entry(
         assert "nothing was created" in str(caught.value)
         assert wrong not in str(caught.value)
         assert wrong not in "".join(getattr(caught.value, "__notes__", []))
-    assert no_entries(registry_path)
+    assert registry_is_empty(registry_path)
     assert twilio.owned() == {}
     assert sms.activations == {}
 
@@ -677,7 +661,7 @@ def test_no_number_to_buy_or_rent_leaves_no_entry(
     with reclaim.Fixture("none") as fixture, pytest.raises(AcquireError) as caught:
         fixture.acquire(sms_number(sms))
     assert "nothing was created" in str(caught.value)
-    assert no_entries(registry_path)
+    assert registry_is_empty(registry_path)
 
 
 def test_clones_sending_error_words_with_400(registry_path: str) -> None:

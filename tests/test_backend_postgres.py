@@ -22,7 +22,6 @@ import hmac
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,10 +35,9 @@ import pytest
 from psycopg import sql
 
 import reclaim
-from _services import TcpProxy, require, with_port
-from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
+from _services import TcpProxy, closed_port, require, with_port
+from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, registry_is_empty, wait_until
 from reclaim import AcquireError, ForeignNameError, NotCreatedError, ReleaseError
-from reclaim._registry import open_registry
 from reclaim.backends import Backend, Record, check_leftover, load_backend, make_name, parse_name
 from reclaim.backends.postgres import (
     PostgresDatabase,
@@ -1070,23 +1068,6 @@ def test_module_imports_without_psycopg_and_names_the_extra() -> None:
 # --- an acquire that fails: what it leaves -------------------------------------------------
 
 
-def _closed_port() -> int:
-    """A loopback port nobody listens on (bound, then closed)."""
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port: int = probe.getsockname()[1]
-    probe.close()
-    return port
-
-
-def _no_entries(registry_path: str) -> bool:
-    reg = open_registry(registry_path)
-    try:
-        return reg.resources() == []
-    finally:
-        reg.close()
-
-
 def _tables_with_setup(dsn: str) -> PostgresTables:
     return PostgresTables(dsn, setup=_make_prefixed_table)
 
@@ -1112,7 +1093,7 @@ def _assert_not_created(
     assert cause in str(info.value)
     for text in (str(info.value), str(info.value.__cause__), repr(info.value.__cause__)):
         assert SECRET not in text
-    assert _no_entries(registry_path), "the planned entry is closed as never created"
+    assert registry_is_empty(registry_path), "the planned entry is closed as never created"
     with pytest.raises(NotCreatedError) as own:
         make(dsn).acquire(fresh_name())
     assert cause in str(own.value)
@@ -1123,7 +1104,7 @@ def _assert_not_created(
 def test_acquire_against_a_closed_port_leaves_no_entry(
     pg: Server, registry_path: str, kind: str
 ) -> None:
-    dsn = with_port(pg.secret_dsn, _closed_port())
+    dsn = with_port(pg.secret_dsn, closed_port())
     _assert_not_created(CONNECTING[kind], dsn, registry_path, "cannot be reached")
 
 
@@ -1169,7 +1150,7 @@ def test_acquire_of_a_name_that_exists_leaves_the_stranger_alone(
         fx.acquire(_pin(CONNECTING[kind](pg.secret_dsn), name))
     assert SECRET not in str(info.value)
     assert name in there(), "the stranger's object was left alone"
-    assert _no_entries(registry_path)
+    assert registry_is_empty(registry_path)
     with pytest.raises(NotCreatedError):
         CONNECTING[kind](pg.secret_dsn).acquire(name)
     if kind.startswith("schema"):
@@ -1188,7 +1169,7 @@ def test_acquire_refused_for_lack_of_a_privilege_leaves_no_entry(
     with pytest.raises(AcquireError, match="permission denied") as info, reclaim.Fixture("f") as fx:
         fx.acquire(PostgresDatabase(dsn))
     assert SECRET not in str(info.value)
-    assert _no_entries(registry_path)
+    assert registry_is_empty(registry_path)
     with pytest.raises(NotCreatedError, match="permission denied"):
         PostgresDatabase(dsn).acquire(fresh_name())
     assert pg.databases() == before
@@ -1201,7 +1182,7 @@ def test_a_refused_grant_undoes_the_role_and_leaves_no_entry(
     backend = PostgresRole(pg.dsn, member_of=[f"no_group_{uuid.uuid4().hex[:8]}"])
     with pytest.raises(AcquireError, match="does not exist"), reclaim.Fixture("f") as fx:
         fx.acquire(backend)
-    assert _no_entries(registry_path)
+    assert registry_is_empty(registry_path)
     name = fresh_name()
     with pytest.raises(NotCreatedError):
         backend.acquire(name)

@@ -17,7 +17,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ import pika.exceptions  # type: ignore[import-untyped]
 import pytest
 
 import reclaim
-from _services import TcpProxy, require, with_port
+from _services import TcpProxy, closed_port, require, with_port
 from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
 from reclaim import AcquireError, BackendError, ForeignNameError, NotCreatedError, ReleaseError
 from reclaim._registry import open_registry
@@ -148,14 +147,6 @@ def channel(url: str) -> tuple[Any, Any]:
     """A pika connection and channel, as the code under test would open them."""
     conn = pika.BlockingConnection(pika.URLParameters(url))
     return conn, conn.channel()
-
-
-def closed_port() -> int:
-    """A local port nothing listens on (taken from the kernel, then given back)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def fresh_name(seq: int = 1) -> str:

@@ -21,7 +21,6 @@ import math
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ import pytest
 import redis
 
 import reclaim
-from _services import TcpProxy, require, with_port
+from _services import TcpProxy, closed_port, require, with_port
 from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
 from reclaim import AcquireError, BackendError, ForeignNameError, NotCreatedError, ReleaseError
 from reclaim._registry import open_registry
@@ -764,13 +763,6 @@ def _reap(child: subprocess.Popen[str]) -> None:
             pipe.close()
 
 
-def _closed_port() -> int:
-    """A port of this machine nobody listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 # --- URLs, secrets, errors ------------------------------------------------------------------
 
 
@@ -833,7 +825,7 @@ def _acquire_leaves_no_entry(registry_path: str, backend: Any, *, says: str, hid
 def test_an_acquire_that_cannot_connect_creates_nothing(server: Server, registry_path: str) -> None:
     """A port nobody listens on: the connection never opened, so nothing was created; the
     entry is closed instead of failing every later sweep against a server that is not there."""
-    url = with_port(server.url_as("someone", "hunter2secret"), _closed_port())
+    url = with_port(server.url_as("someone", "hunter2secret"), closed_port())
     for make in (RedisNamespace, RedisDatabase):
         with pytest.raises(NotCreatedError, match="cannot reach the server") as info:
             make(url).acquire(server.name(1))
@@ -921,7 +913,7 @@ def test_no_free_database_creates_nothing(server: Server, registry_path: str) ->
 
 
 def test_release_errors_name_the_resource_and_hide_the_password(server: Server) -> None:
-    closed = _closed_port()
+    closed = closed_port()
     url = with_port(server.url_as("someone", "hunter2secret"), closed)
     record = RedisNamespace(url).plan("rc_00000000_a_1")
     with pytest.raises(ReleaseError, match="cannot reach the server") as info:

@@ -5,9 +5,9 @@ prints. The servers are a closed port, so every acquire fails while connecting."
 
 from __future__ import annotations
 
-import socket
-
 import pytest
+
+from _services import closed_port
 
 SECRET = "Zq8-s3cr3t-Pa55-w0rd"
 
@@ -80,17 +80,11 @@ CASES = [
 ]  # fmt: skip
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.parametrize("style", ["auto", "long", "short", "native"])
 def test_no_secret_in_any_traceback_style(
     pytester: pytest.Pytester, registry_path: str, style: str
 ) -> None:
-    pytester.makepyfile(test_secrets=SUITE.format(secret=SECRET, port=_closed_port(), cases=CASES))
+    pytester.makepyfile(test_secrets=SUITE.format(secret=SECRET, port=closed_port(), cases=CASES))
     result = pytester.runpytest_subprocess(
         f"--tb={style}",
         "-p",
