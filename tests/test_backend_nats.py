@@ -621,7 +621,9 @@ def _no_entry(registry_path: str) -> None:
         reg.close()
 
 
-def _acquire_leaves_no_entry(registry_path: str, backend: Any, *, says: str, hidden: str) -> None:
+def _acquire_leaves_no_entry(
+    registry_path: str, backend: Any, *, says: str | tuple[str, ...], hidden: str
+) -> None:
     """``Fixture.acquire`` (and ``aacquire``) fail with an AcquireError that names the cause,
     and nothing of it is left in the registry: the backend proved that nothing was created."""
     with reclaim.Fixture("creates-nothing") as f, pytest.raises(reclaim.AcquireError) as info:
@@ -637,7 +639,7 @@ def _acquire_leaves_no_entry(registry_path: str, backend: Any, *, says: str, hid
         assert not isinstance(error, ReleaseError)
         message = str(error)
         assert backend.kind in message
-        assert says in message
+        assert any(s in message for s in ((says,) if isinstance(says, str) else says)), message
         assert hidden not in message
     _no_entry(registry_path)
 
@@ -682,13 +684,15 @@ def test_an_acquire_with_a_wrong_password_creates_nothing(
 ) -> None:
     wrong = f"wrong-{secrets.token_hex(6)}"
     url = _with_userinfo(guarded_url, f"tester:{wrong}")
+    # nats-server answers a wrong password with -ERR and closes at once; when the client's
+    # PING is still unread there, the close is a reset and the -ERR is lost on the way (a race
+    # of the real server, seen under load). Either way the connection never opened.
+    causes = ("refused the credentials", "Connection reset by peer")
     for make in (NatsStream, NatsKeyValue):
-        with pytest.raises(NotCreatedError, match="refused the credentials") as info:
+        with pytest.raises(NotCreatedError, match="|".join(causes)) as info:
             make(url).acquire("rc_00000000_a_1")
         assert wrong not in str(info.value)
-        _acquire_leaves_no_entry(
-            registry_path, make(url), says="refused the credentials", hidden=wrong
-        )
+        _acquire_leaves_no_entry(registry_path, make(url), says=causes, hidden=wrong)
 
 
 class _Named(NatsStream):
