@@ -26,7 +26,16 @@ pytest_plugins = ["pytester"]
 TESTS_DIR = Path(__file__).parent
 TEST_BACKENDS = ",".join(
     f"test.{name.lower()}=reclaim_test_backends:{name}"
-    for name in ("Flaky", "Forgetful", "Greedy", "Halfway", "SlowDir", "Sticky", "Unreachable")
+    for name in (
+        "Flaky",
+        "Forgetful",
+        "Greedy",
+        "Halfway",
+        "Leaky",
+        "SlowDir",
+        "Sticky",
+        "Unreachable",
+    )
 )
 CHILD_TIMEOUT = 60.0
 

@@ -221,3 +221,29 @@ class Halfway(Unreachable):
 
     def acquire(self, name: str) -> tuple[str, Record]:
         raise TimeoutError(f"no answer to CREATE {name} within 5 s")
+
+
+class Leaky(Backend[Path]):
+    """A careless kind whose release says it is done and deletes nothing: the crash kit must
+    catch it."""
+
+    kind = "test.leaky"
+
+    def __init__(self, directory: str) -> None:
+        self.directory = Path(directory)
+
+    def plan(self, name: str) -> Record:
+        return {"name": name, "path": str(self.directory / name)}
+
+    def acquire(self, name: str) -> tuple[Path, Record]:
+        record = self.plan(name)
+        Path(record["path"]).mkdir()
+        return Path(record["path"]), record
+
+    @classmethod
+    def release(cls, record: Record) -> None:
+        """Nothing: the bug."""
+
+    @classmethod
+    def exists(cls, record: Record) -> bool:
+        return os.path.lexists(record["path"])

@@ -10,10 +10,15 @@ Every built-in backend passes it, through one parametrisation in reclaim's own t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
-from collections.abc import Callable
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from reclaim._errors import BackendNotFoundError, ForeignNameError
@@ -22,7 +27,14 @@ from reclaim._registry import open_registry
 from reclaim._sweep import sweep
 from reclaim.backends import Backend, Record, check_record, load_backend, make_name
 
-__all__ = ["FOREIGN_NAMES", "check_backend", "dead_identity", "lookalikes"]
+__all__ = [
+    "FOREIGN_NAMES",
+    "CrashReport",
+    "check_backend",
+    "check_crash",
+    "dead_identity",
+    "lookalikes",
+]
 
 #: Names of things that are never reclaim's, on any server: a record naming one is refused.
 FOREIGN_NAMES: Final = (
@@ -264,3 +276,139 @@ def _round_trip(record: Record, cls: type[Backend[Any]], where: str) -> Record:
         raise AssertionError(f"{cls.kind}: the record of {where} is not JSON: {exc}") from exc
     assert again == record, f"{cls.kind}: the record of {where} changes in a JSON round trip"
     return again
+
+
+# --- the crash kit ---------------------------------------------------------------------------
+
+_CRASH_CHILD: Final = """
+import importlib, json, sys, time
+import reclaim
+from reclaim._run import current_run
+
+module, _, attr = sys.argv[1].partition(":")
+factory = importlib.import_module(module)
+for part in attr.split("."):
+    factory = getattr(factory, part)
+with reclaim.Fixture("check_crash") as f:
+    f.acquire(factory(**json.loads(sys.argv[2])))
+    run = current_run()
+    (entry,) = run.registry.resources(run.id)
+    watchdog = run.watchdog.pid if run.watchdog is not None else None
+    print(json.dumps({"id": entry.id, "kind": entry.kind, "record": entry.record,
+                      "watchdog": watchdog}), flush=True)
+    time.sleep(600)
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class CrashReport:
+    """What :func:`check_crash` measured (seconds)."""
+
+    #: SIGKILL of the owner to the resource gone, released by its watchdog (layer 3).
+    watchdog_seconds: float
+    #: The sweep that released it after owner and watchdog were killed together (layer 4).
+    sweep_seconds: float
+
+
+def check_crash(
+    factory: str,
+    *,
+    registry: str | os.PathLike[str],
+    args: Mapping[str, Any] | None = None,
+    timeout: float = 60.0,
+) -> CrashReport:
+    """Check, with real processes killed with SIGKILL, that a backend's resource is reclaimed.
+
+    ``factory`` is ``"module:callable"``, importable in a child process (it inherits this
+    process's environment, ``PYTHONPATH`` included), returning a backend; it is called with
+    ``args``. Two crashes, each in a child that acquires one resource through a Fixture:
+
+    1. the child is SIGKILLed: its watchdog releases the resource (``exists`` is false and the
+       registry entry is gone within ``timeout``);
+    2. the child and its watchdog are SIGKILLed together (a CI job torn down whole): nothing is
+       released until a sweep, which releases it from the registry alone (I2).
+
+    Whatever happens, the children are killed and the registry swept before this returns.
+
+    Raises:
+        AssertionError: a crash left the resource behind; the message says which.
+    """
+    crash = _Crash(factory, dict(args or {}), os.fspath(registry), timeout)
+    return CrashReport(
+        watchdog_seconds=_crash_once(crash, kill_watchdog=False),
+        sweep_seconds=_crash_once(crash, kill_watchdog=True),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Crash:
+    factory: str
+    args: dict[str, Any]
+    location: str
+    timeout: float
+
+
+def _crash_once(crash: _Crash, *, kill_watchdog: bool) -> float:  # noqa: PLR0912, PLR0915  (one script of checks reads best whole)
+    factory, location, timeout = crash.factory, crash.location, crash.timeout
+    env = {**os.environ, "RECLAIM_REGISTRY": location}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CRASH_CHILD, factory, json.dumps(crash.args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    held: dict[str, Any] = {}
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        if not line:
+            _, err = child.communicate(timeout=timeout)
+            raise AssertionError(f"check_crash: {factory} failed to acquire:\n{err[-3000:]}")
+        held = json.loads(line)
+        backend = load_backend(held["kind"])
+        assert backend.exists(held["record"]), f"{held['kind']}: exists() is false after acquire"
+        watchdog = held.get("watchdog")
+        if kill_watchdog and watchdog:
+            os.kill(int(watchdog), signal.SIGKILL)
+        killed = time.monotonic()
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=timeout)
+        reg = open_registry(location)
+        try:
+            if kill_watchdog:
+                time.sleep(0.2)  # nobody may release it now: it must still be there
+                assert backend.exists(held["record"]), (
+                    f"{held['kind']}: gone before any sweep, with owner and watchdog dead"
+                )
+                started = time.monotonic()
+                sweep(reg, grace=0)
+                elapsed = time.monotonic() - started
+            else:
+                while backend.exists(held["record"]) or reg.get_resource(held["id"]) is not None:
+                    if time.monotonic() - killed > timeout:
+                        raise AssertionError(
+                            f"{held['kind']}: not released by the watchdog {timeout:g} s after"
+                            " its owner was SIGKILLed"
+                        )
+                    time.sleep(0.01)
+                elapsed = time.monotonic() - killed
+            assert reg.get_resource(held["id"]) is None, f"{held['kind']}: the entry is left"
+        finally:
+            reg.close()
+        assert not backend.exists(held["record"]), f"{held['kind']}: left behind by the crash"
+        return elapsed
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=timeout)
+        for stream in (child.stdout, child.stderr):
+            if stream is not None:
+                stream.close()
+        if held:
+            reg = open_registry(location)
+            try:
+                sweep(reg, grace=0)
+            finally:
+                reg.close()

@@ -1,0 +1,73 @@
+"""Backends of the built-in kinds made from the test servers' URLs, importable in a child
+process: the factories ``reclaim.testing.check_crash`` is given in tests/test_crash_kit.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from _services import service_url
+
+
+def tempdir(parent: str) -> Any:
+    from reclaim.backends.path import TempDir  # noqa: PLC0415  (each factory loads its driver)
+
+    return TempDir(parent=parent)
+
+
+def process() -> Any:
+    from reclaim.backends.process import Process  # noqa: PLC0415  (each factory loads its driver)
+
+    return Process(["sleep", "600"], grace=2)
+
+
+def postgres(kind: str) -> Any:
+    from reclaim.backends import postgres as pg  # noqa: PLC0415  (each factory loads its driver)
+
+    url = service_url("postgres")
+    if kind == "tables":  # a prefix holds nothing until a table is made under it
+        return pg.PostgresTables(url, setup=_make_prefixed_table)
+    cls = {"schema": pg.PostgresSchema, "database": pg.PostgresDatabase, "role": pg.PostgresRole}
+    return cls[kind](url)
+
+
+def _make_prefixed_table(conn: Any, prefix: str) -> None:
+    from psycopg import sql  # noqa: PLC0415  (each factory loads its driver)
+
+    conn.execute(sql.SQL("CREATE TABLE {} (id int)").format(sql.Identifier(f"{prefix}items")))
+
+
+def mysql() -> Any:
+    from reclaim.backends.mysql import MysqlDatabase  # noqa: PLC0415  (each factory loads its driver)
+
+    return MysqlDatabase(service_url("mysql"))
+
+
+def redis(kind: str) -> Any:
+    from reclaim.backends import redis as r  # noqa: PLC0415  (each factory loads its driver)
+
+    cls = r.RedisNamespace if kind == "namespace" else r.RedisDatabase
+    return cls(service_url("redis"))
+
+
+def rabbitmq(kind: str) -> Any:
+    from reclaim.backends import rabbitmq as mq  # noqa: PLC0415  (each factory loads its driver)
+
+    amqp = service_url("rabbitmq")
+    if kind == "queue":
+        return mq.RabbitQueue(amqp)
+    if kind == "exchange":
+        return mq.RabbitExchange(amqp, "direct")
+    return mq.RabbitVhost(service_url("rabbitmq_api"), amqp_url=amqp)
+
+
+def nats(kind: str) -> Any:
+    from reclaim.backends import nats as n  # noqa: PLC0415  (each factory loads its driver)
+
+    cls = n.NatsStream if kind == "stream" else n.NatsKeyValue
+    return cls(service_url("nats"))
+
+
+def mqtt() -> Any:
+    from reclaim.backends.mqtt import MqttTopic  # noqa: PLC0415  (each factory loads its driver)
+
+    return MqttTopic(service_url("mqtt"))
