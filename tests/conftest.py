@@ -4,6 +4,7 @@ test fails."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+import reclaim
 from reclaim._identity import process_state
 from reclaim._registry import open_registry
 from reclaim._run import end_run
@@ -155,3 +157,39 @@ def registry_is_empty(location: str) -> bool:
         return reg.resources() == []
     finally:
         reg.close()
+
+
+def acquire_creates_nothing(
+    registry_path: str,
+    backend: Any,
+    *,
+    says: str | tuple[str, ...],
+    hidden: str | tuple[str, ...] = (),
+    also_async: bool = False,
+) -> None:
+    """``Fixture.acquire`` (and, with ``also_async``, ``aacquire``) of ``backend`` fails with an
+    AcquireError, never a ReleaseError, that names the kind and the cause (``says``, or one of
+    them) and none of ``hidden``; and nothing of it is left in the registry: the backend proved
+    that nothing was created (issue 11)."""
+    with reclaim.Fixture("creates-nothing") as f, pytest.raises(reclaim.AcquireError) as info:
+        f.acquire(backend)
+    errors = [info.value]
+    if also_async:
+
+        async def main() -> reclaim.AcquireError:
+            async with reclaim.Fixture("creates-nothing-async") as f:
+                with pytest.raises(reclaim.AcquireError) as ainfo:
+                    await f.aacquire(backend)
+            return ainfo.value
+
+        errors.append(asyncio.run(main()))
+    causes = (says,) if isinstance(says, str) else says
+    secrets_ = (hidden,) if isinstance(hidden, str) else hidden
+    for error in errors:
+        assert not isinstance(error, reclaim.ReleaseError)
+        message = str(error)
+        assert backend.kind in message
+        assert any(cause in message for cause in causes), message
+        for secret in secrets_:
+            assert secret not in message
+    assert registry_is_empty(registry_path), "the planned entry is closed as never created"

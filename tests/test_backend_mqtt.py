@@ -15,6 +15,7 @@ comes back. Every topic a test makes is cleared at teardown, also when the test 
 from __future__ import annotations
 
 import contextlib
+import functools
 import getpass
 import json
 import os
@@ -37,8 +38,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 import reclaim
 from _services import TcpProxy, reachable, require
-from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
-from reclaim import ForeignNameError, NotCreatedError, ReleaseError
+from conftest import CHILD_TIMEOUT, Spawner, acquire_creates_nothing, kill, reclaim_cli, wait_until
+from reclaim import ForeignNameError, NotCreatedError
 from reclaim._registry import open_registry
 from reclaim.backends import Record, load_backend, make_name
 from reclaim.backends.mqtt import CLAIM_SUFFIX, MqttTopic
@@ -301,21 +302,7 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _acquire_leaves_no_entry(registry_path: str, backend: MqttTopic, *, says: str) -> None:
-    """``Fixture.acquire`` fails with an AcquireError that names the cause, and nothing of it
-    is left in the registry: the backend proved that nothing was created."""
-    with reclaim.Fixture("creates-nothing") as f, pytest.raises(reclaim.AcquireError) as info:
-        f.acquire(backend)
-    assert not isinstance(info.value, ReleaseError)
-    message = str(info.value)
-    assert "mqtt.topic" in message
-    assert says in message
-    assert "hunter2secret" not in message
-    reg = open_registry(registry_path)
-    try:
-        assert reg.resources() == []
-    finally:
-        reg.close()
+_acquire_leaves_no_entry = functools.partial(acquire_creates_nothing, hidden="hunter2secret")
 
 
 def test_an_acquire_that_cannot_connect_creates_nothing(registry_path: str) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import secrets
@@ -40,7 +41,7 @@ from nats.aio.client import Client as NATS
 
 import reclaim
 from _services import TcpProxy, closed_port, reachable, require, with_port
-from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
+from conftest import CHILD_TIMEOUT, Spawner, acquire_creates_nothing, kill, reclaim_cli, wait_until
 from reclaim import AcquireError, BackendError, ForeignNameError, NotCreatedError, ReleaseError
 from reclaim._registry import open_registry
 from reclaim.backends import Record, make_name, redact_record
@@ -621,27 +622,7 @@ def _no_entry(registry_path: str) -> None:
         reg.close()
 
 
-def _acquire_leaves_no_entry(
-    registry_path: str, backend: Any, *, says: str | tuple[str, ...], hidden: str
-) -> None:
-    """``Fixture.acquire`` (and ``aacquire``) fail with an AcquireError that names the cause,
-    and nothing of it is left in the registry: the backend proved that nothing was created."""
-    with reclaim.Fixture("creates-nothing") as f, pytest.raises(reclaim.AcquireError) as info:
-        f.acquire(backend)
-
-    async def main() -> reclaim.AcquireError:
-        async with reclaim.Fixture("creates-nothing-async") as f:
-            with pytest.raises(reclaim.AcquireError) as ainfo:
-                await f.aacquire(backend)
-        return ainfo.value
-
-    for error in (info.value, asyncio.run(main())):
-        assert not isinstance(error, ReleaseError)
-        message = str(error)
-        assert backend.kind in message
-        assert any(s in message for s in ((says,) if isinstance(says, str) else says)), message
-        assert hidden not in message
-    _no_entry(registry_path)
+_acquire_leaves_no_entry = functools.partial(acquire_creates_nothing, also_async=True)
 
 
 def test_an_acquire_that_cannot_connect_creates_nothing(registry_path: str) -> None:

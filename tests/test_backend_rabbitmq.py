@@ -31,7 +31,7 @@ import pytest
 
 import reclaim
 from _services import TcpProxy, closed_port, require, with_port
-from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
+from conftest import CHILD_TIMEOUT, Spawner, acquire_creates_nothing, kill, reclaim_cli, wait_until
 from reclaim import AcquireError, BackendError, ForeignNameError, NotCreatedError, ReleaseError
 from reclaim._registry import open_registry
 from reclaim.backends import Backend, Record, make_name
@@ -713,26 +713,6 @@ def test_acquire_errors_say_what_happened_without_the_password(broker: Broker) -
             assert secret not in message
 
 
-def _acquire_leaves_no_entry(
-    registry_path: str, backend: Backend[str], *, says: str, secrets_: tuple[str, ...]
-) -> None:
-    """``Fixture.acquire`` fails with an AcquireError that names the cause, and nothing of it
-    is left in the registry: the backend proved that nothing was created."""
-    with reclaim.Fixture("creates-nothing") as f, pytest.raises(reclaim.AcquireError) as info:
-        f.acquire(backend)
-    assert not isinstance(info.value, ReleaseError)
-    message = str(info.value)
-    assert backend.kind in message
-    assert says in message
-    for secret in secrets_:
-        assert secret not in message
-    reg = open_registry(registry_path)
-    try:
-        assert reg.resources() == []
-    finally:
-        reg.close()
-
-
 def test_an_acquire_that_cannot_connect_creates_nothing(broker: Broker, registry_path: str) -> None:
     """A port nobody listens on: nothing was sent, so nothing was created; the entry is closed
     instead of failing every later sweep against a broker that is not there."""
@@ -746,7 +726,7 @@ def test_an_acquire_that_cannot_connect_creates_nothing(broker: Broker, registry
         with pytest.raises(NotCreatedError, match=says) as info:
             make().acquire(fresh_name())
         assert broker.password not in str(info.value)
-        _acquire_leaves_no_entry(registry_path, make(), says=says, secrets_=(broker.password,))
+        acquire_creates_nothing(registry_path, make(), says=says, hidden=(broker.password,))
 
 
 def test_an_acquire_with_a_wrong_password_creates_nothing(
@@ -761,9 +741,7 @@ def test_an_acquire_with_a_wrong_password_creates_nothing(
     for make, says in cases:
         with pytest.raises(NotCreatedError, match=says):
             make().acquire(fresh_name())
-        _acquire_leaves_no_entry(
-            registry_path, make(), says=says, secrets_=(broker.password, wrong)
-        )
+        acquire_creates_nothing(registry_path, make(), says=says, hidden=(broker.password, wrong))
 
 
 def test_a_refused_declare_creates_nothing(broker: Broker, registry_path: str) -> None:
@@ -773,11 +751,11 @@ def test_a_refused_declare_creates_nothing(broker: Broker, registry_path: str) -
     with pytest.raises(NotCreatedError, match="COMMAND_INVALID"):
         RabbitExchange(broker.amqp, "x-no-such-type").acquire(name)
     assert not broker.has("exchanges", name)
-    _acquire_leaves_no_entry(
+    acquire_creates_nothing(
         registry_path,
         RabbitExchange(broker.amqp, "x-no-such-type"),
         says="COMMAND_INVALID",
-        secrets_=(broker.password,),
+        hidden=(broker.password,),
     )
 
 
@@ -830,7 +808,7 @@ def test_what_somebody_else_holds_is_never_released(broker: Broker, registry_pat
         for backend, says, collection, name in cases:
             with pytest.raises(NotCreatedError, match=says):
                 backend.acquire(name)
-            _acquire_leaves_no_entry(registry_path, backend, says=says, secrets_=(broker.password,))
+            acquire_creates_nothing(registry_path, backend, says=says, hidden=(broker.password,))
             assert broker.has(collection, name), f"{name} is somebody else's: never deleted"
     finally:
         broker.admin.delete(f"/api/vhosts/{vhost}")

@@ -34,7 +34,7 @@ import redis
 
 import reclaim
 from _services import TcpProxy, closed_port, require, with_port
-from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, wait_until
+from conftest import CHILD_TIMEOUT, Spawner, acquire_creates_nothing, kill, reclaim_cli, wait_until
 from reclaim import AcquireError, BackendError, ForeignNameError, NotCreatedError, ReleaseError
 from reclaim._registry import open_registry
 from reclaim._run import current_run
@@ -805,23 +805,6 @@ def test_acquire_errors_say_what_happened_without_the_password(server: Server) -
         assert wrong not in message
 
 
-def _acquire_leaves_no_entry(registry_path: str, backend: Any, *, says: str, hidden: str) -> None:
-    """``Fixture.acquire`` fails with an AcquireError that names the cause, and nothing of it
-    is left in the registry: the backend proved that nothing was created."""
-    with reclaim.Fixture("creates-nothing") as f, pytest.raises(reclaim.AcquireError) as info:
-        f.acquire(backend)
-    assert not isinstance(info.value, ReleaseError)
-    message = str(info.value)
-    assert backend.kind in message
-    assert says in message
-    assert hidden not in message
-    reg = open_registry(registry_path)
-    try:
-        assert reg.resources() == []
-    finally:
-        reg.close()
-
-
 def test_an_acquire_that_cannot_connect_creates_nothing(server: Server, registry_path: str) -> None:
     """A port nobody listens on: the connection never opened, so nothing was created; the
     entry is closed instead of failing every later sweep against a server that is not there."""
@@ -830,7 +813,7 @@ def test_an_acquire_that_cannot_connect_creates_nothing(server: Server, registry
         with pytest.raises(NotCreatedError, match="cannot reach the server") as info:
             make(url).acquire(server.name(1))
         assert "hunter2secret" not in str(info.value)
-        _acquire_leaves_no_entry(
+        acquire_creates_nothing(
             registry_path, make(url), says="cannot reach the server", hidden="hunter2secret"
         )
 
@@ -843,7 +826,7 @@ def test_an_acquire_with_a_wrong_password_creates_nothing(
     for make in (RedisNamespace, RedisDatabase):
         with pytest.raises(NotCreatedError, match="refused the user and password"):
             make(server.url_as(user, wrong)).acquire(server.name(1))
-        _acquire_leaves_no_entry(
+        acquire_creates_nothing(
             registry_path,
             make(server.url_as(user, wrong)),
             says="refused the user and password",
@@ -861,7 +844,7 @@ def test_a_refused_create_command_creates_nothing(server: Server, registry_path:
         RedisNamespace(url).acquire(server.name(1))
     with pytest.raises(NotCreatedError, match="may not do this"):
         RedisDatabase(url, databases=[1]).acquire(server.name(2))
-    _acquire_leaves_no_entry(registry_path, RedisNamespace(url), says="ACL", hidden=password)
+    acquire_creates_nothing(registry_path, RedisNamespace(url), says="ACL", hidden=password)
 
 
 class _Named(RedisNamespace):
@@ -902,7 +885,7 @@ def test_no_free_database_creates_nothing(server: Server, registry_path: str) ->
     try:
         with pytest.raises(NotCreatedError, match="no free database"):
             RedisDatabase(server.url, databases=[db]).acquire(server.name(1))
-        _acquire_leaves_no_entry(
+        acquire_creates_nothing(
             registry_path,
             RedisDatabase(server.url, databases=[db]),
             says="no free database",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import json
 import logging
@@ -36,7 +37,15 @@ from moto.server import ThreadedMotoServer
 
 import reclaim
 from _services import TcpProxy
-from conftest import CHILD_TIMEOUT, Spawner, alive, kill, reclaim_cli, wait_until
+from conftest import (
+    CHILD_TIMEOUT,
+    Spawner,
+    acquire_creates_nothing,
+    alive,
+    kill,
+    reclaim_cli,
+    wait_until,
+)
 from reclaim import (
     AcquireError,
     ForeignNameError,
@@ -314,21 +323,7 @@ class _Named(S3Bucket):
         return self.fixed
 
 
-def _acquire_leaves_no_entry(registry_path: str, backend: S3Bucket, *, says: str) -> None:
-    """``Fixture.acquire`` fails with an AcquireError that names the cause, and nothing of it
-    is left in the registry: the backend proved that nothing was created."""
-    with reclaim.Fixture("creates-nothing") as f, pytest.raises(reclaim.AcquireError) as info:
-        f.acquire(backend)
-    assert not isinstance(info.value, ReleaseError)
-    message = str(info.value)
-    assert "s3.bucket" in message
-    assert says in message
-    assert SECRET not in message
-    reg = open_registry(registry_path)
-    try:
-        assert reg.resources() == []
-    finally:
-        reg.close()
+_acquire_leaves_no_entry = functools.partial(acquire_creates_nothing, hidden=SECRET)
 
 
 def test_an_acquire_that_cannot_connect_creates_nothing(s3: S3Client, registry_path: str) -> None:
