@@ -357,6 +357,23 @@ class SQLiteRegistry(Registry):
             ),
         )
 
+    @classmethod
+    def _resource_event(
+        cls,
+        conn: sqlite3.Connection,
+        event: str,
+        resource_id: int,
+        row: tuple[Any, ...],
+        *,
+        detail: dict[str, Any] | None = None,
+        at: float,
+    ) -> None:
+        """An event of one resource, from a ``RETURNING run_id, kind, name`` row."""
+        cls._event(
+            conn, event, run_id=row[0], resource_id=resource_id, kind=row[1], name=row[2],
+            detail=detail, at=at,
+        )  # fmt: skip
+
     # --- runs ------------------------------------------------------------------------------
 
     def open_run(
@@ -511,15 +528,7 @@ class SQLiteRegistry(Registry):
                 ),
             ).fetchone()
             if row is not None:
-                self._event(
-                    conn,
-                    "resource.acquired",
-                    run_id=row[0],
-                    resource_id=resource_id,
-                    kind=row[1],
-                    name=row[2],
-                    at=now,
-                )
+                self._resource_event(conn, "resource.acquired", resource_id, row, at=now)
 
     def begin_release(
         self, resource_id: int, *, states: tuple[ResourceState, ...]
@@ -541,15 +550,8 @@ class SQLiteRegistry(Registry):
                 (resource_id,),
             ).fetchone()
             if row is not None:
-                self._event(
-                    conn,
-                    "resource.released",
-                    run_id=row[0],
-                    resource_id=resource_id,
-                    kind=row[1],
-                    name=row[2],
-                    detail={"by": actor},
-                    at=now,
+                self._resource_event(
+                    conn, "resource.released", resource_id, row, detail={"by": actor}, at=now
                 )
 
     def mark_failed(self, resource_id: int, error: str, *, attempts: int, actor: str) -> None:
@@ -561,13 +563,11 @@ class SQLiteRegistry(Registry):
                 (ResourceState.FAILED, attempts, error, now, resource_id),
             ).fetchone()
             if row is not None:
-                self._event(
+                self._resource_event(
                     conn,
                     "resource.failed",
-                    run_id=row[0],
-                    resource_id=resource_id,
-                    kind=row[1],
-                    name=row[2],
+                    resource_id,
+                    row,
                     detail={"by": actor, "error": error, "attempts": row[3]},
                     at=now,
                 )
@@ -580,13 +580,11 @@ class SQLiteRegistry(Registry):
                 (resource_id, ResourceState.PLANNED),
             ).fetchone()
             if row is not None:
-                self._event(
+                self._resource_event(
                     conn,
                     "resource.not_created",
-                    run_id=row[0],
-                    resource_id=resource_id,
-                    kind=row[1],
-                    name=row[2],
+                    resource_id,
+                    row,
                     detail={"by": actor, "reason": reason},
                     at=now,
                 )
