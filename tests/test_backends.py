@@ -140,12 +140,16 @@ def test_process_group_and_escaped_grandchildren(tmp_path: Path) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.02)
         in_group, escaped = (int(p) for p in pids_file.read_text().split())
+        # bash echoes the pid right after fork, before the child has run setsid(2): wait for it.
+        while os.getpgid(escaped) == record["pgid"] and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert os.getpgid(escaped) != record["pgid"]
         Process.release(record)
         assert not alive(in_group)
         assert not alive(escaped)
         assert not alive(popen.pid)
     finally:
+        Process.release(record)  # also when an assertion failed: no sleeper outlives the test
         backend.discard(popen)
 
 
