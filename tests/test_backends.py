@@ -18,7 +18,7 @@ from reclaim import BackendNotFoundError, ForeignNameError
 from reclaim._identity import process_state
 from reclaim.backends import Backend, Record, load_backend, make_name, parse_name
 from reclaim.backends.path import TempDir
-from reclaim.backends.process import MARKER_ENV, Process
+from reclaim.backends.process import MARKER_ENV, Process, _in_exec
 from reclaim.testing import check_backend
 from reclaim_test_backends import Forgetful
 
@@ -124,6 +124,7 @@ def test_process_escalates_to_sigkill() -> None:
         assert time.monotonic() - started >= 0.3, "waited the grace period first"
         assert not Process.exists(record)
     finally:
+        Process.release(record)  # also when an assertion failed: no sleeper outlives the test
         backend.discard(popen)
     assert popen.returncode == -signal.SIGKILL
 
@@ -186,7 +187,52 @@ def test_process_planned_record_finds_the_child_by_marker() -> None:
         Process.release(planned)
         assert not alive(popen.pid)
     finally:
+        popen.kill()
         backend.discard(popen)
+
+
+def test_process_acquire_returns_only_once_the_marker_reads() -> None:
+    """Popen returns a moment before exec has set up the child's environment (seen in CI: an
+    empty /proc/PID/environ right after acquire). acquire waits it out, so a release or a sweep
+    at any later instant can prove the child is ours. Before the fix, 2 of 300 read empty."""
+    backend = Process([sys.executable, "-c", "import time; time.sleep(600)"], grace=1)
+    for seq in range(1, 101):
+        name = f"rc_00000000_a_{seq}"
+        popen, _record = backend.acquire(name)
+        try:
+            with open(f"/proc/{popen.pid}/environ", "rb") as f:
+                assert f"{MARKER_ENV}={name}".encode() in f.read(), f"acquire {seq}"
+        finally:
+            popen.kill()
+            backend.discard(popen)
+
+
+def test_process_scan_watches_only_processes_inside_exec() -> None:
+    """The marker scan waits on a process whose environment reads empty only while it is inside
+    exec (no command line yet either): a kernel thread or an ``env -i`` process is passed over at
+    once, and is never taken for ours."""
+    user = subprocess.Popen(["env", "-i", "sleep", "30"])
+    try:
+        for _ in range(200):  # until env has exec'd sleep
+            with open(f"/proc/{user.pid}/comm") as f:
+                if f.read().strip() == "sleep":
+                    break
+            time.sleep(0.01)
+        state = process_state(user.pid)
+        assert state is not None
+        assert not state.kernel_thread
+        with open(f"/proc/{user.pid}/environ", "rb") as f:
+            assert f.read() == b""
+        assert not _in_exec(user.pid, state)
+    finally:
+        user.kill()
+        user.wait()
+    kthreadd = process_state(2)
+    if kthreadd is not None and kthreadd.kernel_thread:
+        assert not _in_exec(2, kthreadd)
+    me = process_state(os.getpid())
+    assert me is not None
+    assert not me.kernel_thread
 
 
 def test_process_rejects_shell_strings_and_group_options() -> None:

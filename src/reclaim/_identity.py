@@ -20,6 +20,7 @@ from typing import Any, Final
 __all__ = ["Identity", "ProcessState", "current_identity", "process_state", "start_time_of"]
 
 _BOOT_ID_PATH: Final = "/proc/sys/kernel/random/boot_id"
+_PF_KTHREAD: Final = 0x00200000  # the kernel thread flag, include/linux/sched.h
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -73,6 +74,12 @@ class ProcessState:
     ppid: int
     pgid: int
     start_time: int
+    flags: int = 0  # the kernel's PF_* flags of the task
+
+    @property
+    def kernel_thread(self) -> bool:
+        """A kernel thread: no memory of its own, so no environment, ever."""
+        return bool(self.flags & _PF_KTHREAD)
 
     @property
     def alive(self) -> bool:
@@ -94,13 +101,14 @@ def process_state(pid: int) -> ProcessState | None:
         return None
     # The command name (field 2) is in parentheses and may itself contain spaces or ')'.
     rest = raw[raw.rfind(b")") + 2 :].split()
-    # rest[0] is field 3 (state); field 22 (start time) is rest[19].
+    # rest[0] is field 3 (state); field 9 (flags) is rest[6]; field 22 (start time) is rest[19].
     return ProcessState(
         pid=pid,
         state=rest[0].decode(),
         ppid=int(rest[1]),
         pgid=int(rest[2]),
         start_time=int(rest[19]),
+        flags=int(rest[6]),
     )
 
 

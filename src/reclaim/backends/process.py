@@ -39,7 +39,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Final
 
-from reclaim._identity import current_identity, process_state, start_time_of
+from reclaim._identity import ProcessState, current_identity, process_state, start_time_of
 from reclaim.backends import Backend, ForeignNameError, ReclaimName, Record, refuse
 
 __all__ = ["MARKER_ENV", "Process"]
@@ -104,6 +104,10 @@ class Process(Backend["subprocess.Popen[Any]"]):
         # The child is ours and unreaped, so its pid cannot be reused before we read this.
         started = start_time_of(popen.pid)
         record.update(pid=popen.pid, pgid=popen.pid, start_time=started)
+        # Popen returns once exec has closed the child's descriptors, a moment before the kernel
+        # has set up the new program's environment: until then the marker cannot be read, and a
+        # release in that moment could not prove the child is ours.
+        _wait_past_exec(popen.pid, f"{MARKER_ENV}={name}".encode() + b"\0")
         return popen, record
 
     @classmethod
@@ -174,7 +178,10 @@ def _find(record: Record) -> dict[int, int]:
             found[other] = state.start_time
             continue
         if not in_group:
-            if _marked(other, marker):  # escaped the group (setsid) but carries the marker
+            verdict = _marked(other, marker)
+            if verdict is None and _in_exec(other, state):
+                verdict = _whose(other, state.start_time, marker) == "ours"
+            if verdict:  # escaped the group (setsid) but carries the marker
                 found[other] = state.start_time
             continue
         member = _whose(other, state.start_time, marker)
@@ -247,6 +254,29 @@ def _marked(pid: int, marker: bytes) -> bool | None:
     if not environ:
         return None
     return environ.startswith(marker) or (b"\0" + marker) in environ
+
+
+def _in_exec(pid: int, state: ProcessState) -> bool:
+    """Is the process between the two halves of an ``exec``? Its new memory holds neither
+    arguments nor environment yet. A kernel thread, or a process that only cleared its
+    environment (``env -i``), still has its command line."""
+    if state.kernel_thread:
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return not f.read(1)
+    except OSError:
+        return False
+
+
+def _wait_past_exec(pid: int, marker: bytes) -> None:
+    """Wait, bounded, until the new child's environment reads (or the child is gone)."""
+    deadline = time.monotonic() + _EMPTY_ENV_WAIT
+    while _marked(pid, marker) is None and time.monotonic() < deadline:
+        state = process_state(pid)
+        if state is None or not state.alive:
+            return
+        time.sleep(0.001)
 
 
 def _whose(pid: int, started: int, marker: bytes) -> str:
