@@ -17,14 +17,24 @@ silent green.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
-import threading
 from typing import Final
 from urllib.parse import urlsplit
 
 import pytest
+
+from reclaim.testing import TcpProxy
+
+__all__ = [
+    "DEFAULTS",
+    "TcpProxy",
+    "closed_port",
+    "reachable",
+    "require",
+    "service_url",
+    "with_port",
+]
 
 DEFAULTS: Final = {
     "postgres": "postgresql://postgres@127.0.0.1:5432/postgres",
@@ -70,82 +80,6 @@ def with_port(url: str, port: int) -> str:
     netloc = parts.netloc.rpartition("@")
     auth = netloc[0] + "@" if netloc[1] else ""
     return parts._replace(netloc=f"{auth}127.0.0.1:{port}").geturl()
-
-
-class TcpProxy:
-    """Forwards 127.0.0.1:``port`` to a real server; :meth:`stop` makes the server look down.
-
-    A stopped proxy refuses connections and has cut every open one, as a server that went away
-    would; :meth:`start` brings it back on the same port. Tests point a backend at the proxy to
-    prove a release that meets a dead server is kept as failed and done by a later sweep,
-    without stopping the real server other tests use.
-    """
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port: int = probe.getsockname()[1]
-        probe.close()
-        self._listener: socket.socket | None = None
-        self._conns: list[socket.socket] = []
-        self._lock = threading.Lock()
-
-    def start(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def stop(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            with contextlib.suppress(OSError):
-                listener.shutdown(socket.SHUT_RDWR)
-            listener.close()
-        with self._lock:
-            conns, self._conns = self._conns, []
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            conn.close()
-
-    def __enter__(self) -> TcpProxy:
-        self.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                dst.shutdown(socket.SHUT_WR)
 
 
 def closed_port() -> int:

@@ -3,6 +3,7 @@ process: the factories ``reclaim.testing.check_crash`` is given in tests/test_cr
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from _services import service_url
@@ -20,10 +21,10 @@ def process() -> Any:
     return Process(["sleep", "600"], grace=2)
 
 
-def postgres(kind: str) -> Any:
+def postgres(kind: str, url: str | None = None) -> Any:
     from reclaim.backends import postgres as pg  # noqa: PLC0415  (each factory loads its driver)
 
-    url = service_url("postgres")
+    url = url or service_url("postgres")
     if kind == "tables":  # a prefix holds nothing until a table is made under it
         return pg.PostgresTables(url, setup=_make_prefixed_table)
     cls = {"schema": pg.PostgresSchema, "database": pg.PostgresDatabase, "role": pg.PostgresRole}
@@ -36,38 +37,52 @@ def _make_prefixed_table(conn: Any, prefix: str) -> None:
     conn.execute(sql.SQL("CREATE TABLE {} (id int)").format(sql.Identifier(f"{prefix}items")))
 
 
-def mysql() -> Any:
+def mysql(url: str | None = None) -> Any:
     from reclaim.backends.mysql import MysqlDatabase  # noqa: PLC0415  (each factory loads its driver)
 
-    return MysqlDatabase(service_url("mysql"))
+    return MysqlDatabase(url or service_url("mysql"))
 
 
-def redis(kind: str) -> Any:
+def redis(kind: str, url: str | None = None) -> Any:
     from reclaim.backends import redis as r  # noqa: PLC0415  (each factory loads its driver)
 
     cls = r.RedisNamespace if kind == "namespace" else r.RedisDatabase
-    return cls(service_url("redis"))
+    return cls(url or service_url("redis"))
 
 
-def rabbitmq(kind: str) -> Any:
+def rabbitmq(kind: str, url: str | None = None) -> Any:
+    """``url``: the AMQP URL for a queue or an exchange, the management API's for a vhost."""
     from reclaim.backends import rabbitmq as mq  # noqa: PLC0415  (each factory loads its driver)
 
     amqp = service_url("rabbitmq")
     if kind == "queue":
-        return mq.RabbitQueue(amqp)
+        return mq.RabbitQueue(url or amqp)
     if kind == "exchange":
-        return mq.RabbitExchange(amqp, "direct")
-    return mq.RabbitVhost(service_url("rabbitmq_api"), amqp_url=amqp)
+        return mq.RabbitExchange(url or amqp, "direct")
+    return mq.RabbitVhost(url or service_url("rabbitmq_api"), amqp_url=amqp)
 
 
-def nats(kind: str) -> Any:
+def nats(kind: str, url: str | None = None) -> Any:
     from reclaim.backends import nats as n  # noqa: PLC0415  (each factory loads its driver)
 
     cls = n.NatsStream if kind == "stream" else n.NatsKeyValue
-    return cls(service_url("nats"))
+    return cls(url or service_url("nats"))
 
 
-def mqtt() -> Any:
+def mqtt(url: str | None = None) -> Any:
     from reclaim.backends.mqtt import MqttTopic  # noqa: PLC0415  (each factory loads its driver)
 
-    return MqttTopic(service_url("mqtt"))
+    return MqttTopic(url or service_url("mqtt"))
+
+
+def redis_swallowing(url: str) -> Any:
+    """A broken backend for the kit's own test: its release hides every failure."""
+    from reclaim.backends import redis as r  # noqa: PLC0415  (each factory loads its driver)
+
+    class Swallowing(r.RedisNamespace):
+        @classmethod
+        def release(cls, record: Any) -> None:
+            with contextlib.suppress(Exception):  # the bug the kit must catch
+                super().release(record)
+
+    return Swallowing(url)

@@ -21,7 +21,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -30,21 +29,19 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 import reclaim
-from _services import TcpProxy, reachable, require
-from conftest import CHILD_TIMEOUT, Spawner, acquire_creates_nothing, kill, reclaim_cli, wait_until
+from _services import reachable, require
+from conftest import CHILD_TIMEOUT, acquire_creates_nothing, wait_until
 from reclaim import ForeignNameError, NotCreatedError
-from reclaim._registry import open_registry
 from reclaim.backends import Record, load_backend, make_name
 from reclaim.backends.mqtt import CLAIM_SUFFIX, MqttTopic
 from reclaim.testing import check_backend
-from test_watchdog import run_gone
 
 WAIT = 10.0  # seconds the oracle waits for any one answer of the broker
 
@@ -406,136 +403,6 @@ def test_without_paho_the_module_imports_and_names_the_extra() -> None:
     ).stdout
     assert "MissingExtraError" in out
     assert "pip install 'reclaim[mqtt]'" in out
-
-
-# --- crashes ---------------------------------------------------------------------------------
-
-HOLDER = """
-import json, sys, time
-from urllib.parse import urlsplit
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-import reclaim
-from reclaim.backends.mqtt import MqttTopic
-from reclaim._run import current_run
-
-with reclaim.Fixture("mqtt-holder") as f:
-    prefix = f.acquire(MqttTopic(sys.argv[1]))
-    parts = urlsplit(sys.argv[1])
-    c = mqtt.Client(CallbackAPIVersion.VERSION2)
-    c.connect(parts.hostname, parts.port)
-    c.loop_start()
-    for i in range(5):
-        c.publish(f"{prefix}sensor/{i}", f"v{i}", qos=1, retain=True).wait_for_publish(10)
-    c.disconnect()
-    c.loop_stop()
-    run = current_run()
-    watchdog = run.watchdog.pid if run.watchdog is not None else None
-    print(json.dumps({"prefix": prefix, "run": run.id, "watchdog": watchdog}), flush=True)
-    time.sleep(600)
-"""
-
-
-def test_sigkilled_owner_leaves_no_retained_message(
-    spawn: Spawner, mqtt_url: str, registry_path: str, names: set[str]
-) -> None:
-    proc, held = spawn(HOLDER, mqtt_url)
-    name = held["prefix"].rstrip("/")
-    names.add(name)
-    assert len(under(mqtt_url, name)) == 6  # five messages and the claim
-    kill(proc)
-    wait_until(lambda: under(mqtt_url, name) == {}, timeout=30)
-    wait_until(lambda: run_gone(registry_path, held["run"]), timeout=30)
-
-
-def test_owner_and_watchdog_killed_then_sweep(
-    spawn: Spawner, mqtt_url: str, registry_path: str, names: set[str]
-) -> None:
-    proc, held = spawn(HOLDER, mqtt_url)
-    name = held["prefix"].rstrip("/")
-    names.add(name)
-    os.kill(held["watchdog"], signal.SIGKILL)
-    kill(proc)
-    time.sleep(0.2)
-    assert len(under(mqtt_url, name)) == 6, "nobody released anything yet"
-    swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
-    assert swept["released"] == 1
-    assert swept["failed"] == 0
-    assert under(mqtt_url, name) == {}
-
-
-# --- a broker that is briefly unreachable ------------------------------------------------------
-
-THROUGH_PROXY = """
-import json, os, sys, time
-import reclaim
-from reclaim.backends.mqtt import MqttTopic
-from reclaim._run import current_run
-
-go = sys.argv[2]
-try:
-    with reclaim.Fixture("mqtt-proxied") as f:
-        prefix = f.acquire(MqttTopic(sys.argv[1], timeout=2))
-        print(json.dumps({"prefix": prefix, "run": current_run().id}), flush=True)
-        deadline = time.monotonic() + 60
-        while not os.path.exists(go) and time.monotonic() < deadline:
-            time.sleep(0.01)
-except BaseException as exc:
-    inner = " ".join(str(e) for e in getattr(exc, "exceptions", ()))
-    print(json.dumps({"error": f"{exc!r} {inner}"}), flush=True)
-"""
-
-
-def test_unreachable_broker_keeps_the_entry_failed_until_a_sweep(
-    spawn: Spawner,
-    mqtt_url: str,
-    registry_path: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    names: set[str],
-) -> None:
-    monkeypatch.setenv("RECLAIM_WATCHDOG", "0")  # the sweep, not a watchdog, finishes the job
-    password = f"pw:{secrets.token_hex(8)}@/"
-    parts = urlsplit(mqtt_url)
-    with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 1883) as proxy:
-        url = f"mqtt://tester:{quote(password, safe='')}@127.0.0.1:{proxy.port}"
-        go = tmp_path / "go"
-        proc, held = spawn(THROUGH_PROXY, url, str(go))
-        name = held["prefix"].rstrip("/")
-        names.add(name)
-        publish(mqtt_url, {f"{held['prefix']}state": b"on"})
-        proxy.stop()  # the broker "goes down" for reclaim; it still runs for our checks
-        go.touch()
-        assert proc.stdout is not None
-        outcome = json.loads(proc.stdout.readline())
-        proc.wait(timeout=CHILD_TIMEOUT)
-        assert "could not be released" in outcome["error"]
-        assert "unreachable" in outcome["error"]
-        assert len(under(mqtt_url, name)) == 2, "the release could not reach the broker"
-
-        reg = open_registry(registry_path)
-        try:
-            (entry,) = reg.resources(held["run"])
-        finally:
-            reg.close()
-        assert entry.state == "failed"
-        assert entry.record["password"] == password, "the record holds what release needs (I2)"
-        shown = [
-            outcome["error"],
-            entry.last_error or "",
-            reclaim_cli("status").stdout,
-            reclaim_cli("status", "--json").stdout,
-        ]
-        assert "failed" in shown[2]
-        for text in shown:
-            assert password not in text
-            assert quote(password, safe="") not in text
-
-        proxy.start()  # back up
-        swept = reclaim_cli("sweep", "--grace", "0").stdout
-    assert "Released 1, failed 0." in swept
-    assert password not in swept
-    assert under(mqtt_url, name) == {}
 
 
 # --- leftovers without a registry ------------------------------------------------------------

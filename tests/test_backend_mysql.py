@@ -10,10 +10,7 @@ database a test creates is dropped at teardown, also when the test fails.
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -27,14 +24,12 @@ import pymysql.cursors
 import pytest
 
 import reclaim
-from _services import TcpProxy, closed_port, require, with_port
-from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, registry_is_empty, wait_until
+from _services import closed_port, require
+from conftest import CHILD_TIMEOUT, registry_is_empty
 from reclaim import AcquireError, ForeignNameError, NotCreatedError, ReleaseError
-from reclaim._registry import open_registry
 from reclaim.backends import Record, check_leftover, load_backend, make_name
 from reclaim.backends.mysql import MysqlDatabase
 from reclaim.testing import check_backend
-from test_watchdog import run_gone
 
 
 @pytest.fixture
@@ -306,133 +301,6 @@ def test_without_pymysql_the_module_imports_and_names_the_extra() -> None:
     ).stdout
     assert "MissingExtraError" in out
     assert "pip install 'reclaim[mysql]'" in out
-
-
-# --- crashes ---------------------------------------------------------------------------------
-
-HOLDER = """
-import json, sys, time
-from urllib.parse import urlsplit
-import pymysql
-import reclaim
-from reclaim.backends.mysql import MysqlDatabase
-from reclaim._run import current_run
-
-with reclaim.Fixture("mysql-holder") as f:
-    dsn = f.acquire(MysqlDatabase(sys.argv[1]))
-    parts = urlsplit(dsn)
-    name = parts.path.lstrip("/")
-    conn = pymysql.connect(host=parts.hostname, port=parts.port, user=parts.username,
-                           password=parts.password or "", database=name)
-    with conn.cursor() as cur:  # an open transaction holding a lock, as a test would
-        cur.execute("CREATE TABLE t (id INT PRIMARY KEY) ENGINE=InnoDB")
-        cur.execute("INSERT INTO t VALUES (1)")
-    run = current_run()
-    watchdog = run.watchdog.pid if run.watchdog is not None else None
-    print(json.dumps({"name": name, "run": run.id, "watchdog": watchdog}), flush=True)
-    time.sleep(600)
-"""
-
-
-def test_sigkilled_owner_leaves_no_database(
-    spawn: Spawner, mysql_url: str, registry_path: str, created: set[str]
-) -> None:
-    proc, held = spawn(HOLDER, mysql_url)
-    created.add(held["name"])
-    assert db_exists(mysql_url, held["name"])
-    kill(proc)
-    wait_until(lambda: not db_exists(mysql_url, held["name"]), timeout=30)
-    wait_until(lambda: run_gone(registry_path, held["run"]), timeout=30)
-
-
-def test_owner_and_watchdog_killed_then_sweep(
-    spawn: Spawner, mysql_url: str, registry_path: str, created: set[str]
-) -> None:
-    proc, held = spawn(HOLDER, mysql_url)
-    created.add(held["name"])
-    os.kill(held["watchdog"], signal.SIGKILL)
-    kill(proc)
-    time.sleep(0.2)
-    assert db_exists(mysql_url, held["name"]), "nobody released it yet"
-    swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
-    assert swept["released"] == 1
-    assert swept["failed"] == 0
-    assert not db_exists(mysql_url, held["name"])
-
-
-# --- a server that is briefly unreachable ------------------------------------------------------
-
-THROUGH_PROXY = """
-import json, os, sys, time
-import reclaim
-from reclaim.backends.mysql import MysqlDatabase
-from reclaim._run import current_run
-
-go = sys.argv[2]
-try:
-    with reclaim.Fixture("mysql-proxied") as f:
-        dsn = f.acquire(MysqlDatabase(sys.argv[1]))
-        print(json.dumps({"dsn": dsn, "run": current_run().id}), flush=True)
-        deadline = time.monotonic() + 60
-        while not os.path.exists(go) and time.monotonic() < deadline:
-            time.sleep(0.01)
-except BaseException as exc:
-    inner = " ".join(str(e) for e in getattr(exc, "exceptions", ()))
-    print(json.dumps({"error": f"{exc!r} {inner}"}), flush=True)
-"""
-
-
-def test_unreachable_server_keeps_the_entry_failed_until_a_sweep(
-    spawn: Spawner,
-    mysql_url: str,
-    mysql_user: tuple[str, str],
-    registry_path: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    created: set[str],
-) -> None:
-    monkeypatch.setenv("RECLAIM_WATCHDOG", "0")  # the sweep, not a watchdog, finishes the job
-    user, password = mysql_user
-    parts = urlsplit(mysql_url)
-    with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 3306) as proxy:
-        proxied = with_port(as_user(mysql_url, user, password), proxy.port)
-        go = tmp_path / "go"
-        proc, held = spawn(THROUGH_PROXY, proxied, str(go))
-        name = urlsplit(held["dsn"]).path.lstrip("/")
-        created.add(name)
-        assert db_exists(mysql_url, name)
-        proxy.stop()  # the server "goes down" for reclaim; it still runs for our checks
-        go.touch()
-        assert proc.stdout is not None
-        outcome = json.loads(proc.stdout.readline())
-        proc.wait(timeout=CHILD_TIMEOUT)
-        assert "could not be released" in outcome["error"]
-        assert "unreachable" in outcome["error"]
-        assert db_exists(mysql_url, name), "the release could not reach the server"
-
-        reg = open_registry(registry_path)
-        try:
-            (entry,) = reg.resources(held["run"])
-        finally:
-            reg.close()
-        assert entry.state == "failed"
-        assert entry.record["password"] == password, "the record holds what release needs (I2)"
-        shown = [
-            outcome["error"],
-            entry.last_error or "",
-            reclaim_cli("status").stdout,
-            reclaim_cli("status", "--json").stdout,
-        ]
-        assert "failed" in shown[2]
-        for text in shown:
-            assert password not in text
-            assert quote(password, safe="") not in text
-
-        proxy.start()  # back up
-        swept = reclaim_cli("sweep", "--grace", "0").stdout
-    assert "Released 1, failed 0." in swept
-    assert password not in swept
-    assert not db_exists(mysql_url, name)
 
 
 # --- leftovers without a registry ------------------------------------------------------------

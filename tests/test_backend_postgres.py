@@ -20,11 +20,8 @@ import dataclasses
 import hashlib
 import hmac
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,7 +33,7 @@ from psycopg import sql
 
 import reclaim
 from _services import TcpProxy, closed_port, require, with_port
-from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, registry_is_empty, wait_until
+from conftest import Spawner, kill, reclaim_cli, registry_is_empty
 from reclaim import AcquireError, ForeignNameError, NotCreatedError, ReleaseError
 from reclaim.backends import Backend, Record, check_leftover, load_backend, make_name, parse_name
 from reclaim.backends.postgres import (
@@ -892,123 +889,7 @@ def test_list_leftovers_finds_only_reclaim_names(pg: Server) -> None:
             pg.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
 
 
-# --- killed processes ----------------------------------------------------------------------
-
-
-HOLDER = """
-import json, os, sys, time
-from psycopg import sql
-if sys.argv[2] == "group":
-    os.setpgid(0, 0)
-import reclaim
-from reclaim.backends.postgres import (
-    PostgresDatabase, PostgresRole, PostgresSchema, PostgresTables)
-from reclaim._run import current_run
-
-def table(conn, prefix):
-    conn.execute(sql.SQL("CREATE TABLE {} (id int)").format(sql.Identifier(prefix + "t")))
-
-dsn = sys.argv[1]
-with reclaim.Fixture("pg-holder") as f:
-    schemas = [f.acquire(PostgresSchema(dsn)) for _ in range(3)]
-    database = f.acquire(PostgresDatabase(dsn))
-    role = f.acquire(PostgresRole(dsn)).role
-    prefix = f.acquire(PostgresTables(dsn, setup=table))
-    run = current_run()
-    print(json.dumps({"run": run.id, "watchdog": run.watchdog.pid, "schemas": schemas,
-                      "database": database, "role": role, "prefix": prefix}), flush=True)
-    time.sleep(600)
-"""
-
-
-def _held_names(pg: Server, held: dict[str, Any]) -> set[str]:
-    assert held["prefix"].startswith(f"rc_{held['run']}_")
-    return pg.everything_of(held["run"])
-
-
-def test_sigkill_the_watchdog_drops_everything(pg: Server, spawn: Spawner) -> None:
-    proc, held = spawn(HOLDER, pg.secret_dsn, "plain")
-    pg.run_ids.add(held["run"])
-    dbname = psycopg.conninfo.conninfo_to_dict(held["database"])["dbname"]
-    assert set(held["schemas"]) | {dbname, held["role"], f"{held['prefix']}t"} == _held_names(
-        pg, held
-    )
-    kill(proc)
-    wait_until(lambda: not _held_names(pg, held))
-
-
-def test_watchdog_killed_too_then_sweep_drops_everything(pg: Server, spawn: Spawner) -> None:
-    proc, held = spawn(HOLDER, pg.secret_dsn, "group")
-    pg.run_ids.add(held["run"])
-    os.kill(held["watchdog"], signal.SIGKILL)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=CHILD_TIMEOUT)
-    time.sleep(0.3)
-    assert len(_held_names(pg, held)) == 6, "nobody released anything yet"
-    swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
-    assert swept["released"] == 6
-    assert not _held_names(pg, held)
-    assert json.loads(reclaim_cli("status", "--json").stdout) == {"runs": []}
-
-
-# --- a server that is down; secrets --------------------------------------------------------
-
-
-DOWN = """
-import json, os, sys, time
-import reclaim
-from reclaim.backends.postgres import PostgresSchema
-from reclaim._run import current_run
-
-go = sys.argv[2]
-try:
-    with reclaim.Fixture("pg-down") as f:
-        schema = f.acquire(PostgresSchema(sys.argv[1]))
-        print(json.dumps({"schema": schema, "run": current_run().id}), flush=True)
-        deadline = time.monotonic() + 60
-        while not os.path.exists(go) and time.monotonic() < deadline:
-            time.sleep(0.02)
-except BaseExceptionGroup as group:
-    print(json.dumps({"errors": [str(e) for e in group.exceptions]}), flush=True)
-"""
-
-
-def test_release_while_the_server_is_down_is_kept_then_swept(
-    pg: Server, spawn: Spawner, tmp_path: Path
-) -> None:
-    proxy = pg.proxy()
-    proxy.start()
-    try:
-        go = tmp_path / "go"
-        proc, held = spawn(DOWN, with_port(pg.secret_dsn, proxy.port), str(go))
-        pg.run_ids.add(held["run"])
-        proxy.stop()
-        go.touch()
-        assert proc.stdout is not None
-        report = json.loads(proc.stdout.readline())
-        proc.wait(timeout=CHILD_TIMEOUT)  # its exit retried once more, and failed too
-        (error,) = report["errors"]
-        assert "could not drop the schema" in error
-        assert "cannot be reached" in error
-        assert "the next `reclaim sweep` retries it" in error
-        assert SECRET not in error
-        assert held["schema"] in pg.schemas()
-
-        status = reclaim_cli("status", "--json").stdout
-        assert SECRET not in status
-        assert SECRET not in reclaim_cli("status").stdout
-        (run,) = json.loads(status)["runs"]
-        (resource,) = run["resources"]
-        assert resource["state"] == "failed"
-        assert resource["kind"] == "postgres.schema"
-        assert "cannot be reached" in resource["last_error"]
-
-        proxy.start()
-        swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
-        assert swept["released"] == 1
-        assert held["schema"] not in pg.schemas()
-    finally:
-        proxy.stop()
+# --- secrets (crashes and a server that goes down: tests/test_crash_kit.py) ------------------
 
 
 def test_secrets_never_in_errors_nor_records_shown(pg: Server) -> None:

@@ -18,9 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -33,10 +31,9 @@ import pytest
 import redis
 
 import reclaim
-from _services import TcpProxy, closed_port, require, with_port
-from conftest import CHILD_TIMEOUT, Spawner, acquire_creates_nothing, kill, reclaim_cli, wait_until
+from _services import closed_port, require, with_port
+from conftest import CHILD_TIMEOUT, acquire_creates_nothing
 from reclaim import AcquireError, BackendError, ForeignNameError, NotCreatedError, ReleaseError
-from reclaim._registry import open_registry
 from reclaim._run import current_run
 from reclaim.backends import Record, make_name, redact_record
 from reclaim.backends.redis import MARKER, RedisDatabase, RedisNamespace, glob_escape
@@ -577,180 +574,7 @@ def test_leftover_databases_are_only_reclaims(server: Server) -> None:
         server.db(0).delete(CLAIM.format(free[1]))
 
 
-# --- crashes --------------------------------------------------------------------------------
-
-
-HOLDER = """
-import json, os, sys, time
-import redis
-import reclaim
-from reclaim.backends.redis import RedisDatabase, RedisNamespace
-from reclaim._run import current_run
-
-url, prefix = sys.argv[1:3]
-if len(sys.argv) > 3:
-    os.setpgid(0, 0)
-with reclaim.Fixture("redis-holder") as f:
-    spaces = [f.acquire(RedisNamespace(url, prefix=prefix)) for _ in range(3)]
-    client = redis.Redis.from_url(url)
-    for space in spaces:
-        client.mset({f"{space}k{i}": i for i in range(100)})
-    db_url = f.acquire(RedisDatabase(url))
-    redis.Redis.from_url(db_url).set("held", "1")
-    run = current_run()
-    print(json.dumps({"spaces": spaces, "db_url": db_url, "run": run.id,
-                      "watchdog": run.watchdog.pid}), flush=True)
-    time.sleep(600)
-"""
-
-
-def _held(server: Server, held: dict[str, Any]) -> list[str]:
-    """What the child's resources still have on the server (asked with SCAN and DBSIZE)."""
-    there = [space for space in held["spaces"] if server.keys(space)]
-    db = int(urlsplit(held["db_url"]).path.strip("/"))
-    if server.db(db).dbsize() or server.claim_of(db) is not None:
-        there.append(held["db_url"])
-    return there
-
-
-def _forget_child(server: Server, held: dict[str, Any] | None) -> None:
-    server.prefixes.append(server.prefix)
-    if held is not None:
-        db = int(urlsplit(held["db_url"]).path.strip("/"))
-        name = server.claim_of(db)
-        if name is not None and held["run"] in name:
-            server.claims.append((name, db))
-
-
-def test_sigkill_the_watchdog_leaves_nothing_on_the_server(
-    server: Server, spawn: Spawner, registry_path: str
-) -> None:
-    if not server.free_databases():
-        pytest.skip("every logical database of the server is claimed or in use")
-    held = None
-    try:
-        proc, held = spawn(HOLDER, server.url, server.prefix)
-        assert len(_held(server, held)) == 4
-        kill(proc)
-        wait_until(lambda: _held(server, held) == [])
-
-        def run_gone() -> bool:
-            reg = open_registry(registry_path)
-            try:
-                return reg.get_run(held["run"]) is None
-            finally:
-                reg.close()
-
-        wait_until(run_gone)
-        reg = open_registry(registry_path)
-        try:
-            by = [e.detail.get("by") for e in reg.events() if e.event == "resource.released"]
-        finally:
-            reg.close()
-        assert by == ["watchdog"] * 4
-    finally:
-        _forget_child(server, held)
-
-
-def test_owner_and_watchdog_killed_then_sweep_leaves_nothing(
-    server: Server, spawn: Spawner, registry_path: str
-) -> None:
-    if not server.free_databases():
-        pytest.skip("every logical database of the server is claimed or in use")
-    user, password = server.acl_user()
-    url = server.url_as(user, password)
-    held = None
-    try:
-        proc, held = spawn(HOLDER, url, server.prefix, "own-group")
-        os.kill(held["watchdog"], signal.SIGKILL)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=CHILD_TIMEOUT)
-        time.sleep(0.2)
-        assert len(_held(server, held)) == 4, "nobody released anything yet"
-        status = reclaim_cli("status").stdout + reclaim_cli("status", "--json").stdout
-        assert password not in status
-        swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
-        assert (swept["released"], swept["failed"]) == (4, 0)
-        assert _held(server, held) == []
-        assert json.loads(reclaim_cli("status", "--json").stdout) == {"runs": []}
-    finally:
-        _forget_child(server, held)
-
-
-DOWN = """
-import json, sys
-import redis
-import reclaim
-from reclaim.backends.redis import RedisDatabase, RedisNamespace
-from reclaim._run import current_run
-
-url, prefix = sys.argv[1:3]
-with reclaim.Fixture("briefly-down") as f:
-    space = f.acquire(RedisNamespace(url, prefix=prefix))
-    redis.Redis.from_url(url).set(space + "k", 1)
-    db_url = f.acquire(RedisDatabase(url))
-    print(json.dumps({"space": space, "db_url": db_url, "run": current_run().id}), flush=True)
-    sys.stdin.readline()  # the test takes the server away, then lets the fixture exit
-"""
-
-
-def test_a_server_briefly_down_keeps_the_release_failed_until_a_sweep(
-    server: Server, registry_path: str
-) -> None:
-    """Reached through a proxy that is stopped before the fixture exits: the in-process release
-    fails, the entries stay ``failed`` with a redacted error, and once the server is back
-    ``reclaim sweep`` deletes them."""
-    if not server.free_databases():
-        pytest.skip("every logical database of the server is claimed or in use")
-    user, password = server.acl_user()
-    real = urlsplit(server.url)
-    proxy = TcpProxy(real.hostname or "127.0.0.1", real.port or 6379)
-    proxy.start()
-    target = with_port(server.url_as(user, password), proxy.port)
-    child = subprocess.Popen(
-        [sys.executable, "-c", DOWN, target, server.prefix],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    held: dict[str, Any] | None = None
-    try:
-        assert child.stdout is not None
-        assert child.stdin is not None
-        line = child.stdout.readline()
-        assert line, child.communicate(timeout=CHILD_TIMEOUT)[1]
-        held = json.loads(line)
-        db = int(urlsplit(held["db_url"]).path.strip("/"))
-        proxy.stop()
-        child.stdin.write("go\n")
-        child.stdin.flush()
-        _, err = child.communicate(timeout=CHILD_TIMEOUT)
-        assert child.returncode != 0, "the fixture raised the release errors"
-        assert "could not be released" in err
-        assert "cannot reach the server" in err
-        assert password not in err
-        assert server.keys(held["space"]), "the server was away: nothing was deleted"
-        assert server.claim_of(db) is not None
-
-        status = json.loads(reclaim_cli("status", "--json").stdout)
-        (run,) = status["runs"]
-        states = {(r["kind"], r["state"]) for r in run["resources"]}
-        assert states == {("redis.namespace", "failed"), ("redis.database", "failed")}
-        assert password not in json.dumps(status)
-        assert password not in reclaim_cli("status").stdout
-
-        proxy.start()
-        swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
-        assert (swept["released"], swept["failed"]) == (2, 0)
-        assert server.keys(held["space"]) == []
-        assert server.claim_of(db) is None
-        assert server.db(db).dbsize() == 0
-        assert json.loads(reclaim_cli("status", "--json").stdout) == {"runs": []}
-    finally:
-        _reap(child)
-        proxy.stop()
-        _forget_child(server, held)
+# --- child processes (crashes and a server that goes down: tests/test_crash_kit.py) ---------
 
 
 def _reap(child: subprocess.Popen[str]) -> None:

@@ -10,15 +10,19 @@ Every built-in backend passes it, through one parametrisation in reclaim's own t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from reclaim._errors import BackendNotFoundError, ForeignNameError
@@ -30,8 +34,10 @@ from reclaim.backends import Backend, Record, check_record, load_backend, make_n
 __all__ = [
     "FOREIGN_NAMES",
     "CrashReport",
+    "TcpProxy",
     "check_backend",
     "check_crash",
+    "check_outage",
     "dead_identity",
     "lookalikes",
 ]
@@ -412,3 +418,234 @@ def _crash_once(crash: _Crash, *, kill_watchdog: bool) -> float:  # noqa: PLR091
                 sweep(reg, grace=0)
             finally:
                 reg.close()
+
+
+# --- the outage kit --------------------------------------------------------------------------
+
+_OUTAGE_CHILD: Final = """
+import importlib, json, os, sys, time
+import reclaim
+from reclaim._run import current_run
+
+module, _, attr = sys.argv[1].partition(":")
+factory = importlib.import_module(module)
+for part in attr.split("."):
+    factory = getattr(factory, part)
+go, deadline = sys.argv[3], time.monotonic() + float(sys.argv[4])
+errors = []
+try:
+    with reclaim.Fixture("check_outage") as f:
+        f.acquire(factory(**json.loads(sys.argv[2])))
+        run = current_run()
+        (entry,) = run.registry.resources(run.id)
+        print(json.dumps({"id": entry.id, "kind": entry.kind, "record": entry.record}), flush=True)
+        while not os.path.exists(go) and time.monotonic() < deadline:
+            time.sleep(0.01)
+except BaseException as exc:
+    errors = [str(e) for e in getattr(exc, "exceptions", [exc])]
+print(json.dumps({"errors": errors}), flush=True)
+"""
+
+
+def check_outage(
+    factory: str,
+    *,
+    registry: str | os.PathLike[str],
+    proxy: TcpProxy,
+    args: Mapping[str, Any] | None = None,
+    secrets: Sequence[str] = (),
+    timeout: float = 60.0,
+) -> None:
+    """Check that a release which meets a dead server loses nothing, and a later sweep does it.
+
+    ``factory`` (``"module:callable"``, called with ``args`` in a child process) must return a
+    backend that reaches its server through ``proxy``. The child acquires one resource; the
+    proxy is stopped (the server is "down") and the child ends normally, so its release fails.
+    Then:
+
+    - the child's error names the kind and says a later sweep retries it;
+    - the registry entry stays, ``failed``, with the reason (I5: never dropped unreleased);
+    - none of ``secrets`` appears in the error, the entry or ``reclaim status`` (I7);
+    - with the proxy back, the resource still exists, and one sweep releases it and its entry.
+
+    Whatever happens, the child is killed, the proxy restarted and the registry swept before
+    this returns.
+
+    Raises:
+        AssertionError: a step above did not hold; the message says which.
+    """
+    location = os.fspath(registry)
+    env = {**os.environ, "RECLAIM_REGISTRY": location}
+    proxy.start()
+    with tempfile.TemporaryDirectory(prefix="reclaim-outage-") as scratch:
+        go = os.path.join(scratch, "go")
+        child = subprocess.Popen(
+            [sys.executable, "-c", _OUTAGE_CHILD, factory, json.dumps(dict(args or {})), go,
+             str(timeout)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )  # fmt: skip
+        held: dict[str, Any] = {}
+        try:
+            assert child.stdout is not None
+            line = child.stdout.readline()
+            held = json.loads(line) if line.startswith('{"id"') else {}
+            if not held:
+                _, err = child.communicate(timeout=timeout)
+                raise AssertionError(f"check_outage: {factory} failed to acquire:\n{err[-3000:]}")
+            kind, record = held["kind"], held["record"]
+            backend = load_backend(kind)
+            assert backend.exists(record), f"{kind}: exists() is false after acquire"
+            proxy.stop()
+            open(go, "w").close()  # an empty file is the signal
+            out, err = child.communicate(timeout=timeout)
+            errors: list[str] = json.loads(out.strip().splitlines()[-1])["errors"]
+            _check_outage_errors(kind, errors, err, secrets)
+            _check_kept_then_swept(location, env, held, proxy, secrets)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait(timeout=timeout)
+            for stream in (child.stdout, child.stderr):
+                if stream is not None:
+                    stream.close()
+            proxy.start()
+            if held:
+                reg = open_registry(location)
+                try:
+                    sweep(reg, grace=0)
+                finally:
+                    reg.close()
+
+
+def _check_kept_then_swept(
+    location: str,
+    env: Mapping[str, str],
+    held: Mapping[str, Any],
+    proxy: TcpProxy,
+    secrets: Sequence[str],
+) -> None:
+    """After a release met a dead server: the entry is kept, failed, with no secret shown;
+    with the server back the resource is there, and one sweep releases it and its entry."""
+    kind, record = held["kind"], held["record"]
+    backend = load_backend(kind)
+    reg = open_registry(location)
+    try:
+        entry = reg.get_resource(held["id"])
+        assert entry is not None, f"{kind}: the entry was dropped by a release that failed"
+        assert entry.state == "failed", f"{kind}: the entry is {entry.state}, not failed"
+        assert entry.last_error, f"{kind}: the failed entry says nothing of why"
+        shown = _status_output(env) + entry.last_error
+        leaked = [s for s in secrets if s and s in shown]
+        assert not leaked, f"{kind}: a secret is shown by the entry or `reclaim status`"
+        proxy.start()
+        assert backend.exists(record), f"{kind}: gone, yet its release failed"
+        report = sweep(reg, grace=0)
+        assert report.released == 1, f"{kind}: the sweep released {report.released}"
+        assert reg.get_resource(held["id"]) is None, f"{kind}: the entry is left"
+    finally:
+        reg.close()
+    assert not backend.exists(record), f"{kind}: left behind after the sweep"
+
+
+def _check_outage_errors(kind: str, errors: list[str], stderr: str, secrets: Sequence[str]) -> None:
+    assert errors, f"{kind}: the release against a dead server raised nothing"
+    text = "\n".join(errors)
+    assert kind in text, f"{kind}: the release error does not name the kind: {text[:300]}"
+    assert "sweep" in text, f"{kind}: the release error does not say a sweep retries it"
+    leaked = [s for s in secrets if s and (s in text or s in stderr)]
+    assert not leaked, f"{kind}: a secret is shown in the release error or the child's output"
+
+
+def _status_output(env: Mapping[str, str]) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "reclaim", "status", "--json"],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout + done.stderr
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:``port`` to a real server; :meth:`stop` makes the server look down.
+
+    A stopped proxy refuses connections and has cut every open one, as a server that went away
+    would; :meth:`start` brings it back on the same port. Point a backend at the proxy to prove
+    that a release meeting a dead server is kept as failed and done by a later sweep, without
+    stopping the real server other tests use (:func:`check_outage` does this).
+    """
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port: int = probe.getsockname()[1]
+        probe.close()
+        self._listener: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Listen (again) on :attr:`port`; a no-op while it listens."""
+        if self._listener is not None:
+            return
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def stop(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+    def __enter__(self) -> TcpProxy:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
