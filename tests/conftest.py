@@ -36,6 +36,7 @@ TEST_BACKENDS = ",".join(
         "Leaky",
         "SlowDir",
         "Sticky",
+        "Tally",
         "Unreachable",
     )
 )

@@ -247,3 +247,38 @@ class Leaky(Backend[Path]):
     @classmethod
     def exists(cls, record: Record) -> bool:
         return os.path.lexists(record["path"])
+
+
+class Tally(Backend[Path]):
+    """A file per resource; every release that deletes one appends its name to ``releases.log``
+    beside it (one ``O_APPEND`` write, atomic), so a test counts the releases of each name."""
+
+    kind = "test.tally"
+
+    def __init__(self, directory: str) -> None:
+        self.directory = Path(directory)
+
+    def plan(self, name: str) -> Record:
+        return {"name": name, "path": str(self.directory / name)}
+
+    def acquire(self, name: str) -> tuple[Path, Record]:
+        record = self.plan(name)
+        Path(record["path"]).touch(exist_ok=False)
+        return Path(record["path"]), record
+
+    @classmethod
+    def release(cls, record: Record) -> None:
+        path = Path(record["path"])
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        fd = os.open(path.parent / "releases.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, f"{record['name']}\n".encode())
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def exists(cls, record: Record) -> bool:
+        return os.path.lexists(record["path"])

@@ -16,11 +16,13 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterable, Iterator
 from types import FrameType
 from typing import Any, Final, NoReturn
+from urllib.parse import urlsplit
 
 import click
 from rich.console import Console
@@ -98,6 +100,11 @@ def _fail(message: str, code: int = 2, *, json_printed: bool = False) -> NoRetur
     sys.exit(code)
 
 
+def _shown(location: str) -> str:
+    """A registry's location fit to show: a URL without its password."""
+    return redact_url(location) if "://" in location else location
+
+
 def _open(location: str | None, *, create: bool) -> Registry | None:
     try:
         return open_registry(location, create=create)
@@ -137,7 +144,9 @@ def _condition(resource: ResourceRecord, alive: bool) -> str:
     return "live" if alive else "orphaned"
 
 
-def _status_json(runs: list[tuple[RunRecord, bool, list[ResourceRecord]]]) -> dict[str, Any]:
+def _status_json(
+    runs: list[tuple[RunRecord, bool, list[ResourceRecord]]], now: float
+) -> dict[str, Any]:
     return {
         "runs": [
             {
@@ -149,6 +158,8 @@ def _status_json(runs: list[tuple[RunRecord, bool, list[ResourceRecord]]]) -> di
                 "label": run.label,
                 "parent_id": run.parent_id,
                 "started_at": run.started_at,
+                "lease_age": round(max(0.0, now - run.heartbeat_at), 3),
+                "lease_seconds": run.lease_seconds,
                 "resources": [
                     {
                         "id": r.id,
@@ -167,8 +178,8 @@ def _status_json(runs: list[tuple[RunRecord, bool, list[ResourceRecord]]]) -> di
     }
 
 
-def _ago(then: float) -> str:
-    seconds = max(0, int(time.time() - then))
+def _ago(then: float, now: float | None = None) -> str:
+    seconds = max(0, int((time.time() if now is None else now) - then))
     if seconds < 90:
         return f"{seconds}s ago"
     if seconds < 5400:
@@ -188,14 +199,16 @@ def status(location: str, as_json: bool) -> None:
     """Show runs and the resources they hold: live, orphaned (owner dead) or failed."""
     registry = _open(location, create=False)
     runs: list[tuple[RunRecord, bool, list[ResourceRecord]]] = []
+    now = time.time()
     if registry is not None:
+        now = registry.now()  # leases are judged by the registry's clock, not this host's
         for run in registry.list_runs():
-            runs.append((run, is_alive(run), registry.resources(run.id)))
+            runs.append((run, is_alive(run, now=now), registry.resources(run.id)))
     if as_json:
-        click.echo(json.dumps(_status_json(runs)))
+        click.echo(json.dumps(_status_json(runs, now)))
         return
     if not runs:
-        _console.print(_line("Nothing is held. ", (f"(registry: {location})", "dim")))
+        _console.print(_line("Nothing is held. ", (f"(registry: {_shown(location)})", "dim")))
         return
     for run, alive, resources in runs:
         life = ("alive", "green") if alive else ("dead", "yellow")
@@ -204,7 +217,8 @@ def status(location: str, as_json: bool) -> None:
                 (f"run {run.id}", "bold"),
                 f"  {run.label}  pid {run.owner.pid} on {run.owner.host}  ",
                 life,
-                f"  {run.state}  started {_ago(run.started_at)}",
+                f"  {run.state}  started {_ago(run.started_at)}"
+                f"  lease renewed {_ago(run.heartbeat_at, now)}",
             )
         )
         if not resources:
@@ -224,7 +238,7 @@ def status(location: str, as_json: bool) -> None:
                 _cell(r.last_error or ""),
             )
         _console.print(table)
-    _console.print(_line((f"registry: {location}", "dim")))
+    _console.print(_line((f"registry: {_shown(location)}", "dim")))
 
 
 # --- sweep ---------------------------------------------------------------------------------
@@ -269,6 +283,14 @@ def _duration_option(
     " [default: 1d].",
 )
 @click.option("--yes", is_flag=True, help="With --leftovers: release what is listed.")
+@click.option(
+    "--every",
+    callback=_duration_option,
+    default=None,
+    metavar="DURATION",
+    help="Run as a service: sweep, wait this long, sweep again, until SIGTERM or Ctrl-C. Each"
+    " pass is logged (a JSON line each with --json); a registry that is away is tried again.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 @click.pass_obj
 def sweep_command(
@@ -279,6 +301,7 @@ def sweep_command(
     leftover_urls: tuple[str, ...],
     older_than: float | None,
     yes: bool,
+    every: float | None,
     as_json: bool,
 ) -> None:
     """Release what dead runs left behind. Never touches a live run's resources.
@@ -288,6 +311,13 @@ def sweep_command(
     this registry (a run it does not know counts as dead) and which is older than --older-than.
     Names without reclaim's prefix are never touched.
     """
+    if every is not None and (leftover_urls or dry_run):
+        _fail(
+            "--every runs the registry sweep as a service; it goes with neither --leftovers"
+            " nor --dry-run"
+        )
+    if every is not None and every <= 0:
+        _fail("--every needs a positive duration, such as 30s or 5m")
     if leftover_urls:
         ctx = click.get_current_context()
         if ctx.get_parameter_source("grace") != click.core.ParameterSource.DEFAULT:
@@ -304,9 +334,12 @@ def sweep_command(
         return
     if older_than is not None or yes:
         _fail("--older-than and --yes go with --leftovers URL (the registry sweep needs neither)")
-    registry = _open(location, create=False)
     if grace is None:
         grace = settings.DEFAULT_SWEEP_GRACE
+    if every is not None:
+        _sweep_every(location, every, grace, as_json)
+        return
+    registry = _open(location, create=False)
     report = SweepReport() if registry is None else sweep(registry, grace=grace, dry_run=dry_run)
     if as_json:
         data = report.to_json()
@@ -320,6 +353,78 @@ def sweep_command(
         _print_sweep(report, dry_run)
     if report.failed:
         sys.exit(1)
+
+
+def _sweep_every(location: str, every: float, grace: float, as_json: bool) -> None:
+    """``sweep --every``: one pass, then a wait, until SIGTERM, SIGINT or SIGHUP. A signal
+    lets the pass at work finish (it may be inside a release) and then stops, exit status 0.
+    A pass that fails (the registry is away, say) is logged, and the next one opens the
+    registry again."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}
+    shown = _shown(location)
+    passes = 0
+    try:
+        while not stop.is_set():
+            passes += 1
+            started = time.time()
+            entry: dict[str, Any] = {"pass": passes, "at": round(started, 3), "registry": shown}
+            try:
+                registry = open_registry(location, create=False)
+            except FileNotFoundError:
+                entry.update(SweepReport().to_json(), note="no registry yet")
+            except Exception as exc:  # a service logs and goes on
+                entry["error"] = _pass_error(exc, location)
+            else:
+                try:
+                    entry.update(sweep(registry, grace=grace).to_json())
+                except Exception as exc:  # a service logs and goes on
+                    entry["error"] = _pass_error(exc, location)
+                finally:
+                    with contextlib.suppress(Exception):
+                        registry.close()
+            entry["seconds"] = round(time.time() - started, 3)
+            _log_pass(entry, as_json, every)
+            stop.wait(every)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if as_json:
+        click.echo(json.dumps({"stopped": True, "passes": passes}))
+    else:
+        _console.print(f"Stopped after {passes} passes.")
+
+
+_STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _pass_error(exc: BaseException, location: str) -> str:
+    """What went wrong in a pass, without the registry's password (registry errors leave it
+    out; this also covers a driver's own text)."""
+    text = f"{type(exc).__name__}: {exc}"
+    password = urlsplit(location).password if "://" in location else None
+    return text.replace(password, "***") if password else text
+
+
+def _log_pass(entry: dict[str, Any], as_json: bool, every: float) -> None:
+    if as_json:
+        click.echo(json.dumps(entry))
+        return
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["at"]))
+    if "error" in entry:
+        _errors.print(
+            _line((f"{when} pass {entry['pass']} failed: ", "bold red"), str(entry["error"]))
+        )
+        _errors.print(_line((f"  next pass in {every:g}s", "dim")))
+        return
+    _console.print(
+        _line(
+            f"{when} pass {entry['pass']}: released {entry['released']}, failed"
+            f" {entry['failed']}, left alone {entry['skipped_live']} live,"
+            f" {entry['skipped_grace']} in grace, {entry['skipped_busy']} busy"
+            f" ({entry['seconds']:.2f}s)"
+        )
+    )
 
 
 def _print_sweep(report: SweepReport, dry_run: bool) -> None:
@@ -498,12 +603,12 @@ def forget(location: str, /, resource_ids: tuple[int, ...], **options: Any) -> N
     registry = _open(location, create=False)
     if registry is None:
         if query.ids:
-            _fail(f"there is no resource {_ids(query.ids)} in the registry {location}")
-        _fail(f"there is no registry at {location}, so there is nothing to forget")
+            _fail(f"there is no resource {_ids(query.ids)} in the registry {_shown(location)}")
+        _fail(f"there is no registry at {_shown(location)}, so there is nothing to forget")
     try:
         chosen, kept, missing = query.select(registry)
         if missing:  # a typo must not forget the rest
-            _fail(f"there is no resource {_ids(missing)} in the registry {location}")
+            _fail(f"there is no resource {_ids(missing)} in the registry {_shown(location)}")
         if yes:
             chosen = [r for r in chosen if registry.forget(r.id, actor="user") is not None]
     finally:
@@ -633,7 +738,9 @@ def watch(location: str, from_start: bool, as_json: bool) -> None:
         signal.signal(sig, _stop)
 
     def waiting() -> None:
-        _errors.print(_line((f"Waiting for the registry {location} to be created...", "dim")))
+        _errors.print(
+            _line((f"Waiting for the registry {_shown(location)} to be created...", "dim"))
+        )
 
     def ready(registry: Registry) -> None:
         _errors.print(_line((f"Watching {registry.location}; Ctrl-C to stop.", "dim")))
@@ -796,7 +903,8 @@ def acquire(location: str, kind: str, json_args: str, as_json: bool) -> None:
     registry = _open(location, create=False)
     if registry is None:
         _fail(
-            f"there is no registry at {location}, so run {run_id} ({RUN_ENV}) cannot be in it:"
+            f"there is no registry at {_shown(location)}, so run {run_id} ({RUN_ENV}) cannot be"
+            " in it:"
             f" use reclaim acquire inside `reclaim run`, with the same {ENV_VAR}"
         )
     try:
@@ -905,7 +1013,7 @@ def release(location: str, resource_id: int, as_json: bool) -> None:
     registry = _open(location, create=False)
     resource = None if registry is None else registry.get_resource(resource_id)
     if registry is None or resource is None:
-        _fail(f"there is no resource {resource_id} in the registry {location}")
+        _fail(f"there is no resource {resource_id} in the registry {_shown(location)}")
     try:
         outcome = release_resource(
             registry,

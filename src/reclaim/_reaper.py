@@ -269,7 +269,16 @@ def claim_for_reaping(
         return None
     me = claimer or current_identity()
     token = json.dumps(me.to_json(), sort_keys=True)
-    won = registry.claim_run(run.id, token, expect_state=run.state, expect_claimer=run.claimed_by)
+    # A run judged dead by its lease is claimed only if the lease is still the one seen
+    # expired: an owner on another host that renewed meanwhile is alive.
+    by_lease = run.owner.local_verdict() is None
+    won = registry.claim_run(
+        run.id,
+        token,
+        expect_state=run.state,
+        expect_claimer=run.claimed_by,
+        expect_heartbeat=run.heartbeat_at if by_lease else None,
+    )
     return token if won else None
 
 

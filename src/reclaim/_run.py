@@ -29,6 +29,7 @@ from typing import Final
 
 from reclaim import _settings as settings
 from reclaim import _signals, _watchdog
+from reclaim._duration import parse_duration
 from reclaim._identity import Identity, current_identity
 from reclaim._reaper import release_resource
 from reclaim._registry import Registry, ResourceState, default_location, open_registry
@@ -51,13 +52,16 @@ class Run:
         self.registry = registry
         self.owner = owner
         self._seq = itertools.count(1)
+        self.lease = lease_seconds()
         parent = settings.PARENT_RUN.get() or None
         for _ in range(5):
             run_id = secrets.token_hex(4)
             try:
-                registry.open_run(run_id, owner, label=label, parent_id=parent)
+                registry.open_run(
+                    run_id, owner, label=label, parent_id=parent, lease_seconds=self.lease
+                )
             except Exception as exc:  # an id collision: draw again
-                if "UNIQUE" not in str(exc):
+                if "unique" not in str(exc).lower():
                     raise
                 continue
             self.id = run_id
@@ -69,21 +73,28 @@ class Run:
         self._pipe: int | None = None
         if settings.WATCHDOG.get() != "0":
             self._start_watchdog()
+        # The owner renews the lease itself too: without a watchdog, or with a watchdog that
+        # was killed, a run on a shared registry must not look dead to other hosts.
+        self._renewer = _Renewer(registry.reopen_location(), self.id, self.lease / 3)
 
     def _start_watchdog(self) -> None:
         read_end, write_end = os.pipe()  # both close-on-exec: no exec'd child inherits them
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(_watchdog.__file__)))
+        # The registry's location may hold a password: it goes in the environment, which only
+        # this user can read, never on the command line, which every user can.
+        env = {**os.environ, settings.WATCHDOG_REGISTRY.name: self.registry.reopen_location()}
         try:
             self.watchdog = subprocess.Popen(
                 [
                     sys.executable,
                     _watchdog.__file__,
                     package_parent,
-                    self.registry.location,
                     self.id,
                     str(self.owner.pid),
                     str(self.owner.start_time),
+                    repr(self.lease / 3),
                 ],
+                env=env,
                 stdin=read_end,
                 # Never hold the owner's stdout/stderr: a parent reading them to EOF would wait
                 # for the watchdog too.
@@ -122,6 +133,7 @@ class Run:
                 states=(ResourceState.PLANNED, ResourceState.ACQUIRED, ResourceState.FAILED),
             )
         self.registry.close_run(self.id)
+        self._renewer.stop()
         self._release_watchdog()
 
     def _release_watchdog(self) -> None:
@@ -137,6 +149,51 @@ class Run:
 
     def __repr__(self) -> str:
         return f"<Run {self.id} pid={self.owner.pid} registry={self.registry.location!r}>"
+
+
+def lease_seconds() -> float:
+    """The lease of a run (``RECLAIM_LEASE``), at least one second."""
+    text = settings.LEASE.get()
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise ValueError(f"{settings.LEASE.name}: {exc}") from None
+    if seconds < 1:
+        raise ValueError(f"{settings.LEASE.name}={text!r}: a lease must be at least 1 second")
+    return seconds
+
+
+class _Renewer:
+    """A daemon thread that renews a run's lease every ``interval`` seconds, on a connection
+    of its own (opened at the first renewal). A renewal that fails (the registry is away) is
+    tried again at the next tick; the lease is long enough for a few to fail."""
+
+    def __init__(self, location: str, run_id: str, interval: float) -> None:
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._loop,
+            args=(location, run_id, interval),
+            name=f"reclaim-lease-{run_id}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _loop(self, location: str, run_id: str, interval: float) -> None:
+        registry: Registry | None = None
+        try:
+            while not self._stopped.wait(interval):
+                try:
+                    registry = registry or open_registry(location, create=False)
+                    registry.heartbeat(run_id)
+                except Exception:  # noqa: S112  (away for now: the next tick retries)
+                    continue
+        finally:
+            if registry is not None:
+                with contextlib.suppress(Exception):
+                    registry.close()
+
+    def stop(self) -> None:
+        self._stopped.set()
 
 
 _lock = threading.Lock()

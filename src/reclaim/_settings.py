@@ -17,7 +17,9 @@ __all__ = [
     "BACKENDS",
     "DEFAULT_PYTEST_GRACE",
     "DEFAULT_SWEEP_GRACE",
+    "HOST_ID",
     "LABEL",
+    "LEASE",
     "PARENT_RUN",
     "PERSONA_EMAIL",
     "PERSONA_PHONE",
@@ -28,6 +30,7 @@ __all__ = [
     "SETTINGS",
     "WATCHDOG",
     "WATCHDOG_PIDFD",
+    "WATCHDOG_REGISTRY",
     "Setting",
 ]
 
@@ -54,8 +57,8 @@ class Setting:
 REGISTRY: Final = Setting(
     "RECLAIM_REGISTRY",
     "",
-    "the registry: a file path; unset, `$XDG_STATE_HOME/reclaim/registry.sqlite3`"
-    " (default `~/.local/state/...`)",
+    "the registry: a file path, or a `postgresql://` URL for one registry shared by many"
+    " machines; unset, `$XDG_STATE_HOME/reclaim/registry.sqlite3` (default `~/.local/state/...`)",
 )
 BACKENDS: Final = Setting(
     "RECLAIM_BACKENDS",
@@ -70,6 +73,25 @@ WATCHDOG_PIDFD: Final = Setting(
     "RECLAIM_WATCHDOG_PIDFD",
     "1",
     "`0` makes the watchdog watch its owner through the pipe alone (to test that path)",
+)
+LEASE: Final = Setting(
+    "RECLAIM_LEASE",
+    "60s",
+    "how long a run on another host (or in another pid namespace) counts as alive after its"
+    " last lease renewal; owner and watchdog renew it every third of that",
+)
+HOST_ID: Final = Setting(
+    "RECLAIM_HOST_ID",
+    "",
+    "for tests only: the host name this process claims, to play several hosts on one machine"
+    " (runs of another host name are judged by their lease)",
+)
+WATCHDOG_REGISTRY: Final = Setting(
+    "RECLAIM_WATCHDOG_REGISTRY",
+    "",
+    "in the watchdog's environment: the registry it opens (kept out of its command line,"
+    " which every user can read)",
+    owner="set by reclaim",
 )
 LABEL: Final = Setting(
     "RECLAIM_RUN_LABEL",
@@ -139,6 +161,9 @@ SETTINGS: Final = (
     BACKENDS,
     WATCHDOG,
     WATCHDOG_PIDFD,
+    WATCHDOG_REGISTRY,
+    LEASE,
+    HOST_ID,
     LABEL,
     PARENT_RUN,
     RUN,

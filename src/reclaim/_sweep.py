@@ -9,7 +9,6 @@ lost with its machine, is ``_leftovers.py``.
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any, Final
 
 from reclaim import _settings as settings
@@ -59,7 +58,7 @@ def sweep(
 ) -> SweepReport:
     """Release everything of runs whose owner is dead and which started more than ``grace``
     seconds ago. Never a live run's (I4); each run claimed first (I6)."""
-    now = time.time() if now is None else now
+    now = registry.now() if now is None else now  # leases are judged by the registry's clock
     report = SweepReport()
     for run in registry.list_runs():
         resources = registry.resources(run.id)

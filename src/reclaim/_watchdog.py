@@ -19,14 +19,23 @@ When the owner is dead and its run is still open in the registry, the watchdog c
 (I6) and releases everything left, last in first out, through the reaper the sweeper uses. If the
 watchdog itself is killed, nothing is lost: the run stays in the registry for the next sweep.
 
-Usage (by reclaim itself): ``python _watchdog.py SYS_PATH REGISTRY RUN_ID OWNER_PID OWNER_START``
+While the owner lives, the watchdog also renews the run's lease (every third of it), so a run
+whose owner is stopped in a debugger does not look dead to a sweeper on another host.
+
+Usage (by reclaim itself): ``python _watchdog.py SYS_PATH RUN_ID OWNER_PID OWNER_START EVERY``,
+with the registry's location in ``RECLAIM_WATCHDOG_REGISTRY`` (it may hold a password, and a
+command line is readable by every user).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import sys
+import time
+from collections.abc import Callable
+from typing import Any
 
 CLOSED = b"closed"
 
@@ -48,8 +57,11 @@ def _start_time(pid: int) -> int | None:
     return int(rest[19])
 
 
-def wait_for_owner(pid: int, start: int, pipe_fd: int) -> bool:
-    """Block until the owner closes its run cleanly (True) or dies (False)."""
+def wait_for_owner(
+    pid: int, start: int, pipe_fd: int, renew: Callable[[], None] | None = None, every: float = 0
+) -> bool:
+    """Block until the owner closes its run cleanly (True) or dies (False); meanwhile call
+    ``renew`` every ``every`` seconds while the owner lives (stopped in a debugger included)."""
     poller = select.poll()
     poller.register(pipe_fd, select.POLLIN | select.POLLHUP)
     pidfd = None
@@ -64,8 +76,12 @@ def wait_for_owner(pid: int, start: int, pipe_fd: int) -> bool:
         return False
     if pidfd is not None:
         poller.register(pidfd, select.POLLIN)
+    next_renewal = time.monotonic() + every
     while True:
         timeout = None if pidfd is not None else _FALLBACK_POLL_MS
+        if renew is not None:
+            until = max(0, int((next_renewal - time.monotonic()) * 1000))
+            timeout = until if timeout is None else min(timeout, until)
         for fd, _event in poller.poll(timeout):
             if fd == pidfd:
                 return False
@@ -77,6 +93,9 @@ def wait_for_owner(pid: int, start: int, pipe_fd: int) -> bool:
                 poller.unregister(pipe_fd)
         if _start_time(pid) != start:
             return False
+        if renew is not None and time.monotonic() >= next_renewal:
+            renew()
+            next_renewal = time.monotonic() + every
 
 
 def reap(location: str, run_id: str) -> None:
@@ -97,13 +116,44 @@ def reap(location: str, run_id: str) -> None:
         registry.close()
 
 
+class _Lease:
+    """Renews the run's lease while the owner lives. reclaim and the registry's driver are
+    imported at the first renewal, a third of a lease after the start: a short test imports
+    nothing. A renewal that fails (the registry is away) is tried again at the next one."""
+
+    def __init__(self, location: str, run_id: str) -> None:
+        self.location, self.run_id = location, run_id
+        self.registry: Any = None
+
+    def renew(self) -> None:
+        try:
+            if self.registry is None:
+                from reclaim._registry import open_registry  # noqa: PLC0415  (see the class docstring)
+
+                self.registry = open_registry(self.location, create=False)
+            self.registry.heartbeat(self.run_id)
+        except Exception:  # noqa: S110  (away for now: the next renewal retries)
+            pass
+
+    def close(self) -> None:
+        if self.registry is not None:
+            with contextlib.suppress(Exception):  # nothing to do about it: the owner is gone
+                self.registry.close()
+
+
 def main(argv: list[str]) -> int:
-    sys_path, location, run_id, pid, start = argv[1:6]
+    sys_path, run_id, pid, start, every = argv[1:6]
     # Run as a script, Python put this file's folder (reclaim/) first on sys.path, where its
     # modules could shadow others; what reclaim needs is the folder that contains the package.
     sys.path[0] = sys_path
-    if wait_for_owner(int(pid), int(start), 0):
-        return 0
+    # reclaim._settings.WATCHDOG_REGISTRY, by name: nothing of reclaim is imported yet.
+    location = os.environ["RECLAIM_WATCHDOG_REGISTRY"]
+    lease = _Lease(location, run_id)
+    try:
+        if wait_for_owner(int(pid), int(start), 0, lease.renew, float(every)):
+            return 0
+    finally:
+        lease.close()
     reap(location, run_id)
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import time
 from typing import Any
 
 from reclaim._identity import Identity
@@ -24,6 +25,23 @@ class Registry(abc.ABC):
 
     #: Where the registry lives, fit to show (no secrets).
     location: str
+
+    def now(self) -> float:
+        """The registry's clock (epoch seconds): leases are judged by it, so that a host whose
+        clock is off cannot make a live run look dead. A shared registry reads its server's."""
+        return time.time()
+
+    def wait_for_events(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for new events. True: look now (this default sleeps
+        and says so every time, i.e. polling); False: nothing came. A registry that can be
+        notified overrides it."""
+        time.sleep(timeout)
+        return True
+
+    def reopen_location(self) -> str:
+        """What another process passes to ``open_registry`` to open this same registry. It
+        may hold a password (a PostgreSQL URL): never show it, never put it on a command line."""
+        return self.location
 
     # --- runs ------------------------------------------------------------------------------
 
@@ -56,10 +74,18 @@ class Registry(abc.ABC):
 
     @abc.abstractmethod
     def claim_run(
-        self, run_id: str, claimer: str, *, expect_state: str, expect_claimer: str | None
+        self,
+        run_id: str,
+        claimer: str,
+        *,
+        expect_state: str,
+        expect_claimer: str | None,
+        expect_heartbeat: float | None = None,
     ) -> bool:
         """Compare-and-set: make ``claimer`` the run's only reaper if the run is still in
-        ``expect_state`` with ``expect_claimer`` (I6). True when this call won."""
+        ``expect_state`` with ``expect_claimer`` (I6) and, when ``expect_heartbeat`` is given,
+        its lease was not renewed since it was seen expired (I4 across hosts: an owner that
+        renewed at the last moment is alive). True when this call won."""
 
     @abc.abstractmethod
     def finish_reap(self, run_id: str, claimer: str, *, actor: str) -> None:

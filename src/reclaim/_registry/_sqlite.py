@@ -454,15 +454,23 @@ class SQLiteRegistry(Registry):
         ]
 
     def claim_run(
-        self, run_id: str, claimer: str, *, expect_state: str, expect_claimer: str | None
+        self,
+        run_id: str,
+        claimer: str,
+        *,
+        expect_state: str,
+        expect_claimer: str | None,
+        expect_heartbeat: float | None = None,
     ) -> bool:
         now = time.time()
         with self._write() as conn:
             cur = conn.execute(
                 "UPDATE runs SET state = ?, claimed_by = ?, claimed_at = ?"
-                " WHERE id = ? AND state = ? AND claimed_by IS ?",
-                (RunState.REAPING, claimer, now, run_id, expect_state, expect_claimer),
-            )
+                " WHERE id = ? AND state = ? AND claimed_by IS ?"
+                " AND (? IS NULL OR heartbeat_at = ?)",
+                (RunState.REAPING, claimer, now, run_id, expect_state, expect_claimer,
+                 expect_heartbeat, expect_heartbeat),
+            )  # fmt: skip
             won = cur.rowcount == 1
             if won:
                 self._event(conn, "run.claimed", run_id=run_id, detail={"by": claimer}, at=now)
