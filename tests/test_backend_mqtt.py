@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,9 +39,8 @@ import reclaim
 from _services import reachable, require
 from conftest import CHILD_TIMEOUT, acquire_creates_nothing, wait_until
 from reclaim import ForeignNameError, NotCreatedError
-from reclaim.backends import Record, load_backend, make_name
+from reclaim.backends import load_backend, make_name
 from reclaim.backends.mqtt import CLAIM_SUFFIX, MqttTopic
-from reclaim.testing import check_backend
 
 WAIT = 10.0  # seconds the oracle waits for any one answer of the broker
 
@@ -128,32 +127,7 @@ def names(mqtt_url: str) -> Iterator[set[str]]:
         clear(mqtt_url, name)
 
 
-def recording(url: str, used: set[str], **kwargs: Any) -> Callable[[], MqttTopic]:
-    """A ``make`` for the kit whose backends note every name they plan (before creating it)."""
-
-    def make() -> MqttTopic:
-        backend = MqttTopic(url, **kwargs)
-        plan = backend.plan
-
-        def plan_and_note(name: str) -> Record:
-            used.add(name)
-            return plan(name)
-
-        backend.plan = plan_and_note  # type: ignore[method-assign]  # only to clean up after
-        return backend
-
-    return make
-
-
 # --- the contract ----------------------------------------------------------------------------
-
-
-def test_conformance(mqtt_url: str, tmp_path: Path, registry_path: str, names: set[str]) -> None:
-    check_backend(
-        recording(mqtt_url, names),
-        registry=tmp_path / "kit.sqlite3",
-        delete_outside=lambda record: clear(mqtt_url, record["name"]),
-    )
 
 
 def test_loads_through_its_entry_point() -> None:

@@ -14,8 +14,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -27,9 +26,8 @@ import reclaim
 from _services import closed_port, require
 from conftest import CHILD_TIMEOUT, registry_is_empty
 from reclaim import AcquireError, ForeignNameError, NotCreatedError, ReleaseError
-from reclaim.backends import Record, check_leftover, load_backend, make_name
+from reclaim.backends import check_leftover, load_backend, make_name
 from reclaim.backends.mysql import MysqlDatabase
-from reclaim.testing import check_backend
 
 
 @pytest.fixture
@@ -76,23 +74,6 @@ def created(mysql_url: str) -> Iterator[set[str]]:
         drop(mysql_url, name)
 
 
-def recording(url: str, names: set[str], **kwargs: Any) -> Callable[[], MysqlDatabase]:
-    """A ``make`` for the kit whose backends note every name they plan (before creating it)."""
-
-    def make() -> MysqlDatabase:
-        backend = MysqlDatabase(url, **kwargs)
-        plan = backend.plan
-
-        def plan_and_note(name: str) -> Record:
-            names.add(name)
-            return plan(name)
-
-        backend.plan = plan_and_note  # type: ignore[method-assign]  # only to clean up after
-        return backend
-
-    return make
-
-
 @pytest.fixture
 def mysql_user(mysql_url: str) -> Iterator[tuple[str, str]]:
     """A throwaway account with a password full of URL delimiters, allowed everything on
@@ -119,14 +100,6 @@ def as_user(url: str, user: str, password: str, port: int | None = None) -> str:
 
 
 # --- the contract ----------------------------------------------------------------------------
-
-
-def test_conformance(mysql_url: str, tmp_path: Path, registry_path: str, created: set[str]) -> None:
-    check_backend(
-        recording(mysql_url, created),
-        registry=tmp_path / "kit.sqlite3",
-        delete_outside=lambda record: drop(mysql_url, record["name"]),
-    )
 
 
 def test_loads_through_its_entry_point() -> None:

@@ -27,7 +27,6 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -44,7 +43,6 @@ from reclaim import AcquireError, BackendError, ForeignNameError, NotCreatedErro
 from reclaim._registry import open_registry
 from reclaim.backends import Record, make_name, redact_record
 from reclaim.backends.nats import NatsKeyValue, NatsStream, durable_consumer
-from reclaim.testing import check_backend
 
 T = TypeVar("T")
 
@@ -152,35 +150,6 @@ def _with_userinfo(url: str, userinfo: str) -> str:
 
 
 # --- the contract -------------------------------------------------------------------------------
-
-
-def test_conformance_stream(server: Server, tmp_path: Path) -> None:
-    check_backend(
-        lambda: NatsStream(server.url),
-        registry=tmp_path / "kit.sqlite3",
-        delete_outside=lambda record: server.delete(record["name"]),
-    )
-
-
-def test_conformance_stream_with_subjects_and_config(server: Server, tmp_path: Path) -> None:
-    check_backend(
-        lambda: NatsStream(
-            server.url,
-            subjects=["orders.{name}.>"],
-            storage=nats.js.api.StorageType.MEMORY,
-            max_age=60,
-        ),
-        registry=tmp_path / "kit.sqlite3",
-        delete_outside=lambda record: server.delete(record["name"]),
-    )
-
-
-def test_conformance_kv(server: Server, tmp_path: Path) -> None:
-    check_backend(
-        lambda: NatsKeyValue(server.url, history=3),
-        registry=tmp_path / "kit.sqlite3",
-        delete_outside=lambda record: server.delete(f"KV_{record['name']}"),
-    )
 
 
 # --- streams and buckets ----------------------------------------------------------------------

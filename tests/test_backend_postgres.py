@@ -24,7 +24,6 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -43,7 +42,6 @@ from reclaim.backends.postgres import (
     PostgresTables,
     RoleLogin,
 )
-from reclaim.testing import check_backend
 
 #: A password the server never checks (the test server trusts 127.0.0.1) but reclaim must keep
 #: secret: every test that looks for leaks puts it in the DSN.
@@ -201,30 +199,8 @@ def fresh_name(seq: int = 1) -> str:
 # --- the conformance kit over every kind ---------------------------------------------------
 
 
-def _drop_schema(server: Server) -> Callable[[Record], None]:
-    return lambda r: server.execute(
-        sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(r["name"]))
-    )
-
-
-def _drop_database(server: Server) -> Callable[[Record], None]:
-    return lambda r: server.execute(
-        sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(r["name"]))
-    )
-
-
-def _drop_role(server: Server) -> Callable[[Record], None]:
-    return lambda r: server.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(r["name"])))
-
-
 def _make_prefixed_table(conn: psycopg.Connection[Any], prefix: str) -> None:
     conn.execute(sql.SQL("CREATE TABLE {} (id int)").format(sql.Identifier(f"{prefix}items")))
-
-
-def _drop_prefixed_table(server: Server) -> Callable[[Record], None]:
-    return lambda r: server.execute(
-        sql.SQL("DROP TABLE {}").format(sql.Identifier(r["schema"], f"{r['name']}_items"))
-    )
 
 
 @pytest.fixture
@@ -237,52 +213,6 @@ def shared_table(pg: Server) -> Iterator[str]:
         yield name
     finally:
         pg.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(name)))
-
-
-def test_conformance_schema(pg: Server, tmp_path: Path) -> None:
-    check_backend(
-        lambda: PostgresSchema(pg.secret_dsn),
-        registry=tmp_path / "kit.sqlite3",
-        delete_outside=_drop_schema(pg),
-    )
-
-
-def test_conformance_database(pg: Server, tmp_path: Path) -> None:
-    check_backend(
-        lambda: PostgresDatabase(pg.secret_dsn),
-        registry=tmp_path / "kit.sqlite3",
-        delete_outside=_drop_database(pg),
-    )
-
-
-def test_conformance_tables_by_prefix(pg: Server, tmp_path: Path) -> None:
-    check_backend(
-        lambda: PostgresTables(pg.secret_dsn, setup=_make_prefixed_table),
-        registry=tmp_path / "kit.sqlite3",
-        delete_outside=_drop_prefixed_table(pg),
-    )
-
-
-def test_conformance_tables_truncated(pg: Server, tmp_path: Path, shared_table: str) -> None:
-    def insert(conn: psycopg.Connection[Any], _prefix: str) -> None:
-        statement = sql.SQL("INSERT INTO {} (v) VALUES ('x')")
-        conn.execute(statement.format(sql.Identifier(shared_table)))
-
-    check_backend(
-        lambda: PostgresTables(pg.secret_dsn, truncate=[shared_table], setup=insert),
-        registry=tmp_path / "kit.sqlite3",
-        delete_outside=lambda _r: pg.execute(
-            sql.SQL("TRUNCATE {}").format(sql.Identifier(shared_table))
-        ),
-    )
-
-
-def test_conformance_role(pg: Server, tmp_path: Path) -> None:
-    check_backend(
-        lambda: PostgresRole(pg.secret_dsn),
-        registry=tmp_path / "kit.sqlite3",
-        delete_outside=_drop_role(pg),
-    )
 
 
 def test_kinds_load_through_entry_points() -> None:

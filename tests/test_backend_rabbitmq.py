@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -36,7 +35,6 @@ from reclaim import AcquireError, BackendError, ForeignNameError, NotCreatedErro
 from reclaim._registry import open_registry
 from reclaim.backends import Backend, Record, make_name
 from reclaim.backends.rabbitmq import RabbitExchange, RabbitQueue, RabbitVhost
-from reclaim.testing import check_backend
 
 # --- a user and a vhost of the test's own, deleted whatever happens ---------------------------
 
@@ -170,24 +168,6 @@ def on_broker(kind: str, broker: Broker, name: str) -> bool:
 
 
 # --- the contract ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_conformance(kind: str, broker: Broker, tmp_path: Path) -> None:
-    def delete_outside(record: Record) -> None:
-        # Behind reclaim's back, as an operator would: through the management API.
-        if kind == "rabbitmq.vhost":
-            segments: tuple[str, ...] = ("vhosts", record["name"])
-        else:
-            segments = (f"{kind.split('.')[1]}s", broker.vhost, record["name"])
-        response = broker.admin.delete("/api/" + "/".join(quote(s, safe="") for s in segments))
-        assert response.status_code == 204, response.text
-
-    check_backend(
-        lambda: make_backend(kind, broker),
-        registry=tmp_path / "kit.sqlite3",
-        delete_outside=delete_outside,
-    )
 
 
 @pytest.mark.parametrize("kind", KINDS)

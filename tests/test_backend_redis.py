@@ -22,8 +22,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -37,7 +36,6 @@ from reclaim import AcquireError, BackendError, ForeignNameError, NotCreatedErro
 from reclaim._run import current_run
 from reclaim.backends import Record, make_name, redact_record
 from reclaim.backends.redis import MARKER, RedisDatabase, RedisNamespace, glob_escape
-from reclaim.testing import check_backend
 
 CLAIM = "reclaim:db:{}"
 
@@ -150,48 +148,6 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
 
 
 # --- the contract -------------------------------------------------------------------------------
-
-
-def _delete_namespace(server: Server) -> Callable[[Record], None]:
-    def delete(record: Record) -> None:
-        for key in server.keys(record["prefix"]):
-            server.db(0).unlink(key)
-
-    return delete
-
-
-def _delete_database(server: Server) -> Callable[[Record], None]:
-    def delete(record: Record) -> None:
-        server.db(record["db"]).flushdb()
-        server.db(0).delete(CLAIM.format(record["db"]))
-
-    return delete
-
-
-def test_conformance_namespace(server: Server, tmp_path: Path) -> None:
-    check_backend(
-        lambda: RedisNamespace(server.url),
-        registry=tmp_path / "kit.sqlite3",
-        delete_outside=_delete_namespace(server),
-    )
-
-
-def test_conformance_namespace_with_a_prefix(server: Server, tmp_path: Path) -> None:
-    check_backend(
-        lambda: RedisNamespace(server.url, prefix=f"{server.prefix}app."),
-        registry=tmp_path / "kit.sqlite3",
-        delete_outside=_delete_namespace(server),
-    )
-
-
-def test_conformance_database(server: Server, tmp_path: Path) -> None:
-    if not server.free_databases():
-        pytest.skip("every logical database of the server is claimed or in use")
-    check_backend(
-        lambda: RedisDatabase(server.url),
-        registry=tmp_path / "kit.sqlite3",
-        delete_outside=_delete_database(server),
-    )
 
 
 # --- namespaces -----------------------------------------------------------------------------

@@ -7,48 +7,20 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from conftest import alive
 from reclaim import BackendNotFoundError, ForeignNameError
 from reclaim._identity import process_state
-from reclaim.backends import Backend, Record, load_backend, make_name, parse_name
+from reclaim.backends import load_backend, make_name, parse_name
 from reclaim.backends.path import TempDir
 from reclaim.backends.process import MARKER_ENV, Process, _in_exec
 from reclaim.testing import check_backend
 from reclaim_test_backends import Forgetful
 
-
-def _kill_recorded(record: Record) -> None:
-    os.kill(record["pid"], signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while alive(record["pid"]) and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-
-def _rmdir_recorded(record: Record) -> None:
-    os.rmdir(record["path"])
-
-
-BackendCase = tuple[Callable[[Path], Backend[Any]], Callable[[Record], None]]
-
 #: Every built-in backend that needs no server, for the conformance kit.
-LOCAL_BACKENDS: dict[str, BackendCase] = {
-    "path.tempdir": (lambda scratch: TempDir(parent=scratch), _rmdir_recorded),
-    "process": (lambda scratch: Process(["sleep", "600"], grace=2), _kill_recorded),
-}
-
-
-@pytest.mark.parametrize("kind", sorted(LOCAL_BACKENDS))
-def test_conformance(kind: str, scratch: Path, tmp_path: Path, registry_path: str) -> None:
-    make, delete_outside = LOCAL_BACKENDS[kind]
-    check_backend(
-        lambda: make(scratch), registry=tmp_path / "kit.sqlite3", delete_outside=delete_outside
-    )
 
 
 def test_kit_catches_a_backend_that_breaks_i1(

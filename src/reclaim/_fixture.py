@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 from reclaim._acquire import acquire_failed, journal_plan
-from reclaim._errors import FixtureStateError
+from reclaim._errors import AcquireError, FixtureStateError, NotCreatedError, RegistryError
 from reclaim._reaper import RetryPolicy, release_resource
 from reclaim._registry import Registry, ResourceState
 from reclaim._run import Run, current_run
@@ -210,13 +210,19 @@ class Fixture:
             )
         if not backend.kind:
             raise TypeError(f"{type(backend).__name__} has no `kind`: every backend needs one")
-        run = current_run(self._registry)
+        try:
+            run = current_run(self._registry)
+        except RegistryError as exc:
+            raise _unjournaled(backend.kind, None, exc) from None
         name = backend.adapt_name(run.next_name())
         # I1: the name is journaled before the backend creates anything (see _acquire.py).
         # Journaled and put on the stack as one step (I9): a signal between the two would
         # leave an entry this fixture does not know it has to release.
         with critical():
-            resource_id, record = journal_plan(run.registry, run.id, self.name, backend, name)
+            try:
+                resource_id, record = journal_plan(run.registry, run.id, self.name, backend, name)
+            except RegistryError as exc:
+                raise _unjournaled(backend.kind, name, exc) from None
             held = _Held(backend, run, resource_id, record)
             with self._lock:
                 self._stack.append(held)
@@ -224,7 +230,21 @@ class Fixture:
 
     def _acquired(self, held: _Held, value: Any, record: Record) -> None:
         with critical():
-            held.run.registry.mark_acquired(held.resource_id, record)
+            try:
+                held.run.registry.mark_acquired(held.resource_id, record)
+            except RegistryError as exc:
+                # Made, and journaled as planned (I1): it stays on the stack, and the exit (or
+                # the watchdog, or a sweep) releases it from the planned record.
+                name = str(held.record.get("name"))
+                raise AcquireError(
+                    f"{held.backend.kind} {name!r} was created, but the registry could not"
+                    f" journal it as acquired: {exc}. It stays held under its planned entry"
+                    f" {held.resource_id} and is released when the fixture exits",
+                    kind=held.backend.kind,
+                    resource=name,
+                    run_id=held.run.id,
+                    resource_id=held.resource_id,
+                ) from None
             held.record = secret_record(held.backend, record)
             held.value = value
 
@@ -469,3 +489,15 @@ def _close_awaitable(result: object) -> None:
     close = getattr(result, "close", None)
     if callable(close):
         close()
+
+
+def _unjournaled(kind: str, name: str | None, exc: RegistryError) -> NotCreatedError:
+    """The error of an acquisition the registry could not journal: nothing was created (I1:
+    a backend creates nothing that is not journaled first)."""
+    shown = name or "(no name drawn yet)"
+    return NotCreatedError(
+        f"{kind} {shown}: not created, because the registry cannot journal it: {exc}."
+        " Nothing was created; fix the registry (RECLAIM_REGISTRY) and try again",
+        kind=kind,
+        resource=shown,
+    )

@@ -1,8 +1,9 @@
 """Following the registry's event log as it is written (``reclaim watch``).
 
-The log is append-only with increasing ids, so following it is polling ``events(after_id=...)``
-with the last id seen. Events carry names and redacted errors, never a resource's record (I7):
-what is printed here is safe to show.
+The log is append-only with increasing ids, so following it is reading ``events(after_id=...)``
+with the last id seen, each time the registry says there is more: SQLite is polled, PostgreSQL
+wakes the follower through LISTEN/NOTIFY. Events carry names and redacted errors, never a
+resource's record (I7): what is printed here is safe to show.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ __all__ = ["event_json", "event_text", "follow"]
 
 #: How often the log is read again when nothing new was there (seconds).
 POLL_INTERVAL: Final = 0.075
+#: With a registry that notifies (PostgreSQL's LISTEN), the longest wait between two reads.
+NOTIFIED_WAIT: Final = 5.0
 
 _PAGE: Final = 500
 
@@ -72,7 +75,8 @@ def follow(
                 after = event.id
                 yield event
             if len(page) < _PAGE:
-                time.sleep(poll_interval)
+                # A registry that notifies wakes this at once; the timeout is a backstop.
+                registry.wait_for_events(NOTIFIED_WAIT if registry.notifies else poll_interval)
     finally:
         registry.close()
 

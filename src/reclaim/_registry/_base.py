@@ -25,6 +25,9 @@ class Registry(abc.ABC):
 
     #: Where the registry lives, fit to show (no secrets).
     location: str
+    #: Whether :meth:`wait_for_events` is woken by new events (LISTEN/NOTIFY), so a follower
+    #: may wait long; otherwise it polls.
+    notifies: bool = False
 
     def now(self) -> float:
         """The registry's clock (epoch seconds): leases are judged by it, so that a host whose
