@@ -16,7 +16,8 @@ Every variant uses its own database file in one temporary directory. The variant
 rounds, each round doing ``--n`` operations of every variant (in a rotated order), so machine
 noise hits them all alike. The report gives medians in microseconds and the ratios
 ``cycle / raw commit`` and ``cycle / (3 x raw commit)`` (a cycle is 3-4 write transactions: 4 as
-the registry stands). It prints a Markdown table and writes ``bench/results/bookkeeping.json``.
+the registry stands). It prints a Markdown table and, with ``--save``, writes
+``bench/results/bookkeeping.json``.
 
 Run it from the project root::
 
@@ -245,6 +246,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--dir", type=Path, default=None, help="where to put the temporary databases"
     )
+    parser.add_argument(
+        "--save", action="store_true", help="also write the JSON result into bench/results/"
+    )
     args = parser.parse_args(argv)
     if args.n < 2 or args.rounds < 1:
         parser.error("--n must be at least 2 and --rounds at least 1")
@@ -272,9 +276,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     report = build_report(samples, per_round, steps, args, workdir)
     print(markdown(report))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"\nwritten to {RESULTS}", file=sys.stderr)
+    if args.save:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(
+            json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        print(f"\nwritten to {RESULTS}", file=sys.stderr)
     return 0
 
 

@@ -22,7 +22,7 @@ end of the teardown. Variants:
 The variants run in rounds (``--n`` tests of each per round, order rotated), so machine noise
 hits them alike. The report gives the median, p90 and mean per test in milliseconds and the ratio
 of pytest-postgresql's median to each reclaim variant's (the issue asks for >= 10x). It prints a
-Markdown table and writes ``bench/results/postgres_per_test.json``.
+Markdown table and, with ``--save``, writes ``bench/results/postgres_per_test.json``.
 
 Run from the project root, with PostgreSQL at ``RECLAIM_TEST_POSTGRES`` (default
 ``postgresql://postgres@127.0.0.1:5432/postgres``; its user needs CREATEDB)::
@@ -285,6 +285,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=os.environ.get("RECLAIM_TEST_POSTGRES", DEFAULT_DSN),
         help="the server (default: RECLAIM_TEST_POSTGRES or the local one)",
     )
+    parser.add_argument(
+        "--save", action="store_true", help="also write the JSON result into bench/results/"
+    )
     args = parser.parse_args(argv)
     if args.n < 1 or args.rounds < 1:
         parser.error("--n and --rounds must be at least 1")
@@ -320,9 +323,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     report = build_report(samples, per_round, args, server_info(args.dsn))
     print(markdown(report))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"\nwritten to {RESULTS}", file=sys.stderr)
+    if args.save:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(
+            json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        print(f"\nwritten to {RESULTS}", file=sys.stderr)
     return 0
 
 

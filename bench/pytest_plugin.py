@@ -13,7 +13,7 @@ The first pair gives the cost of crash safety per test; the second, what the plu
 suite that acquires nothing (the issue asks for "next to nothing"). Each round runs every
 variant once, in a rotated order, so machine noise hits them alike. The report gives the
 median wall time of the whole pytest process, the per-test difference, and the ratios. It
-prints a Markdown table and writes ``bench/results/pytest_plugin.json``.
+prints a Markdown table and, with ``--save``, writes ``bench/results/pytest_plugin.json``.
 
 Run it from the project root::
 
@@ -98,6 +98,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tests", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--save", action="store_true", help="also write the JSON result into bench/results/"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="reclaim-bench-") as tmp:
@@ -141,8 +144,9 @@ def main() -> None:
         "crash_safety_ms_per_test": per_test_ms,
         "unused_plugin_ms_per_session": unused_ms,
     }
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    if args.save:
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
 
     print(f"{args.tests} tests per suite, median of {args.rounds} rounds (whole pytest process)\n")
     print("| suite | median wall time | ratio |")

@@ -16,7 +16,7 @@ What it measures, in one run:
 Each schema is empty (``--tables 0``, the cheapest drop and so the hardest case for the ratio)
 or holds ``--tables`` small tables. The two variants alternate ``--repeat`` times. The report
 gives schemas per second for both and their ratio (the issue aims at reclaim >= half the raw
-rate), prints a Markdown table and writes ``bench/results/sweep_postgres.json``
+rate), prints a Markdown table and, with ``--save``, writes ``bench/results/sweep_postgres.json``
 (``sweep_postgres_t<K>.json`` with ``--tables K``).
 
 Run from the project root, with PostgreSQL at ``RECLAIM_TEST_POSTGRES`` (default
@@ -169,6 +169,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=os.environ.get("RECLAIM_TEST_POSTGRES", DEFAULT_DSN),
         help="the server (default: RECLAIM_TEST_POSTGRES or the local one)",
     )
+    parser.add_argument(
+        "--save", action="store_true", help="also write the JSON result into bench/results/"
+    )
     args = parser.parse_args(argv)
     if args.n < 1 or args.repeat < 1 or args.tables < 0:
         parser.error("--n and --repeat must be at least 1, --tables at least 0")
@@ -220,10 +223,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"reclaim / raw: {reclaim_rate / raw_rate:.2f}; of reclaim's time per schema,"
         f" {inside:.0f} µs are the backend's DROP and {per:.0f} µs reclaim's bookkeeping"
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    out = RESULTS if args.tables == 0 else RESULTS.with_name(f"sweep_postgres_t{args.tables}.json")
-    out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"\nwritten to {out}", file=sys.stderr)
+    if args.save:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        out = (
+            RESULTS
+            if args.tables == 0
+            else RESULTS.with_name(f"sweep_postgres_t{args.tables}.json")
+        )
+        out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"\nwritten to {out}", file=sys.stderr)
     return 0
 
 

@@ -20,7 +20,7 @@ one release grows with the keys that are left: both variants start from the same
 shrink it alike. ``--profile`` runs the reclaim sweep under cProfile as well (not timed) and
 prints where its time goes. The two variants alternate ``--repeat`` times. The report gives
 namespaces per second both ways and their ratio (the issue aims at reclaim >= half the raw
-rate), prints a Markdown table and writes ``bench/results/sweep_redis.json``.
+rate), prints a Markdown table and, with ``--save``, writes ``bench/results/sweep_redis.json``.
 
 Run from the project root, with Redis at ``RECLAIM_TEST_REDIS`` (default
 ``redis://127.0.0.1:6379/0``; use a database nobody else writes to while it runs)::
@@ -226,6 +226,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=os.environ.get("RECLAIM_TEST_REDIS", DEFAULT_URL),
         help="the server and database (default: RECLAIM_TEST_REDIS or the local one)",
     )
+    parser.add_argument(
+        "--save", action="store_true", help="also write the JSON result into bench/results/"
+    )
     args = parser.parse_args(argv)
     if args.n < 1 or args.repeat < 1 or args.keys < 0:
         parser.error("--n and --repeat must be at least 1, --keys at least 0")
@@ -288,9 +291,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if profile is not None:
         print("\n" + profile)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"\nwritten to {RESULTS}", file=sys.stderr)
+    if args.save:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(
+            json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        print(f"\nwritten to {RESULTS}", file=sys.stderr)
     return 0
 
 

@@ -111,6 +111,9 @@ def _watchdog_startup_and_rss(workdir: Path) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--save", action="store_true", help="also write the JSON result into bench/results/"
+    )
     args = parser.parse_args()
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="reclaim-bench-") as tmp:
@@ -141,7 +144,8 @@ def main() -> None:
     print(f"watchdog resident memory while waiting: {rss / 1024:.1f} MiB")
     out = Path(__file__).parent / "results" / "watchdog.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    if args.save:
+        out.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
