@@ -2,8 +2,9 @@
 the moment its owner dies, however it dies (SIGKILL, the OOM killer, a crash in C code).
 
 It is started by the run's first acquisition, in a session of its own (so Ctrl-C in the terminal
-and a kill of the owner's process group do not reach it), and runs as a plain script: until its
-owner dies it has imported nothing but the standard library, and never any user code.
+and a kill of the owner's process group do not reach it), and runs as a plain script: for the
+first second of its owner's life it imports nothing but the standard library (a short script's
+watchdog costs nothing more), and it never imports any user code.
 
 How it notices the death, without a polling loop:
 
@@ -20,7 +21,9 @@ When the owner is dead and its run is still open in the registry, the watchdog c
 watchdog itself is killed, nothing is lost: the run stays in the registry for the next sweep.
 
 While the owner lives, the watchdog also renews the run's lease (every third of it), so a run
-whose owner is stopped in a debugger does not look dead to a sweeper on another host.
+whose owner is stopped in a debugger does not look dead to a sweeper on another host; and once
+the owner has lived a second, it imports the reaper and opens the registry ahead of time, so a
+death is met without loading anything.
 
 Usage (by reclaim itself): ``python _watchdog.py SYS_PATH RUN_ID OWNER_PID OWNER_START EVERY``,
 with the registry's location in ``RECLAIM_WATCHDOG_REGISTRY`` (it may hold a password, and a
@@ -58,10 +61,11 @@ def _start_time(pid: int) -> int | None:
 
 
 def wait_for_owner(
-    pid: int, start: int, pipe_fd: int, renew: Callable[[], None] | None = None, every: float = 0
+    pid: int, start: int, pipe_fd: int, tick: Callable[[], float] | None = None, first: float = 0
 ) -> bool:
-    """Block until the owner closes its run cleanly (True) or dies (False); meanwhile call
-    ``renew`` every ``every`` seconds while the owner lives (stopped in a debugger included)."""
+    """Block until the owner closes its run cleanly (True) or dies (False). Meanwhile, while
+    the owner lives (stopped in a debugger included), call ``tick`` ``first`` seconds after the
+    start and then again after the seconds each call returns."""
     poller = select.poll()
     poller.register(pipe_fd, select.POLLIN | select.POLLHUP)
     pidfd = None
@@ -76,11 +80,11 @@ def wait_for_owner(
         return False
     if pidfd is not None:
         poller.register(pidfd, select.POLLIN)
-    next_renewal = time.monotonic() + every
+    next_tick = time.monotonic() + first
     while True:
         timeout = None if pidfd is not None else _FALLBACK_POLL_MS
-        if renew is not None:
-            until = max(0, int((next_renewal - time.monotonic()) * 1000))
+        if tick is not None:
+            until = max(0, int((next_tick - time.monotonic()) * 1000))
             timeout = until if timeout is None else min(timeout, until)
         for fd, _event in poller.poll(timeout):
             if fd == pidfd:
@@ -93,20 +97,21 @@ def wait_for_owner(
                 poller.unregister(pipe_fd)
         if _start_time(pid) != start:
             return False
-        if renew is not None and time.monotonic() >= next_renewal:
-            renew()
-            next_renewal = time.monotonic() + every
+        if tick is not None and time.monotonic() >= next_tick:
+            next_tick = time.monotonic() + tick()
 
 
-def reap(location: str, run_id: str) -> None:
-    """The owner is dead: release what its run still holds (if it is still open)."""
-    from reclaim._reaper import reap_run  # noqa: PLC0415  (imported only when there is work)
-    from reclaim._registry import RunState, open_registry  # noqa: PLC0415  (reclaim is imported only once the owner is dead)
+def reap(location: str, run_id: str, registry: Any = None) -> None:
+    """The owner is dead: release what its run still holds (if it is still open), through
+    ``registry`` when one is open already."""
+    from reclaim._reaper import reap_run  # noqa: PLC0415  (imported ahead by _Ready, or now)
+    from reclaim._registry import RunState, open_registry  # noqa: PLC0415  (see _Ready)
 
-    try:
-        registry = open_registry(location, create=False)
-    except FileNotFoundError:
-        return
+    if registry is None:
+        try:
+            registry = open_registry(location, create=False)
+        except FileNotFoundError:
+            return
     try:
         run = registry.get_run(run_id)
         if run is None or run.state not in (RunState.OPEN, RunState.REAPING):
@@ -116,24 +121,54 @@ def reap(location: str, run_id: str) -> None:
         registry.close()
 
 
-class _Lease:
-    """Renews the run's lease while the owner lives. reclaim and the registry's driver are
-    imported at the first renewal, a third of a lease after the start: a short test imports
-    nothing. A renewal that fails (the registry is away) is tried again at the next one."""
+#: Seconds the owner must have lived before the watchdog imports reclaim, opens the registry
+#: and loads the backends of what the run holds, ahead of its death: a short script never pays
+#: for it (about 7 MiB and a few hundred ms of CPU), a test session does, and its death is
+#: then met without loading anything.
+IMPORT_AHEAD_AFTER = 1.0
 
-    def __init__(self, location: str, run_id: str) -> None:
-        self.location, self.run_id = location, run_id
+
+class _Ready:
+    """What the watchdog does while its owner lives, on its timer: once the owner has lived
+    ``IMPORT_AHEAD_AFTER`` seconds, import the reaper and open the registry, so nothing is left
+    to load when the owner dies; then renew the run's lease every ``every`` seconds. A renewal
+    that fails (the registry is away) is tried again at the next one."""
+
+    def __init__(self, location: str, run_id: str, every: float) -> None:
+        self.location, self.run_id, self.every = location, run_id, every
         self.registry: Any = None
+        self._imported = False
+        self._kinds: set[str] = set()
 
-    def renew(self) -> None:
+    def tick(self) -> float:
         try:
+            if not self._imported:
+                import reclaim._reaper  # noqa: F401, PLC0415  (see the class docstring)
+
+                self._imported = True
             if self.registry is None:
                 from reclaim._registry import open_registry  # noqa: PLC0415  (see the class docstring)
 
                 self.registry = open_registry(self.location, create=False)
             self.registry.heartbeat(self.run_id)
-        except Exception:  # noqa: S110  (away for now: the next renewal retries)
+            self._load_backends()
+        except Exception:  # noqa: S110  (away for now: the next tick retries)
             pass
+        return self.every
+
+    def _load_backends(self) -> None:
+        """Import the backends of the kinds the run holds now (the entry-point scan and the
+        driver's import would otherwise come after the death)."""
+        from reclaim.backends import load_backend  # noqa: PLC0415  (see the class docstring)
+
+        for kind in {r.kind for r in self.registry.resources(self.run_id)} - self._kinds:
+            self._kinds.add(kind)
+            with contextlib.suppress(Exception):  # reported at release, where it matters
+                load_backend(kind)
+
+    def take_registry(self) -> Any:
+        registry, self.registry = self.registry, None
+        return registry
 
     def close(self) -> None:
         if self.registry is not None:
@@ -148,13 +183,16 @@ def main(argv: list[str]) -> int:
     sys.path[0] = sys_path
     # reclaim._settings.WATCHDOG_REGISTRY, by name: nothing of reclaim is imported yet.
     location = os.environ["RECLAIM_WATCHDOG_REGISTRY"]
-    lease = _Lease(location, run_id)
+    ready = _Ready(location, run_id, float(every))
     try:
-        if wait_for_owner(int(pid), int(start), 0, lease.renew, float(every)):
+        if wait_for_owner(
+            int(pid), int(start), 0, ready.tick, min(IMPORT_AHEAD_AFTER, ready.every)
+        ):
             return 0
+        registry = ready.take_registry()
     finally:
-        lease.close()
-    reap(location, run_id)
+        ready.close()
+    reap(location, run_id, registry)
     return 0
 
 
