@@ -220,8 +220,8 @@ def test_a_hostile_scim_name_stays_inside_its_filter(scim: ScimServer) -> None:
         ScimUser.release(record)  # not the planned name's userName: nothing is sent (I8)
     assert scim.requests == []
     # The filter quotes whatever it is given: no value can end it early.
-    with accounts._scim_call(record, ReleaseError) as http:
-        assert accounts._scim_lookup(http, record) == []
+    lookup = accounts._scim_lookup(record)
+    assert _http.Context(ScimUser, record).run(lookup, ReleaseError, "be looked up") == []
     assert keep in scim.users
     (query,) = [r for r in scim.requests if r.method == "GET"]
     assert query.arg("filter") == 'userName eq "\\" or userName sw \\"rc"'

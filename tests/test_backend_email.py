@@ -41,7 +41,7 @@ from reclaim import (
 from reclaim._reaper import RetryPolicy
 from reclaim._registry import ResourceState, open_registry
 from reclaim._sweep import sweep
-from reclaim.backends import Backend, _http, _httpflow, load_backend, make_name
+from reclaim.backends import Backend, _http, load_backend, make_name
 from reclaim.backends.email import (
     MailsacInbox,
     MailTmInbox,
@@ -279,7 +279,7 @@ def test_find_links_and_codes() -> None:
 
 def test_rate_limiter_books_slots() -> None:
     now = [100.0]
-    limiter = _httpflow.RateLimiter(8, 1.0, clock=lambda: now[0])
+    limiter = _http.RateLimiter(8, 1.0, clock=lambda: now[0])
     assert [limiter.reserve() for _ in range(8)] == [0.0] * 8
     assert limiter.reserve() == pytest.approx(1.0), "the 9th waits for the 1st to age out"
     now[0] += 0.5
@@ -332,12 +332,12 @@ def test_retry_after_is_honoured_and_bounded() -> None:
     def response(value: str | None) -> httpx.Response:
         return httpx.Response(429, headers={} if value is None else {"Retry-After": value})
 
-    assert _httpflow._retry_after(response("3"), 0) == 3.0
-    assert _httpflow._retry_after(response("86400"), 0) == _httpflow._MAX_RETRY_WAIT
-    assert _httpflow._retry_after(response(None), 0) == 0.5
-    assert _httpflow._retry_after(response(None), 2) == 2.0
-    assert _httpflow._retry_after(response("Wed, 21 Oct 2015 07:28:00 GMT"), 0) == 0.0
-    assert _httpflow._retry_after(response("soon"), 1) == 1.0
+    assert _http._retry_after(response("3"), 0) == 3.0
+    assert _http._retry_after(response("86400"), 0) == _http.MAX_RETRY_AFTER
+    assert _http._retry_after(response(None), 0) == 0.5
+    assert _http._retry_after(response(None), 2) == 2.0
+    assert _http._retry_after(response("Wed, 21 Oct 2015 07:28:00 GMT"), 0) == 0.0
+    assert _http._retry_after(response("soon"), 1) == 1.0
 
 
 def test_endless_429_fails_then_a_later_sweep_releases(

@@ -30,21 +30,28 @@ import os
 import re
 import secrets
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 from urllib.parse import quote, unquote, urlsplit
 
 from reclaim.backends import (
-    AcquireError,
-    Backend,
     BackendError,
+    ForeignNameError,
     Leftover,
     ReclaimName,
     Record,
-    ReleaseError,
     refuse,
-    split_url,
 )
-from reclaim.backends._http import Call, check_url
+from reclaim.backends._http import (
+    Context,
+    Flow,
+    FlowBackend,
+    ProtocolError,
+    Request,
+    check_url,
+    leftover_probe,
+    send,
+    send_or_gone,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -61,6 +68,8 @@ _DOMAIN: Final = re.compile(
 )
 #: Header names (RFC 9110 tokens).
 _HEADER: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: The answers to a delete that mean it was done.
+_DONE: Final = range(200, 300)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +92,90 @@ class Account:
     password: str | None = dataclasses.field(default=None, repr=False)
 
 
-class RestAccount(Backend[Account]):
+class _AccountKind(FlowBackend[Account]):
+    """What both kinds share: release and ``exists`` find the account by the recorded id (once
+    the server says that account carries the record's login, I8) or, for a planned record, by
+    its exact login (I1); ``404`` and ``410`` on delete mean it is gone already (I3)."""
+
+    #: The record's field that holds the login (the name, or ``<name>@<domain>``).
+    _login: ClassVar[str] = "login"
+
+    @classmethod
+    def owned_identities(
+        cls, record: Mapping[str, Any], name: ReclaimName
+    ) -> Iterable[tuple[str, object, str]]:
+        """The login (REST) or userName (SCIM) a lookup matches and release compares with the
+        server's account: the name, or ``<name>@<domain>``."""
+        login = record.get(cls._login)
+        return ((cls._login, login, _login_of(name, login)),)
+
+    def adapt_name(self, proposed: str) -> str:
+        return self.name_style.spell(proposed)
+
+    @classmethod
+    def _request(cls, record: Record, method: str, url: str, **options: Any) -> Request:
+        """A request with the provider's headers (its token)."""
+        raise NotImplementedError
+
+    @classmethod
+    def _item(cls, record: Record, account_id: str) -> str:
+        """The account's own URL (the id percent-encoded as one segment)."""
+        raise NotImplementedError
+
+    @classmethod
+    def _lookup_flow(cls, record: Record) -> Flow[list[str]]:
+        """The ids of the accounts whose login is exactly the record's (I1)."""
+        raise NotImplementedError
+
+    @classmethod
+    def _foreign(cls, record: Record, account: dict[str, Any]) -> ForeignNameError | None:
+        """The refusal when the server's ``account`` does not carry the record's login."""
+        raise NotImplementedError
+
+    def _acquired(
+        self, record: Record, made: tuple[str, dict[str, Any], str | None]
+    ) -> tuple[Account, Record]:
+        account_id, data, password = made
+        record["id"] = account_id
+        url = self._item(record, account_id)
+        return Account(account_id, record[self._login], url, data, password), record
+
+    @classmethod
+    def _owned_flow(cls, record: Record) -> Flow[bool]:
+        """Is the account with the record's id there (False: gone), and reclaim's? Refused
+        (``ForeignNameError``) when the server's account carries another login."""
+        url = cls._item(record, _check_id(record["id"]))
+        response = yield from send_or_gone(
+            cls._request(record, "GET", url, creates=False), gone=(404, 410)
+        )
+        if response is None:
+            return False
+        refusal = cls._foreign(record, _json_or_empty(response))
+        if refusal is not None:
+            raise refusal
+        return True
+
+    @classmethod
+    def _ids_flow(cls, record: Record) -> Flow[list[str]]:
+        if record.get("id"):
+            # An id is the server's: delete it only once the server says the account behind
+            # it carries this record's whole login (I8); gone already: done (I3).
+            return [record["id"]] if (yield from cls._owned_flow(record)) else []
+        return (yield from cls._lookup_flow(record))
+
+    @classmethod
+    def _release_flow(cls, record: Record) -> Flow[None]:
+        for account_id in (yield from cls._ids_flow(record)):
+            url = cls._item(record, _check_id(account_id))
+            # SCIM (RFC 7644 section 3.6): 204; a deleted user is 404 for every operation after.
+            yield from send_or_gone(cls._request(record, "DELETE", url), *_DONE, gone=(404, 410))
+
+    @classmethod
+    def _exists_flow(cls, record: Record) -> Flow[bool]:
+        return bool((yield from cls._ids_flow(record)))
+
+
+class RestAccount(_AccountKind):
     """An account created through a JSON REST API: ``POST`` to a collection, ``DELETE`` its item.
 
     ::
@@ -198,17 +290,6 @@ class RestAccount(Backend[Account]):
         self.items_field = items_field
         self.timeout = timeout
 
-    @classmethod
-    def owned_identities(
-        cls, record: Mapping[str, Any], name: ReclaimName
-    ) -> Iterable[tuple[str, object, str]]:
-        """The login a lookup matches, and release compares with the server's account: the
-        name, or ``<name>@<domain>``."""
-        return (("login", record.get("login"), _login_of(name, record.get("login"))),)
-
-    def adapt_name(self, proposed: str) -> str:
-        return self.name_style.spell(proposed)
-
     def plan(self, name: str) -> Record:
         assert self.name_field is not None
         return {
@@ -229,107 +310,87 @@ class RestAccount(Backend[Account]):
             "timeout": self.timeout,
         }
 
-    def acquire(self, name: str) -> tuple[Account, Record]:
-        record = self.plan(name)
+    def _create_flow(self, record: Record) -> Flow[tuple[str, dict[str, Any], str | None]]:
         password = _new_password() if "{password}" in json.dumps(self.body) else None
-        body = _template(self.body, name, password)
-        with _rest_call(record, AcquireError) as http:
-            # A 409 ("taken") is somebody else's account, never released: NotCreatedError.
-            response = http.send(
-                "POST", record["collection"], ok=(200, 201, 202), json=body, creates=True
-            )
-            assert response is not None
-            data = _json_or_empty(response)
-            found = _dig(data, record["id_field"])
-            if found is None or isinstance(found, dict | list):
-                found = _id_from_location(response.headers.get("location"))
-            if found is None:
-                raise http.fail(
-                    f"the account was created, but the answer has no id at {self.id_field!r}"
-                    " and no Location header: set id_field; release still finds the account"
-                    " by its name"
-                )
-            account_id = _check_id(str(found), http)
-        record["id"] = account_id
-        account = Account(
-            account_id, record["login"], _item_url(record, account_id), data, password
+        body = _template(self.body, record["name"], password)
+        # A 409 ("taken") is somebody else's account, never released: NotCreatedError.
+        response = yield from send(
+            self._request(record, "POST", record["collection"], json=body),
+            200, 201, 202,
+            proof=True,
+        )  # fmt: skip
+        data = _json_or_empty(response)
+        found = _dig(data, record["id_field"])
+        if found is None or isinstance(found, dict | list):
+            found = _id_from_location(response.headers.get("location"))
+        missing = (
+            f"the account was created, but the answer has no id at {self.id_field!r} and no"
+            " Location header: set id_field; release still finds the account by its name"
         )
-        return account, record
-
-    @classmethod
-    def release(cls, record: Record) -> None:
-        with _rest_call(record, ReleaseError) as http:
-            if record.get("id"):
-                # An id is the server's: delete it only once the server says the account
-                # behind it carries this record's whole login (I8); gone already: done (I3).
-                ids = [record["id"]] if _rest_owned(cls, http, record) else []
-            else:
-                ids = _rest_lookup(http, record)
-            for account_id in ids:
-                url = _item_url(record, _check_id(account_id, http))
-                http.send("DELETE", url, ok=range(200, 300), gone=(404, 410))
-
-    @classmethod
-    def exists(cls, record: Record) -> bool:
-        with _rest_call(record, BackendError) as http:
-            if not record.get("id"):
-                return bool(_rest_lookup(http, record))
-            return _rest_owned(cls, http, record)
+        return _made(found, data, password, missing)
 
     @classmethod
     def describe(cls, record: Record) -> str:
         ident = f" id {record['id']}" if record.get("id") else ""
         return f"{record.get('login', record.get('name'))}{ident} at {record.get('collection')}"
 
+    @classmethod
+    def _request(cls, record: Record, method: str, url: str, **options: Any) -> Request:
+        headers = dict(record.get("headers") or {})
+        if record.get("token"):
+            value = f"{record['auth_scheme']} {record['token']}".strip()
+            headers[record["auth_header"]] = value
+        headers.setdefault("Accept", "application/json")
+        return Request(method, url, headers=headers, **options)
 
-def _rest_call(record: Record, error: type[BackendError]) -> Call:
-    headers = dict(record.get("headers") or {})
-    if record.get("token"):
-        value = f"{record['auth_scheme']} {record['token']}".strip()
-        headers[record["auth_header"]] = value
-    headers.setdefault("Accept", "application/json")
-    return Call(
-        RestAccount.kind,
-        str(record["name"]),
-        record,
-        RestAccount.secret_fields,
-        error,
-        headers=headers,
-        timeout=float(record.get("timeout", 10.0)),
-    )
+    @classmethod
+    def _item(cls, record: Record, account_id: str) -> str:
+        # The id is percent-encoded with no safe characters: "/" or "?" in an id cannot leave
+        # the account's own URL. "." and ".." are refused by _check_id.
+        template = str(record["item_url"])
+        return template.replace("{collection}", record["collection"]).replace(
+            "{id}", quote(account_id, safe="")
+        )
 
+    @classmethod
+    def _lookup_flow(cls, record: Record) -> Flow[list[str]]:
+        field = record["name_field"].rsplit(".", 1)[-1]
+        url = (
+            record["lookup_url"]
+            .replace("{collection}", record["collection"])
+            .replace("{field}", quote(field, safe=""))
+            .replace("{value}", quote(record["login"], safe=""))
+        )
+        # A 404 is an error, never "no such account": a wrong lookup URL must not make a
+        # release look done.
+        response = yield from send(cls._request(record, "GET", url, creates=False))
+        items = _items(_json_or_empty(response), record.get("items_field"))
+        found = []
+        for item in items:
+            if isinstance(item, dict) and _dig(item, record["name_field"]) == record["login"]:
+                account_id = _dig(item, record["item_id_field"])
+                if account_id is not None:
+                    found.append(str(account_id))
+        return found
 
-def _rest_owned(cls: type[Backend[Any]], http: Call, record: Record) -> bool:
-    """Is the account with the record's id there (False: gone), and reclaim's? Refused
-    (``ForeignNameError``) when the server's account carries another login."""
-    url = _item_url(record, _check_id(record["id"], http))
-    response = http.send("GET", url, ok=(200,), gone=(404, 410))
-    if response is None:
-        return False
-    data = _json_or_empty(response)
-    field = str(record["name_field"])
-    envelope = str(record.get("id_field") or "").rpartition(".")[0]
-    found = _dig(data, field)
-    if found is None and envelope:
-        found = _dig(data, f"{envelope}.{field}")
-    if found != record["login"]:
-        raise _not_ours(cls, record, "id", field, found)
-    return True
-
-
-def _not_ours(
-    cls: type[Backend[Any]], record: Record, field: str, server_field: str, found: object
-) -> Exception:
-    name = cls.name_style.parse(record.get("name"))
-    shown = repr(found)[:80] if found is not None else "none"
-    return refuse(
-        cls.kind,
-        field,
-        record.get(field),
-        f"the id of an account whose {server_field} is {record.get('login')!r} (the server's"
-        f" account has {shown})",
-        name=name,
-    )
+    @classmethod
+    def _foreign(cls, record: Record, account: dict[str, Any]) -> ForeignNameError | None:
+        field = str(record["name_field"])
+        envelope = str(record.get("id_field") or "").rpartition(".")[0]
+        found = _dig(account, field)
+        if found is None and envelope:
+            found = _dig(account, f"{envelope}.{field}")
+        if found == record["login"]:
+            return None
+        shown = repr(found)[:80] if found is not None else "none"
+        return refuse(
+            cls.kind,
+            "id",
+            record.get("id"),
+            f"the id of an account whose {field} is {record.get('login')!r} (the server's"
+            f" account has {shown})",
+            name=cls.name_style.parse(record.get("name")),
+        )
 
 
 def _login_of(name: ReclaimName, actual: object) -> str:
@@ -342,39 +403,7 @@ def _login_of(name: ReclaimName, actual: object) -> str:
     return f"{name.text}@{domain}" if _DOMAIN.fullmatch(domain) else f"{name.text}@<a host name>"
 
 
-def _rest_lookup(http: Call, record: Record) -> list[str]:
-    """The ids of the accounts whose name field is exactly the planned login (I1)."""
-    field = record["name_field"].rsplit(".", 1)[-1]
-    url = (
-        record["lookup_url"]
-        .replace("{collection}", record["collection"])
-        .replace("{field}", quote(field, safe=""))
-        .replace("{value}", quote(record["login"], safe=""))
-    )
-    # A 404 is an error, never "no such account": a wrong lookup URL must not make a release
-    # look done.
-    response = http.send("GET", url, ok=(200,))
-    assert response is not None
-    items = _items(_json_or_empty(response), record.get("items_field"))
-    found = []
-    for item in items:
-        if isinstance(item, dict) and _dig(item, record["name_field"]) == record["login"]:
-            account_id = _dig(item, record["item_id_field"])
-            if account_id is not None:
-                found.append(str(account_id))
-    return found
-
-
-def _item_url(record: Record, account_id: str) -> str:
-    # The id is percent-encoded with no safe characters: "/" or "?" in an id cannot leave the
-    # account's own URL. "." and ".." are refused by _check_id.
-    template = str(record["item_url"])
-    return template.replace("{collection}", record["collection"]).replace(
-        "{id}", quote(account_id, safe="")
-    )
-
-
-class ScimUser(Backend[Account]):
+class ScimUser(_AccountKind):
     """A user provisioned through SCIM 2.0 (RFC 7644): ``POST /Users``, ``DELETE /Users/{id}``.
 
     The user name is reclaim's name, or an e-mail address made of it (``email_domain``), so a
@@ -398,6 +427,7 @@ class ScimUser(Backend[Account]):
     kind = "account.scim"
     secret_fields = frozenset({"token"})
     url_schemes = ("scim+http", "scim+https")
+    _login = "user_name"
 
     def __init__(
         self,
@@ -427,17 +457,6 @@ class ScimUser(Backend[Account]):
         self.password = password
         self.timeout = timeout
 
-    @classmethod
-    def owned_identities(
-        cls, record: Mapping[str, Any], name: ReclaimName
-    ) -> Iterable[tuple[str, object, str]]:
-        """The userName a lookup matches and release compares with the server's user: the
-        name, or ``<name>@<domain>``."""
-        return (("user_name", record.get("user_name"), _login_of(name, record.get("user_name"))),)
-
-    def adapt_name(self, proposed: str) -> str:
-        return self.name_style.spell(proposed)
-
     def plan(self, name: str) -> Record:
         user_name = f"{name}@{self.email_domain}" if self.email_domain else name
         return {
@@ -449,10 +468,9 @@ class ScimUser(Backend[Account]):
             "timeout": self.timeout,
         }
 
-    def acquire(self, name: str) -> tuple[Account, Record]:
-        record = self.plan(name)
+    def _create_flow(self, record: Record) -> Flow[tuple[str, dict[str, Any], str | None]]:
         password = _new_password() if self.password else None
-        body: dict[str, Any] = _template(self.attributes, name, None)
+        body: dict[str, Any] = _template(self.attributes, record["name"], None)
         schemas = list(body.get("schemas") or [])
         if SCIM_USER_SCHEMA not in schemas:
             schemas.insert(0, SCIM_USER_SCHEMA)
@@ -464,47 +482,19 @@ class ScimUser(Backend[Account]):
             )
         if password is not None:
             body["password"] = password
-        with _scim_call(record, AcquireError) as http:
-            response = http.send(
-                "POST",
-                f"{record['base_url']}/Users",
-                ok=(201, 200),
-                content=_scim_body(body),
-                creates=True,  # 409 uniqueness: somebody else's user, never released
-            )
-            assert response is not None
-            data = _json_or_empty(response)
-            found = data.get("id") or _id_from_location(response.headers.get("location"))
-            if not found:
-                raise http.fail(
-                    "the user was created, but the answer has no id; release still finds it by"
-                    " its userName"
-                )
-            user_id = _check_id(str(found), http)
-        record["id"] = user_id
-        url = f"{record['base_url']}/Users/{quote(user_id, safe='')}"
-        return Account(user_id, record["user_name"], url, data, password), record
-
-    @classmethod
-    def release(cls, record: Record) -> None:
-        with _scim_call(record, ReleaseError) as http:
-            if record.get("id"):
-                # Delete the id only once the server says its user is this record's userName
-                # (I8); gone already: done (I3).
-                ids = [record["id"]] if _scim_owned(cls, http, record) else []
-            else:
-                ids = _scim_lookup(http, record)
-            for user_id in ids:
-                url = f"{record['base_url']}/Users/{quote(_check_id(user_id, http), safe='')}"
-                # RFC 7644 section 3.6: 204; a deleted user is 404 for every operation after.
-                http.send("DELETE", url, ok=range(200, 300), gone=(404, 410))
-
-    @classmethod
-    def exists(cls, record: Record) -> bool:
-        with _scim_call(record, BackendError) as http:
-            if not record.get("id"):
-                return bool(_scim_lookup(http, record))
-            return _scim_owned(cls, http, record)
+        url = f"{record['base_url']}/Users"
+        # 409 uniqueness: somebody else's user, never released (NotCreatedError).
+        response = yield from send(
+            self._request(record, "POST", url, content=json.dumps(body).encode()),
+            201, 200,
+            proof=True,
+        )  # fmt: skip
+        data = _json_or_empty(response)
+        found = data.get("id") or _id_from_location(response.headers.get("location"))
+        missing = (
+            "the user was created, but the answer has no id; release still finds it by its userName"
+        )
+        return _made(found, data, password, missing)
 
     @classmethod
     def describe(cls, record: Record) -> str:
@@ -519,90 +509,72 @@ class ScimUser(Backend[Account]):
         ``scim+https://idp.test/scim/v2``. The token is the URL's password
         (``scim+https://:TOKEN@idp.test/scim/v2``) or ``SCIM_TOKEN``.
         """
-        url = split_url(target, kind=cls.kind, schemes=cls.url_schemes)
-        host = f"[{url.host}]" if ":" in url.host else url.host
-        netloc = f"{host}:{url.port}" if url.port else host
-        base = f"{url.scheme.removeprefix('scim+')}://{netloc}{url.path}"
-        template: Record = {
-            "name": "rc_",
-            "id": None,
-            "base_url": check_url(base.rstrip("/"), "target"),
-            "token": url.password or os.environ.get("SCIM_TOKEN"),
-            "timeout": 10.0,
-        }
-        with _scim_call(template, BackendError) as http:
-            for resource in _scim_users(http, template, 'userName sw "rc_"', or_all=True):
-                user_name = resource.get("userName")
-                user_id = resource.get("id")
-                if not isinstance(user_name, str) or not isinstance(user_id, str):
-                    continue
-                local = user_name.split("@", 1)[0]
-                parsed = cls.name_style.parse(local)
-                if parsed is None or user_name != _login_of(parsed, user_name):
-                    continue  # never anything without reclaim's whole name
-                record = {**template, "name": local, "id": user_id, "user_name": user_name}
-                yield Leftover.of(record, parsed)
+        template = leftover_probe(cls, target, ("base_url", "token"), "SCIM_TOKEN")
+        users = Context(cls, template, where=template["base_url"]).run(
+            _scim_users(template, 'userName sw "rc_"', or_all=True),
+            BackendError,
+            "could not list the users",
+        )
+        for resource in users:
+            user_name = resource.get("userName")
+            user_id = resource.get("id")
+            if not isinstance(user_name, str) or not isinstance(user_id, str):
+                continue
+            local = user_name.split("@", 1)[0]
+            parsed = cls.name_style.parse(local)
+            if parsed is None or user_name != _login_of(parsed, user_name):
+                continue  # never anything without reclaim's whole name
+            record = {**template, "name": local, "id": user_id, "user_name": user_name}
+            yield Leftover.of(record, parsed)
 
+    @classmethod
+    def _request(cls, record: Record, method: str, url: str, **options: Any) -> Request:
+        headers = {"Accept": SCIM_MEDIA_TYPE, "Content-Type": SCIM_MEDIA_TYPE}
+        if record.get("token"):
+            headers["Authorization"] = f"Bearer {record['token']}"
+        return Request(method, url, headers=headers, **options)
 
-def _scim_call(record: Record, error: type[BackendError]) -> Call:
-    headers = {"Accept": SCIM_MEDIA_TYPE, "Content-Type": SCIM_MEDIA_TYPE}
-    if record.get("token"):
-        headers["Authorization"] = f"Bearer {record['token']}"
-    return Call(
-        ScimUser.kind,
-        str(record["name"]),
-        record,
-        ScimUser.secret_fields,
-        error,
-        headers=headers,
-        timeout=float(record.get("timeout", 10.0)),
-    )
+    @classmethod
+    def _item(cls, record: Record, account_id: str) -> str:
+        return f"{record['base_url']}/Users/{quote(account_id, safe='')}"
 
+    @classmethod
+    def _lookup_flow(cls, record: Record) -> Flow[list[str]]:
+        return _scim_lookup(record)
 
-def _scim_owned(cls: type[Backend[Any]], http: Call, record: Record) -> bool:
-    """Is the user with the record's id there (False: gone), and reclaim's? Refused
-    (``ForeignNameError``) when the server's user has another userName (compared as SCIM
-    compares it, case-insensitively, RFC 7643 section 4.1.1)."""
-    url = f"{record['base_url']}/Users/{quote(_check_id(record['id'], http), safe='')}"
-    response = http.send("GET", url, ok=(200,), gone=(404, 410))
-    if response is None:
-        return False
-    found = _json_or_empty(response).get("userName")
-    if not isinstance(found, str) or found.casefold() != str(record["user_name"]).casefold():
-        name = cls.name_style.parse(record.get("name"))
+    @classmethod
+    def _foreign(cls, record: Record, account: dict[str, Any]) -> ForeignNameError | None:
+        # Compared as SCIM compares userName: case-insensitively (RFC 7643 section 4.1.1).
+        found = account.get("userName")
+        if isinstance(found, str) and found.casefold() == str(record["user_name"]).casefold():
+            return None
         shown = repr(found)[:80] if found is not None else "none"
-        raise refuse(
+        return refuse(
             cls.kind,
             "id",
             record.get("id"),
             f"the id of the user {record.get('user_name')!r} (the server's user has the"
             f" userName {shown})",
-            name=name,
+            name=cls.name_style.parse(record.get("name")),
         )
-    return True
 
 
-def _scim_body(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body).encode()
-
-
-def _scim_lookup(http: Call, record: Record) -> list[str]:
+def _scim_lookup(record: Record) -> Flow[list[str]]:
     """The ids of users whose userName is the planned one (case-insensitive, as SCIM compares
     userName, RFC 7643 section 4.1.1)."""
     wanted = record["user_name"].casefold()
     # The value is a JSON string literal in the filter (RFC 7644 section 3.4.2.2): json.dumps
     # quotes and escapes it, so no value can end the filter early.
     query = f"userName eq {json.dumps(record['user_name'])}"
+    users = yield from _scim_users(record, query)
     return [
         str(r["id"])
-        for r in _scim_users(http, record, query)
+        for r in users
         if str(r.get("userName", "")).casefold() == wanted and r.get("id")
     ]
 
 
-def _scim_users(
-    http: Call, record: Record, query: str, *, or_all: bool = False
-) -> Iterator[dict[str, Any]]:
+def _scim_users(record: Record, query: str, *, or_all: bool = False) -> Flow[list[dict[str, Any]]]:
     """Every user a filter finds, page by page (``startIndex`` is 1-based). With ``or_all``, a
     provider that refuses the filter (400 ``invalidFilter``) is asked for every user instead.
 
@@ -611,33 +583,46 @@ def _scim_users(
     """
     url = f"{record['base_url']}/Users"
     params = {"filter": query, "count": "100"}
+    found: list[dict[str, Any]] = []
     start, pages = 1, 0
     while pages < 10_000:
         pages += 1
         params["startIndex"] = str(start)
         refused = (400,) if or_all and pages == 1 and "filter" in params else ()
-        response = http.send("GET", url, ok=(200,), gone=refused, params=params)
+        req = ScimUser._request(record, "GET", url, params=dict(params), creates=False)
+        response = yield from send_or_gone(req, gone=refused)
         if response is None:
             del params["filter"]
             start, pages = 1, 0
             continue
         data = _json_or_empty(response)
         resources = [r for r in data.get("Resources") or [] if isinstance(r, dict)]
-        yield from resources
+        found.extend(resources)
         total = data.get("totalResults")
         start += len(resources)
         if not resources or not isinstance(total, int) or start > total:
-            return
+            break
+    return found
 
 
 # --- shared helpers --------------------------------------------------------------------------
 
 
-def _check_id(value: Any, http: Call) -> str:
+def _made(
+    found: Any, data: dict[str, Any], password: str | None, missing: str
+) -> tuple[str, dict[str, Any], str | None]:
+    """What acquire made: the account's id (``ProtocolError`` saying ``missing`` without one),
+    the server's answer, the password."""
+    if found is None or found == "":
+        raise ProtocolError(missing)
+    return _check_id(str(found)), data, password
+
+
+def _check_id(value: Any) -> str:
     """An id the server gave (or the record holds), safe to put into a URL path segment."""
     text = str(value)
     if not text or len(text) > 256 or text in (".", "..") or any(ord(c) < 32 for c in text):
-        raise http.fail(f"the server gave an id that cannot be used in a URL: {text[:80]!r}")
+        raise ProtocolError(f"the server gave an id that cannot be used in a URL: {text[:80]!r}")
     return text
 
 

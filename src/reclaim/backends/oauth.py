@@ -47,15 +47,21 @@ from datetime import datetime
 from typing import Any, Final, Literal
 from urllib.parse import quote, quote_plus
 
-from reclaim.backends import (
-    AcquireError,
-    Backend,
-    BackendError,
-    NotCreatedError,
-    Record,
-    ReleaseError,
+from reclaim.backends import Record
+from reclaim.backends._http import (
+    Context,
+    Flow,
+    FlowBackend,
+    HttpError,
+    NothingMade,
+    ProtocolError,
+    Request,
+    check_url,
+    json_object,
+    send,
+    send_or_gone,
+    show_url,
 )
-from reclaim.backends._http import Call, check_url, json_object, show_url
 
 __all__ = ["GithubGrant", "Grant", "OAuthGrant"]
 
@@ -90,7 +96,7 @@ class Grant:
         return {"Authorization": f"Bearer {self.access_token}"}
 
 
-class OAuthGrant(Backend[Grant]):
+class OAuthGrant(FlowBackend[Grant]):
     """A grant of an OAuth 2.0 authorization server, revoked by RFC 7009 at release.
 
     ::
@@ -121,6 +127,7 @@ class OAuthGrant(Backend[Grant]):
 
     kind = "oauth.grant"
     secret_fields = frozenset({"client_secret", "access_token", "refresh_token"})
+    _releasing = "be revoked"
 
     def __init__(
         self,
@@ -149,6 +156,7 @@ class OAuthGrant(Backend[Grant]):
             return check_url(url, env.lower().removeprefix("oauth_"))
 
         self.given = bool(access_token or refresh_token)
+        self._given = self.given  # a given token is owned before acquire (see the module)
         self.revocation_url = endpoint(revocation_url, "OAUTH_REVOCATION_URL", "/revoke")
         self.introspection_url = endpoint(
             introspection_url, "OAUTH_INTROSPECTION_URL", "/introspect"
@@ -186,91 +194,95 @@ class OAuthGrant(Backend[Grant]):
             "timeout": self.timeout,
         }
 
-    def acquire(self, name: str) -> tuple[Grant, Record]:
-        record = self.plan(name)
-        with _oauth_call(record, AcquireError) as http:
-            if self.given:
-                # Nothing is created for a given token: it is owned from the plan on. Only
-                # the server's word that every token is dead proves there is nothing to own
-                # (NotCreatedError); a server that cannot be asked leaves the tokens to release.
-                fields = [f for f in ("refresh_token", "access_token") if record[f]]
-                infos = {f: _introspect(http, record, f) for f in fields}
-                dead = [f for f in fields if infos[f].get("active") is not True]
-                if dead:
-                    shown = dead[0].replace("_", " ")
-                    if len(dead) == len(fields):
-                        raise http.fail(
-                            f"the {shown} it was given is not active (expired, revoked or"
-                            " unknown to this server): there is nothing to own",
-                            NotCreatedError,
-                        )
-                    raise http.fail(
+    def _create_flow(self, record: Record) -> Flow[dict[str, Any]]:
+        if not self.given:
+            return (yield from self._token_flow(record))
+        # Nothing is created for a given token: it is owned from the plan on. Only the server's
+        # word that every token is dead proves there is nothing to own (NotCreatedError); a
+        # server that cannot be asked leaves the tokens to release.
+        fields = [f for f in ("refresh_token", "access_token") if record[f]]
+        infos = {}
+        for field in fields:
+            infos[field] = yield from _introspect(record, field)
+        dead = [f for f in fields if infos[f].get("active") is not True]
+        if dead:
+            shown = dead[0].replace("_", " ")
+            if len(dead) == len(fields):
+                raise NothingMade(
+                    ProtocolError(
                         f"the {shown} it was given is not active (expired, revoked or unknown"
-                        " to this server), though the other token is: that one is revoked"
+                        " to this server): there is nothing to own"
                     )
-                info = infos[fields[-1]]
-                expires = info.get("exp") if record["access_token"] else None
-                scope = info.get("scope")
-                token_type = str(info.get("token_type") or "Bearer")
-            else:
-                assert self.token_url is not None
-                form = {"grant_type": "client_credentials"}
-                if self.scope:
-                    form["scope"] = self.scope
-                response = http.send(
-                    "POST", self.token_url, ok=(200,), creates=True, **_client_auth(record, form)
                 )
-                assert response is not None
-                tokens = json_object(response)
-                if not isinstance(tokens.get("access_token"), str):
-                    raise http.fail("the token endpoint answered 200 but sent no access_token")
-                record["access_token"] = tokens["access_token"]
-                refresh = tokens.get("refresh_token")
-                record["refresh_token"] = refresh if isinstance(refresh, str) else None
-                lifetime = tokens.get("expires_in")
-                expires = time.time() + lifetime if isinstance(lifetime, int | float) else None
-                scope = tokens.get("scope", self.scope)
-                token_type = str(tokens.get("token_type") or "Bearer")
+            raise ProtocolError(
+                f"the {shown} it was given is not active (expired, revoked or unknown to this"
+                " server), though the other token is: that one is revoked"
+            )
+        info = infos[fields[-1]]
+        return {
+            "expires": info.get("exp") if record["access_token"] else None,
+            "scope": info.get("scope"),
+            "token_type": info.get("token_type"),
+        }
+
+    def _token_flow(self, record: Record) -> Flow[dict[str, Any]]:
+        """The client credentials grant (RFC 6749 section 4.4): a token of its own."""
+        assert self.token_url is not None
+        form = {"grant_type": "client_credentials"}
+        if self.scope:
+            form["scope"] = self.scope
+        response = yield from send(_oauth_request(record, self.token_url, form), proof=True)
+        tokens = json_object(response)
+        if not isinstance(tokens.get("access_token"), str):
+            raise ProtocolError("the token endpoint answered 200 but sent no access_token")
+        record["access_token"] = tokens["access_token"]
+        refresh = tokens.get("refresh_token")
+        record["refresh_token"] = refresh if isinstance(refresh, str) else None
+        lifetime = tokens.get("expires_in")
+        return {
+            "expires": time.time() + lifetime if isinstance(lifetime, int | float) else None,
+            "scope": tokens.get("scope", self.scope),
+            "token_type": tokens.get("token_type"),
+        }
+
+    def _acquired(self, record: Record, got: dict[str, Any]) -> tuple[Grant, Record]:
+        expires, scope = got["expires"], got["scope"]
         record["expires_at"] = float(expires) if isinstance(expires, int | float) else None
         grant = Grant(
             record["access_token"],
             record["refresh_token"],
-            token_type,
+            str(got["token_type"] or "Bearer"),
             record["expires_at"],
             scope if isinstance(scope, str) else None,
         )
         return grant, record
 
     @classmethod
-    def release(cls, record: Record) -> None:
+    def _release_flow(cls, record: Record) -> Flow[None]:
         fields = [f for f in ("refresh_token", "access_token") if record.get(f)]
-        with _oauth_call(record, ReleaseError) as http:
-            errors: list[BackendError] = []
-            for field in fields:  # the refresh token first: it takes its access tokens along
-                form = {"token": record[field], "token_type_hint": field}
-                try:
-                    # RFC 7009 section 2.2: 200 also for a token that is unknown or revoked.
-                    http.send(
-                        "POST", record["revocation_url"], ok=(200,), **_client_auth(record, form)
-                    )
-                except BackendError as exc:
-                    errors.append(exc)
-            if not errors:
-                return
-            # The server refused a revocation (unsupported_token_type for access tokens, ...):
-            # the grant is released all the same if no token of it is active any more.
+        errors: list[HttpError] = []
+        for field in fields:  # the refresh token first: it takes its access tokens along
+            form = {"token": record[field], "token_type_hint": field}
             try:
-                still = [f for f in fields if _introspect(http, record, f).get("active") is True]
-            except BackendError:
-                still = fields  # cannot tell: the refusal stands
-            if still:
-                raise errors[0]
+                # RFC 7009 section 2.2: 200 also for a token that is unknown or revoked.
+                yield from send(_oauth_request(record, record["revocation_url"], form))
+            except HttpError as exc:
+                errors.append(exc)
+        if not errors:
+            return
+        # The server refused a revocation (unsupported_token_type for access tokens, ...): the
+        # grant is released all the same if no token of it is active any more.
+        try:
+            still = yield from _active(record, fields)
+        except (HttpError, ProtocolError):
+            still = fields  # cannot tell: the refusal stands
+        if still:
+            raise errors[0]
 
     @classmethod
-    def exists(cls, record: Record) -> bool:
+    def _exists_flow(cls, record: Record) -> Flow[bool]:
         fields = [f for f in ("refresh_token", "access_token") if record.get(f)]
-        with _oauth_call(record, BackendError) as http:
-            return any(_introspect(http, record, f).get("active") is True for f in fields)
+        return bool((yield from _active(record, fields)))
 
     @classmethod
     def describe(cls, record: Record) -> str:
@@ -278,23 +290,11 @@ class OAuthGrant(Backend[Grant]):
         return f"OAuth grant {record.get('name')}{client} at {show_url(record['revocation_url'])}"
 
 
-def _oauth_call(record: Record, error: type[BackendError]) -> Call:
-    return Call(
-        OAuthGrant.kind,
-        str(record["name"]),
-        record,
-        OAuthGrant.secret_fields,
-        error,
-        headers={"Accept": "application/json"},
-        timeout=float(record.get("timeout", 10.0)),
-    )
-
-
-def _client_auth(record: Record, form: Mapping[str, str]) -> dict[str, Any]:
-    """The request arguments that send ``form`` with the client's authentication (RFC 6749
-    section 2.3.1): HTTP Basic of the form-encoded id and secret, or both in the body."""
+def _oauth_request(record: Record, url: str, form: Mapping[str, str]) -> Request:
+    """``POST`` of ``form`` with the client's authentication (RFC 6749 section 2.3.1): HTTP
+    Basic of the form-encoded id and secret, or both in the body."""
     data = dict(form)
-    headers: dict[str, str] = {}
+    headers = {"Accept": "application/json"}
     client_id, secret = record.get("client_id"), record.get("client_secret")
     if client_id and secret and record.get("client_auth", "basic") == "basic":
         pair = f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()
@@ -303,23 +303,29 @@ def _client_auth(record: Record, form: Mapping[str, str]) -> dict[str, Any]:
         data["client_id"] = client_id
         if secret:
             data["client_secret"] = secret
-    return {"data": data, "headers": headers}
+    return Request("POST", url, data=data, headers=headers)
 
 
-def _introspect(http: Call, record: Record, field: str) -> dict[str, Any]:
+def _active(record: Record, fields: list[str]) -> Flow[list[str]]:
+    """The token fields whose tokens introspection says are active."""
+    active = []
+    for field in fields:
+        if (yield from _introspect(record, field)).get("active") is True:
+            active.append(field)
+    return active
+
+
+def _introspect(record: Record, field: str) -> Flow[dict[str, Any]]:
     """RFC 7662: ``{"active": false}`` for a token that is expired, revoked or unknown."""
     form = {"token": record[field], "token_type_hint": field}
-    response = http.send(
-        "POST", record["introspection_url"], ok=(200,), **_client_auth(record, form)
-    )
-    assert response is not None
+    response = yield from send(_oauth_request(record, record["introspection_url"], form))
     info = json_object(response)
     if not isinstance(info.get("active"), bool):
-        raise http.fail("the introspection endpoint answered without the boolean 'active'")
+        raise ProtocolError("the introspection endpoint answered without the boolean 'active'")
     return info
 
 
-class GithubGrant(Backend[Grant]):
+class GithubGrant(FlowBackend[Grant]):
     """A user's authorization of a GitHub OAuth app or GitHub App, removed at release.
 
     Release is ``DELETE /applications/{client_id}/grant``: every token of that user for the
@@ -345,6 +351,8 @@ class GithubGrant(Backend[Grant]):
 
     kind = "oauth.github"
     secret_fields = frozenset({"client_secret", "access_token"})
+    _releasing = "be revoked"
+    _given = True  # the token is the test's, owned from the plan on
 
     def __init__(
         self,
@@ -386,16 +394,23 @@ class GithubGrant(Backend[Grant]):
             "timeout": self.timeout,
         }
 
-    def acquire(self, name: str) -> tuple[Grant, Record]:
-        record = self.plan(name)
-        with _github_call(record, AcquireError) as http:
-            info = _github_check(http, record)
-            if info is None:
-                raise http.fail(
-                    "GitHub does not know the token it was given for this app (revoked, expired"
-                    " or of another app): there is nothing to own",
-                    NotCreatedError,
+    @classmethod
+    def _context(cls, record: Record) -> Context:
+        _github_app(record)  # checked before anything is sent: the client id stays in its path
+        return Context(cls, record)
+
+    def _create_flow(self, record: Record) -> Flow[dict[str, Any]]:
+        info = yield from _github_check(record)
+        if info is None:
+            raise NothingMade(
+                ProtocolError(
+                    "GitHub does not know the token it was given for this app (revoked,"
+                    " expired or of another app): there is nothing to own"
                 )
+            )
+        return info
+
+    def _acquired(self, record: Record, info: dict[str, Any]) -> tuple[Grant, Record]:
         scopes = info.get("scopes")
         scope = (
             " ".join(s for s in scopes if isinstance(s, str)) if isinstance(scopes, list) else None
@@ -404,30 +419,26 @@ class GithubGrant(Backend[Grant]):
         return grant, record
 
     @classmethod
-    def release(cls, record: Record) -> None:
-        with _github_call(record, ReleaseError) as http:
-            if _github_check(http, record) is None:
-                return  # revoked already (or never valid): nothing to do (I3)
-            what = "grant" if record.get("revoke", "grant") == "grant" else "token"
-            url = f"{_github_app(record)}/{what}"
-            try:
-                http.send(
-                    "DELETE",
-                    url,
-                    ok=(200, 204),
-                    gone=(404,),
-                    json={"access_token": record["access_token"]},
-                )
-            except BackendError:
-                # 422 ("validation failed, or the endpoint has been spammed"), or a delete of
-                # a token revoked meanwhile: released if the check no longer knows the token.
-                if _github_check(http, record) is not None:
-                    raise
+    def _release_flow(cls, record: Record) -> Flow[None]:
+        if (yield from _github_check(record)) is None:
+            return  # revoked already (or never valid): nothing to do (I3)
+        what = "grant" if record.get("revoke", "grant") == "grant" else "token"
+        body = {"access_token": record["access_token"]}
+        try:
+            yield from send_or_gone(
+                _github_request(record, "DELETE", f"{_github_app(record)}/{what}", body),
+                200, 204,
+                gone=(404,),
+            )  # fmt: skip
+        except HttpError:
+            # 422 ("validation failed, or the endpoint has been spammed"), or a delete of a
+            # token revoked meanwhile: released if the check no longer knows the token.
+            if (yield from _github_check(record)) is not None:
+                raise
 
     @classmethod
-    def exists(cls, record: Record) -> bool:
-        with _github_call(record, BackendError) as http:
-            return _github_check(http, record) is not None
+    def _exists_flow(cls, record: Record) -> Flow[bool]:
+        return (yield from _github_check(record)) is not None
 
     @classmethod
     def describe(cls, record: Record) -> str:
@@ -441,7 +452,7 @@ def _github_app(record: Record) -> str:
     return f"{record['api_url']}/applications/{quote(client_id, safe='')}"
 
 
-def _github_call(record: Record, error: type[BackendError]) -> Call:
+def _github_request(record: Record, method: str, url: str, body: Any) -> Request:
     pair = f"{record['client_id']}:{record['client_secret']}".encode()
     headers = {
         "Accept": "application/vnd.github+json",
@@ -449,27 +460,15 @@ def _github_call(record: Record, error: type[BackendError]) -> Call:
         "User-Agent": "reclaim",
         "Authorization": "Basic " + base64.b64encode(pair).decode("ascii"),
     }
-    return Call(
-        GithubGrant.kind,
-        str(record["name"]),
-        record,
-        GithubGrant.secret_fields,
-        error,
-        headers=headers,
-        timeout=float(record.get("timeout", 10.0)),
-    )
+    return Request(method, url, json=body, headers=headers)
 
 
-def _github_check(http: Call, record: Record) -> dict[str, Any] | None:
+def _github_check(record: Record) -> Flow[dict[str, Any] | None]:
     """``POST /applications/{client_id}/token``: the authorization, or None (404) when the token
     is revoked or invalid."""
-    response = http.send(
-        "POST",
-        f"{_github_app(record)}/token",
-        ok=(200,),
-        gone=(404,),
-        json={"access_token": record["access_token"]},
-    )
+    url = f"{_github_app(record)}/token"
+    req = _github_request(record, "POST", url, {"access_token": record["access_token"]})
+    response = yield from send_or_gone(req, gone=(404,))
     return None if response is None else json_object(response)
 
 

@@ -30,16 +30,25 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from reclaim.backends import (
-    AcquireError,
     Backend,
     BackendError,
     Leftover,
     Record,
-    ReleaseError,
     refuse,
-    split_url,
 )
-from reclaim.backends._http import Call, check_url, json_object
+from reclaim.backends._http import (
+    Context,
+    Flow,
+    FlowBackend,
+    FlowValue,
+    ProtocolError,
+    Request,
+    check_url,
+    json_object,
+    leftover_probe,
+    send,
+    send_or_gone,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -54,77 +63,55 @@ _ULID: Final = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
 _SAMPLE: Final = "rc_00000000_0_1"
 #: OpenFGA's default limits: tuples per write call, and page size of reads and store lists.
 _BATCH: Final = 100
+#: The answers to a delete that mean it was done.
+_DONE: Final = range(200, 300)
 
 #: A tuple as the value's helpers take it: ``("user:anne", "viewer", "document:x")``, or a
 #: mapping with ``user``, ``relation``, ``object`` (and ``condition`` when written).
 TupleLike = Mapping[str, Any] | tuple[str, str, str]
 
 
-class _Handle:
+class _Handle(FlowValue):
     """What the values share: the store's address and the HTTP calls on it."""
 
-    _kind = ""
-    _secret_fields: frozenset[str] = frozenset()
-
-    def __init__(self, record: Record, store_id: str, model_id: str | None) -> None:
-        self._record = record
-        self.name: str = record["name"]
-        self.api_url: str = record["api_url"]
+    def __init__(self, context: Context, store_id: str, model_id: str | None) -> None:
+        super().__init__(context)
+        self._record: Record = dict(context.record)
+        self.name: str = self._record["name"]
+        self.api_url: str = self._record["api_url"]
         self.store_id = store_id
         self.model_id = model_id
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} store={self.store_id} at {self.api_url}>"
 
-    def _call(self) -> Call:
-        return _fga_call(self._kind, self._secret_fields, self._record, BackendError)
-
     def write(self, *tuples: TupleLike) -> None:
         """Write tuples (100 a call; more are several calls, not one transaction)."""
-        self._write(tuples, BackendError)
-
-    def _write(self, tuples: Sequence[TupleLike], error: type[BackendError]) -> None:
         keys = [_tuple_key(t, with_condition=True) for t in tuples]
-        with _fga_call(self._kind, self._secret_fields, self._record, error) as http:
-            for index, batch in enumerate(_batches(keys)):
-                body: dict[str, Any] = {"writes": {"tuple_keys": batch}}
-                if self.model_id:
-                    body["authorization_model_id"] = self.model_id
-                # A write call is one transaction: the first one refused (a 400 for a tuple
-                # that exists already: not ours) or never sent wrote nothing.
-                http.send(
-                    "POST",
-                    f"{_store_url(self._record, self.store_id)}/write",
-                    ok=(200,),
-                    json=body,
-                    creates=index == 0,
-                )
+        flow = _write_tuples(self._record, self.store_id, self.model_id, keys)
+        self._run(flow, "could not write tuples")
 
     def delete(self, *tuples: TupleLike) -> None:
         """Delete tuples; one that does not exist is skipped (``on_missing: "ignore"``)."""
         keys = [_tuple_key(t, with_condition=False) for t in tuples]
-        with self._call() as http:
-            _delete_tuples(http, self._record, self.store_id, keys)
+        self._run(_delete_tuples(self._record, self.store_id, keys), "could not delete tuples")
 
     def check(self, user: str, relation: str, object: str) -> bool:
         """Is ``user`` related to ``object`` by ``relation`` (``POST .../check``)?"""
         body: dict[str, Any] = {"tuple_key": {"user": user, "relation": relation, "object": object}}
         if self.model_id:
             body["authorization_model_id"] = self.model_id
-        with self._call() as http:
-            response = http.send(
-                "POST", f"{_store_url(self._record, self.store_id)}/check", ok=(200,), json=body
-            )
-            assert response is not None
-            return json_object(response).get("allowed") is True
+        url = f"{_store_url(self._record, self.store_id)}/check"
+        flow = send(_fga_request(self._record, "POST", url, json=body, creates=False))
+        return json_object(self._run(flow, "could not check")).get("allowed") is True
+
+    def _tuples(self) -> list[dict[str, Any]]:
+        return self._run(_read_tuples(self._record, self.store_id), "could not read tuples")
 
 
 class FgaStore(_Handle):
     """The store a test gets (``OpenFgaStore``): ``id``, ``name``, ``model_id`` (when a model
     was written), and ``write``/``delete``/``check``/``read`` on it."""
-
-    _kind = "openfga.store"
-    _secret_fields = frozenset({"api_token"})
 
     @property
     def id(self) -> str:
@@ -133,16 +120,12 @@ class FgaStore(_Handle):
 
     def read(self) -> list[dict[str, Any]]:
         """Every tuple of the store (their ``key``s)."""
-        with self._call() as http:
-            return list(_read_tuples(http, self._record, self.store_id))
+        return self._tuples()
 
 
 class FgaTuples(_Handle):
     """A test's tuples in a shared store (``OpenFgaTuples``). Every tuple written through it
     must carry :attr:`name` in its object or user id: that is how release finds it."""
-
-    _kind = "openfga.tuples"
-    _secret_fields = frozenset({"api_token"})
 
     def ref(self, type_: str, suffix: str = "") -> str:
         """``"<type>:<name><suffix>"``, an object or user id that carries the name.
@@ -155,28 +138,15 @@ class FgaTuples(_Handle):
 
     def write(self, *tuples: TupleLike) -> None:
         """Write tuples, each carrying :attr:`name` in its object or user (else ValueError)."""
-        self._check(tuples)
+        _check_carried(self.name, tuples)
         super().write(*tuples)
-
-    def _check(self, tuples: Sequence[TupleLike]) -> None:
-        for t in tuples:
-            key = _tuple_key(t, with_condition=False)
-            if not _carries(self.name, key):
-                raise ValueError(
-                    f"tuple {key} does not carry {self.name!r} in its object or user id, so a"
-                    " crash would leave it where release cannot find it: write e.g."
-                    f" {{'object': 'document:{self.name}-1', ...}} (see FgaTuples.ref)"
-                )
 
     def read(self) -> list[dict[str, Any]]:
         """The tuples of the store that carry :attr:`name` (their ``key``s)."""
-        with self._call() as http:
-            return [
-                k for k in _read_tuples(http, self._record, self.store_id) if _carries(self.name, k)
-            ]
+        return [k for k in self._tuples() if _carries(self.name, k)]
 
 
-class OpenFgaStore(Backend[FgaStore]):
+class OpenFgaStore(FlowBackend[FgaStore]):
     """An OpenFGA store of its own, deleted at release.
 
     ::
@@ -220,57 +190,56 @@ class OpenFgaStore(Backend[FgaStore]):
             "timeout": self.timeout,
         }
 
-    def acquire(self, name: str) -> tuple[FgaStore, Record]:
-        record = self.plan(name)
-        with _fga_call(self.kind, self.secret_fields, record, AcquireError) as http:
-            response = http.send(
-                "POST", f"{self.api_url}/stores", ok=(200, 201), json={"name": name}, creates=True
-            )
-            assert response is not None
-            store_id = _check_ulid(json_object(response).get("id"), http, "store id")
-            record["id"] = store_id
-            model_id = None
-            if self.model is not None:
-                response = http.send(
-                    "POST",
-                    f"{_store_url(record, store_id)}/authorization-models",
-                    ok=(200, 201),
-                    json=self.model,
-                )
-                assert response is not None
-                found = json_object(response).get("authorization_model_id")
-                model_id = _check_ulid(found, http, "authorization model id")
-        return FgaStore(record, store_id, model_id), record
+    def _create_flow(self, record: Record) -> Flow[tuple[str, str | None]]:
+        url = f"{self.api_url}/stores"
+        body = {"name": record["name"]}
+        response = yield from send(
+            _fga_request(record, "POST", url, json=body), 200, 201, proof=True
+        )
+        store_id = _check_ulid(json_object(response).get("id"), "store id")
+        record["id"] = store_id
+        if self.model is None:
+            return store_id, None
+        url = f"{_store_url(record, store_id)}/authorization-models"
+        response = yield from send(_fga_request(record, "POST", url, json=self.model), 200, 201)
+        found = json_object(response).get("authorization_model_id")
+        return store_id, _check_ulid(found, "authorization model id")
+
+    def _acquired(self, record: Record, ids: tuple[str, str | None]) -> tuple[FgaStore, Record]:
+        return FgaStore(Context(type(self), record), *ids), record
 
     def adapt_name(self, proposed: str) -> str:
         return self.name_style.spell(proposed)
 
     @classmethod
-    def release(cls, record: Record) -> None:
-        with _fga_call(cls.kind, cls.secret_fields, record, ReleaseError) as http:
-            if record.get("id"):
-                # Delete the id only once OpenFGA says the store behind it has this record's
-                # name (I8); gone already: done (I3).
-                ids = [record["id"]] if _store_owned(cls, http, record) else []
-            else:
-                ids = _stores_named(http, record)
-            for store_id in ids:
-                # 204, also for a store deleted before (delete_store.go); a 404 is gone only
-                # when OpenFGA itself says so.
-                http.send(
-                    "DELETE",
-                    _store_url(record, store_id),
-                    ok=range(200, 300),
-                    gone=(404,),
-                    is_gone=_store_not_found,
-                )
+    def _context(cls, record: Record) -> Context:
+        if record.get("id"):
+            _store_url(record, record["id"])  # checked before anything is sent: a ULID
+        return Context(cls, record)
 
     @classmethod
-    def exists(cls, record: Record) -> bool:
-        with _fga_call(cls.kind, cls.secret_fields, record, BackendError) as http:
-            if not record.get("id"):
-                return bool(_stores_named(http, record))
-            return _store_owned(cls, http, record)
+    def _ids_flow(cls, record: Record) -> Flow[list[str]]:
+        if record.get("id"):
+            # Delete the id only once OpenFGA says the store behind it has this record's name
+            # (I8); gone already: done (I3).
+            return [record["id"]] if (yield from _store_owned(cls, record)) else []
+        return (yield from _stores_named(record))
+
+    @classmethod
+    def _release_flow(cls, record: Record) -> Flow[None]:
+        for store_id in (yield from cls._ids_flow(record)):
+            # 204, also for a store deleted before (delete_store.go); a 404 is gone only when
+            # OpenFGA itself says so.
+            yield from send_or_gone(
+                _fga_request(record, "DELETE", _store_url(record, store_id)),
+                *_DONE,
+                gone=(404,),
+                is_gone=_store_not_found,
+            )
+
+    @classmethod
+    def _exists_flow(cls, record: Record) -> Flow[bool]:
+        return bool((yield from cls._ids_flow(record)))
 
     @classmethod
     def describe(cls, record: Record) -> str:
@@ -282,29 +251,21 @@ class OpenFgaStore(Backend[FgaStore]):
         """Stores whose name is a reclaim name, at ``openfga+http://HOST:PORT`` (the API URL
         with ``openfga+`` before its scheme). The token is ``FGA_API_TOKEN``, or the URL's
         password (``openfga+https://:TOKEN@fga.test``)."""
-        url = split_url(target, kind=cls.kind, schemes=cls.url_schemes)
-        host = f"[{url.host}]" if ":" in url.host else url.host
-        netloc = f"{host}:{url.port}" if url.port else host
-        api = f"{url.scheme.removeprefix('openfga+')}://{netloc}{url.path}"
-        template: Record = {
-            "name": "rc_",
-            "id": None,
-            "api_url": check_url(api.rstrip("/"), "target"),
-            "api_token": url.password or os.environ.get("FGA_API_TOKEN"),
-            "timeout": 10.0,
-        }
-        with _fga_call(cls.kind, cls.secret_fields, template, BackendError) as http:
-            for store in _list_stores(http, template):
-                name, store_id = store.get("name"), store.get("id")
-                if not isinstance(name, str) or not isinstance(store_id, str):
-                    continue
-                parsed = cls.name_style.parse(name)
-                if parsed is None:
-                    continue  # never anything without reclaim's whole name
-                yield Leftover.of({**template, "name": name, "id": store_id}, parsed)
+        template = leftover_probe(cls, target, ("api_url", "api_token"), "FGA_API_TOKEN")
+        stores = Context(cls, template, where=template["api_url"]).run(
+            _list_stores(template), BackendError, "could not list the stores"
+        )
+        for store in stores:
+            name, store_id = store.get("name"), store.get("id")
+            if not isinstance(name, str) or not isinstance(store_id, str):
+                continue
+            parsed = cls.name_style.parse(name)
+            if parsed is None:
+                continue  # never anything without reclaim's whole name
+            yield Leftover.of({**template, "name": name, "id": store_id}, parsed)
 
 
-class OpenFgaTuples(Backend[FgaTuples]):
+class OpenFgaTuples(FlowBackend[FgaTuples]):
     """The tuples one test writes into a store it shares with others, deleted at release.
 
     ::
@@ -375,30 +336,29 @@ class OpenFgaTuples(Backend[FgaTuples]):
             "timeout": self.timeout,
         }
 
-    def acquire(self, name: str) -> tuple[FgaTuples, Record]:
-        record = self.plan(name)
-        value = FgaTuples(record, self.store_id, self.model_id)
-        tuples = [_fill(t, name) for t in self.tuples]
-        value._check(tuples)
-        value._write(tuples, AcquireError)  # NotCreatedError when its first call wrote nothing
-        return value, record
+    def _create_flow(self, record: Record) -> Flow[None]:
+        tuples = [_fill(t, record["name"]) for t in self.tuples]
+        _check_carried(record["name"], tuples)
+        # NotCreatedError when its first write call wrote nothing.
+        yield from _write_tuples(record, self.store_id, self.model_id, tuples)
+
+    def _acquired(self, record: Record, _made: None) -> tuple[FgaTuples, Record]:
+        return FgaTuples(Context(type(self), record), self.store_id, self.model_id), record
 
     @classmethod
-    def release(cls, record: Record) -> None:
-        with _fga_call(cls.kind, cls.secret_fields, record, ReleaseError) as http:
-            store_id = _check_ulid(record["store_id"], http, "store id")
-            mine = [
-                _tuple_key(k, with_condition=False)
-                for k in _read_tuples(http, record, store_id)
-                if _carries(record["name"], k)
-            ]
-            _delete_tuples(http, record, store_id, mine)
+    def _mine_flow(cls, record: Record) -> Flow[list[dict[str, Any]]]:
+        store_id = _check_ulid(record["store_id"], "store id")
+        keys = yield from _read_tuples(record, store_id)
+        return [_tuple_key(k, with_condition=False) for k in keys if _carries(record["name"], k)]
 
     @classmethod
-    def exists(cls, record: Record) -> bool:
-        with _fga_call(cls.kind, cls.secret_fields, record, BackendError) as http:
-            store_id = _check_ulid(record["store_id"], http, "store id")
-            return any(_carries(record["name"], k) for k in _read_tuples(http, record, store_id))
+    def _release_flow(cls, record: Record) -> Flow[None]:
+        mine = yield from cls._mine_flow(record)
+        yield from _delete_tuples(record, record["store_id"], mine)
+
+    @classmethod
+    def _exists_flow(cls, record: Record) -> Flow[bool]:
+        return bool((yield from cls._mine_flow(record)))
 
     @classmethod
     def describe(cls, record: Record) -> str:
@@ -408,21 +368,11 @@ class OpenFgaTuples(Backend[FgaTuples]):
 # --- OpenFGA calls ---------------------------------------------------------------------------
 
 
-def _fga_call(
-    kind: str, secret_fields: frozenset[str], record: Record, error: type[BackendError]
-) -> Call:
+def _fga_request(record: Record, method: str, url: str, **options: Any) -> Request:
     headers = {"Accept": "application/json"}
     if record.get("api_token"):
         headers["Authorization"] = f"Bearer {record['api_token']}"
-    return Call(
-        kind,
-        str(record["name"]),
-        record,
-        secret_fields,
-        error,
-        headers=headers,
-        timeout=float(record.get("timeout", 10.0)),
-    )
+    return Request(method, url, headers=headers, **options)
 
 
 def _store_url(record: Record, store_id: str) -> str:
@@ -432,11 +382,13 @@ def _store_url(record: Record, store_id: str) -> str:
     return f"{record['api_url']}/stores/{store_id}"
 
 
-def _store_owned(cls: type[Backend[Any]], http: Call, record: Record) -> bool:
+def _store_owned(cls: type[Backend[Any]], record: Record) -> Flow[bool]:
     """Is the store with the record's id there (False: gone), and reclaim's? Refused
     (``ForeignNameError``) when OpenFGA says that store has another name."""
     url = _store_url(record, record["id"])
-    response = http.send("GET", url, ok=(200,), gone=(404,), is_gone=_store_not_found)
+    response = yield from send_or_gone(
+        _fga_request(record, "GET", url, creates=False), gone=(404,), is_gone=_store_not_found
+    )
     if response is None:
         return False
     found = json_object(response).get("name")
@@ -459,65 +411,78 @@ def _store_not_found(response: httpx.Response) -> bool:
     return json_object(response).get("code") == "store_id_not_found"
 
 
-def _check_ulid(value: Any, http: Call, what: str) -> str:
+def _check_ulid(value: Any, what: str) -> str:
     if not isinstance(value, str) or not _ULID.fullmatch(value):
-        raise http.fail(f"the server gave no valid {what} (a ULID): {str(value)[:40]!r}")
+        raise ProtocolError(f"the server gave no valid {what} (a ULID): {str(value)[:40]!r}")
     return value
 
 
-def _paged(
-    http: Call, method: str, url: str, field: str, **kwargs: Any
-) -> Iterator[dict[str, Any]]:
+def _paged(record: Record, method: str, url: str, field: str) -> Flow[list[dict[str, Any]]]:
     """The items of every page, following ``continuation_token`` until it is empty; none when
-    the answer counts as gone."""
+    OpenFGA says the store is gone."""
+    items: list[dict[str, Any]] = []
     token, seen = "", set()
     while True:
+        page: dict[str, Any] = {"page_size": _BATCH}
+        if token:
+            page["continuation_token"] = token
         if method == "GET":
-            params = {"page_size": str(_BATCH), **({"continuation_token": token} if token else {})}
-            response = http.send(method, url, ok=(200,), params=params, **kwargs)
+            options: dict[str, Any] = {"params": {k: str(v) for k, v in page.items()}}
         else:
-            body = {"page_size": _BATCH, **({"continuation_token": token} if token else {})}
-            response = http.send(method, url, ok=(200,), json=body, **kwargs)
+            options = {"json": page}
+        req = _fga_request(record, method, url, creates=False, **options)
+        response = yield from send_or_gone(req, gone=(404,), is_gone=_store_not_found)
         if response is None:
-            return
+            return items
         data = json_object(response)
-        yield from (item for item in data.get(field) or [] if isinstance(item, dict))
+        items.extend(item for item in data.get(field) or [] if isinstance(item, dict))
         token = str(data.get("continuation_token") or "")
         if not token or token in seen:  # the end, or a server that repeats itself
-            return
+            return items
         seen.add(token)
 
 
-def _list_stores(http: Call, record: Record) -> Iterator[dict[str, Any]]:
-    return _paged(http, "GET", f"{record['api_url']}/stores", "stores")
+def _list_stores(record: Record) -> Flow[list[dict[str, Any]]]:
+    return _paged(record, "GET", f"{record['api_url']}/stores", "stores")
 
 
-def _stores_named(http: Call, record: Record) -> list[str]:
+def _stores_named(record: Record) -> Flow[list[str]]:
     """The ids of the stores called exactly this record's name (I1: the id was not recorded)."""
+    stores = yield from _list_stores(record)
     return [
         str(s["id"])
-        for s in _list_stores(http, record)
+        for s in stores
         if s.get("name") == record["name"]
         and isinstance(s.get("id"), str)
         and _ULID.fullmatch(s["id"])
     ]
 
 
-def _read_tuples(http: Call, record: Record, store_id: str) -> Iterator[dict[str, Any]]:
+def _read_tuples(record: Record, store_id: str) -> Flow[list[dict[str, Any]]]:
     """The key of every tuple in the store; none when the store is gone."""
-    url = f"{_store_url(record, store_id)}/read"
-    for item in _paged(http, "POST", url, "tuples", gone=(404,), is_gone=_store_not_found):
-        key = item.get("key")
-        if isinstance(key, dict):
-            yield key
+    items = yield from _paged(record, "POST", f"{_store_url(record, store_id)}/read", "tuples")
+    return [item["key"] for item in items if isinstance(item.get("key"), dict)]
 
 
-def _delete_tuples(http: Call, record: Record, store_id: str, keys: list[dict[str, Any]]) -> None:
+def _write_tuples(
+    record: Record, store_id: str, model_id: str | None, keys: list[dict[str, Any]]
+) -> Flow[None]:
+    url = f"{_store_url(record, store_id)}/write"
+    for index, batch in enumerate(_batches(keys)):
+        body: dict[str, Any] = {"writes": {"tuple_keys": batch}}
+        if model_id:
+            body["authorization_model_id"] = model_id
+        # A write call is one transaction: the first one refused (a 400 for a tuple that
+        # exists already: not ours) or never sent wrote nothing.
+        yield from send(_fga_request(record, "POST", url, json=body), proof=index == 0)
+
+
+def _delete_tuples(record: Record, store_id: str, keys: list[dict[str, Any]]) -> Flow[None]:
     url = f"{_store_url(record, store_id)}/write"
     for batch in _batches(keys):
         body = {"deletes": {"tuple_keys": batch, "on_missing": "ignore"}}
-        sent = http.send("POST", url, ok=(200,), gone=(404,), is_gone=_store_not_found, json=body)
-        if sent is None:
+        req = _fga_request(record, "POST", url, json=body)
+        if (yield from send_or_gone(req, gone=(404,), is_gone=_store_not_found)) is None:
             return  # the whole store went meanwhile, and its tuples with it
 
 
@@ -540,6 +505,17 @@ def _fill(key: Mapping[str, Any], name: str) -> dict[str, Any]:
     for part in ("user", "object"):
         filled[part] = str(filled[part]).replace("{name}", name)
     return filled
+
+
+def _check_carried(name: str, tuples: Sequence[TupleLike]) -> None:
+    for t in tuples:
+        key = _tuple_key(t, with_condition=False)
+        if not _carries(name, key):
+            raise ValueError(
+                f"tuple {key} does not carry {name!r} in its object or user id, so a crash"
+                " would leave it where release cannot find it: write e.g."
+                f" {{'object': 'document:{name}-1', ...}} (see FgaTuples.ref)"
+            )
 
 
 def _carries(name: str, key: Mapping[str, Any]) -> bool:

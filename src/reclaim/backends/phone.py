@@ -64,7 +64,7 @@ import os
 import re
 import time
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from reclaim.backends import (
@@ -73,30 +73,33 @@ from reclaim.backends import (
     BackendError,
     Leftover,
     Record,
-    ReleaseError,
     refuse,
     split_url,
 )
 
-# The HTTP plumbing (one protocol generator for sync and async, 429 back-off, error messages
-# with secrets redacted) lives in _httpflow, shared with the email backends.
-from reclaim.backends._http import NOT_MADE, need_httpx
-from reclaim.backends._httpflow import (
+# The HTTP plumbing (one protocol generator for sync and async, rate limits asked again, error
+# messages with secrets redacted) lives in _http, shared with every HTTP backend.
+from reclaim.backends._http import (
+    NOT_MADE,
     PAGES,
-    RETRY_ADVICE,
     TIMEOUT,
-    Call,
     Context,
     Flow,
+    FlowBackend,
+    FlowValue,
     HttpError,
     NothingMade,
-    Pause,
     ProtocolError,
+    Request,
     check_base_url,
     checked,
     expect,
+    need_httpx,
     parse_json,
+    poll,
+    provider_error,
     request,
+    send_json,
 )
 from reclaim.backends.email import find_code
 
@@ -115,6 +118,8 @@ _E164_RE: Final = re.compile(r"\+[1-9][0-9]{1,14}")
 _COUNTRY_RE: Final = re.compile(r"[A-Z]{2}")
 _AREA_RE: Final = re.compile(r"[0-9]{2,5}")
 _NUMBER_TYPES: Final = ("Local", "Mobile", "TollFree")
+
+NumberT = TypeVar("NumberT")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,10 +152,10 @@ def _twilio_headers(record: Mapping[str, Any]) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
 
 
-def _twilio_gone(response: httpx.Response, what: str) -> bool:
+def _twilio_gone(response: httpx.Response) -> bool:
     """Twilio's "already gone": 404 with its own code 20404 (a bare 404 from a wrong URL is
     not proof that the number is released)."""
-    return bool(response.status_code == 404 and HttpError(what, response).code == "20404")
+    return response.status_code == 404 and provider_error(response)[0] == "20404"
 
 
 def _twilio_numbers(record: Mapping[str, Any], friendly_name: str | None) -> Flow[list[Any]]:
@@ -165,10 +170,9 @@ def _twilio_numbers(record: Mapping[str, Any], friendly_name: str | None) -> Flo
     out: list[Any] = []
     what = "GET .../IncomingPhoneNumbers.json"
     for _ in range(PAGES):
-        response = yield from request(
-            Call("GET", url, what, params=params, headers=_twilio_headers(record), creates=False)
+        body = yield from send_json(
+            Request("GET", url, what, params=params, headers=_twilio_headers(record), creates=False)
         )
-        body = parse_json(expect(response, what, 200), what)
         numbers = body.get("incoming_phone_numbers") if isinstance(body, dict) else None
         if not isinstance(numbers, list):
             raise ProtocolError(f"{what} answered no incoming_phone_numbers list")
@@ -183,80 +187,22 @@ def _twilio_numbers(record: Mapping[str, Any], friendly_name: str | None) -> Flo
     raise ProtocolError(f"{what}: more than {PAGES} pages")
 
 
-def _twilio_buy(record: Mapping[str, Any], backend: TwilioNumber) -> Flow[Any]:
-    root, headers = _twilio_root(record), _twilio_headers(record)
-    if backend.phone_number is not None:
-        candidates = [backend.phone_number]
-    else:
-        what = "GET .../AvailablePhoneNumbers/{country}/{type}.json"
-        params = {"SmsEnabled": "true", "PageSize": "5"}
-        if backend.area_code is not None:
-            params["AreaCode"] = backend.area_code
-        response = yield from request(
-            Call(
-                "GET",
-                f"{root}/AvailablePhoneNumbers/{backend.country}/{backend.number_type}.json",
-                what,
-                params=params,
-                headers=headers,
-                creates=False,
-            )
-        )
-        body = parse_json(expect(response, what, 200), what)
-        offered = body.get("available_phone_numbers") if isinstance(body, dict) else None
-        candidates = [
-            checked(_E164_RE, item.get("phone_number"), "Twilio phone number")
-            for item in (offered if isinstance(offered, list) else [])
-        ]
-        if not candidates:
-            raise ProtocolError(
-                f"Twilio offers no SMS-capable {backend.number_type} number in {backend.country}"
-                + (f" with area code {backend.area_code}" if backend.area_code else "")
-            )
-    last: HttpError | None = None
-    definite = True  # every purchase so far was refused with a status that makes nothing
-    what = "POST .../IncomingPhoneNumbers.json"
-    for number in candidates:
-        response = yield from request(
-            Call(
-                "POST",
-                f"{root}/IncomingPhoneNumbers.json",
-                what,
-                data={"PhoneNumber": number, "FriendlyName": record["name"]},
-                headers=headers,
-            )
-        )
-        if response.status_code in (200, 201):
-            bought = parse_json(response, what)
-            if not isinstance(bought, dict):
-                raise ProtocolError(f"{what} answered no phone number object")
-            return bought
-        last = HttpError(what, response)
-        definite = definite and response.status_code in NOT_MADE
-        if last.code != "21422":  # 21422: that number is no longer available; try the next
-            break
-    assert last is not None
-    # A 400, 401, 403, 404 (Twilio's test credentials, a wrong account, a number taken) bought
-    # nothing; after a 5xx nobody knows.
-    raise NothingMade(last) if definite else last
-
-
 def _twilio_owned(record: Mapping[str, Any]) -> Flow[bool]:
     """Is the number with the record's sid there (False: released), and reclaim's? Refused
     (``ForeignNameError``) when Twilio says its FriendlyName is not the record's name (I8)."""
     sid = checked(_NUMBER_SID_RE, record["sid"], "Twilio number SID")
     what = "GET .../IncomingPhoneNumbers/{sid}.json"
     response = yield from request(
-        Call(
+        Request(
             "GET",
             f"{_twilio_root(record)}/IncomingPhoneNumbers/{sid}.json",
             what,
             headers=_twilio_headers(record),
         )
     )
-    if _twilio_gone(response, what):
+    if _twilio_gone(response):
         return False
-    found = parse_json(expect(response, what, 200), what)
+    found = parse_json(expect(response, what), what)
     friendly = found.get("friendly_name") if isinstance(found, dict) else None
     if friendly != record["name"]:
         shown = repr(friendly)[:80] if friendly is not None else "none"
@@ -271,38 +217,32 @@ def _twilio_owned(record: Mapping[str, Any]) -> Flow[bool]:
     return True
 
 
-def _twilio_release(record: Mapping[str, Any]) -> Flow[None]:
-    root, headers = _twilio_root(record), _twilio_headers(record)
-    name = record["name"]
+def _twilio_sids(record: Mapping[str, Any]) -> Flow[list[str]]:
+    """The sids of the numbers the record names."""
     if record.get("sid"):
         # A sid is Twilio's: release it only once Twilio says it carries this name (I8).
         owned = yield from _twilio_owned(record)
-        sids = [checked(_NUMBER_SID_RE, record["sid"], "Twilio number SID")] if owned else []
-    else:
-        # A planned record: the purchase may have happened before the sid was journaled. The
-        # FriendlyName (the reclaim name) finds it (I1).
-        listed = yield from _twilio_numbers(record, name)
-        sids = [
-            checked(_NUMBER_SID_RE, item.get("sid"), "Twilio number SID")
-            for item in listed
-            if isinstance(item, dict) and item.get("friendly_name") == name
-        ]
-    what = "DELETE .../IncomingPhoneNumbers/{sid}.json"
-    for sid in sids:
-        response = yield from request(
-            Call("DELETE", f"{root}/IncomingPhoneNumbers/{sid}.json", what, headers=headers)
-        )
-        if response.status_code in (200, 204) or _twilio_gone(response, what):
-            continue
-        raise HttpError(what, response)
+        return [checked(_NUMBER_SID_RE, record["sid"], "Twilio number SID")] if owned else []
+    # A planned record: the purchase may have happened before the sid was journaled. The
+    # FriendlyName (the reclaim name) finds it (I1).
+    listed = yield from _twilio_numbers(record, record["name"])
+    return [
+        checked(_NUMBER_SID_RE, item.get("sid"), "Twilio number SID")
+        for item in listed
+        if isinstance(item, dict) and item.get("friendly_name") == record["name"]
+    ]
 
 
-def _twilio_exists(record: Mapping[str, Any]) -> Flow[bool]:
-    name = record["name"]
-    if not record.get("sid"):
-        listed = yield from _twilio_numbers(record, name)
-        return any(isinstance(i, dict) and i.get("friendly_name") == name for i in listed)
-    return (yield from _twilio_owned(record))
+class _NumberKind(FlowBackend[NumberT]):
+    """What both kinds share: the name rules and the description of a record."""
+
+    def adapt_name(self, proposed: str) -> str:
+        return self.name_style.spell(proposed)
+
+    @classmethod
+    def describe(cls, record: Record) -> str:
+        number = record.get("number")
+        return f"{number} ({record.get('name')})" if number else str(record.get("name", "?"))
 
 
 def _whole_name(backend: Backend[Any], name: str) -> str:
@@ -327,7 +267,7 @@ class _WantedSms:
         return "an SMS " + (" ".join(parts) if parts else "of any kind")
 
 
-class TwilioPhone:
+class TwilioPhone(FlowValue):
     """A Twilio number of the account (the value of :class:`TwilioNumber`).
 
     Successive :meth:`wait_for_sms` calls return successive messages. Every method has an async
@@ -335,11 +275,11 @@ class TwilioPhone:
     """
 
     def __init__(self, number: str, sid: str, context: Context) -> None:
+        super().__init__(context)
         #: The number, E.164.
         self.number = number
         #: Twilio's id of the number (``PN...``).
         self.sid = sid
-        self._context = context
         self._seen: set[str] = set()
 
     def __repr__(self) -> str:
@@ -350,17 +290,15 @@ class TwilioPhone:
 
     def _messages_flow(self) -> Flow[list[Sms]]:
         record = self._context.record
-        what = "GET .../Messages.json"
-        response = yield from request(
-            Call(
+        body = yield from send_json(
+            Request(
                 "GET",
                 f"{_twilio_root(record)}/Messages.json",
-                what,
+                "GET .../Messages.json",
                 params={"To": self.number, "PageSize": "100"},
                 headers=_twilio_headers(record),
             )
         )
-        body = parse_json(expect(response, what, 200), what)
         items = body.get("messages") if isinstance(body, dict) else None
         out = []
         for item in reversed(items if isinstance(items, list) else []):  # oldest first
@@ -378,27 +316,26 @@ class TwilioPhone:
             )
         return out
 
+    def _look_flow(self, wanted: _WantedSms) -> Flow[Sms | None]:
+        for sms in (yield from self._messages_flow()):
+            if sms.id not in self._seen and wanted(sms):
+                self._seen.add(sms.id)
+                return sms
+        return None
+
     def _wait_flow(self, wanted: _WantedSms, timeout: float, interval: float) -> Flow[Sms]:
-        deadline = time.monotonic() + timeout
-        while True:
-            for sms in (yield from self._messages_flow()):
-                if sms.id not in self._seen and wanted(sms):
-                    self._seen.add(sms.id)
-                    return sms
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"{wanted} did not reach {self.number} within {timeout:g} s")
-            yield Pause(min(interval, left))
+        def missed() -> str:
+            return f"{wanted} did not reach {self.number} within {timeout:g} s"
+
+        return poll(lambda: self._look_flow(wanted), timeout, interval, missed)
 
     def messages(self) -> list[Sms]:
         """Every SMS received by the number, oldest first."""
-        return self._context.run(self._messages_flow(), BackendError, "could not list its SMS")
+        return self._run(self._messages_flow(), "could not list its SMS")
 
     async def amessages(self) -> list[Sms]:
         """Async twin of :meth:`messages`."""
-        return await self._context.arun(
-            self._messages_flow(), BackendError, "could not list its SMS"
-        )
+        return await self._arun(self._messages_flow(), "could not list its SMS")
 
     def wait_for_sms(
         self,
@@ -414,7 +351,7 @@ class TwilioPhone:
             TimeoutError: none arrived in time.
         """
         flow = self._wait_flow(_WantedSms(contains, sender), timeout, interval)
-        return self._context.run(flow, BackendError, "could not read its SMS")
+        return self._run(flow, "could not read its SMS")
 
     async def await_for_sms(
         self,
@@ -426,7 +363,7 @@ class TwilioPhone:
     ) -> Sms:
         """Async twin of :meth:`wait_for_sms`."""
         flow = self._wait_flow(_WantedSms(contains, sender), timeout, interval)
-        return await self._context.arun(flow, BackendError, "could not read its SMS")
+        return await self._arun(flow, "could not read its SMS")
 
     def wait_for_code(
         self, *, length: int | None = None, timeout: float = 60.0, interval: float = 1.0
@@ -441,7 +378,7 @@ class TwilioPhone:
         return (await self.await_for_sms(timeout=timeout, interval=interval)).code(length)
 
 
-class TwilioNumber(Backend[TwilioPhone]):
+class TwilioNumber(_NumberKind[TwilioPhone]):
     """A phone number bought for the Twilio account, named after the resource, released at the
     end.
 
@@ -460,6 +397,8 @@ class TwilioNumber(Backend[TwilioPhone]):
     kind = "phone.twilio"
     secret_fields = frozenset({"auth_token"})
     url_schemes = ("twilio", "twilio+http")
+    _creating = "be bought"
+    _releasing = "be released"
 
     def __init__(
         self,
@@ -496,9 +435,6 @@ class TwilioNumber(Backend[TwilioPhone]):
         self.number_type = number_type
         self.timeout = float(timeout)
 
-    def adapt_name(self, proposed: str) -> str:
-        return self.name_style.spell(proposed)
-
     def plan(self, name: str) -> Record:
         # I1: the FriendlyName the number will carry is the name journaled here.
         return {
@@ -516,22 +452,64 @@ class TwilioNumber(Backend[TwilioPhone]):
         phone = TwilioPhone(record["number"], record["sid"], Context(type(self), record))
         return phone, record
 
-    def acquire(self, name: str) -> tuple[TwilioPhone, Record]:
-        record = self.plan(name)
-        bought = Context(type(self), record).run(
-            _twilio_buy(record, self), AcquireError, "could not be bought", RETRY_ADVICE
-        )
-        return self._acquired(record, bought)
-
-    async def aacquire(self, name: str) -> tuple[TwilioPhone, Record]:
-        record = self.plan(name)
-        bought = await Context(type(self), record).arun(
-            _twilio_buy(record, self), AcquireError, "could not be bought", RETRY_ADVICE
-        )
-        return self._acquired(record, bought)
+    def _create_flow(self, record: Record) -> Flow[Any]:
+        root, headers = _twilio_root(record), _twilio_headers(record)
+        if self.phone_number is not None:
+            candidates = [self.phone_number]
+        else:
+            what = "GET .../AvailablePhoneNumbers/{country}/{type}.json"
+            params = {"SmsEnabled": "true", "PageSize": "5"}
+            if self.area_code is not None:
+                params["AreaCode"] = self.area_code
+            body = yield from send_json(
+                Request(
+                    "GET",
+                    f"{root}/AvailablePhoneNumbers/{self.country}/{self.number_type}.json",
+                    what,
+                    params=params,
+                    headers=headers,
+                    creates=False,
+                )
+            )
+            offered = body.get("available_phone_numbers") if isinstance(body, dict) else None
+            candidates = [
+                checked(_E164_RE, item.get("phone_number"), "Twilio phone number")
+                for item in (offered if isinstance(offered, list) else [])
+            ]
+            if not candidates:
+                raise ProtocolError(
+                    f"Twilio offers no SMS-capable {self.number_type} number in {self.country}"
+                    + (f" with area code {self.area_code}" if self.area_code else "")
+                )
+        last: HttpError | None = None
+        definite = True  # every purchase so far was refused with a status that makes nothing
+        what = "POST .../IncomingPhoneNumbers.json"
+        for number in candidates:
+            response = yield from request(
+                Request(
+                    "POST",
+                    f"{root}/IncomingPhoneNumbers.json",
+                    what,
+                    data={"PhoneNumber": number, "FriendlyName": record["name"]},
+                    headers=headers,
+                )
+            )
+            if response.status_code in (200, 201):
+                bought = parse_json(response, what)
+                if not isinstance(bought, dict):
+                    raise ProtocolError(f"{what} answered no phone number object")
+                return bought
+            last = HttpError(what, response)
+            definite = definite and response.status_code in NOT_MADE
+            if last.code != "21422":  # 21422: that number is no longer available; try the next
+                break
+        assert last is not None
+        # A 400, 401, 403, 404 (Twilio's test credentials, a wrong account, a number taken) bought
+        # nothing; after a 5xx nobody knows.
+        raise NothingMade(last) if definite else last
 
     @classmethod
-    def _class_context(cls, record: Record) -> Context:
+    def _context(cls, record: Record) -> Context:
         # Checked before anything is sent: a hostile record never reaches a URL (I7).
         check_base_url(str(record["base_url"]), "Twilio base_url")
         checked(_ACCOUNT_RE, record["account_sid"], "Twilio account SID")
@@ -540,27 +518,19 @@ class TwilioNumber(Backend[TwilioPhone]):
         return Context(cls, record)
 
     @classmethod
-    def release(cls, record: Record) -> None:
-        cls._class_context(record).run(
-            _twilio_release(record), ReleaseError, "could not be released", RETRY_ADVICE
-        )
+    def _release_flow(cls, record: Record) -> Flow[None]:
+        root, headers = _twilio_root(record), _twilio_headers(record)
+        what = "DELETE .../IncomingPhoneNumbers/{sid}.json"
+        for sid in (yield from _twilio_sids(record)):
+            response = yield from request(
+                Request("DELETE", f"{root}/IncomingPhoneNumbers/{sid}.json", what, headers=headers)
+            )
+            if response.status_code not in (200, 204) and not _twilio_gone(response):
+                raise HttpError(what, response)
 
     @classmethod
-    async def arelease(cls, record: Record) -> None:
-        await cls._class_context(record).arun(
-            _twilio_release(record), ReleaseError, "could not be released", RETRY_ADVICE
-        )
-
-    @classmethod
-    def exists(cls, record: Record) -> bool:
-        return cls._class_context(record).run(
-            _twilio_exists(record), BackendError, "could not be looked up"
-        )
-
-    @classmethod
-    def describe(cls, record: Record) -> str:
-        number = record.get("number")
-        return f"{number} ({record.get('name')})" if number else str(record.get("name", "?"))
+    def _exists_flow(cls, record: Record) -> Flow[bool]:
+        return bool((yield from _twilio_sids(record)))
 
     @classmethod
     def list_leftovers(cls, target: str) -> Iterator[Leftover]:
@@ -678,7 +648,7 @@ def _handler(record: Mapping[str, Any], action: str, **params: str) -> Flow[str]
     """One call of ``handler_api.php``: the provider's answer as text."""
     what = f"action={action}"
     response = yield from request(
-        Call(
+        Request(
             "GET",
             record["base_url"],
             what,
@@ -767,35 +737,15 @@ def _cancel(record: Mapping[str, Any], activation: str) -> Flow[None]:
     raise _AnswerError("setStatus", f"BAD_STATUS while the activation is in {status}")
 
 
-def _sa_release(record: Mapping[str, Any]) -> Flow[None]:
-    if record.get("activation_id"):
-        activations = [checked(_ACTIVATION_RE, str(record["activation_id"]), "activation id")]
-    elif record.get("find_unrecorded"):
-        activations = _strangers(record, (yield from _active(record)))
-    else:
-        return  # the documented gap: see the module's docstring
-    for activation in activations:
-        yield from _cancel(record, activation)
-
-
-def _sa_exists(record: Mapping[str, Any]) -> Flow[bool]:
-    if not record.get("activation_id") and not record.get("find_unrecorded"):
-        return False
-    active = yield from _active(record)
-    if not record.get("activation_id"):
-        return bool(_strangers(record, active))
-    return str(record["activation_id"]) in {str(i.get("activationId")) for i in active}
-
-
-class SmsActivation:
+class SmsActivation(FlowValue):
     """A rented number for one activation (the value of :class:`SmsActivateNumber`)."""
 
     def __init__(self, number: str, activation_id: str, context: Context) -> None:
+        super().__init__(context)
         #: The number, E.164.
         self.number = number
         #: The provider's activation id.
         self.activation_id = activation_id
-        self._context = context
 
     def __repr__(self) -> str:
         return f"<SmsActivation {self.number} #{self.activation_id}>"
@@ -806,22 +756,23 @@ class SmsActivation:
     def _status_flow(self) -> Flow[str]:
         return (yield from _handler(self._context.record, "getStatus", id=self.activation_id))
 
+    def _look_flow(self) -> Flow[str | None]:
+        status = yield from self._status_flow()
+        if status.startswith("STATUS_OK:"):
+            return status.partition(":")[2]
+        if not status.startswith("STATUS_WAIT"):
+            raise _AnswerError("getStatus", status)
+        return None
+
     def _code_flow(self, timeout: float, interval: float) -> Flow[str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            status = yield from self._status_flow()
-            if status.startswith("STATUS_OK:"):
-                return status.partition(":")[2]
-            if not status.startswith("STATUS_WAIT"):
-                raise _AnswerError("getStatus", status)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no code reached {self.number} within {timeout:g} s")
-            yield Pause(min(interval, left))
+        def missed() -> str:
+            return f"no code reached {self.number} within {timeout:g} s"
+
+        return poll(self._look_flow, timeout, interval, missed)
 
     def status(self) -> str:
         """The provider's status word (``STATUS_WAIT_CODE``, ``STATUS_OK:<code>``, ...)."""
-        return self._context.run(self._status_flow(), BackendError, "could not be looked up")
+        return self._run(self._status_flow(), "could not be looked up")
 
     def wait_for_code(self, *, timeout: float = 60.0, interval: float = 2.0) -> str:
         """Wait until the provider reports the code an SMS brought, and return it.
@@ -829,16 +780,14 @@ class SmsActivation:
         Raises:
             TimeoutError: no code arrived in time.
         """
-        flow = self._code_flow(timeout, interval)
-        return self._context.run(flow, BackendError, "could not read its code")
+        return self._run(self._code_flow(timeout, interval), "could not read its code")
 
     async def await_for_code(self, *, timeout: float = 60.0, interval: float = 2.0) -> str:
         """Async twin of :meth:`wait_for_code`."""
-        flow = self._code_flow(timeout, interval)
-        return await self._context.arun(flow, BackendError, "could not read its code")
+        return await self._arun(self._code_flow(timeout, interval), "could not read its code")
 
 
-class SmsActivateNumber(Backend[SmsActivation]):
+class SmsActivateNumber(_NumberKind[SmsActivation]):
     """A number rented from sms-activate (or a clone speaking its protocol) for one activation.
 
     Args:
@@ -859,6 +808,8 @@ class SmsActivateNumber(Backend[SmsActivation]):
 
     kind = "phone.smsactivate"
     secret_fields = frozenset({"api_key"})
+    _creating = "rent a number"
+    _releasing = "be cancelled"
 
     def __init__(
         self,
@@ -898,9 +849,6 @@ class SmsActivateNumber(Backend[SmsActivation]):
         self._planned: dict[str, Record] = {}
         _hide_key_in_logs()
 
-    def adapt_name(self, proposed: str) -> str:
-        return self.name_style.spell(proposed)
-
     def plan(self, name: str) -> Record:
         record: Record = {
             "name": _whole_name(self, name),
@@ -921,7 +869,7 @@ class SmsActivateNumber(Backend[SmsActivation]):
             self._planned[name] = record
         return dict(record)
 
-    def _get_number(self, record: Record) -> Flow[tuple[str, str]]:
+    def _create_flow(self, record: Record) -> Flow[tuple[str, str]]:
         params = {"service": self.service, "country": str(self.country)}
         if self.operator:
             params["operator"] = self.operator
@@ -954,22 +902,8 @@ class SmsActivateNumber(Backend[SmsActivation]):
         # The record plan() journaled (its snapshot of active activations), not a fresh one.
         return self._planned.pop(name, None) or self.plan(name)
 
-    def acquire(self, name: str) -> tuple[SmsActivation, Record]:
-        record = self._record_for(name)
-        got = Context(type(self), record).run(
-            self._get_number(record), AcquireError, "could not rent a number", RETRY_ADVICE
-        )
-        return self._acquired(record, got)
-
-    async def aacquire(self, name: str) -> tuple[SmsActivation, Record]:
-        record = self._record_for(name)
-        got = await Context(type(self), record).arun(
-            self._get_number(record), AcquireError, "could not rent a number", RETRY_ADVICE
-        )
-        return self._acquired(record, got)
-
     @classmethod
-    def _class_context(cls, record: Record) -> Context:
+    def _context(cls, record: Record) -> Context:
         # Checked before anything is sent: a hostile record never reaches a URL (I7).
         check_base_url(str(record["base_url"]), "sms-activate base_url")
         checked(_SERVICE_RE, record["service"], "service")
@@ -979,24 +913,21 @@ class SmsActivateNumber(Backend[SmsActivation]):
         return Context(cls, record)
 
     @classmethod
-    def release(cls, record: Record) -> None:
-        cls._class_context(record).run(
-            _sa_release(record), ReleaseError, "could not be cancelled", RETRY_ADVICE
-        )
+    def _release_flow(cls, record: Record) -> Flow[None]:
+        if record.get("activation_id"):
+            activations = [checked(_ACTIVATION_RE, str(record["activation_id"]), "activation id")]
+        elif record.get("find_unrecorded"):
+            activations = _strangers(record, (yield from _active(record)))
+        else:
+            return  # the documented gap: see the module's docstring
+        for activation in activations:
+            yield from _cancel(record, activation)
 
     @classmethod
-    async def arelease(cls, record: Record) -> None:
-        await cls._class_context(record).arun(
-            _sa_release(record), ReleaseError, "could not be cancelled", RETRY_ADVICE
-        )
-
-    @classmethod
-    def exists(cls, record: Record) -> bool:
-        return cls._class_context(record).run(
-            _sa_exists(record), BackendError, "could not be looked up"
-        )
-
-    @classmethod
-    def describe(cls, record: Record) -> str:
-        number = record.get("number")
-        return f"{number} ({record.get('name')})" if number else str(record.get("name", "?"))
+    def _exists_flow(cls, record: Record) -> Flow[bool]:
+        if not record.get("activation_id") and not record.get("find_unrecorded"):
+            return False
+        active = yield from _active(record)
+        if not record.get("activation_id"):
+            return bool(_strangers(record, active))
+        return str(record["activation_id"]) in {str(i.get("activationId")) for i in active}

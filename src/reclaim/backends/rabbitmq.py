@@ -33,12 +33,13 @@ listed.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Final, NoReturn
+from typing import Any, ClassVar, Final, NoReturn
 from urllib.parse import quote, unquote, urlencode, urlparse
 
 from reclaim.backends import (
@@ -56,6 +57,18 @@ from reclaim.backends import (
     require_extra,
     split_url,
 )
+from reclaim.backends._http import (
+    Context,
+    Flow,
+    FlowBackend,
+    NothingMade,
+    ProtocolError,
+    Request,
+    need_httpx,
+    send,
+    send_json,
+    send_or_gone,
+)
 
 try:
     import pika  # type: ignore[import-untyped]  # pika ships no type information
@@ -64,13 +77,6 @@ try:
     _HAVE_PIKA = True
 except ImportError:  # the module imports without its driver; using it raises MissingExtraError
     _HAVE_PIKA = False
-
-try:
-    import httpx
-
-    _HAVE_HTTPX = True
-except ImportError:  # as above
-    _HAVE_HTTPX = False
 
 __all__ = ["RabbitExchange", "RabbitQueue", "RabbitVhost"]
 
@@ -232,7 +238,7 @@ class _AmqpBackend(Backend[str]):
         """
         amqp, api = _management_for(target, cls.kind)
         vhost = _vhost_of(amqp.public)
-        for name in _Api(api, cls.kind).names(f"{cls._noun}s", vhost):
+        for name in _list_names(cls, api, f"{cls._noun}s", vhost):
             parsed = cls.name_style.parse(name)
             if parsed is not None:
                 record = {
@@ -359,7 +365,7 @@ class RabbitExchange(_AmqpBackend):
 # --- the vhost, through the management API -----------------------------------------------------
 
 
-class RabbitVhost(Backend[str]):
+class RabbitVhost(FlowBackend[str]):
     """A vhost of its own, with every permission for one user; deleted at release with all it
     holds (queues, exchanges, bindings, policies, connections).
 
@@ -381,9 +387,12 @@ class RabbitVhost(Backend[str]):
     kind = "rabbitmq.vhost"
     secret_fields = frozenset({"password"})
     url_schemes = ("amqp", "amqps")
+    _creating = "create the vhost"
+    _releasing = "delete the vhost"
+    _looking = "look for the vhost"
 
     def __init__(self, api_url: str, *, amqp_url: str | None = None) -> None:
-        require_extra(_HAVE_HTTPX, self.kind, _EXTRA, "httpx")
+        need_httpx(self.kind, _EXTRA)
         api = _api_url(api_url, self.kind)
         self.api_url, self.password = api.public, api.password
         if amqp_url is None:
@@ -401,62 +410,52 @@ class RabbitVhost(Backend[str]):
             "password": self.password,
         }
 
-    def acquire(self, name: str) -> tuple[str, Record]:
+    @classmethod
+    def _context(cls, record: Record) -> Context:
+        return _management(cls, record, _record_api(record, cls.kind))
+
+    def _create_flow(self, record: Record) -> Flow[None]:
         """Create the vhost and grant the user its permissions.
 
-        Raises :class:`NotCreatedError` when nothing was made: the API could not be reached, or
-        refused the credentials, before the vhost was created; a vhost of that name exists
-        already (somebody else's: a ``PUT`` would update it, and release would delete it); or
-        the API answered the create with a ``4xx``. A failure after the vhost was created (the
-        permissions) is :class:`AcquireError`: the vhost is released again.
+        Fails with :class:`NotCreatedError` when nothing was made: the API could not be
+        reached, or refused the credentials, before the vhost was created; a vhost of that name
+        exists already (somebody else's: a ``PUT`` would update it, and release would delete
+        it); or the API answered the create with a ``4xx``. A failure after the vhost was
+        created (the permissions) is :class:`AcquireError`: the vhost is released again.
         """
-        record = self.plan(name)
-        api = _Api(_record_api(record, self.kind), self.kind, record)
-        description = f"made by reclaim ({self.kind}); deleted when the test is done"
-        looked = api.expect(
-            NotCreatedError, "look for the vhost", {200, 404}, "GET", ("vhosts", name)
-        )
-        if looked == 200:
-            raise NotCreatedError(
-                f"{self.kind} {name!r}: a vhost of that name exists already at"
-                f" {record['api_url']}: it is not this run's; refusing to take it over",
-                kind=self.kind,
-                resource=name,
+        api, name = _record_api(record, self.kind), record["name"]
+        if (yield from _vhost_flow(api, name)) is not None:
+            raise NothingMade(
+                ProtocolError(
+                    f"a vhost of that name exists already at {record['api_url']}: it is not"
+                    " this run's; refusing to take it over"
+                )
             )
-        api.expect(
-            AcquireError,
-            "create the vhost",
-            {201, 204},
-            "PUT",
-            ("vhosts", name),
-            body={"description": description},
-            refused=NotCreatedError,
-        )
-        api.expect(
-            AcquireError,
-            f"grant user {self.user!r} its permissions",
-            {201, 204},
+        description = f"made by reclaim ({self.kind}); deleted when the test is done"
+        create = _api_request(api, "PUT", ("vhosts", name), json={"description": description})
+        yield from send(create, 201, 204, proof=True)
+        grant = _api_request(
+            api,
             "PUT",
             ("permissions", name, self.user),
-            body={"configure": ".*", "write": ".*", "read": ".*"},
+            f"grant user {self.user!r} its permissions",
+            json={"configure": ".*", "write": ".*", "read": ".*"},
         )
-        amqp = self._amqp
-        path = "/" + quote(name, safe="")
-        return _compose(amqp, path=path), record
+        yield from send(grant, 201, 204)
+
+    def _acquired(self, record: Record, _made: None) -> tuple[str, Record]:
+        path = "/" + quote(record["name"], safe="")
+        return _compose(self._amqp, path=path), record
 
     @classmethod
-    def release(cls, record: Record) -> None:
+    def _release_flow(cls, record: Record) -> Flow[None]:
         """Delete the vhost (``404``: already gone, success; I3)."""
-        name = str(record["name"])
-        api = _Api(_record_api(record, cls.kind), cls.kind, record)
-        api.expect(ReleaseError, "delete the vhost", {200, 204, 404}, "DELETE", ("vhosts", name))
+        api, name = _record_api(record, cls.kind), record["name"]
+        yield from send(_api_request(api, "DELETE", ("vhosts", name)), 200, 204, 404)
 
     @classmethod
-    def exists(cls, record: Record) -> bool:
-        name = str(record["name"])
-        api = _Api(_record_api(record, cls.kind), cls.kind, record)
-        status = api.expect(BackendError, "look for the vhost", {200, 404}, "GET", ("vhosts", name))
-        return status == 200
+    def _exists_flow(cls, record: Record) -> Flow[bool]:
+        return (yield from _vhost_flow(_record_api(record, cls.kind), record["name"])) is not None
 
     @classmethod
     def describe(cls, record: Record) -> str:
@@ -474,7 +473,7 @@ class RabbitVhost(Backend[str]):
             api = _api_url(target, cls.kind)
         else:
             _, api = _management_for(target, cls.kind)
-        for name in _Api(api, cls.kind).names("vhosts", None):
+        for name in _list_names(cls, api, "vhosts", None):
             parsed = cls.name_style.parse(name)
             if parsed is not None:
                 record = {"name": parsed.text, "api_url": api.public, "password": api.password}
@@ -692,138 +691,99 @@ def _fail(
 # --- talking to the management API ----------------------------------------------------------------
 
 
-class _Api:
-    """The management HTTP API at ``server`` (its credentials included), one request at a time.
-
-    Every identifier goes into the path percent-encoded as one segment (``/`` too), so a name
-    can never reach another endpoint.
-    """
-
-    def __init__(self, server: ServerURL, kind: str, record: Record | None = None) -> None:
-        prefix = server.path.rstrip("/").removesuffix("/api")
-        self.base = _compose(server, user=("", ""), path=prefix, query=())
-        self.auth = (server.username, server.password)
-        self.kind = kind
-        # What errors name, and redact: the record's secrets and the API's password (I7).
-        self.record: Record = {
-            **(record or {"name": None, "api_url": self.base}),
-            "password": server.password,
-        }
-
-    def request(
-        self,
-        method: str,
-        segments: tuple[str, ...],
-        *,
-        params: Mapping[str, str | int] | None = None,
-        body: Mapping[str, Any] | None = None,
-    ) -> httpx.Response:
-        require_extra(_HAVE_HTTPX, self.kind, _EXTRA, "httpx")
-        url = self.base + "/api/" + "/".join(quote(s, safe="") for s in segments)
-        return httpx.request(
-            method, url, params=params, json=body, auth=self.auth, timeout=_HTTP_TIMEOUT
-        )
-
-    def expect(
-        self,
-        error: type[BackendError],
-        doing: str,
-        statuses: set[int],
-        method: str,
-        segments: tuple[str, ...],
-        *,
-        body: Mapping[str, Any] | None = None,
-        refused: type[BackendError] | None = None,
-    ) -> int:
-        """Send one request; return its status if it is one of ``statuses``, else raise
-        ``error`` with what happened and what to do; ``refused`` instead (when given) when the
-        request provably did nothing: no connection was made, or a definite ``4xx`` came back.
-        """
-        try:
-            response = self.request(method, segments, body=body)
-        except httpx.HTTPError as exc:
-            unsent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
-            self._fail(refused if refused is not None and unsent else error, doing, exc)
-        status = response.status_code
-        if status not in statuses:
-            definite = status in _REFUSED_STATUSES
-            self._fail(
-                refused if refused is not None and definite else error, doing, _HttpStatus(response)
-            )
-        return status
-
-    def names(self, collection: str, vhost: str | None) -> Iterator[str]:
-        """Names of the ``queues``/``exchanges`` in ``vhost``, or of all ``vhosts``, whose name
-        starts with ``rc_``, page by page."""
-        segments = (collection,) if vhost is None else (collection, vhost)
-        page = 1
-        while True:
-            params: dict[str, str | int] = {
-                "page": page,
-                "page_size": _PAGE_SIZE,
-                "name": "^rc_",
-                "use_regex": "true",
-                "columns": "name",
-                "disable_stats": "true",
-            }
-            doing = f"list the {collection}"
-            try:
-                response = self.request("GET", segments, params=params)
-            except httpx.HTTPError as exc:
-                self._fail(BackendError, doing, exc)
-            if response.status_code != 200:
-                self._fail(BackendError, doing, _HttpStatus(response))
-            data = response.json()
-            for item in data.get("items", []):
-                name = item.get("name")
-                if isinstance(name, str):
-                    yield name
-            if page >= int(data.get("page_count", 0)):
-                return
-            page += 1
-
-    def _fail(self, error: type[BackendError], doing: str, exc: Exception) -> NoReturn:
-        raise_backend_error(
-            error,
-            self.kind,
-            self.record,
-            f"{doing} through the management API",
-            exc,
-            where=self.base,
-            reason=_http_reason,
-            secret_fields=("password",),
-        )
+#: What the path segments after each collection of the management API are, for messages.
+_SEGMENTS: Final = {
+    "vhosts": ("name",),
+    "permissions": ("vhost", "user"),
+    "queues": ("vhost",),
+    "exchanges": ("vhost",),
+}
 
 
-#: Answers of the management API that mean the request did nothing.
-_REFUSED_STATUSES: Final = frozenset({400, 401, 403, 404, 405, 409, 422})
+class _Management(Context):
+    """The management HTTP API, as reclaim talks to it: its answers' advice, and what to check
+    when it cannot be reached."""
 
-_MANAGEMENT_HINT: Final = (
-    "; is the management plugin enabled (rabbitmq-plugins enable rabbitmq_management) and"
-    " listening there?"
-)
-
-
-class _HttpStatus(Exception):
-    """The management API answered with a status the request did not expect."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        super().__init__(f"HTTP {response.status_code}")
-        self.response = response
-
-
-def _http_reason(exc: BaseException) -> str:
-    """What the management API said (or why it could not be asked), with what to check."""
-    if not isinstance(exc, _HttpStatus):
-        return f"{type(exc).__name__}: {exc}{_MANAGEMENT_HINT}"
-    response = exc.response
-    hints = {
-        401: "; the API refused the user and password",
-        403: "; the API's user needs the administrator tag",
-        404: "; is this the management API's address, and does the vhost exist?",
+    hints: ClassVar[Mapping[int, str]] = {
+        401: "the API refused the user and password",
+        403: "the API's user needs the administrator tag",
+        404: "is this the management API's address, and does the vhost exist?",
     }
-    body = response.text.strip().replace("\n", " ")[:300]
-    return (
-        f"HTTP {response.status_code} {response.reason_phrase} ({body or 'no body'})"
-        f"{hints.get(response.status_code, '')}"
+    unreachable = (
+        "is the management plugin enabled (rabbitmq-plugins enable rabbitmq_management) and"
+        " listening there?"
+    )
+    extra = _EXTRA
+
+
+def _api_base(server: ServerURL) -> str:
+    """The management API's base URL, without credentials (nor a trailing ``/api``)."""
+    prefix = server.path.rstrip("/").removesuffix("/api")
+    return _compose(server, user=("", ""), path=prefix, query=())
+
+
+def _management(backend: type[Backend[Any]], record: Record, server: ServerURL) -> Context:
+    """The context of the management API at ``server``, for ``backend``'s ``record``: errors
+    name it, and are redacted of the record's secrets and the API's password (I7)."""
+    return _Management(
+        backend,
+        {**record, "password": server.password},
+        where=f"{_api_base(server)} (the management API)",
+        timeout=_HTTP_TIMEOUT,
+    )
+
+
+def _api_request(
+    server: ServerURL, method: str, segments: tuple[str, ...], note: str = "", **options: Any
+) -> Request:
+    """A request of the management API at ``server`` (its credentials included). Every
+    identifier goes into the path percent-encoded as one segment (``/`` too), so a name can
+    never reach another endpoint."""
+    url = _api_base(server) + "/api/" + "/".join(quote(s, safe="") for s in segments)
+    pair = f"{server.username}:{server.password}".encode()
+    headers = {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
+    labels = _SEGMENTS[segments[0]][: len(segments) - 1]
+    path = "/".join((segments[0], *(f"{{{label}}}" for label in labels)))
+    what = f"{method} /api/{path}" + (f" ({note})" if note else "")
+    return Request(method, url, what, headers=headers, **options)
+
+
+def _vhost_flow(server: ServerURL, name: str) -> Flow[Any]:
+    """The vhost called ``name``, or None when there is none."""
+    req = _api_request(server, "GET", ("vhosts", name), creates=False)
+    return (yield from send_or_gone(req, gone=(404,)))
+
+
+def _names_flow(server: ServerURL, collection: str, vhost: str | None) -> Flow[list[str]]:
+    """Names of the ``queues``/``exchanges`` in ``vhost``, or of all ``vhosts``, whose name
+    starts with ``rc_``, page by page."""
+    segments = (collection,) if vhost is None else (collection, vhost)
+    names: list[str] = []
+    page = 1
+    while True:
+        params = {
+            "page": str(page),
+            "page_size": str(_PAGE_SIZE),
+            "name": "^rc_",
+            "use_regex": "true",
+            "columns": "name",
+            "disable_stats": "true",
+        }
+        req = _api_request(server, "GET", segments, params=params, creates=False)
+        data = yield from send_json(req)
+        if not isinstance(data, dict):
+            raise ProtocolError(f"the list of {collection} is not a JSON object")
+        names.extend(i["name"] for i in data.get("items", []) if isinstance(i.get("name"), str))
+        if page >= int(data.get("page_count", 0)):
+            return names
+        page += 1
+
+
+def _list_names(
+    backend: type[Backend[Any]], server: ServerURL, collection: str, vhost: str | None
+) -> list[str]:
+    record: Record = {"name": None, "api_url": _api_base(server)}
+    context = _management(backend, record, server)
+    return context.run(
+        _names_flow(server, collection, vhost), BackendError, f"list the {collection}"
     )
