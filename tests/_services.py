@@ -9,6 +9,7 @@ Addresses come from environment variables with the loopback defaults of a develo
     RECLAIM_TEST_RABBITMQ_API  http://guest:guest@127.0.0.1:15672
     RECLAIM_TEST_NATS      nats://127.0.0.1:4222
     RECLAIM_TEST_MQTT      mqtt://127.0.0.1:1883
+    RECLAIM_TEST_DOCKER    tcp://127.0.0.1:2375  (a Docker Engine API on TCP; see tests/_engine.py)
 
 A test that needs a server which is not reachable is skipped with the reason, unless
 ``RECLAIM_REQUIRE_SERVICES=1`` (CI sets it): then it fails, so a missing service is never a
@@ -44,6 +45,7 @@ DEFAULTS: Final = {
     "rabbitmq_api": "http://guest:guest@127.0.0.1:15672",
     "nats": "nats://127.0.0.1:4222",
     "mqtt": "mqtt://127.0.0.1:1883",
+    "docker": "tcp://127.0.0.1:2375",
 }
 
 

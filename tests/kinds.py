@@ -86,3 +86,23 @@ def redis_swallowing(url: str) -> Any:
                 super().release(record)
 
     return Swallowing(url)
+
+
+def docker(kind: str, url: str | None = None) -> Any:
+    """A container (running ``sleep`` in the local test image), a network or a volume on the
+    engine at ``url`` (by default the tcp one of tests/_services.py, which a TcpProxy can stand
+    in front of). ``"testcontainers"``: a testcontainers-python container on testcontainers'
+    own engine (``DOCKER_HOST``), Ryuk switched off by the caller's environment."""
+    from _engine import SLEEP, TEST_IMAGE  # noqa: PLC0415  (each factory loads its driver)
+    from reclaim.backends import docker as d  # noqa: PLC0415
+
+    if kind == "testcontainers":
+        from testcontainers.core.container import DockerContainer as Tc  # noqa: PLC0415
+
+        return d.TestcontainersContainer(Tc(TEST_IMAGE, command=" ".join(SLEEP)))
+    url = url or service_url("docker")
+    if kind == "container":
+        return d.DockerContainer(TEST_IMAGE, SLEEP, base_url=url)
+    if kind == "network":
+        return d.DockerNetwork(base_url=url)
+    return d.DockerVolume(base_url=url)

@@ -313,12 +313,18 @@ def _mqtt(_scratch: Path) -> Iterator[tuple[Make, Delete]]:
 
 #: Built-in kinds checked in their own modules, and why.
 ELSEWHERE: dict[str, str] = {
-    kind: "its stand-in server (or moto) runs inside the test process; its module calls the kit"
-    for kind in (
-        "account.rest", "account.scim", "email.mailsac", "email.mailtm", "oauth.github",
-        "oauth.grant", "openfga.store", "openfga.tuples", "phone.smsactivate", "phone.twilio",
-        "s3.bucket",
-    )
+    **{
+        kind: "its stand-in server (or moto) runs inside the test process; its module calls the kit"
+        for kind in (
+            "account.rest", "account.scim", "email.mailsac", "email.mailtm", "oauth.github",
+            "oauth.grant", "openfga.store", "openfga.tuples", "phone.smsactivate",
+            "phone.twilio", "s3.bucket",
+        )
+    },
+    **{
+        kind: "its module's calls add make_lookalike and leftovers_url on the engine"
+        for kind in ("docker.container", "docker.network", "docker.volume")
+    },
 }  # fmt: skip
 
 

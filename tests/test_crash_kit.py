@@ -39,6 +39,10 @@ CRASHABLE: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "nats.stream": ("kinds:nats", {"kind": "stream"}, ("nats",)),
     "nats.kv": ("kinds:nats", {"kind": "kv"}, ("nats",)),
     "mqtt.topic": ("kinds:mqtt", {}, ("mqtt",)),
+    # On the engine's tcp address: check_outage's TcpProxy forwards TCP, not a unix socket.
+    "docker.container": ("kinds:docker", {"kind": "container"}, ("docker",)),
+    "docker.network": ("kinds:docker", {"kind": "network"}, ("docker",)),
+    "docker.volume": ("kinds:docker", {"kind": "volume"}, ("docker",)),
 }
 
 #: Built-in kinds not in the crash kit's parametrisation yet, and why.
