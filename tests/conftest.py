@@ -7,17 +7,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 
 import reclaim
+from _services import require
 from reclaim._identity import process_state
 from reclaim._registry import open_registry
 from reclaim._run import end_run
@@ -43,23 +45,110 @@ TEST_BACKENDS = ",".join(
 CHILD_TIMEOUT = 60.0
 
 
+#: The modules whose tests of ``registry_path`` run on both registries, as ``[sqlite]`` and
+#: ``[postgres]``. A test there that really needs the SQLite file (it opens it with sqlite3,
+#: damages it, changes its mode) is marked ``@pytest.mark.sqlite_only("why")``.
+BOTH_REGISTRIES: Final = frozenset(
+    {
+        "test_registry",
+        "test_reaper",
+        "test_fixture",
+        "test_cli",
+        "test_run",
+        "test_watchdog",
+        "test_watch",
+        "test_interrupts",
+        "test_acquire_failures",
+        "test_pytest_plugin",
+    }
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "sqlite_only(reason): the test needs the SQLite registry's file; its [postgres] variant"
+        " is skipped with the reason",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "registry_kind" not in metafunc.fixturenames:
+        return
+    if metafunc.module.__name__.rpartition(".")[2] not in BOTH_REGISTRIES:
+        return  # the fixture's default: SQLite, and the test's id unchanged
+    only = metafunc.definition.get_closest_marker("sqlite_only")
+    postgres: Any = "postgres"
+    if only is not None:
+        reason = only.args[0] if only.args else "needs the SQLite registry's file"
+        postgres = pytest.param("postgres", marks=pytest.mark.skip(reason=f"SQLite only: {reason}"))
+    metafunc.parametrize("registry_kind", ["sqlite", postgres], indirect=True)
+
+
 @pytest.fixture
-def registry_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A fresh registry file for this test, also exported as RECLAIM_REGISTRY."""
-    path = str(tmp_path / "state" / "registry.sqlite3")
+def registry_kind(request: pytest.FixtureRequest) -> str:
+    """Which registry ``registry_path`` makes: ``sqlite`` (the default), or ``postgres`` where
+    :func:`pytest_generate_tests` runs a test on both."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+def postgres_registry_url() -> str:
+    """A PostgreSQL registry URL with a schema of its own (``reclaim_t_<hex>``), on the test
+    server (skips, or fails in CI, when it is down)."""
+    base = require("postgres")
+    return f"{base}{'&' if '?' in base else '?'}schema=reclaim_t_{secrets.token_hex(6)}"
+
+
+def drop_postgres_registry(url: str) -> None:
+    """Drop the (test) schema that the registry URL ``url`` names, and only that one."""
+    import psycopg  # noqa: PLC0415  (only the PostgreSQL variants need it)
+    from psycopg import sql  # noqa: PLC0415
+
+    base, _, schema = url.rpartition("schema=")
+    assert schema.startswith("reclaim_t_"), f"not a test registry: {url}"
+    with psycopg.connect(base.rstrip("?&"), autocommit=True) as conn:
+        conn.execute("SET lock_timeout = '30s'")
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+def registry_exists(location: str) -> bool:
+    """Is there a registry at ``location`` (a file, or a PostgreSQL schema with its tables)?"""
+    if "://" not in location:
+        return os.path.exists(location)
+    try:
+        open_registry(location, create=False).close()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+@pytest.fixture
+def registry_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, registry_kind: str
+) -> Iterator[str]:
+    """A fresh registry for this test (a file, or a PostgreSQL schema of its own), also exported
+    as RECLAIM_REGISTRY."""
+    if registry_kind == "postgres":
+        path = postgres_registry_url()
+    else:
+        path = str(tmp_path / "state" / "registry.sqlite3")
     monkeypatch.setenv("RECLAIM_REGISTRY", path)
     monkeypatch.setenv("RECLAIM_BACKENDS", TEST_BACKENDS)
     monkeypatch.setenv(
         "PYTHONPATH", os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])
     )
     yield path
-    end_run(path)
-    if os.path.exists(path):
-        reg = open_registry(path)
-        try:
-            sweep(reg, grace=0)
-        finally:
-            reg.close()
+    try:
+        end_run(path)
+        if registry_exists(path):
+            reg = open_registry(path)
+            try:
+                sweep(reg, grace=0)
+            finally:
+                reg.close()
+    finally:
+        if registry_kind == "postgres":
+            drop_postgres_registry(path)
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
 """An interrupt at any instant (I9): a SIGINT is sent to the process after every registry
 statement and at every line reclaim runs while a resource is acquired and released, one instant
-per cycle, for TempDir, Process and RedisNamespace. After each cycle nothing is left on disk, in
-the process table or on the server, the registry's write lock is free for another connection at
-once (another connection can take it), and the KeyboardInterrupt was raised (never lost).
+per cycle, for TempDir, Process and RedisNamespace, on both registries. After each cycle nothing
+is left on disk, in the process table or on the server, the registry's write locks are free for
+another connection at once (another connection can take them; on PostgreSQL no transaction is
+left open either), and the KeyboardInterrupt was raised (never lost).
 
 The cycles run in one child process per kind (signals and tracing stay out of pytest), bounded
 in count and time; the child and what it made are cleaned up whatever happens.
@@ -92,7 +93,41 @@ def leftovers(run_id):
 
 run = current_run(registry)
 conn = run.registry._connection()
-conn.set_trace_callback(lambda _sql: tick())
+postgres = "://" in registry
+if not postgres:
+    conn.set_trace_callback(lambda _sql: tick())  # PostgreSQL: its statements run from lines
+
+
+def other_can_write():
+    # None when another connection can take the registry's write locks at once, else why not.
+    if not postgres:
+        other = sqlite3.connect(registry, timeout=0)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            return str(exc)
+        finally:
+            other.close()
+        return None
+    import psycopg
+    from psycopg import sql
+    reg = run.registry
+    if reg._conn is not None and reg._conn.info.transaction_status != 0:  # not IDLE
+        return f"its own connection is in a transaction: {reg._conn.info.transaction_status!r}"
+    base = reg.reopen_location().rpartition("schema=")[0].rstrip("?&")
+    try:
+        with psycopg.connect(base) as other:
+            other.execute("SET lock_timeout = '100ms'")  # at once: nobody may hold them
+            other.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(reg.schema)))
+            other.execute("SELECT pg_advisory_xact_lock(%s)", (reg._event_key,))
+            other.execute("UPDATE runs SET label = label WHERE id = %s", (run.id,))
+            other.execute("SELECT id FROM resources FOR UPDATE")
+            other.rollback()
+    except psycopg.Error as exc:
+        return str(exc)
+    return None
+
 failures, cycles, inside = [], 0, 0
 deadline = time.monotonic() + 240
 
@@ -128,14 +163,9 @@ for target in range(1, instants + stride, stride):
     rows = run.registry.resources(run.id)
     if rows:
         failures.append(f"cycle {target}: registry rows left {[(r.id, r.state) for r in rows]}")
-    other = sqlite3.connect(registry, timeout=0)
-    try:
-        other.execute("BEGIN IMMEDIATE")
-        other.execute("ROLLBACK")
-    except sqlite3.Error as exc:
-        failures.append(f"cycle {target}: another connection cannot write: {exc}")
-    finally:
-        other.close()
+    refused = other_can_write()
+    if refused:
+        failures.append(f"cycle {target}: another connection cannot write: {refused}")
     if not state["sent"]:
         break  # the cycle ended before the target instant: every instant was tried
     if time.monotonic() > deadline or len(failures) > 20:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import CHILD_TIMEOUT, alive, reclaim_cli, wait_until
+from conftest import CHILD_TIMEOUT, alive, reclaim_cli, registry_exists, wait_until
 from reclaim._registry import open_registry
 from reclaim_test_backends import SECRET
 
@@ -46,7 +46,7 @@ def leftovers(scratch: Path) -> list[str]:
 
 
 def held(registry_path: str) -> list[Any]:
-    if not os.path.exists(registry_path):
+    if not registry_exists(registry_path):
         return []
     reg = open_registry(registry_path)
     try:
@@ -120,7 +120,7 @@ def test_a_suite_that_acquires_nothing_creates_nothing(
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["plugins: *reclaim-*"])  # loaded through its entry point
     assert "reclaim:" not in result.stdout.str()
-    assert not os.path.exists(registry_path), "no registry is created when nothing is acquired"
+    assert not registry_exists(registry_path), "no registry is created when nothing is acquired"
 
 
 def test_the_session_pattern_shared_database_cheap_per_test_cleanup(

@@ -102,7 +102,7 @@ def read_line(proc: subprocess.Popen[str]) -> str:
 
 
 def test_resources_live_while_the_command_runs_and_its_status_passes_through(
-    scratch: Path, tmp_path: Path
+    scratch: Path, tmp_path: Path, registry_path: str
 ) -> None:
     status = tmp_path / "status.json"
     script = f"""
@@ -124,7 +124,10 @@ def test_resources_live_while_the_command_runs_and_its_status_passes_through(
     assert acquired["kind"] == "path.tempdir"
     assert acquired["name"].startswith(f"rc_{out['run']}_")
     assert acquired["value"] == str(scratch / acquired["name"])
-    assert Path(out["registry"]).is_absolute()
+    if "://" in registry_path:
+        assert out["registry"] == registry_path, "a URL is passed on as it is"
+    else:
+        assert Path(out["registry"]).is_absolute()
 
     (run,) = json.loads(status.read_text())["runs"]
     assert run["id"] == out["run"]
