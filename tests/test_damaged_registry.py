@@ -106,8 +106,8 @@ def test_a_read_only_registry_is_a_one_line_registry_error(shared_dir: Path) -> 
         "try:\n"
         "    with reclaim.Fixture('ro') as f:\n"
         "        f.acquire(TempDir(parent='/tmp'))\n"
-        "except reclaim.RegistryError as exc:\n"
-        "    print('RegistryError:', exc); sys.exit(3)\n"
+        "except reclaim.NotCreatedError as exc:\n"  # an AcquireError: nothing was made (I1)
+        "    print('NotCreatedError:', exc); sys.exit(3)\n"
     )
     env = {**os.environ, "RECLAIM_REGISTRY": str(location), "RECLAIM_WATCHDOG": "0"}
     result = subprocess.run(
@@ -115,6 +115,7 @@ def test_a_read_only_registry_is_a_one_line_registry_error(shared_dir: Path) -> 
         capture_output=True, text=True, env=env, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 3, result.stdout + result.stderr
+    assert "not created, because the registry cannot journal it" in result.stdout
     assert "cannot be written" in result.stdout
     assert "RECLAIM_REGISTRY" in result.stdout
     cli = subprocess.run(
@@ -142,7 +143,8 @@ def test_a_registry_whose_folder_cannot_be_made_is_a_registry_error(shared_dir: 
         check=False,
     )  # fmt: skip
     assert result.returncode != 0
-    assert "reclaim.RegistryError: cannot create the folder" in result.stderr, result.stderr
+    assert "reclaim.NotCreatedError: path.tempdir" in result.stderr, result.stderr
+    assert "the registry cannot journal it: cannot create the folder" in result.stderr
     assert "FileNotFoundError" not in result.stderr, result.stderr
 
 

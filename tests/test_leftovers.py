@@ -267,7 +267,9 @@ def test_a_backend_that_lists_a_foreign_name_is_not_obeyed(
     assert precious.is_dir()
 
 
-def test_a_missing_driver_is_reported_not_fatal(registry_path: str, scratch: Path) -> None:
+def test_a_missing_driver_is_reported_and_fails_the_pass(registry_path: str, scratch: Path) -> None:
+    """The other server is still asked, but the exit status is 2: a cron job must not report
+    success while one of its servers was never swept."""
     code = (
         "import sys\n"
         "sys.modules['pymysql'] = None\n"
@@ -283,7 +285,8 @@ def test_a_missing_driver_is_reported_not_fatal(registry_path: str, scratch: Pat
         timeout=CHILD_TIMEOUT,
         check=False,
     )
-    assert result.returncode == 0, result
+    assert result.returncode == 2, result
+    assert json.loads(result.stdout)["not_asked"] == ["mysql://root@127.0.0.1:1/"]
     problems = json.loads(result.stdout)["problems"]
     (mysql,) = [p for p in problems if p["kind"] == "mysql.database"]
     assert "pip install 'reclaim[mysql]'" in mysql["error"]

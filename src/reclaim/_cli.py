@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import warnings
@@ -38,6 +40,7 @@ from reclaim._leftovers import (
     DEFAULT_OLDER_THAN,
     LeftoverReport,
     find_leftovers,
+    kinds_for,
     parse_duration,
     redact_url,
     release_leftovers,
@@ -52,6 +55,7 @@ from reclaim._registry import (
     RunState,
     default_location,
     open_registry,
+    shown_location,
 )
 from reclaim._supervise import supervise
 from reclaim._sweep import SweepReport, sweep
@@ -101,8 +105,7 @@ def _fail(message: str, code: int = 2, *, json_printed: bool = False) -> NoRetur
 
 
 def _shown(location: str) -> str:
-    """A registry's location fit to show: a URL without its password."""
-    return redact_url(location) if "://" in location else location
+    return shown_location(location)
 
 
 def _open(location: str | None, *, create: bool) -> Registry | None:
@@ -210,35 +213,96 @@ def status(location: str, as_json: bool) -> None:
     if not runs:
         _console.print(_line("Nothing is held. ", (f"(registry: {_shown(location)})", "dim")))
         return
+    width = _wrap_width()
     for run, alive, resources in runs:
         life = ("alive", "green") if alive else ("dead", "yellow")
+        _console.print(_line((f"run {run.id}", "bold"), f"  {run.label}  ", life, f"  {run.state}"))
         _console.print(
             _line(
-                (f"run {run.id}", "bold"),
-                f"  {run.label}  pid {run.owner.pid} on {run.owner.host}  ",
-                life,
-                f"  {run.state}  started {_ago(run.started_at)}"
-                f"  lease renewed {_ago(run.heartbeat_at, now)}",
+                (
+                    f"  pid {run.owner.pid} on {run.owner.host}, started {_ago(run.started_at)},"
+                    f" lease renewed {_ago(run.heartbeat_at, now)}",
+                    "dim",
+                )
             )
         )
         if not resources:
             _console.print(_line("  ", ("holds nothing", "dim")))
             continue
-        table = Table(box=None, padding=(0, 2), show_edge=False, pad_edge=False)
-        for column in ("id", "kind", "resource", "state", "tries", "last error"):
-            table.add_column(column, style="dim" if column in ("id", "tries") else None)
-        for r in resources:
-            condition = _condition(r, alive)
-            table.add_row(
-                _cell(r.id),
-                _cell(r.kind),
-                _cell(_describe(r)),
-                _cell(f"{r.state} ({condition})", _STATE_STYLE[condition]),
-                _cell(r.attempts),
-                _cell(r.last_error or ""),
-            )
-        _console.print(table)
+        _print_resources(resources, alive, width)
     _console.print(_line((f"registry: {_shown(location)}", "dim")))
+
+
+#: The status table's columns; the resource comes last, so that a long name or path runs on
+#: to the end of its line instead of pushing the others, and is never cut short.
+_STATUS_COLUMNS: Final = ("id", "kind", "state", "tries", "resource")
+
+
+def _print_resources(resources: list[ResourceRecord], alive: bool, width: int | None) -> None:
+    """The resources of one run: one row each, columns as wide as their widest cell, nothing
+    elided and no padding after the last column; an error goes on its own lines under its
+    row, wrapped to the terminal's width (on a terminal) or left whole on one line (piped)."""
+    rows = []
+    for r in resources:
+        condition = _condition(r, alive)
+        cells = (str(r.id), r.kind, f"{r.state} ({condition})", str(r.attempts), _describe(r))
+        rows.append((cells, condition, r.last_error))
+    widths = [
+        max(len(column), *(len(cells[i]) for cells, _, _ in rows))
+        for i, column in enumerate(_STATUS_COLUMNS)
+    ]
+
+    def line(cells: tuple[str, ...], styles: tuple[str, ...]) -> Text:
+        pieces: list[str | tuple[str, str]] = ["  "]
+        for i, (cell, style) in enumerate(zip(cells, styles, strict=True)):
+            last = i == len(cells) - 1
+            text = cell if last else (cell.rjust if i in (0, 3) else cell.ljust)(widths[i])
+            pieces.append((text, style))
+            if not last:
+                pieces.append("  ")
+        return _line(*pieces)
+
+    indent = " " * (2 + widths[0] + 2)  # under the kind
+    # On a terminal too narrow for a row, each resource goes on a line of its own under its
+    # row (where it is easy to copy), rather than wrapping the row.
+    stacked = width is not None and 2 + sum(widths) + 2 * (len(widths) - 1) > width
+    shown = len(_STATUS_COLUMNS) - 1 if stacked else len(_STATUS_COLUMNS)
+    _console.print(line(_STATUS_COLUMNS[:shown], ("dim",) * shown))
+    for cells, condition, error in rows:
+        _console.print(line(cells[:shown], ("dim", "", _STATE_STYLE[condition], "dim", "")[:shown]))
+        if stacked:
+            _console.print(Text(indent + cells[-1]))
+        if error:
+            for text in _wrapped(f"error: {error}", indent, width):
+                _console.print(Text(text, style="red"))
+
+
+def _wrapped(text: str, indent: str, width: int | None) -> list[str]:
+    """``text`` indented, wrapped at spaces to ``width`` (None: not wrapped); a word longer
+    than the line (a path, a URL) is never broken."""
+    out: list[str] = []
+    for paragraph in text.splitlines() or [""]:
+        if width is None:
+            out.append(indent + paragraph)
+            continue
+        out.extend(
+            textwrap.wrap(
+                paragraph,
+                width=max(width, len(indent) + 20),
+                initial_indent=indent,
+                subsequent_indent=indent + "  ",
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+            or [indent]
+        )
+    return out
+
+
+def _wrap_width() -> int | None:
+    """The width to wrap long text to: the terminal's; None when the output is not a terminal
+    (a pipe, a log), where each error stays on one line to grep."""
+    return _console.width if _console.is_terminal else None
 
 
 # --- sweep ---------------------------------------------------------------------------------
@@ -477,12 +541,33 @@ def _sweep_leftovers(
     finally:
         if registry is not None:
             registry.close()
+    not_asked = _not_asked(report, urls)
     if as_json:
-        click.echo(json.dumps(report.to_json()))
+        data = report.to_json()
+        data["not_asked"] = [redact_url(u) for u in not_asked]
+        click.echo(json.dumps(data))
     else:
         _print_leftovers(report)
+    if not_asked:
+        # Nothing was listed, so "would release 0" says nothing: a failure of its own (exit
+        # status 2, as for any sweep that could not be done), not a clean bill.
+        _fail(
+            f"nobody asked the server at {', '.join(redact_url(u) for u in not_asked)}: no"
+            " kind that lists it could be used here (each says why under 'not asked'), so"
+            " nothing there was looked at",
+            2,
+            json_printed=True,
+        )
     if report.failed:
         sys.exit(1)
+
+
+def _not_asked(report: LeftoverReport, urls: list[str]) -> list[str]:
+    """The URLs that no kind could ask: every kind listing its scheme was unusable here (its
+    driver is not installed). A kind that asked and failed is a failure, not this."""
+    unusable = {p.kind for p in report.problems if p.importable and not p.fatal}
+    asked_by = {url: [kind for kind, _backend in kinds_for(url)[0]] for url in urls}
+    return [url for url, kinds in asked_by.items() if all(k in unusable for k in kinds)]
 
 
 _ACTION_STYLE: Final = {
@@ -685,7 +770,7 @@ class _ForgetQuery:
         for resource in candidates:
             if resource.run_id not in alive:
                 run = registry.get_run(resource.run_id)
-                alive[resource.run_id] = run is not None and is_alive(run)
+                alive[resource.run_id] = run is not None and is_alive(run, now=registry.now())
             why = self._keep_reason(resource, alive[resource.run_id])
             if why is None:
                 chosen.append(resource)
@@ -783,15 +868,24 @@ RUN_ENV: Final = settings.RUN.name
     is_flag=True,
     help="After the command, one JSON object (run, exit code, releases) as the last line.",
 )
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Exit with status 1 when a release failed, also when COMMAND succeeded (a failed"
+    " COMMAND's own status is kept).",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_obj
-def run_command(location: str, label: str | None, as_json: bool, command: tuple[str, ...]) -> None:
+def run_command(
+    location: str, label: str | None, as_json: bool, strict: bool, command: tuple[str, ...]
+) -> None:
     """Run COMMAND as one run: what it acquires with `reclaim acquire` is released when it
     ends, and by the watchdog or the next sweep if reclaim itself is killed.
 
     The command gets RECLAIM_RUN and RECLAIM_REGISTRY in its environment; SIGINT, SIGTERM and
     SIGHUP sent to reclaim are passed on to it. Exits with the command's status (128+N when it
-    died of signal N).
+    died of signal N); with --strict, a release that failed makes a successful command's run
+    exit with 1.
     """
     if "://" not in location:
         location = os.path.abspath(location)  # the command may change directory
@@ -823,12 +917,14 @@ def run_command(location: str, label: str | None, as_json: bool, command: tuple[
                 " retries it"
             )
         )
+    status = 1 if strict and left and code == 0 else code
     if as_json:
         click.echo(
             json.dumps(
                 {
                     "run": run.id,
                     "exit_code": code,
+                    "exit_status": status,
                     "released": held - len(left),
                     "failed": [
                         {"id": r.id, "kind": r.kind, "name": r.name, "last_error": r.last_error}
@@ -837,7 +933,7 @@ def run_command(location: str, label: str | None, as_json: bool, command: tuple[
                 }
             )
         )
-    sys.exit(code)
+    sys.exit(status)
 
 
 def _open_run(location: str, label: str) -> _run.Run:
@@ -857,6 +953,123 @@ def _still_held(location: str, run_id: str) -> list[ResourceRecord]:
         registry.close()
 
 
+# --- kinds ---------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
+def kinds(as_json: bool) -> None:
+    """List the kinds of resource installed here (entry points and RECLAIM_BACKENDS), with the
+    module that provides each and the arguments its constructor takes (what `reclaim acquire
+    KIND --json-args` passes)."""
+    found = [_kind_info(kind, target, source) for kind, (target, source) in _kinds().items()]
+    if as_json:
+        click.echo(json.dumps({"kinds": found}))
+        return
+    if not found:
+        _console.print("No kinds are installed.")
+        return
+    for n, info in enumerate(found):
+        if n:
+            _console.print()
+        _console.print(_line((info["kind"], "bold"), "  ", (info["class"], "dim")))
+        if info["error"] is not None:
+            _console.print(Text(f"  cannot be used here: {info['error']}", style="yellow"))
+            continue
+        if info["summary"]:
+            _console.print(Text(f"  {info['summary']}", style="dim"))
+        if not info["arguments"]:
+            _console.print(_line("  ", ("no arguments", "dim")))
+        for arg in info["arguments"]:
+            _console.print(Text(f"    {_argument_text(arg)}"))
+
+
+def _kinds() -> dict[str, tuple[str, str]]:
+    """kind -> (module:Class, where it is registered), as load_backend finds them."""
+    from importlib.metadata import entry_points  # noqa: PLC0415  (only this command needs it)
+
+    from reclaim.backends import ENTRY_POINT_GROUP  # noqa: PLC0415
+    from reclaim.backends._base import (  # noqa: PLC0415
+        _configured,  # the RECLAIM_BACKENDS kinds, read exactly as load_backend reads them
+    )
+
+    out = {ep.name: (ep.value, "entry point") for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    out.update({k: (v, settings.BACKENDS.name) for k, v in _configured().items()})
+    return dict(sorted(out.items()))
+
+
+#: Argument names whose default is never shown, whatever the backend declares secret.
+_SECRET_WORDS: Final = ("password", "token", "secret", "key")
+
+
+def _kind_info(kind: str, target: str, source: str) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "kind": kind,
+        "class": target,
+        "module": target.partition(":")[0],
+        "source": source,
+        "summary": "",
+        "arguments": [],
+        "url_schemes": [],
+        "error": None,
+    }
+    try:
+        backend = load_backend(kind)
+        signature = inspect.signature(backend)
+    except (BackendNotFoundError, ValueError, TypeError) as exc:
+        info["error"] = str(exc)
+        return info
+    doc = inspect.cleandoc(backend.__dict__.get("__doc__") or "")  # its own, not inherited
+    info["summary"] = doc.split("\n\n")[0].replace("\n", " ").replace("``", "`")
+    info["url_schemes"] = list(backend.url_schemes)
+    secret = set(backend.secret_fields)
+    for param in signature.parameters.values():
+        named_secret = param.name in secret or any(w in param.name.lower() for w in _SECRET_WORDS)
+        has_default = param.default is not inspect.Parameter.empty
+        # A default that could be a credential (text, a mapping of headers) is never shown.
+        hidden = named_secret and bool(param.default) and not isinstance(param.default, int)
+        annotation = param.annotation
+        info["arguments"].append(
+            {
+                "name": param.name,
+                "kind": _PARAM_KINDS[param.kind],
+                "required": not has_default
+                and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD),
+                "default": None if not has_default else "***" if hidden else repr(param.default),
+                "annotation": None
+                if annotation is inspect.Parameter.empty
+                else annotation
+                if isinstance(annotation, str)
+                else inspect.formatannotation(annotation),
+            }
+        )
+    return info
+
+
+_PARAM_KINDS: Final = {
+    inspect.Parameter.POSITIONAL_ONLY: "positional",
+    inspect.Parameter.POSITIONAL_OR_KEYWORD: "positional or keyword",
+    inspect.Parameter.VAR_POSITIONAL: "*args",
+    inspect.Parameter.KEYWORD_ONLY: "keyword",
+    inspect.Parameter.VAR_KEYWORD: "**kwargs",
+}
+
+
+def _argument_text(arg: dict[str, Any]) -> str:
+    """One argument as Python writes it: ``name: type = default``, ``*args``, ``**kwargs``."""
+    star = {"*args": "*", "**kwargs": "**"}.get(arg["kind"], "")
+    text = f"{star}{arg['name']}"
+    if arg["annotation"]:
+        text += f": {arg['annotation']}"
+    if arg["default"] is not None:
+        text += f" = {arg['default']}"
+    if arg["kind"] == "keyword":
+        text += "  (keyword only)"
+    elif arg["required"]:
+        text += "  (required)"
+    return text
+
+
 # --- acquire and release -------------------------------------------------------------------
 
 
@@ -873,7 +1086,9 @@ def _still_held(location: str, run_id: str) -> list[ResourceRecord]:
 @click.pass_obj
 def acquire(location: str, kind: str, json_args: str, as_json: bool) -> None:
     """Create a resource of KIND for the run of `reclaim run` (for shell scripts and other
-    languages). Prints its value (a path, a pid); it is released when the run ends."""
+    languages). Prints its value (a path, a pid); it is released when the run ends.
+
+    `reclaim kinds` lists the installed kinds and the arguments each takes in --json-args."""
     run_id = settings.RUN.get()
     if not run_id:
         _fail(
@@ -921,8 +1136,9 @@ def _check_run(registry: Registry, run_id: str, kind: str) -> None:
             f"run {run_id} ({RUN_ENV}) is not in the registry {registry.location}: it has ended,"
             f" or {ENV_VAR} names another registry; nothing was acquired for {kind}"
         )
-    if run.state != RunState.OPEN or not is_alive(run):
-        owner = "alive" if is_alive(run) else "dead"
+    living = is_alive(run, now=registry.now())
+    if run.state != RunState.OPEN or not living:
+        owner = "alive" if living else "dead"
         _fail(
             f"run {run_id} is {run.state} and its owner (pid {run.owner.pid}) is {owner}:"
             f" it takes no new resources; nothing was acquired for {kind}"

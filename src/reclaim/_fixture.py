@@ -8,12 +8,16 @@ process dies before its ``with`` block ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import functools
 import inspect
 import os
+import sys
 import threading
-from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import Any, Final, Protocol, TypeGuard, TypeVar
 
 from reclaim._acquire import acquire_failed, journal_plan
 from reclaim._errors import AcquireError, FixtureStateError, NotCreatedError, RegistryError
@@ -22,13 +26,32 @@ from reclaim._registry import Registry, ResourceState
 from reclaim._run import Run, current_run
 from reclaim._signals import critical, protected
 from reclaim.backends import Backend, Record, secret_record
+from reclaim.backends._base import in_worker_thread, running_trio
 
 __all__ = ["Fixture"]
 
 T = TypeVar("T")
 F = TypeVar("F", bound="Fixture")
+U = TypeVar("U")
 
-Detail = str | bytes | Callable[[], str | bytes]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+
+class ContentLike(Protocol):
+    """A testtools content object (``testtools.content.Content``), as the fixtures library
+    passes details around."""
+
+    content_type: Any
+
+    def iter_bytes(self) -> Iterable[bytes]: ...
+
+
+#: A detail for whoever reports a failure: text, bytes, a callable read when it is asked for,
+#: or a testtools content object.
+Detail = str | bytes | Callable[[], str | bytes] | ContentLike
+
+#: The name of the detail in which a Fixture says what it acquired and released (getDetails).
+LOG_DETAIL: Final = "reclaim"
 
 #: In-process releases retry quickly: a test suite should not stall; the sweeper retries later.
 IN_PROCESS_POLICY: Final = RetryPolicy(attempts=3, first_delay=0.05, factor=4.0, max_delay=1.0)
@@ -95,6 +118,11 @@ class Fixture:
     half-way, what it had acquired is released before the error propagates: ``with`` never calls
     ``__exit__`` when ``__enter__`` fails, so the Fixture does it itself.
 
+    It also speaks the ``fixtures`` library's protocol (:meth:`setUp`, :meth:`cleanUp`,
+    :meth:`getDetails`, :meth:`addDetail`, :meth:`useFixture`), for ``useFixture`` under
+    testtools and ``fixtures.TestWithFixtures``, and its async face runs under asyncio, trio
+    and anyio (see docs/unittest.md and the README).
+
     Errors: when releases fail, every failure is raised together in one ``ExceptionGroup`` at
     exit, with the block's own error first if it had one. A ``KeyboardInterrupt`` or
     ``SystemExit`` from the block propagates unchanged (release failures are added to it as
@@ -113,6 +141,8 @@ class Fixture:
         self._stack: list[_Entry] = []
         self._details: dict[str, Detail] = {}
         self._children: list[Fixture] = []
+        self._foreign: list[Any] = []  # fixtures-library fixtures used through useFixture
+        self._log: list[str] = []  # what it acquired and released: the "reclaim" detail
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
@@ -143,6 +173,8 @@ class Fixture:
         self._pid = os.getpid()
         self._details = {}
         self._children = []
+        self._foreign = []
+        self._log = []
 
     def __enter__(self: F) -> F:
         self._open()
@@ -247,6 +279,7 @@ class Fixture:
                 ) from None
             held.record = secret_record(held.backend, record)
             held.value = value
+        self._note(f"acquired {_shown(held)} (entry {held.resource_id} of run {held.run.id})")
 
     def _acquire_failed(self, held: _Held, exc: BaseException) -> None:
         if not isinstance(exc, Exception):
@@ -254,7 +287,7 @@ class Fixture:
         # The backend may have created part of it: settle the planned entry now (_acquire.py).
         with self._lock:
             self._stack.remove(held)
-        raise acquire_failed(
+        error = acquire_failed(
             held.run.registry,
             held.resource_id,
             held.backend,
@@ -263,7 +296,9 @@ class Fixture:
             run_id=held.run.id,
             actor="fixture",
             policy=IN_PROCESS_POLICY,
-        ) from None
+        )
+        self._note(f"acquire failed: {error}")
+        raise error from None
 
     def acquire(self, backend: Backend[T]) -> T:
         """Create a resource through ``backend`` and own it until the fixture exits.
@@ -286,15 +321,33 @@ class Fixture:
         return value
 
     async def aacquire(self, backend: Backend[T]) -> T:
-        """Async twin of :meth:`acquire`."""
+        """Async twin of :meth:`acquire`, under asyncio, trio or anyio.
+
+        An acquisition once begun runs to its end and is journaled, even if the task is
+        cancelled meanwhile (a backend's create cannot be taken back half-way, and a worker
+        thread cannot be stopped); the cancellation is raised after that, and what was
+        created is held by the fixture and released at its exit like everything else.
+        """
         with critical():
             held = self._plan(backend)
-            try:
-                value, record = await backend.aacquire(str(held.record["name"]))
-            except BaseException as exc:
-                self._acquire_failed(held, exc)
-                raise
+            made, error, cancelled = await _run_to_end(
+                backend.aacquire(str(held.record["name"])), running_trio()
+            )
+            if error is not None:
+                try:
+                    self._acquire_failed(held, error)
+                    raise error
+                except BaseException as exc:
+                    if cancelled is None or exc is cancelled:
+                        raise
+                    cancelled.add_note(f"reclaim: while cancelled: {exc}")
+                    raise cancelled from exc
+            assert made is not None
+            value, record = made
             self._acquired(held, value, record)
+        if cancelled is not None:
+            raise cancelled
+        await _deliver_cancellation(running_trio())  # a checkpoint, as trio expects of it
         return value
 
     def add_cleanup(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
@@ -341,12 +394,23 @@ class Fixture:
         out: dict[str, str | bytes] = {k: _read(v) for k, v in self._details.items()}
         for child in self._children:
             for key, value in child.get_details().items():
-                new, n = key, 0
-                while new in out:
-                    n += 1
-                    new = f"{key}-{n}"
-                out[new] = value
+                _merge(out, key, value)
+        for foreign in self._foreign_details():
+            for key, content in foreign.items():
+                _merge(out, key, _read(content))
         return out
+
+    def _foreign_details(self) -> list[dict[str, Any]]:
+        found = []
+        for foreign in self._foreign:
+            try:  # a fixtures-library fixture that was cleaned up has no details any more
+                found.append(dict(foreign.getDetails()))
+            except Exception:  # noqa: S112  (nothing to report from it, then)
+                continue
+        return found
+
+    def _note(self, line: str) -> None:
+        self._log.append(line)
 
     def _snapshot_details(self) -> None:
         # Set-up failed: read callables now, before releasing destroys what they read.
@@ -355,6 +419,91 @@ class Fixture:
                 self._details[key] = _read(value)
             except Exception as exc:
                 self._details[key] = f"<detail could not be read: {exc!r}>"
+
+    # --- the fixtures / testtools protocol --------------------------------------------------
+    # The ``fixtures`` library's protocol (setUp, cleanUp, getDetails, addDetail), so that
+    # ``self.useFixture(reclaim.Fixture(...))`` works under testtools.TestCase and
+    # fixtures.TestWithFixtures, and details reach testtools' reports. The same Fixture, the
+    # same crash model: these are other names for entering and leaving it.
+
+    def setUp(self) -> None:
+        """Enter the fixture (the ``fixtures`` protocol): run :meth:`setup`. When it fails
+        half-way, what it had acquired is released before the error propagates, and
+        :meth:`getDetails` still says what was acquired and released, for the report.
+        Subclasses override :meth:`setup`, not this."""
+        self.__enter__()
+
+    @protected
+    def cleanUp(self, raise_first: bool = True) -> list[ExcInfo] | None:
+        """Leave the fixture (the ``fixtures`` protocol): release everything, last in first
+        out. Release failures are raised together as one ``ExceptionGroup``; with
+        ``raise_first=False`` they are returned as ``sys.exc_info()`` tuples instead."""
+        errors = self._release_all()
+        if not raise_first:
+            return [(type(e), e, e.__traceback__) for e in errors]
+        if errors:
+            self._raise_after(None, errors, f"releasing fixture {self.name!r} failed")
+        return None
+
+    def reset(self) -> None:
+        """Release everything and set up again (the ``fixtures`` protocol)."""
+        self.cleanUp()
+        self.setUp()
+
+    def addCleanup(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+        """:meth:`add_cleanup`, by its ``fixtures`` name."""
+        self.add_cleanup(fn, *args, **kwargs)
+
+    def addDetail(self, name: str, content_object: Detail) -> None:
+        """:meth:`add_detail`, by its ``fixtures`` name: a testtools content object, text,
+        bytes, or a callable read when the details are asked for."""
+        self.add_detail(name, content_object)
+
+    def useFixture(self, fixture: U) -> U:
+        """Set up another fixture now and clean it up with this one: a reclaim Fixture (as
+        :meth:`use`) or any object of the ``fixtures`` protocol (``fixtures.TempDir()``,
+        ``fixtures.MonkeyPatch(...)``), whose details join this one's."""
+        if isinstance(fixture, Fixture):
+            return self.use(fixture)
+        if self._state is not _State.OPEN:
+            raise FixtureStateError(f"Fixture {self.name!r} is not open: useFixture() inside")
+        setup: Callable[[], object] = getattr(fixture, "setUp")  # noqa: B009  (any protocol object)
+        setup()
+        with self._lock:
+            self._stack.append(_Cleanup(getattr(fixture, "cleanUp"), (), {}))  # noqa: B009
+            self._foreign.append(fixture)
+        return fixture
+
+    def getDetails(self) -> dict[str, Any]:
+        """The details for testtools (the ``fixtures`` protocol): :meth:`get_details` as
+        ``testtools.content.Content`` objects, read when the report asks for them, and the
+        ``"reclaim"`` detail: what this fixture acquired and released, and what failed.
+        Without testtools installed, a plain dict of text and bytes."""
+        log = self._log  # this entry's log, even if the fixture is entered again later
+        try:
+            from testtools.content import Content  # noqa: PLC0415  (optional: only for testtools)
+            from testtools.content_type import ContentType  # noqa: PLC0415
+        except ImportError:
+            plain: dict[str, Any] = {LOG_DETAIL: _log_text(log)}
+            for key, read in self.get_details().items():
+                _merge(plain, key, read)
+            return plain
+        text = ContentType("text", "plain", {"charset": "utf8"})
+        binary = ContentType("application", "octet-stream")
+        out: dict[str, Any] = {LOG_DETAIL: Content(text, lambda: [_log_text(log).encode()])}
+        for key, value in self._details.items():
+            if _is_content(value):
+                _merge(out, key, value)
+            else:
+                kind = binary if isinstance(value, bytes) else text
+                _merge(out, key, Content(kind, functools.partial(_read_chunks, value)))
+        for child in self._children:
+            for key, value in child.getDetails().items():
+                _merge(out, key, value)
+        for foreign in self._foreign_details():
+            for key, value in foreign.items():
+                _merge(out, key, value)
+        return out
 
     # --- releasing -------------------------------------------------------------------------
 
@@ -400,7 +549,11 @@ class Fixture:
         if isinstance(entry, _Held):
             self._release_held(entry)
         elif isinstance(entry, _Cleanup):
-            result = entry.fn(*entry.args, **entry.kwargs)
+            try:
+                result = entry.fn(*entry.args, **entry.kwargs)
+            except BaseException as exc:
+                self._note(f"cleanup {entry.fn!r} failed: {exc!r}")
+                raise
             if inspect.isawaitable(result):
                 _close_awaitable(result)
                 raise TypeError(
@@ -413,17 +566,21 @@ class Fixture:
         errors: list[BaseException] = []
         if not self._begin_release():
             return errors
+        trio = running_trio()
         cancelled: BaseException | None = None
         try:
-            while True:
-                try:
-                    with critical():
-                        entry = self._pop()
-                        if entry is None:
-                            break
-                        cancelled = await self._arun_entry(entry, cancelled)
-                except BaseException as exc:
-                    errors.append(exc)
+            # Shielded from the cancellation of the library that runs us: trio's (and anyio's)
+            # cancel scopes do not reach in; a native asyncio cancel is caught and kept.
+            with _shielded(trio):
+                while True:
+                    try:
+                        with critical():
+                            entry = self._pop()
+                            if entry is None:
+                                break
+                            cancelled = await self._arun_entry(entry, cancelled, trio)
+                    except BaseException as exc:
+                        errors.append(exc)
         finally:
             self._state = _State.IDLE
         if cancelled is not None:
@@ -431,21 +588,31 @@ class Fixture:
             for error in errors:
                 cancelled.add_note(f"reclaim: {error}")
             raise cancelled
+        if not errors:
+            # A trio or anyio cancellation that came meanwhile: raised now, all released.
+            await _deliver_cancellation(trio)
         return errors
 
     async def _arun_entry(
-        self, entry: _Held | _Cleanup | _Child, cancelled: BaseException | None
+        self, entry: _Held | _Cleanup | _Child, cancelled: BaseException | None, trio: Any
     ) -> BaseException | None:
         """Run one entry to its end even if the task is cancelled meanwhile; return the
         cancellation to re-raise once everything is released."""
         if isinstance(entry, _Held):
-            return await _despite_cancel(asyncio.to_thread(self._release_held, entry), cancelled)
-        if isinstance(entry, _Cleanup):
-            result = entry.fn(*entry.args, **entry.kwargs)
-            if inspect.isawaitable(result):
-                return await _despite_cancel(result, cancelled)
-            return cancelled
-        return await _despite_cancel(entry.fixture.__aexit__(None, None, None), cancelled)
+            work: Awaitable[Any] = in_worker_thread(self._release_held, entry)
+        elif isinstance(entry, _Cleanup):
+            try:
+                result = entry.fn(*entry.args, **entry.kwargs)
+                if not inspect.isawaitable(result):
+                    return cancelled
+                return await _to_the_end(result, cancelled, trio)
+            except BaseException as exc:
+                if not _is_cancellation(exc):
+                    self._note(f"cleanup {entry.fn!r} failed: {exc!r}")
+                raise
+        else:
+            work = entry.fixture.__aexit__(None, None, None)
+        return await _to_the_end(work, cancelled, trio)
 
     def _release_held(self, held: _Held) -> bool:
         """Release one resource; True when this call released it (False: somebody else had)."""
@@ -458,10 +625,75 @@ class Fixture:
             backend=type(held.backend),
         )
         if outcome.error is not None:
+            self._note(f"release failed: {outcome.error}")
             raise outcome.error
-        if outcome.released and held.value is not _NOTHING:
-            held.backend.discard(held.value)
+        if outcome.released:
+            self._note(f"released {_shown(held)}")
+            if held.value is not _NOTHING:
+                held.backend.discard(held.value)
+        else:
+            self._note(f"{_shown(held)} was released by another process")
         return outcome.released
+
+
+async def _run_to_end(
+    awaitable: Awaitable[T], trio: Any
+) -> tuple[T | None, BaseException | None, BaseException | None]:
+    """Await to the end despite cancellation: (its result, its error, the cancellation that
+    arrived meanwhile, to be raised by the caller once it has journaled the outcome)."""
+    result: T | None = None
+    error: BaseException | None = None
+    cancelled: BaseException | None = None
+
+    async def run() -> None:
+        nonlocal result, error
+        try:
+            result = await awaitable
+        except BaseException as exc:
+            error = exc
+
+    with _shielded(trio):
+        cancelled = await _to_the_end(run(), None, trio)
+    return result, error, cancelled
+
+
+async def _to_the_end(
+    awaitable: Awaitable[Any], cancelled: BaseException | None, trio: Any
+) -> BaseException | None:
+    """Await to the end; the caller has shielded it (:func:`_shielded`) from trio's and anyio's
+    cancellation. Under asyncio a cancellation is kept and returned instead."""
+    if trio is not None:
+        await awaitable
+        return cancelled
+    return await _despite_cancel(awaitable, cancelled)
+
+
+def _shielded(trio: Any) -> contextlib.AbstractContextManager[Any]:
+    """A cancel scope that shields what runs inside from trio's cancel scopes (under trio) or
+    anyio's (under asyncio where anyio is imported: anyio re-cancels a task on every turn of the
+    loop until it leaves the cancelled scope, which would spin :func:`_despite_cancel`), or
+    nothing (plain asyncio, where :func:`_despite_cancel` keeps ``Task.cancel`` out)."""
+    if trio is not None:
+        return trio.CancelScope(shield=True)  # type: ignore[no-any-return]
+    anyio: Any = sys.modules.get("anyio")
+    if anyio is not None:
+        return anyio.CancelScope(shield=True)  # type: ignore[no-any-return]
+    return contextlib.nullcontext()
+
+
+async def _deliver_cancellation(trio: Any) -> None:
+    """Raise the cancellation that a shielded section held back, if there is one (trio's or
+    anyio's; a native asyncio one was kept and is raised by the caller)."""
+    if trio is not None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return
+    anyio: Any = sys.modules.get("anyio")
+    if anyio is not None:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    return isinstance(exc, asyncio.CancelledError) or type(exc).__name__ == "Cancelled"
 
 
 async def _despite_cancel(
@@ -482,7 +714,52 @@ async def _despite_cancel(
 
 
 def _read(value: Detail) -> str | bytes:
-    return value() if callable(value) else value
+    if _is_content(value):  # a testtools content object: its text, or its bytes
+        data = b"".join(value.iter_bytes())
+        if getattr(value.content_type, "type", "") != "text":
+            return data
+        charset = getattr(value.content_type, "parameters", {}).get("charset", "utf8")
+        return data.decode(charset, "replace")
+    result: object = value() if callable(value) else value
+    if not isinstance(result, str | bytes):
+        raise TypeError(f"a detail must be text or bytes, not {type(result).__name__}")
+    return result
+
+
+def _read_chunks(value: Detail) -> list[bytes]:
+    """A detail as testtools reads content: a list of byte chunks. A detail that cannot be read
+    says so instead of failing the report."""
+    try:
+        data = _read(value)
+    except Exception as exc:
+        data = f"<detail could not be read: {exc!r}>"
+    return [data.encode() if isinstance(data, str) else data]
+
+
+def _log_text(log: list[str]) -> str:
+    return "\n".join(log) + "\n" if log else "nothing acquired\n"
+
+
+def _merge(out: dict[str, Any], key: str, value: Any) -> None:
+    """Put ``value`` in ``out`` under ``key``, or ``key-1``, ``key-2``... if it is taken."""
+    new, n = key, 0
+    while new in out:
+        n += 1
+        new = f"{key}-{n}"
+    out[new] = value
+
+
+def _is_content(value: object) -> TypeGuard[ContentLike]:
+    return hasattr(value, "iter_bytes") and hasattr(value, "content_type")
+
+
+def _shown(held: _Held) -> str:
+    """A held resource for people (the details' log): its kind and what it is."""
+    try:
+        what = type(held.backend).describe(held.record)
+    except Exception:
+        what = str(held.record.get("name", "?"))
+    return f"{held.backend.kind} {what!r}"
 
 
 def _close_awaitable(result: object) -> None:

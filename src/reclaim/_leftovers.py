@@ -217,7 +217,9 @@ def find_leftovers(
             if run is None:
                 runs[run_id] = "unknown"
             else:
-                runs[run_id] = "alive" if is_alive(run, now=now) else "dead"
+                # Leases by the registry's clock; the objects' ages by this host's (``now``).
+                alive = is_alive(run, now=registry.now()) if registry is not None else False
+                runs[run_id] = "alive" if alive else "dead"
         return runs[run_id]
 
     for url in urls:

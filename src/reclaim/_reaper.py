@@ -265,7 +265,11 @@ def claim_for_reaping(
 ) -> str | None:
     """Become the run's only reaper (I6). Returns the claim token, or None when somebody alive
     holds it already (or the run changed under us)."""
-    if run.state == RunState.REAPING and run.claimed_by is not None and not _claim_abandoned(run):
+    if (
+        run.state == RunState.REAPING
+        and run.claimed_by is not None
+        and not _claim_abandoned(run, registry.now())
+    ):
         return None
     me = claimer or current_identity()
     token = json.dumps(me.to_json(), sort_keys=True)
@@ -282,7 +286,7 @@ def claim_for_reaping(
     return token if won else None
 
 
-def _claim_abandoned(run: RunRecord) -> bool:
+def _claim_abandoned(run: RunRecord, now: float) -> bool:
     assert run.claimed_by is not None
     try:
         holder = Identity.from_json(json.loads(run.claimed_by))
@@ -291,7 +295,7 @@ def _claim_abandoned(run: RunRecord) -> bool:
     verdict = holder.local_verdict()
     if verdict is not None:
         return not verdict
-    return time.time() - (run.claimed_at or 0.0) > CLAIM_STALE_AFTER
+    return now - (run.claimed_at or 0.0) > CLAIM_STALE_AFTER  # the registry's clock
 
 
 def reap_run(
@@ -302,7 +306,9 @@ def reap_run(
     policy: RetryPolicy | None = None,
     claimer: Identity | None = None,
 ) -> list[ReleaseOutcome] | None:
-    """Claim a dead run and release everything it holds, last in first out.
+    """Claim a dead run and release everything it holds, last in first out: first what is
+    healthy, then what already failed to release (so that a server that is away, with its
+    retries and back-off, does not hold up the releases that can succeed now).
 
     Returns the outcomes, or None when another reaper holds the run.
     """
@@ -310,8 +316,11 @@ def reap_run(
     if token is None:
         return None
     outcomes: list[ReleaseOutcome] = []
+    held = list(reversed(registry.resources(run.id)))
+    healthy = [r for r in held if r.state != ResourceState.FAILED]
+    failed = [r for r in held if r.state == ResourceState.FAILED]
     try:
-        for resource in reversed(registry.resources(run.id)):
+        for resource in healthy + failed:
             outcomes.append(
                 release_resource(registry, resource, actor=actor, states=ALL_STATES, policy=policy)
             )

@@ -9,8 +9,10 @@ Fixtures:
 
 At session start the controller sweeps dead runs of the registry, if the registry exists (a
 suite that acquires nothing creates no registry and starts no watchdog). Each process that
-acquires (each xdist worker) is its own run, labelled with the session's id so that the summary
-covers them all, a crashed worker included: its watchdog releases what it held.
+acquires (each xdist worker) is its own run whose parent is the session, so that the summary
+covers them all, a crashed worker included: its watchdog releases what it held. The summary's
+counts are read from the registry's event log for those runs, once each process has ended its
+run (so a release that a timeout interrupted, retried at the run's end, is counted as it ended).
 
 A release that fails at teardown does not change the test's outcome: it is a
 :class:`reclaim.ReclaimWarning` naming the test, the resource and the error, counted in the
@@ -52,7 +54,6 @@ if TYPE_CHECKING:
         def __init__(self, name: str, *, state: _Session) -> None: ...
 
     from reclaim._registry import Registry
-    from reclaim.backends import Record
 
 __all__ = ["persona", "reclaim", "reclaim_fixture", "reclaim_session"]
 
@@ -73,22 +74,24 @@ Scope = Literal["session", "package", "module", "class", "function"]
 
 @dataclasses.dataclass
 class _Stats:
-    """What the fixtures of one process did."""
+    """What only the process knows (strict mode's ``exists`` checks after release); everything
+    else in the summary comes from the registry's event log."""
 
-    acquired: int = 0
-    released: int = 0
-    failed: int = 0
     leaked: int = 0
     failures: list[str] = dataclasses.field(default_factory=list)
-    runs: list[str] = dataclasses.field(default_factory=list)
 
     def add(self, other: dict[str, Any]) -> None:
-        self.acquired += int(other.get("acquired", 0))
-        self.released += int(other.get("released", 0))
-        self.failed += int(other.get("failed", 0))
         self.leaked += int(other.get("leaked", 0))
         self.failures += [str(f) for f in other.get("failures", [])]
-        self.runs += [str(r) for r in other.get("runs", [])]
+
+
+@dataclasses.dataclass
+class _Crashed:
+    """An xdist worker that went down without reporting: its id, and its pid when xdist knew it
+    (execnet's remote info), to tell its own run from those of processes its tests started."""
+
+    worker: str
+    pid: int | None
 
 
 @dataclasses.dataclass
@@ -105,8 +108,9 @@ class _Session:
     swept_failed: int = 0
     swept_runs: int = 0
     sweep_error: str | None = None
+    end_error: str | None = None
     first_event: int = 0  # events after this id belong to this session
-    crashed: list[str] = dataclasses.field(default_factory=list)
+    crashed: list[_Crashed] = dataclasses.field(default_factory=list)
 
 
 _STATE: Final = pytest.StashKey[_Session]()
@@ -196,7 +200,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # parent in the registry's parent_id column; the summary finds crashed workers' runs by it.
     # The label is for people.
     os.environ[_PARENT_ENV] = _parent(session_id)
-    os.environ[_LABEL_ENV] = f"pytest {worker or 'main'} session {session_id}"
+    os.environ[_LABEL_ENV] = _label(worker, session_id)
     config.stash[_STATE] = _Session(
         session_id=session_id,
         worker=worker,
@@ -225,8 +229,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return  # nothing was ever acquired here: nothing to sweep, and nothing is created
     try:
         registry = _open(location)
+    except FileNotFoundError:
+        return  # a shared registry whose tables were never made: nothing to sweep
     except Exception as exc:
-        state.sweep_error = f"cannot open the registry {location}: {exc}"
+        state.sweep_error = f"cannot open the registry {_shown(location)}: {exc}"
         return
     try:
         state.first_event = registry.last_event_id()
@@ -238,7 +244,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             state.swept_failed = report.failed
             state.swept_runs = len(report.runs_reaped)
     except Exception as exc:
-        state.sweep_error = f"the start-up sweep of {location} failed: {exc}"
+        state.sweep_error = f"the start-up sweep of {_shown(location)} failed: {exc}"
     finally:
         registry.close()
 
@@ -251,7 +257,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         failed = f"; {state.swept_failed} failed (`reclaim status`)" if state.swept_failed else ""
         return [
             f"reclaim: reclaimed {state.swept_released} resources of {state.swept_runs} dead"
-            f" runs from {_location()}{failed}"
+            f" runs from {_shown(_location())}{failed}"
         ]
     return []
 
@@ -363,27 +369,17 @@ def _make_fixture_class() -> type[_PluginFixture]:
     from reclaim._fixture import Fixture  # noqa: PLC0415  (loading the plugin imports nothing heavy)
 
     class PytestFixture(Fixture):
-        """A Fixture that counts for the summary and, when strict, checks releases."""
+        """A Fixture that, when strict, checks with ``exists`` that each release deleted."""
 
         def __init__(self, name: str, *, state: _Session) -> None:
             super().__init__(name)
             self._plugin = state
 
-        def _acquired(self, held: _Held, value: Any, record: Record) -> None:
-            super()._acquired(held, value, record)
-            self._plugin.stats.acquired += 1
-
         def _release_held(self, held: _Held) -> bool:
             stats = self._plugin.stats
-            try:
-                released = super()._release_held(held)
-            except BaseException as exc:
-                stats.failed += 1
-                stats.failures.append(f"{self.name}: {exc}")
-                raise
+            released = super()._release_held(held)
             if not released:
                 return False
-            stats.released += 1
             if self._plugin.strict and type(held.backend).exists(held.record):
                 stats.leaked += 1
                 message = (
@@ -408,12 +404,18 @@ def _make_fixture_class() -> type[_PluginFixture]:
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """After session fixtures are torn down: note this process's run, and hand the counts to
-    the xdist controller."""
+    """After session fixtures are torn down: end this process's run, so that what is still
+    held (a release a timeout interrupted, a fixture never exited) is released before the
+    summary counts it; then hand the strict checks' counts to the xdist controller."""
     state = session.config.stash[_STATE]
-    run = _existing_run()
-    if run is not None:
-        state.stats.runs.append(run.id)
+    if "reclaim._run" in sys.modules:
+        from reclaim._errors import ReclaimError  # noqa: PLC0415  (loading the plugin imports nothing heavy)
+        from reclaim._run import end_run  # noqa: PLC0415  (loading the plugin imports nothing heavy)
+
+        try:
+            end_run(_location())
+        except ReclaimError as exc:
+            state.end_error = f"ending this session's run failed: {exc}"
     workeroutput: dict[str, Any] | None = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:
         workeroutput["reclaim"] = dataclasses.asdict(state.stats)
@@ -421,18 +423,21 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:
-    """xdist controller: add a finished worker's counts; note a worker that crashed."""
+    """xdist controller: add a finished worker's strict counts; note a worker that crashed."""
     state = node.config.stash[_STATE]
     output = getattr(node, "workeroutput", None) or {}
     if "reclaim" in output:
         state.stats.add(output["reclaim"])
     elif error:
-        state.crashed.append(str(node.gateway.id))
+        # xdist asked the worker for its remote info when it started, and keeps the answer.
+        info = getattr(node.gateway, "_cache_rinfo", None)
+        pid = getattr(info, "pid", None)
+        state.crashed.append(_Crashed(str(node.gateway.id), pid if isinstance(pid, int) else None))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """End this process's run now (as a clean exit would): release what is still held and stop
-    the watchdog, rather than at interpreter exit."""
+    """End this process's run if the session did not (as a clean exit would): release what is
+    still held and stop the watchdog, rather than at interpreter exit."""
     if "reclaim._run" in sys.modules:
         from reclaim._run import end_run  # noqa: PLC0415  (loading the plugin imports nothing heavy)
 
@@ -443,78 +448,169 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     state = config.stash[_STATE]
     if state.worker is not None:
         return
-    stats = state.stats
-    crashed = _crashed_counts(state) if state.crashed else None
+    counts, error = _counts(state)
     swept = state.swept_released or state.swept_failed
-    if not (stats.acquired or stats.failed or swept or crashed or state.sweep_error):
+    problems = (state.sweep_error, state.end_error, error)
+    if not (counts.planned or swept or state.crashed or state.stats.leaked or any(problems)):
         return
     tr = terminalreporter
     tr.section("reclaim", sep="-", bold=True)
     parts = [
-        f"{stats.acquired} acquired",
-        f"{stats.released} released",
-        f"{stats.failed} failed",
+        f"{counts.acquired} acquired",
+        f"{counts.released} released",
+        f"{len(counts.failed)} failed",
     ]
-    if stats.leaked:
-        parts.append(f"{stats.leaked} still existed after release")
+    if counts.never_acquired:
+        parts.append(f"{counts.never_acquired} failed acquisitions cleaned up")
+    if state.stats.leaked:
+        parts.append(f"{state.stats.leaked} still existed after release")
     parts.append(f"{state.swept_released} reclaimed from earlier runs")
-    tr.write_line("reclaim: " + ", ".join(parts), red=bool(stats.failed or stats.leaked))
+    tr.write_line("reclaim: " + ", ".join(parts), red=bool(counts.failed or state.stats.leaked))
     if state.swept_failed:
         tr.write_line(
             f"reclaim: the start-up sweep failed to release {state.swept_failed} resources of"
             " earlier runs; they stay in the registry (`reclaim status`)",
             yellow=True,
         )
-    if crashed is not None:
-        held, reclaimed = crashed
+    if state.crashed:
+        held = sum(counts.crashed_held.values())
+        reclaimed = sum(counts.crashed_reclaimed.values())
         tr.write_line(
-            f"reclaim: crashed workers {', '.join(state.crashed)} held {held} resources; their"
-            f" watchdogs released {reclaimed}"
+            f"reclaim: crashed workers {', '.join(c.worker for c in state.crashed)} held {held}"
+            f" resources; their watchdogs released {reclaimed}"
             + ("" if reclaimed >= held else " so far (the rest: `reclaim status`)"),
             yellow=True,
         )
-    if state.sweep_error:
-        tr.write_line(f"reclaim: {state.sweep_error}", red=True)
-    for failure in stats.failures[:_MAX_LISTED]:
+    for problem in problems:
+        if problem:
+            tr.write_line(f"reclaim: {problem}", red=True)
+    failures = counts.failed + state.stats.failures
+    for failure in failures[:_MAX_LISTED]:
         tr.write_line(f"  failed: {failure}", red=True)
-    if len(stats.failures) > _MAX_LISTED:
-        tr.write_line(f"  ... and {len(stats.failures) - _MAX_LISTED} more (`reclaim status`)")
+    if len(failures) > _MAX_LISTED:
+        tr.write_line(f"  ... and {len(failures) - _MAX_LISTED} more (`reclaim status`)")
 
 
-def _crashed_counts(state: _Session) -> tuple[int, int] | None:
-    """(resources the crashed workers' runs held, how many of them are released), read from the
-    registry's events of this session."""
+@dataclasses.dataclass
+class _Counts:
+    """What the event log says of this session's runs (those whose parent is the session: the
+    controller's, every xdist worker's, and those of processes the tests started)."""
+
+    planned: int = 0
+    acquired: int = 0
+    released: int = 0  # of the acquired: released, by anyone (fixture, exit, watchdog, cli)
+    never_acquired: int = 0  # planned, never acquired (a failed acquisition), released
+    failed: list[str] = dataclasses.field(default_factory=list)  # still failed, and why
+    crashed_held: dict[str, int] = dataclasses.field(default_factory=dict)
+    crashed_reclaimed: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class _Entry:
+    run_id: str
+    kind: str
+    name: str
+    acquired: bool = False
+    outcome: str | None = None  # the last of released, failed, not_created, forgotten
+    by: str | None = None
+    error: str | None = None
+
+
+#: The actors that release for a dead owner: what they did, its process had not.
+_REAPERS: Final = frozenset({"watchdog", "sweeper"})
+
+
+def _counts(state: _Session) -> tuple[_Counts, str | None]:
+    """The summary's counts, read from the registry's event log; and what went wrong reading
+    it, if anything."""
+    counts = _Counts()
     location = _location()
     if not _registry_exists(location):
-        return None
+        return counts, None  # nothing was acquired: no registry was created
     try:
         registry = _open(location)
-    except Exception:
-        return None
+    except FileNotFoundError:
+        return counts, None  # a shared registry whose tables were never made
+    except Exception as exc:
+        return counts, f"cannot read the event log of {_shown(location)}: {exc}"
     try:
-        runs: set[str] = set()
-        held: set[int] = set()
-        released: set[int] = set()
-        parent = _parent(state.session_id)
-        reported = set(state.stats.runs)
-        after = state.first_event
-        while page := registry.events(after_id=after, limit=5000):
-            after = page[-1].id
-            for event in page:
-                if event.event == "run.opened":
-                    if event.detail.get("parent") == parent:
-                        runs.add(str(event.run_id))
-                elif event.run_id in runs and event.run_id not in reported:
-                    if event.event == "resource.planned" and event.resource_id is not None:
-                        held.add(event.resource_id)
-                    elif event.event == "resource.released" and event.resource_id is not None:
-                        released.add(event.resource_id)
-        return len(held), len(released & held)
+        runs, entries = _session_events(registry, _parent(state.session_id), state.first_event)
+        failed_rows = {r.id: r for r in registry.resources() if r.run_id in runs}
+    except Exception as exc:
+        return counts, f"cannot read the event log of {_shown(location)}: {exc}"
     finally:
         registry.close()
+    for resource_id, entry in entries.items():
+        counts.planned += 1
+        if entry.acquired:
+            counts.acquired += 1
+            counts.released += entry.outcome == "released"
+        elif entry.outcome == "released":
+            counts.never_acquired += 1
+        if entry.outcome == "failed":
+            row = failed_rows.get(resource_id)
+            label = f"{row.fixture}: " if row is not None else ""
+            counts.failed.append(f"{label}{entry.kind} {entry.name!r}: {entry.error}")
+    for crashed in state.crashed:
+        label = _label(crashed.worker, state.session_id)
+        own = {
+            run_id
+            for run_id, opened in runs.items()
+            if opened.get("label") == label and crashed.pid in (None, opened.get("pid"))
+        }
+        held = [
+            e
+            for e in entries.values()
+            if e.run_id in own
+            and not (e.outcome in ("released", "not_created", "forgotten") and e.by not in _REAPERS)
+        ]
+        counts.crashed_held[crashed.worker] = len(held)
+        counts.crashed_reclaimed[crashed.worker] = sum(
+            1 for e in held if e.outcome == "released" and e.by == "watchdog"
+        )
+    return counts, None
+
+
+def _session_events(
+    registry: Registry, parent: str, after: int
+) -> tuple[dict[str, dict[str, Any]], dict[int, _Entry]]:
+    """(the session's runs, each with its ``run.opened`` detail; their resources' histories)."""
+    runs: dict[str, dict[str, Any]] = {}
+    entries: dict[int, _Entry] = {}
+    while page := registry.events(after_id=after, limit=5000):
+        after = page[-1].id
+        for event in page:
+            if event.event == "run.opened":
+                if event.detail.get("parent") == parent and event.run_id is not None:
+                    runs[event.run_id] = event.detail
+                continue
+            if event.run_id not in runs or event.resource_id is None:
+                continue
+            entry = entries.get(event.resource_id)
+            if event.event == "resource.planned":
+                entries[event.resource_id] = _Entry(
+                    str(event.run_id), str(event.kind), str(event.name)
+                )
+                continue
+            if entry is None:
+                continue  # planned before the session began
+            outcome = event.event.removeprefix("resource.")
+            if outcome == "acquired":
+                entry.acquired = True
+            elif outcome in ("released", "failed", "not_created", "forgotten"):
+                entry.outcome = outcome
+                entry.by = event.detail.get("by")
+                entry.error = event.detail.get("error")
+    return runs, entries
 
 
 # --- small helpers --------------------------------------------------------------------------
+
+
+def _label(worker: str | None, session_id: str) -> str:
+    """The label of the runs of a pytest process (for people, and for the summary to find a
+    crashed worker's run)."""
+    return f"pytest {worker or 'main'} session {session_id}"
 
 
 def _parent(session_id: str) -> str:
@@ -528,6 +624,12 @@ def _location() -> str:
     return default_location()
 
 
+def _shown(location: str) -> str:
+    from reclaim._registry import shown_location  # noqa: PLC0415  (loading the plugin imports nothing heavy)
+
+    return shown_location(location)
+
+
 def _registry_exists(location: str) -> bool:
     return "://" in location or os.path.exists(location)
 
@@ -536,11 +638,3 @@ def _open(location: str) -> Registry:
     from reclaim._registry import open_registry  # noqa: PLC0415  (loading the plugin imports nothing heavy)
 
     return open_registry(location, create=False)
-
-
-def _existing_run() -> Any:
-    if "reclaim._run" not in sys.modules:
-        return None
-    from reclaim._run import existing_run  # noqa: PLC0415  (loading the plugin imports nothing heavy)
-
-    return existing_run(_location())

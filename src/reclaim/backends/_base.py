@@ -10,6 +10,7 @@ import functools
 import importlib
 import inspect
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Final, Generic, TypeVar
 
@@ -151,10 +152,9 @@ class Backend(Generic[ValueT]):
         raise NotImplementedError(f"the {type(self).__name__} backend must implement acquire()")
 
     async def aacquire(self, name: str) -> tuple[ValueT, Record]:
-        """Async twin of :meth:`acquire`; by default runs it in a worker thread."""
-        import asyncio  # noqa: PLC0415  (kept out of the watchdog's imports)
-
-        return await asyncio.to_thread(self.acquire, name)
+        """Async twin of :meth:`acquire`; by default runs it in a worker thread of the running
+        async library (trio, or asyncio; anyio runs on either)."""
+        return await in_worker_thread(self.acquire, name)
 
     @classmethod
     def release(cls, record: Record) -> None:
@@ -163,10 +163,9 @@ class Backend(Generic[ValueT]):
 
     @classmethod
     async def arelease(cls, record: Record) -> None:
-        """Async twin of :meth:`release`; by default runs it in a worker thread."""
-        import asyncio  # noqa: PLC0415  (kept out of the watchdog's imports)
-
-        await asyncio.to_thread(cls.release, record)
+        """Async twin of :meth:`release`; by default runs it in a worker thread of the running
+        async library."""
+        await in_worker_thread(cls.release, record)
 
     @classmethod
     def exists(cls, record: Record) -> bool:
@@ -193,6 +192,42 @@ class Backend(Generic[ValueT]):
     def discard(self, value: ValueT) -> None:
         """Drop in-process handles after a successful in-process release (reap a child, close a
         connection). Never called by the watchdog or the sweeper, which have no value."""
+
+
+# --- the running async library (for the default aacquire and arelease) -----------------------
+# reclaim depends on neither trio nor anyio: trio is used only when the calling task runs under
+# it (directly, or as anyio's trio backend), which it can only do if trio is imported already.
+
+ResultT = TypeVar("ResultT")
+
+
+def running_trio() -> Any:
+    """The ``trio`` module when the calling task runs under trio, else None (asyncio)."""
+    trio: Any = sys.modules.get("trio")
+    if trio is None:
+        return None
+    try:
+        trio.lowlevel.current_task()  # raises RuntimeError outside trio
+    except RuntimeError:
+        return None
+    return trio
+
+
+async def in_worker_thread(func: Callable[..., ResultT], *args: Any) -> ResultT:
+    """``func(*args)`` in a worker thread of the running library, without blocking its loop.
+
+    Under trio the call cannot be cancelled (``trio.to_thread.run_sync``'s default: a thread
+    cannot be stopped, so the cancellation arrives once it is done). Under asyncio a
+    cancellation leaves the thread running to its end, as ``asyncio.to_thread`` does; a
+    :class:`reclaim.Fixture` waits for it.
+    """
+    trio = running_trio()
+    if trio is not None:
+        result: ResultT = await trio.to_thread.run_sync(func, *args)
+        return result
+    import asyncio  # noqa: PLC0415  (kept out of the watchdog's imports)
+
+    return await asyncio.to_thread(func, *args)
 
 
 def _guard(func: Callable[..., Any]) -> Callable[..., Any]:
