@@ -60,6 +60,7 @@ BOTH_REGISTRIES: Final = frozenset(
         "test_interrupts",
         "test_acquire_failures",
         "test_pytest_plugin",
+        "test_leases",
     }
 )
 

@@ -65,7 +65,14 @@ from reclaim._registry._model import (
     RunRecord,
     RunState,
 )
-from reclaim._registry._sqlite import _RESOURCE_COLUMNS, _RUN_COLUMNS, _resource, _run
+from reclaim._registry._rows import (
+    RESOURCE_COLUMNS,
+    RUN_COLUMNS,
+    opened_detail,
+    opened_run,
+    resource_from_row,
+    run_from_row,
+)
 from reclaim._signals import critical
 
 try:
@@ -836,29 +843,14 @@ class PostgresRegistry(Registry):
                 token,
                 "run.opened",
                 run_id=run_id,
-                detail={
-                    "pid": owner.pid,
-                    "host": owner.host,
-                    "label": label,
-                    **({"parent": parent_id} if parent_id else {}),
-                },
+                detail=opened_detail(owner, label, parent_id),
                 at=now,
             )
             return now
 
         now = self._transact(body, token=token)
-        return RunRecord(
-            id=run_id,
-            parent_id=parent_id,
-            label=label,
-            owner=owner,
-            state=RunState.OPEN,
-            started_at=now,
-            heartbeat_at=now,
-            lease_seconds=lease_seconds,
-            closed_at=None,
-            claimed_by=None,
-            claimed_at=None,
+        return opened_run(
+            run_id, owner, label=label, parent_id=parent_id, lease_seconds=lease_seconds, now=now
         )
 
     def close_run(self, run_id: str) -> None:
@@ -889,12 +881,12 @@ class PostgresRegistry(Registry):
         self._transact(body)
 
     def get_run(self, run_id: str) -> RunRecord | None:
-        rows = self._read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = %s", (run_id,))  # noqa: S608
-        return _run(rows[0]) if rows else None
+        rows = self._read(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = %s", (run_id,))  # noqa: S608
+        return run_from_row(rows[0]) if rows else None
 
     def list_runs(self) -> list[RunRecord]:
-        rows = self._read(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY started_at, id")  # noqa: S608
-        return [_run(r) for r in rows]
+        rows = self._read(f"SELECT {RUN_COLUMNS} FROM runs ORDER BY started_at, id")  # noqa: S608
+        return [run_from_row(r) for r in rows]
 
     def claim_run(
         self,
@@ -1018,7 +1010,7 @@ class PostgresRegistry(Registry):
                 "UPDATE resources SET state = %s, updated_at = %s, release_token = %s"  # noqa: S608
                 " WHERE id = %s AND (state = ANY(%s)"
                 " OR (state = %s AND release_token = %s))"
-                f" RETURNING {_RESOURCE_COLUMNS}",
+                f" RETURNING {RESOURCE_COLUMNS}",
                 (
                     ResourceState.RELEASING.value,
                     now,
@@ -1030,7 +1022,7 @@ class PostgresRegistry(Registry):
                 ),
             )
             row = cur.fetchone()
-            return None if row is None else _resource(row)
+            return None if row is None else resource_from_row(row)
 
         return self._transact(body)
 
@@ -1092,20 +1084,20 @@ class PostgresRegistry(Registry):
 
     def resources(self, run_id: str | None = None) -> list[ResourceRecord]:
         if run_id is None:
-            rows = self._read(f"SELECT {_RESOURCE_COLUMNS} FROM resources ORDER BY id")  # noqa: S608
+            rows = self._read(f"SELECT {RESOURCE_COLUMNS} FROM resources ORDER BY id")  # noqa: S608
         else:
             rows = self._read(
-                f"SELECT {_RESOURCE_COLUMNS} FROM resources WHERE run_id = %s ORDER BY id",  # noqa: S608
+                f"SELECT {RESOURCE_COLUMNS} FROM resources WHERE run_id = %s ORDER BY id",  # noqa: S608
                 (run_id,),
             )
-        return [_resource(r) for r in rows]
+        return [resource_from_row(r) for r in rows]
 
     def get_resource(self, resource_id: int) -> ResourceRecord | None:
         rows = self._read(
-            f"SELECT {_RESOURCE_COLUMNS} FROM resources WHERE id = %s",  # noqa: S608
+            f"SELECT {RESOURCE_COLUMNS} FROM resources WHERE id = %s",  # noqa: S608
             (resource_id,),
         )
-        return _resource(rows[0]) if rows else None
+        return resource_from_row(rows[0]) if rows else None
 
     def forget(self, resource_id: int, *, actor: str) -> ResourceRecord | None:
         token = uuid.uuid4()
@@ -1113,13 +1105,13 @@ class PostgresRegistry(Registry):
         def body(cur: Cursor[Any]) -> ResourceRecord | None:
             now = self._now(cur)
             cur.execute(
-                f"DELETE FROM resources WHERE id = %s RETURNING {_RESOURCE_COLUMNS}",  # noqa: S608
+                f"DELETE FROM resources WHERE id = %s RETURNING {RESOURCE_COLUMNS}",  # noqa: S608
                 (resource_id,),
             )
             row = cur.fetchone()
             if row is None:
                 return None
-            found = _resource(row)
+            found = resource_from_row(row)
             self._event(
                 cur, token, "resource.forgotten", run_id=found.run_id, resource_id=resource_id,
                 kind=found.kind, name=found.name, detail={"by": actor}, at=now,

@@ -33,6 +33,14 @@ from reclaim._registry._model import (
     RunRecord,
     RunState,
 )
+from reclaim._registry._rows import (
+    RESOURCE_COLUMNS,
+    RUN_COLUMNS,
+    opened_detail,
+    opened_run,
+    resource_from_row,
+    run_from_row,
+)
 from reclaim._signals import critical
 
 __all__ = ["SCHEMA_VERSION", "SQLiteRegistry"]
@@ -405,26 +413,11 @@ class SQLiteRegistry(Registry):
                 conn,
                 "run.opened",
                 run_id=run_id,
-                detail={
-                    "pid": owner.pid,
-                    "host": owner.host,
-                    "label": label,
-                    **({"parent": parent_id} if parent_id else {}),
-                },
+                detail=opened_detail(owner, label, parent_id),
                 at=now,
             )
-        return RunRecord(
-            id=run_id,
-            parent_id=parent_id,
-            label=label,
-            owner=owner,
-            state=RunState.OPEN,
-            started_at=now,
-            heartbeat_at=now,
-            lease_seconds=lease_seconds,
-            closed_at=None,
-            claimed_by=None,
-            claimed_at=None,
+        return opened_run(
+            run_id, owner, label=label, parent_id=parent_id, lease_seconds=lease_seconds, now=now
         )
 
     def close_run(self, run_id: str) -> None:
@@ -445,12 +438,13 @@ class SQLiteRegistry(Registry):
             conn.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", (time.time(), run_id))
 
     def get_run(self, run_id: str) -> RunRecord | None:
-        rows = self._read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
-        return _run(rows[0]) if rows else None
+        rows = self._read(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+        return run_from_row(rows[0]) if rows else None
 
     def list_runs(self) -> list[RunRecord]:
         return [
-            _run(r) for r in self._read(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY started_at, id")
+            run_from_row(r)
+            for r in self._read(f"SELECT {RUN_COLUMNS} FROM runs ORDER BY started_at, id")
         ]
 
     def claim_run(
@@ -545,10 +539,10 @@ class SQLiteRegistry(Registry):
         with self._write() as conn:
             row = conn.execute(
                 "UPDATE resources SET state = ?, updated_at = ?"
-                f" WHERE id = ? AND state IN ({marks}) RETURNING {_RESOURCE_COLUMNS}",
+                f" WHERE id = ? AND state IN ({marks}) RETURNING {RESOURCE_COLUMNS}",
                 (ResourceState.RELEASING, time.time(), resource_id, *states),
             ).fetchone()
-        return None if row is None else _resource(row)
+        return None if row is None else resource_from_row(row)
 
     def mark_released(self, resource_id: int, *, actor: str) -> None:
         now = time.time()
@@ -600,26 +594,26 @@ class SQLiteRegistry(Registry):
 
     def resources(self, run_id: str | None = None) -> list[ResourceRecord]:
         if run_id is None:
-            rows = self._read(f"SELECT {_RESOURCE_COLUMNS} FROM resources ORDER BY id")
+            rows = self._read(f"SELECT {RESOURCE_COLUMNS} FROM resources ORDER BY id")
         else:
             rows = self._read(
-                f"SELECT {_RESOURCE_COLUMNS} FROM resources WHERE run_id = ? ORDER BY id",
+                f"SELECT {RESOURCE_COLUMNS} FROM resources WHERE run_id = ? ORDER BY id",
                 (run_id,),
             )
-        return [_resource(r) for r in rows]
+        return [resource_from_row(r) for r in rows]
 
     def get_resource(self, resource_id: int) -> ResourceRecord | None:
-        rows = self._read(f"SELECT {_RESOURCE_COLUMNS} FROM resources WHERE id = ?", (resource_id,))
-        return _resource(rows[0]) if rows else None
+        rows = self._read(f"SELECT {RESOURCE_COLUMNS} FROM resources WHERE id = ?", (resource_id,))
+        return resource_from_row(rows[0]) if rows else None
 
     def forget(self, resource_id: int, *, actor: str) -> ResourceRecord | None:
         with self._write() as conn:
             row = conn.execute(
-                f"DELETE FROM resources WHERE id = ? RETURNING {_RESOURCE_COLUMNS}", (resource_id,)
+                f"DELETE FROM resources WHERE id = ? RETURNING {RESOURCE_COLUMNS}", (resource_id,)
             ).fetchone()
             if row is None:
                 return None
-            found = _resource(row)
+            found = resource_from_row(row)
             self._event(
                 conn,
                 "resource.forgotten",
@@ -705,72 +699,3 @@ def _set_wal(conn: sqlite3.Connection) -> None:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
-
-
-_RUN_COLUMNS: Final = (
-    "id, parent_id, label, owner, state, started_at, heartbeat_at, lease_seconds, closed_at,"
-    " claimed_by, claimed_at"
-)
-_RESOURCE_COLUMNS: Final = (
-    "id, run_id, fixture, kind, name, record, state, attempts, last_error, created_at,"
-    " updated_at, acquired_at"
-)
-
-
-def _owner(text: Any) -> Identity:
-    try:
-        return Identity.from_json(json.loads(text))
-    except (TypeError, ValueError, KeyError):
-        # A damaged owner: nobody can tell by pid whether it lives, so it is judged like a run
-        # of another host, by its lease (heartbeat_at), which is a column of its own.
-        return Identity(host="<damaged owner>", boot_id="", pidns="", pid=-1, start_time=-1)
-
-
-def _run(r: tuple[Any, ...]) -> RunRecord:
-    return RunRecord(
-        id=r[0],
-        parent_id=r[1],
-        label=str(r[2]),
-        owner=_owner(r[3]),
-        state=RunState(r[4]),
-        started_at=r[5],
-        heartbeat_at=r[6],
-        lease_seconds=r[7],
-        closed_at=r[8],
-        claimed_by=r[9],
-        claimed_at=r[10],
-    )
-
-
-def _resource(r: tuple[Any, ...]) -> ResourceRecord:
-    damaged: str | None = None
-    try:
-        record = json.loads(r[5])
-        if not isinstance(record, dict):
-            raise ValueError(f"it is a JSON {type(record).__name__}, not an object")
-        state = ResourceState(r[6])
-    except (TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
-        # One damaged row must not make the registry unusable: it is shown by its id, never
-        # released from (nobody knows what it names), and `reclaim forget ID` removes it.
-        damaged = f"its row in the registry is damaged ({type(exc).__name__}: {exc})"
-        record, state = {}, ResourceState.FAILED
-    return ResourceRecord(
-        id=r[0],
-        run_id=r[1],
-        fixture=str(r[2]),
-        kind=str(r[3]),
-        name=str(r[4]),
-        record=record,
-        state=state,
-        attempts=int(r[7] or 0),
-        last_error=(
-            f"{damaged}; nothing can be released from it: look at it with `reclaim status"
-            f" --json`, then remove it with `reclaim forget {r[0]}`"
-            if damaged
-            else r[8]
-        ),
-        created_at=r[9],
-        updated_at=r[10],
-        acquired_at=r[11],
-        damaged=damaged,
-    )

@@ -1,0 +1,122 @@
+"""What both registries read from a row and write into an event: one copy, so the SQLite and
+the PostgreSQL registry cannot drift apart in what a record means."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+from reclaim._identity import Identity
+from reclaim._registry._model import ResourceRecord, ResourceState, RunRecord, RunState
+
+__all__ = [
+    "RESOURCE_COLUMNS",
+    "RUN_COLUMNS",
+    "opened_detail",
+    "opened_run",
+    "resource_from_row",
+    "run_from_row",
+]
+
+RUN_COLUMNS: Final = (
+    "id, parent_id, label, owner, state, started_at, heartbeat_at, lease_seconds, closed_at,"
+    " claimed_by, claimed_at"
+)
+RESOURCE_COLUMNS: Final = (
+    "id, run_id, fixture, kind, name, record, state, attempts, last_error, created_at,"
+    " updated_at, acquired_at"
+)
+
+
+def _owner(text: Any) -> Identity:
+    try:
+        return Identity.from_json(json.loads(text))
+    except (TypeError, ValueError, KeyError):
+        # A damaged owner: nobody can tell by pid whether it lives, so it is judged like a run
+        # of another host, by its lease (heartbeat_at), which is a column of its own.
+        return Identity(host="<damaged owner>", boot_id="", pidns="", pid=-1, start_time=-1)
+
+
+def run_from_row(r: tuple[Any, ...]) -> RunRecord:
+    return RunRecord(
+        id=r[0],
+        parent_id=r[1],
+        label=str(r[2]),
+        owner=_owner(r[3]),
+        state=RunState(r[4]),
+        started_at=r[5],
+        heartbeat_at=r[6],
+        lease_seconds=r[7],
+        closed_at=r[8],
+        claimed_by=r[9],
+        claimed_at=r[10],
+    )
+
+
+def resource_from_row(r: tuple[Any, ...]) -> ResourceRecord:
+    damaged: str | None = None
+    try:
+        record = json.loads(r[5])
+        if not isinstance(record, dict):
+            raise ValueError(f"it is a JSON {type(record).__name__}, not an object")
+        state = ResourceState(r[6])
+    except (TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        # One damaged row must not make the registry unusable: it is shown by its id, never
+        # released from (nobody knows what it names), and `reclaim forget ID` removes it.
+        damaged = f"its row in the registry is damaged ({type(exc).__name__}: {exc})"
+        record, state = {}, ResourceState.FAILED
+    return ResourceRecord(
+        id=r[0],
+        run_id=r[1],
+        fixture=str(r[2]),
+        kind=str(r[3]),
+        name=str(r[4]),
+        record=record,
+        state=state,
+        attempts=int(r[7] or 0),
+        last_error=(
+            f"{damaged}; nothing can be released from it: look at it with `reclaim status"
+            f" --json`, then remove it with `reclaim forget {r[0]}`"
+            if damaged
+            else r[8]
+        ),
+        created_at=r[9],
+        updated_at=r[10],
+        acquired_at=r[11],
+        damaged=damaged,
+    )
+
+
+def opened_run(
+    run_id: str,
+    owner: Identity,
+    *,
+    label: str,
+    parent_id: str | None,
+    lease_seconds: float,
+    now: float,
+) -> RunRecord:
+    """The record of a run just opened at ``now``."""
+    return RunRecord(
+        id=run_id,
+        parent_id=parent_id,
+        label=label,
+        owner=owner,
+        state=RunState.OPEN,
+        started_at=now,
+        heartbeat_at=now,
+        lease_seconds=lease_seconds,
+        closed_at=None,
+        claimed_by=None,
+        claimed_at=None,
+    )
+
+
+def opened_detail(owner: Identity, label: str, parent_id: str | None) -> dict[str, Any]:
+    """The detail of a ``run.opened`` event."""
+    return {
+        "pid": owner.pid,
+        "host": owner.host,
+        "label": label,
+        **({"parent": parent_id} if parent_id else {}),
+    }
