@@ -278,3 +278,27 @@ def test_a_lease_renewed_after_it_was_seen_expired_wins_against_the_claim(
         reg.finish_reap(now.id, "sweeper", actor="sweeper")
     finally:
         reg.close()
+
+
+def test_the_lease_renewer_thread_never_takes_a_signal_sent_to_the_process(
+    registry_path: str,
+) -> None:
+    """Seen in CI: a SIGINT delivered to the renewer thread made `reclaim run` unable to tell
+    the terminal's Ctrl-C from a kill(2), so the command got it twice. The renewer is born
+    with every asynchronous signal blocked; the kernel then gives such signals to another
+    thread."""
+    import threading  # noqa: PLC0415  (only this test looks at threads)
+
+    from reclaim._run import current_run, end_run  # noqa: PLC0415  (opens a run in-process)
+
+    current_run(registry_path)
+    try:
+        (renewer,) = [t for t in threading.enumerate() if t.name.startswith("reclaim-lease-")]
+        status = Path(f"/proc/self/task/{renewer.native_id}/status").read_text()
+        blocked = int(status.split("SigBlk:")[1].split()[0], 16)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+            assert blocked & (1 << (sig - 1)), f"{sig.name} can reach the renewer thread"
+        main = Path(f"/proc/self/task/{threading.main_thread().native_id}/status").read_text()
+        assert not int(main.split("SigBlk:")[1].split()[0], 16) & (1 << (signal.SIGINT - 1))
+    finally:
+        end_run(registry_path)

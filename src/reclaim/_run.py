@@ -22,6 +22,7 @@ import contextlib
 import itertools
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -163,6 +164,14 @@ def lease_seconds() -> float:
     return seconds
 
 
+#: Signals a background thread of reclaim's blocks: all but those the kernel raises in the
+#: thread that faults, and the two that cannot be blocked.
+_ASYNC_SIGNALS: Final = signal.valid_signals() - {
+    signal.SIGKILL, signal.SIGSTOP, signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL,
+    signal.SIGTRAP, signal.SIGSYS,
+}  # fmt: skip
+
+
 class _Renewer:
     """A daemon thread that renews a run's lease every ``interval`` seconds, on a connection
     of its own (opened at the first renewal). A renewal that fails (the registry is away) is
@@ -176,7 +185,15 @@ class _Renewer:
             name=f"reclaim-lease-{run_id}",
             daemon=True,
         )
-        self._thread.start()
+        # Born with every asynchronous signal blocked: a signal sent to the process must reach
+        # a thread of the user's, not this one. (One taken here runs its Python handler all
+        # the same, but `reclaim run` could no longer tell a terminal's Ctrl-C from a kill(2),
+        # and the command would get the Ctrl-C twice.)
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNC_SIGNALS)
+        try:
+            self._thread.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     def _loop(self, location: str, run_id: str, interval: float) -> None:
         registry: Registry | None = None
