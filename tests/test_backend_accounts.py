@@ -1,36 +1,38 @@
 """User accounts through SCIM 2.0 and a generic REST API, against local stand-in servers
-(``tests/providers/scim.py``): the conformance kit over every flavour of create answer; release
-finds an account whose id was never recorded by its exact name and never touches another; hostile
-ids and names cannot leave their URL or filter; secrets stay out of errors, the registry and
-``reclaim status``; 429 is retried after Retry-After; a SIGKILLed owner's accounts are deleted by
-its watchdog, or by ``reclaim sweep`` when the watchdog died too; a provider that is down keeps the
-entry failed until a sweep after it is back; an acquire that provably created nothing (no
-connection, a refused token, a taken name) leaves no entry and deletes nobody's account."""
+(``tests/providers/scim.py``): release finds an account whose id was never recorded by its exact
+name and never touches another; hostile ids and names cannot leave their URL or filter; secrets
+stay out of errors, the registry and ``reclaim status``; 429 is retried after Retry-After; an
+acquire that provably created nothing (no connection, a refused token, a taken name) leaves no
+entry and deletes nobody's account.
+
+The kits run both kinds on these stand-ins: ``check_backend`` over every flavour of create
+answer (tests/test_conformance.py); ``check_crash`` (a SIGKILLed owner's account is deleted by
+its watchdog, which waits out a 429, or by a sweep when the watchdog died too) and
+``check_outage`` (a provider that is down keeps the entry failed, no token shown, until a later
+sweep) in tests/test_crash_kit.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import reclaim
 from _services import closed_port
-from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, registry_is_empty, wait_until
+from conftest import reclaim_cli, registry_is_empty
 from providers.scim import RestUsers, ScimServer
 from reclaim import AcquireError, BackendError, ForeignNameError, NotCreatedError, ReleaseError
 from reclaim._registry import open_registry
 from reclaim.backends import Backend, Record, _http, accounts, load_backend
 from reclaim.backends import make_name as _make_name
 from reclaim.backends.accounts import Account, RestAccount, ScimUser
-from reclaim.testing import check_backend, dead_identity
+from reclaim.testing import dead_identity
 
 RUN = "0a1b2c3d"
 NOW = 1_800_000_000  # one creation time for every name made here: the same name, every call
@@ -60,45 +62,7 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return seen
 
 
-# --- the conformance kit -----------------------------------------------------------------------
-
-REST_FLAVOURS: dict[str, dict[str, Any]] = {
-    "plain": {},
-    "envelope": {"envelope": True},  # {"data": {...}}, lookups {"items": [...]}
-    "location-only": {"location_only": True},  # 201, no body: the id from Location
-    "gone-410": {"gone_status": 410},
-}
-
-
-@pytest.mark.parametrize("flavour", sorted(REST_FLAVOURS))
-def test_rest_conformance(flavour: str, tmp_path: Path, registry_path: str) -> None:
-    with RestUsers(**REST_FLAVOURS[flavour]) as server:
-        id_field = "data.id" if flavour == "envelope" else "id"
-
-        def make() -> RestAccount:
-            body = {"username": "{name}", "email": "{name}@example.test"}
-            return RestAccount(server.collection, body, token=server.token, id_field=id_field)
-
-        def delete_outside(record: Record) -> None:
-            server.users.pop(record["id"])
-
-        check_backend(make, registry=tmp_path / "kit.sqlite3", delete_outside=delete_outside)
-        assert server.users == {}
-
-
-@pytest.mark.parametrize("domain", [None, "example.test"], ids=["username", "email"])
-def test_scim_conformance(
-    domain: str | None, scim: ScimServer, tmp_path: Path, registry_path: str
-) -> None:
-    def delete_outside(record: Record) -> None:
-        scim.users.pop(record["id"])
-
-    check_backend(
-        lambda: ScimUser(scim.base_url, token=scim.token, email_domain=domain),
-        registry=tmp_path / "kit.sqlite3",
-        delete_outside=delete_outside,
-    )
-    assert scim.users == {}
+# --- the kinds ---------------------------------------------------------------------------------
 
 
 def test_kinds_load_through_entry_points() -> None:
@@ -470,113 +434,6 @@ def test_leftovers_are_reclaim_names_only(operators: tuple[str, ...]) -> None:
             assert server.token not in repr(leftover)
             ScimUser.release(leftover.record)
         assert server.user_names() == set(foreign)
-
-
-# --- crashes -----------------------------------------------------------------------------------
-
-HOLDER = """
-import json, os, sys, time
-import reclaim
-from reclaim.backends.accounts import RestAccount, ScimUser
-from reclaim._run import current_run
-
-go = sys.argv[1] if len(sys.argv) > 1 else None
-try:
-    with reclaim.Fixture("sarah") as f:
-        scim = f.acquire(ScimUser(email_domain="example.test"))
-        rest = f.acquire(RestAccount(body={"username": "{name}", "email": "{name}@x.test"}))
-        run = current_run()
-        watchdog = run.watchdog.pid if run.watchdog else None
-        print(json.dumps({"run": run.id, "watchdog": watchdog,
-                          "logins": [scim.login, rest.login]}), flush=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (go and os.path.exists(go)):
-            time.sleep(0.01)
-except BaseException as exc:
-    notes = [str(e) for e in getattr(exc, "exceptions", [])]
-    print(json.dumps({"error": str(exc), "notes": notes}), flush=True)
-"""
-
-
-@pytest.fixture
-def servers(
-    scim: ScimServer, rest: RestUsers, monkeypatch: pytest.MonkeyPatch
-) -> tuple[ScimServer, RestUsers]:
-    """Both stand-ins, named in the environment the child processes inherit."""
-    monkeypatch.setenv("SCIM_BASE_URL", scim.base_url)
-    monkeypatch.setenv("SCIM_TOKEN", scim.token)
-    monkeypatch.setenv("RECLAIM_ACCOUNT_URL", rest.collection)
-    monkeypatch.setenv("RECLAIM_ACCOUNT_TOKEN", rest.token)
-    return scim, rest
-
-
-def test_sigkill_then_the_watchdog_deletes_the_accounts(
-    spawn: Spawner, servers: tuple[ScimServer, RestUsers], registry_path: str
-) -> None:
-    scim, rest = servers
-    proc, held = spawn(HOLDER)
-    assert scim.user_names() == {held["logins"][0]}
-    assert rest.usernames() == {held["logins"][1]}
-    scim.throttle(1, retry_after="1")  # the watchdog meets a rate limit, and waits it out
-    kill(proc)
-    wait_until(lambda: not scim.users and not rest.users)
-    assert [s for _, _, s in scim.injected] == [429]
-    reg = open_registry(registry_path)
-    try:
-        wait_until(lambda: reg.get_run(held["run"]) is None)
-        by = {e.detail.get("by") for e in reg.events() if e.event == "resource.released"}
-        assert by == {"watchdog"}
-    finally:
-        reg.close()
-
-
-def test_watchdog_killed_too_then_sweep(
-    spawn: Spawner, servers: tuple[ScimServer, RestUsers], registry_path: str
-) -> None:
-    scim, rest = servers
-    proc, held = spawn(HOLDER)
-    os.kill(held["watchdog"], signal.SIGKILL)
-    kill(proc)
-    time.sleep(0.3)
-    assert scim.user_names() == {held["logins"][0]}, "nobody released anything yet"
-    assert rest.usernames() == {held["logins"][1]}
-    swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
-    assert swept["released"] == 2
-    assert scim.users == {}
-    assert rest.users == {}
-    assert json.loads(reclaim_cli("status", "--json").stdout) == {"runs": []}
-
-
-def test_provider_down_keeps_the_entry_failed_until_a_later_sweep(
-    spawn: Spawner, servers: tuple[ScimServer, RestUsers], registry_path: str, tmp_path: Path
-) -> None:
-    scim, rest = servers
-    go = tmp_path / "go"
-    proc, held = spawn(HOLDER, str(go))
-    scim.down()
-    try:
-        go.write_text("")
-        proc.wait(timeout=CHILD_TIMEOUT)
-        assert proc.stdout is not None
-        outcome = json.loads(proc.stdout.readline())
-        assert "releasing fixture 'sarah' failed" in outcome["error"]
-        (note,) = outcome["notes"]
-        assert "account.scim" in note
-        assert "stays in state failed" in note
-        assert scim.token not in note
-        assert rest.users == {}, "the REST account, whose provider is up, went"
-        status = json.loads(reclaim_cli("status", "--json").stdout)
-        (run,) = status["runs"]
-        (entry,) = run["resources"]
-        assert (entry["kind"], entry["condition"]) == ("account.scim", "failed")
-        assert "is the server up" in entry["last_error"]
-        assert scim.token not in json.dumps(status)
-        assert scim.user_names() == {held["logins"][0]}
-    finally:
-        scim.up()
-    swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
-    assert (swept["released"], swept["failed"]) == (1, 0)
-    assert scim.users == {}
 
 
 # --- an acquire that created nothing (issue 11) ------------------------------------------------

@@ -1,25 +1,25 @@
 """Disposable inboxes (mail.tm, mailsac) against local stand-in servers (``tests/providers``):
-the conformance kit; a message is waited for and read, sync and async, and its link and code
-pulled out; mail.tm's account is found from the journaled password alone (a stale token or a
-crash before the id was recorded change nothing) and a stranger's address is never adopted;
-mail.tm's 8 requests per second are respected and a 429 is retried after Retry-After, then
-reported; mailsac's public inbox is emptied and its reserved address given back; leftovers are
-reclaim names only; hostile names never reach a URL; secrets stay out of errors, the registry,
-``reclaim status`` and the child's traceback; a SIGKILLed owner's inboxes are deleted by its
-watchdog, or by ``reclaim sweep`` when the watchdog died too; a provider that is down keeps the
-entry failed until a sweep after it is back; an acquire that provably made nothing (no
-connection, a refused key, a stranger's address) leaves no entry and touches nobody's inbox."""
+a message is waited for and read, sync and async, and its link and code pulled out; mail.tm's
+account is found from the journaled password alone (a stale token or a crash before the id was
+recorded change nothing) and a stranger's address is never adopted; mail.tm's 8 requests per
+second are respected and a 429 is retried after Retry-After, then reported; mailsac's public
+inbox is emptied and its reserved address given back; leftovers are reclaim names only; hostile
+names never reach a URL; secrets stay out of errors, the registry and ``reclaim status``; an
+acquire that provably made nothing (no connection, a refused key, a stranger's address) leaves
+no entry and touches nobody's inbox.
+
+The kits run both kinds on these stand-ins: ``check_backend`` in tests/test_conformance.py;
+``check_crash`` (a SIGKILLed owner's inbox is deleted by its watchdog, which waits out a 429, or
+by a sweep when the watchdog died too) and ``check_outage`` (a provider that is down keeps the
+entry failed until a later sweep; neither mailsac's key nor the password mail.tm's plan chose
+is in the child's error or output, the entry or ``reclaim status``) in tests/test_crash_kit.py."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,7 +27,7 @@ import pytest
 
 import reclaim
 from _services import closed_port
-from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, registry_is_empty, wait_until
+from conftest import CHILD_TIMEOUT, reclaim_cli, registry_is_empty
 from providers.mailsac import MailsacServer
 from providers.mailtm import MailTmServer
 from reclaim import (
@@ -49,7 +49,7 @@ from reclaim.backends.email import (
     find_code,
     find_links,
 )
-from reclaim.testing import check_backend, dead_identity
+from reclaim.testing import dead_identity
 
 RUN = "0a1b2c3d"
 
@@ -77,25 +77,7 @@ def name(seq: int) -> str:
     return make_name(RUN, seq, now=1_800_000_000)
 
 
-# --- the conformance kit -----------------------------------------------------------------------
-
-
-def test_mailtm_conformance(mailtm: MailTmServer, tmp_path: Path) -> None:
-    check_backend(
-        lambda: MailTmInbox(base_url=mailtm.url),
-        registry=tmp_path / "kit.sqlite3",
-        delete_outside=lambda record: mailtm.delete_account(record["address"]),
-    )
-    assert mailtm.addresses() == set()
-
-
-def test_mailsac_conformance(mailsac: MailsacServer, tmp_path: Path) -> None:
-    check_backend(
-        lambda: MailsacInbox(mailsac.api_key, base_url=mailsac.api_url, reserve=True),
-        registry=tmp_path / "kit.sqlite3",
-        delete_outside=lambda record: mailsac.unreserve(record["address"]),
-    )
-    assert mailsac.owners == {}
+# --- the kinds ---------------------------------------------------------------------------------
 
 
 def test_kinds_load_through_entry_points() -> None:
@@ -532,102 +514,6 @@ def test_mailsac_leftovers_are_reclaim_names_only(mailsac: MailsacServer) -> Non
     assert set(mailsac.owners) == {*lookalikes, f"{name(3)}@mailsac.com"}
     assert MailsacInbox.url_schemes == ("mailsac", "mailsac+http")
     assert MailTmInbox.url_schemes == (), "mail.tm cannot list accounts"
-
-
-# --- killed processes --------------------------------------------------------------------------
-
-CHILD = """
-import json, os, sys, time
-import reclaim
-from reclaim._run import current_run
-from reclaim.backends.email import MailsacInbox, MailTmInbox
-
-mailtm, mailsac, key, marker = sys.argv[1:5]
-with reclaim.Fixture("signup") as persona:
-    a = persona.acquire(MailTmInbox(base_url=mailtm))
-    b = persona.acquire(MailsacInbox(key, base_url=mailsac, reserve=True))
-    run = current_run()
-    watchdog = run.watchdog.pid if run.watchdog else None
-    print(json.dumps({"addresses": [a.address, b.address], "run": run.id,
-                      "watchdog": watchdog}), flush=True)
-    deadline = time.monotonic() + 60
-    while not os.path.exists(marker) and time.monotonic() < deadline:
-        time.sleep(0.01)
-"""
-
-
-def _child_args(mailtm: MailTmServer, mailsac: MailsacServer, marker: Path) -> list[str]:
-    return [mailtm.url, mailsac.api_url, mailsac.api_key, str(marker)]
-
-
-def test_sigkill_then_the_watchdog_deletes_the_inboxes(
-    spawn: Spawner, mailtm: MailTmServer, mailsac: MailsacServer, tmp_path: Path
-) -> None:
-    proc, held = spawn(CHILD, *_child_args(mailtm, mailsac, tmp_path / "never"))
-    assert mailtm.addresses() == {held["addresses"][0]}
-    assert set(mailsac.owners) == {held["addresses"][1]}
-    kill(proc)
-    wait_until(lambda: not mailtm.addresses() and not mailsac.owners)
-
-
-def test_watchdog_killed_too_then_sweep(
-    spawn: Spawner,
-    mailtm: MailTmServer,
-    mailsac: MailsacServer,
-    tmp_path: Path,
-    registry_path: str,
-) -> None:
-    proc, held = spawn(CHILD, *_child_args(mailtm, mailsac, tmp_path / "never"))
-    os.kill(held["watchdog"], signal.SIGKILL)
-    kill(proc)
-    assert mailtm.addresses() == {held["addresses"][0]}, "nobody released anything yet"
-    swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
-    assert swept["released"] == 2
-    assert mailtm.addresses() == set()
-    assert mailsac.owners == {}
-    assert json.loads(reclaim_cli("status", "--json").stdout) == {"runs": []}
-
-
-def test_provider_down_keeps_the_entry_failed_until_a_later_sweep(
-    spawn: Spawner,
-    mailtm: MailTmServer,
-    mailsac: MailsacServer,
-    tmp_path: Path,
-    registry_path: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The child leaves its block while mail.tm is unreachable: the in-process release fails,
-    the child exits with the error (no secret in its traceback), the entry stays failed; the
-    sweep after mail.tm is back deletes the account."""
-    monkeypatch.setenv("RECLAIM_WATCHDOG", "0")
-    marker = tmp_path / "leave"
-    proc, held = spawn(CHILD, *_child_args(mailtm, mailsac, marker))
-    reg = open_registry(registry_path)
-    try:
-        (password,) = [
-            r.record["password"] for r in reg.resources(held["run"]) if r.kind == "email.mailtm"
-        ]
-    finally:
-        reg.close()
-    mailtm.down()
-    marker.write_text("")
-    _out, err = proc.communicate(timeout=CHILD_TIMEOUT)
-    assert proc.returncode != 0
-    assert "could not be deleted" in err
-    assert "cannot be reached" in err
-    assert password not in err
-    assert mailsac.owners == {}, "the provider that was up was released in-process"
-
-    status: dict[str, Any] = json.loads(reclaim_cli("status", "--json").stdout)
-    (run,) = status["runs"]
-    (entry,) = run["resources"]
-    assert (entry["kind"], entry["state"]) == ("email.mailtm", "failed")
-    assert password not in json.dumps(status)
-
-    mailtm.up()
-    swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
-    assert swept["released"] == 1
-    assert mailtm.addresses() == set()
 
 
 # --- an acquire that made nothing (issue 11) ---------------------------------------------------

@@ -1,42 +1,41 @@
 """OpenFGA stores and tuples against a local stand-in of OpenFGA's HTTP API
 (``tests/providers/openfga.py``).
 
-Proves: both kinds pass the conformance kit; a store whose id was never recorded is found by its
-exact name across pages of ``GET /stores``, and only it is deleted; ``exists`` asks ``GET`` since
-``DELETE`` answers 204 for a store that is gone; a 404 that is not OpenFGA's never counts as
-released; tuples written after the record was journaled are found by the name they carry, never
-another test's (``_1`` is not ``_12``), and a tuple without the name is refused; ids from the
-server or the registry cannot leave their URL; the API token stays out of errors, the registry and
-``reclaim status``; 429 is retried; a SIGKILLed owner's store and tuples are released by its
-watchdog, or by ``reclaim sweep`` when the watchdog died too; a server that is down keeps the
-entries failed until a sweep after it is back; the registry-less sweep lists only reclaim names.
-An acquire that provably made nothing (no connection, a refused key, a tuple that exists
-already) leaves no entry and deletes nothing."""
+Proves: a store whose id was never recorded is found by its exact name across pages of
+``GET /stores``, and only it is deleted; ``exists`` asks ``GET`` since ``DELETE`` answers 204
+for a store that is gone; a 404 that is not OpenFGA's never counts as released; tuples written
+after the record was journaled are found by the name they carry, never another test's (``_1``
+is not ``_12``), and a tuple without the name is refused; ids from the server or the registry
+cannot leave their URL; the API token stays out of errors, the registry and ``reclaim status``;
+429 is retried; the registry-less sweep lists only reclaim names. An acquire that provably made
+nothing (no connection, a refused key, a tuple that exists already) leaves no entry and deletes
+nothing.
+
+The kits run both kinds on this stand-in: ``check_backend`` (a store bare and with a model, and
+tuples in a store others' tuples share) in tests/test_conformance.py; ``check_crash`` (a
+SIGKILLed owner's store, whose release waits out a 429, and tuples are released by its
+watchdog, or by a sweep when the watchdog died too) and ``check_outage`` (a server that is down
+keeps the entry failed, no token shown, until a later sweep) in tests/test_crash_kit.py."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import reclaim
 from _services import closed_port
-from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, registry_is_empty, wait_until
+from conftest import reclaim_cli, registry_is_empty
 from providers.openfga import MODEL, OpenFgaServer, new_ulid
 from reclaim import AcquireError, ForeignNameError, NotCreatedError, ReleaseError, sweep
 from reclaim._registry import open_registry
-from reclaim.backends import Backend, Record, _http, load_backend
+from reclaim.backends import Backend, _http, load_backend
 from reclaim.backends import make_name as _make_name
 from reclaim.backends.openfga import FgaStore, FgaTuples, OpenFgaStore, OpenFgaTuples, TupleLike
-from reclaim.testing import check_backend, dead_identity
+from reclaim.testing import dead_identity
 
 RUN = "0a1b2c3d"
 NOW = 1_800_000_000  # one creation time for every name made here: the same name, every call
@@ -89,41 +88,6 @@ def tuples_backend(server: OpenFgaServer, store_id: str) -> OpenFgaTuples:
 def test_kinds_load_through_entry_points() -> None:
     assert load_backend("openfga.store") is OpenFgaStore
     assert load_backend("openfga.tuples") is OpenFgaTuples
-
-
-# --- the conformance kit -----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("model", [False, True], ids=["bare", "with-model"])
-def test_store_conformance(
-    model: bool, fga: OpenFgaServer, tmp_path: Path, registry_path: str
-) -> None:
-    def delete_outside(record: Record) -> None:
-        fga.stores[record["id"]]["deleted"] = True
-
-    check_backend(
-        lambda: store_backend(fga, model=MODEL if model else None),
-        registry=tmp_path / "kit.sqlite3",
-        delete_outside=delete_outside,
-    )
-    assert fga.live_stores() == {}
-
-
-def test_tuples_conformance(
-    fga: OpenFgaServer, shared: str, tmp_path: Path, registry_path: str
-) -> None:
-    before = fga.keys(shared)
-
-    def delete_outside(record: Record) -> None:
-        for key in fga.keys(shared) - before:
-            del fga.tuples[shared][key]
-
-    check_backend(
-        lambda: tuples_backend(fga, shared),
-        registry=tmp_path / "kit.sqlite3",
-        delete_outside=delete_outside,
-    )
-    assert fga.keys(shared) == before, "only our tuples went, the others' stayed"
 
 
 # --- stores ------------------------------------------------------------------------------------
@@ -375,107 +339,6 @@ def test_leftovers_are_reclaim_names_only(fga: OpenFgaServer) -> None:
         OpenFgaStore.release(leftover.record)
     assert set(fga.live_stores().values()) >= set(foreign)
     assert not set(fga.live_stores().values()) & set(ours)
-
-
-# --- crashes -----------------------------------------------------------------------------------
-
-HOLDER = """
-import json, os, sys, time
-import reclaim
-from reclaim.backends.openfga import OpenFgaStore, OpenFgaTuples
-from reclaim._run import current_run
-
-go = sys.argv[1] if len(sys.argv) > 1 else None
-try:
-    with reclaim.Fixture("sarah") as f:
-        store = f.acquire(OpenFgaStore())
-        mine = f.acquire(OpenFgaTuples(tuples=[("user:{name}", "owner", "document:{name}")]))
-        mine.write(("user:anne", "viewer", mine.ref("document", "-late")))  # after the record
-        run = current_run()
-        watchdog = run.watchdog.pid if run.watchdog else None
-        print(json.dumps({"run": run.id, "watchdog": watchdog, "store": store.id,
-                          "name": mine.name}), flush=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (go and os.path.exists(go)):
-            time.sleep(0.01)
-except BaseException as exc:
-    notes = [str(e) for e in getattr(exc, "exceptions", [])]
-    print(json.dumps({"error": str(exc), "notes": notes}), flush=True)
-"""
-
-
-@pytest.fixture
-def env(fga: OpenFgaServer, shared: str, monkeypatch: pytest.MonkeyPatch) -> OpenFgaServer:
-    """The stand-in, named in the environment the child processes inherit."""
-    monkeypatch.setenv("FGA_API_URL", fga.url)
-    monkeypatch.setenv("FGA_API_TOKEN", API_TOKEN)
-    monkeypatch.setenv("FGA_STORE_ID", shared)
-    return fga
-
-
-def test_sigkill_then_the_watchdog_releases(
-    spawn: Spawner, env: OpenFgaServer, shared: str, registry_path: str
-) -> None:
-    others = env.keys(shared)
-    proc, held = spawn(HOLDER)
-    assert held["store"] in env.live_stores()
-    assert len(env.keys(shared) - others) == 2
-    env.throttle(1, retry_after="1")  # the watchdog meets a rate limit, and waits it out
-    kill(proc)
-    wait_until(lambda: held["store"] not in env.live_stores() and env.keys(shared) == others)
-    assert [s for _, _, s in env.injected] == [429]
-    reg = open_registry(registry_path)
-    try:
-        wait_until(lambda: reg.get_run(held["run"]) is None)
-        by = {e.detail.get("by") for e in reg.events() if e.event == "resource.released"}
-        assert by == {"watchdog"}
-    finally:
-        reg.close()
-
-
-def test_watchdog_killed_too_then_sweep(
-    spawn: Spawner, env: OpenFgaServer, shared: str, registry_path: str
-) -> None:
-    others = env.keys(shared)
-    proc, held = spawn(HOLDER)
-    os.kill(held["watchdog"], signal.SIGKILL)
-    kill(proc)
-    time.sleep(0.3)
-    assert held["store"] in env.live_stores(), "nobody released anything yet"
-    swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
-    assert swept["released"] == 2
-    assert held["store"] not in env.live_stores()
-    assert env.keys(shared) == others
-
-
-def test_server_down_keeps_the_entries_failed_until_a_later_sweep(
-    spawn: Spawner, env: OpenFgaServer, shared: str, registry_path: str, tmp_path: Path
-) -> None:
-    others = env.keys(shared)
-    go = tmp_path / "go"
-    proc, held = spawn(HOLDER, str(go))
-    env.down()
-    try:
-        go.write_text("")
-        proc.wait(timeout=CHILD_TIMEOUT)
-        assert proc.stdout is not None
-        out = proc.stdout.read()
-        outcome = json.loads(out)
-        assert len(outcome["notes"]) == 2
-        assert all("stays in state failed" in n for n in outcome["notes"])
-        status = reclaim_cli("status", "--json").stdout
-        (run,) = json.loads(status)["runs"]
-        assert [r["condition"] for r in run["resources"]] == ["failed", "failed"]
-        assert all("is the server up" in r["last_error"] for r in run["resources"])
-        assert API_TOKEN not in status
-        assert API_TOKEN not in out
-    finally:
-        env.up()
-    assert held["store"] in env.live_stores()
-    swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
-    assert (swept["released"], swept["failed"]) == (2, 0)
-    assert held["store"] not in env.live_stores()
-    assert env.keys(shared) == others
 
 
 # --- an acquire that made nothing (issue 11) ---------------------------------------------------

@@ -1,32 +1,31 @@
 """Phone numbers (Twilio, sms-activate) against local stand-in servers (``tests/providers``):
-the conformance kit; SMS and codes are waited for, sync and async; a Twilio number bought but
-never recorded is found by its FriendlyName (I1), across pages, and a 404 that is not Twilio's
-20404 is never taken for "released"; an sms-activate activation refused as too young
-(EARLY_CANCEL_DENIED) stays failed until a later sweep cancels it, a used one is finished, every
-"already over" answer counts as released, and a planned record never cancels a stranger's
-activation; leftovers are reclaim names only; hostile ids never reach a URL; credentials stay out
-of errors, the registry, ``reclaim status``, tracebacks and httpx's log; a SIGKILLed owner's
-numbers are released by its watchdog, or by ``reclaim sweep`` when the watchdog died too; a
-provider that is down keeps the entry failed until a sweep after it is back; an acquire that
-provably bought or rented nothing (no connection, refused credentials, no number, an answer that
-rents nothing) leaves no entry."""
+SMS and codes are waited for, sync and async; a Twilio number bought but never recorded is found
+by its FriendlyName (I1), across pages, and a 404 that is not Twilio's 20404 is never taken for
+"released"; an sms-activate activation refused as too young (EARLY_CANCEL_DENIED) stays failed
+until a later sweep cancels it, a used one is finished, every "already over" answer counts as
+released, and a planned record never cancels a stranger's activation; leftovers are reclaim
+names only; hostile ids never reach a URL; credentials stay out of errors, the registry,
+``reclaim status`` and httpx's log; an acquire that provably bought or rented nothing (no
+connection, refused credentials, no number, an answer that rents nothing) leaves no entry.
+
+The kits run both kinds on these stand-ins: ``check_backend`` in tests/test_conformance.py;
+``check_crash`` (a SIGKILLed owner's number is released by its watchdog, Twilio's after a 429,
+or by a sweep when the watchdog died too) and ``check_outage`` (a provider that is down keeps
+the entry failed, no token or key in the child's error or output, the entry or ``reclaim
+status``, until a later sweep) in tests/test_crash_kit.py."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
-import signal
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import reclaim
 from _services import closed_port
-from conftest import CHILD_TIMEOUT, Spawner, kill, reclaim_cli, registry_is_empty, wait_until
+from conftest import reclaim_cli, registry_is_empty
 from providers._server import RawReply, RawRequest, json_reply
 from providers.mailtm import MailTmServer
 from providers.smsactivate import SmsActivateServer
@@ -38,7 +37,7 @@ from reclaim._run import end_run
 from reclaim._sweep import sweep
 from reclaim.backends import Backend, load_backend, make_name
 from reclaim.backends.phone import SmsActivateNumber, TwilioNumber
-from reclaim.testing import check_backend, dead_identity
+from reclaim.testing import dead_identity
 
 RUN = "0a1b2c3d"
 FAST = RetryPolicy(attempts=2, first_delay=0.01)
@@ -69,26 +68,7 @@ def sms_number(server: SmsActivateServer, **kwargs: Any) -> SmsActivateNumber:
     return SmsActivateNumber(server.api_key, base_url=server.api_url, **kwargs)
 
 
-# --- the conformance kit -----------------------------------------------------------------------
-
-
-def test_twilio_conformance(twilio: TwilioServer, tmp_path: Path) -> None:
-    check_backend(
-        lambda: twilio_number(twilio),
-        registry=tmp_path / "kit.sqlite3",
-        delete_outside=lambda record: twilio.release_number(record["sid"]),
-    )
-    assert twilio.owned() == {}
-
-
-def test_smsactivate_conformance(sms: SmsActivateServer, tmp_path: Path) -> None:
-    """With ``find_unrecorded`` the planned record finds the activation too (I1)."""
-    check_backend(
-        lambda: sms_number(sms, find_unrecorded=True),
-        registry=tmp_path / "kit.sqlite3",
-        delete_outside=lambda record: sms.cancel(record["activation_id"]),
-    )
-    assert sms.active() == {}
+# --- the kinds ---------------------------------------------------------------------------------
 
 
 def test_kinds_load_through_entry_points() -> None:
@@ -483,105 +463,6 @@ def test_smsactivate_key_from_the_environment(
     monkeypatch.delenv("SMS_ACTIVATE_API_KEY")
     with pytest.raises(ValueError, match="SMS_ACTIVATE_API_KEY"):
         SmsActivateNumber()
-
-
-# --- killed processes --------------------------------------------------------------------------
-
-CHILD = """
-import json, os, sys, time
-import reclaim
-from reclaim._run import current_run
-from reclaim.backends.phone import SmsActivateNumber, TwilioNumber
-
-twilio, sid, token, sms, key, marker = sys.argv[1:7]
-with reclaim.Fixture("phone") as persona:
-    a = persona.acquire(TwilioNumber(sid, token, base_url=twilio))
-    b = persona.acquire(SmsActivateNumber(key, base_url=sms, min_cancel_age=0))
-    run = current_run()
-    watchdog = run.watchdog.pid if run.watchdog else None
-    print(json.dumps({"numbers": [a.number, b.number], "activation": b.activation_id,
-                      "run": run.id, "watchdog": watchdog}), flush=True)
-    deadline = time.monotonic() + 60
-    while not os.path.exists(marker) and time.monotonic() < deadline:
-        time.sleep(0.01)
-"""
-
-
-def _child_args(twilio: TwilioServer, sms: SmsActivateServer, marker: Path) -> list[str]:
-    return [
-        twilio.url,
-        twilio.account_sid,
-        twilio.auth_token,
-        sms.api_url,
-        sms.api_key,
-        str(marker),
-    ]
-
-
-def test_sigkill_then_the_watchdog_releases_the_numbers(
-    spawn: Spawner, twilio: TwilioServer, sms: SmsActivateServer, tmp_path: Path
-) -> None:
-    proc, held = spawn(CHILD, *_child_args(twilio, sms, tmp_path / "never"))
-    assert list(twilio.owned().values()) == [held["numbers"][0]]
-    assert list(sms.active()) == [int(held["activation"])]
-    kill(proc)
-    wait_until(lambda: not twilio.owned() and not sms.active())
-    assert sms.state(held["activation"]) == "cancel"
-
-
-def test_watchdog_killed_too_then_sweep(
-    spawn: Spawner,
-    twilio: TwilioServer,
-    sms: SmsActivateServer,
-    tmp_path: Path,
-    registry_path: str,
-) -> None:
-    proc, held = spawn(CHILD, *_child_args(twilio, sms, tmp_path / "never"))
-    os.kill(held["watchdog"], signal.SIGKILL)
-    kill(proc)
-    assert twilio.owned(), "nobody released anything yet"
-    assert sms.active()
-    swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
-    assert swept["released"] == 2
-    assert twilio.owned() == {}
-    assert sms.active() == {}
-    assert json.loads(reclaim_cli("status", "--json").stdout) == {"runs": []}
-
-
-def test_provider_down_keeps_the_entry_failed_until_a_later_sweep(
-    spawn: Spawner,
-    twilio: TwilioServer,
-    sms: SmsActivateServer,
-    tmp_path: Path,
-    registry_path: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The child leaves its block while Twilio is unreachable: the in-process release fails,
-    the child exits with the error (no token in its traceback), the entry stays failed; the
-    sweep after Twilio is back releases the number."""
-    monkeypatch.setenv("RECLAIM_WATCHDOG", "0")
-    marker = tmp_path / "leave"
-    proc, held = spawn(CHILD, *_child_args(twilio, sms, marker))
-    twilio.down()
-    marker.write_text("")
-    _out, err = proc.communicate(timeout=CHILD_TIMEOUT)
-    assert proc.returncode != 0
-    assert "could not be released" in err
-    assert held["numbers"][0] in err
-    assert twilio.auth_token not in err
-    assert sms.api_key not in err
-    assert sms.active() == {}, "the provider that was up was released in-process"
-
-    status: dict[str, Any] = json.loads(reclaim_cli("status", "--json").stdout)
-    (run,) = status["runs"]
-    (entry,) = run["resources"]
-    assert (entry["kind"], entry["state"]) == ("phone.twilio", "failed")
-    assert twilio.auth_token not in json.dumps(status)
-
-    twilio.up()
-    swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
-    assert swept["released"] == 1
-    assert twilio.owned() == {}
 
 
 # --- an acquire that bought nothing (issue 11) -------------------------------------------------

@@ -1,13 +1,18 @@
 """The S3 bucket backend against a real local S3 server (moto's server mode, over HTTP).
 
-Proves: the conformance kit in two regions; bucket names that S3 accepts and the sweeper can
-parse back; a versioned bucket holding more than a page of versions, delete markers and an
-unfinished upload is emptied and deleted; a SIGKILLed owner's bucket is deleted by its watchdog,
-and by ``reclaim sweep`` (with no AWS variables at all: the record is enough) when the watchdog
-died too; an S3 server that is down keeps the entry ``failed`` until a later release succeeds;
+Proves: bucket names that S3 accepts and the sweeper can parse back; a versioned bucket holding
+more than a page of versions, delete markers and an unfinished upload is emptied and deleted; a
+release that meets a server that is down, at a fixture's exit (its error names the bucket and
+the endpoint; the run's end retries it) or in the watchdog of a SIGKILLed owner (a later sweep
+deletes the bucket, objects and all), keeps the entry ``failed`` until a later release succeeds;
 hostile names, prefixes, endpoints and regions never reach a URL; only reclaim's own buckets are
 listed as leftovers; the secret key is in no error, status or stored error text. Every check of a
 release asks the server itself (``head_bucket``, ``list_buckets``) through a client of its own.
+
+The kits run the kind on moto's server too, with no AWS variable anywhere (the record is
+enough): ``check_backend`` in two regions (tests/test_conformance.py); ``check_crash`` (a
+SIGKILLed owner's bucket is deleted by its watchdog, or by a sweep when the watchdog died too)
+and ``check_outage`` (the child's own release meets the outage) in tests/test_crash_kit.py.
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ import inspect
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -55,10 +59,9 @@ from reclaim import (
 )
 from reclaim._registry import open_registry
 from reclaim._run import end_run
-from reclaim.backends import Record, load_backend, make_name, parse_name
+from reclaim.backends import load_backend, make_name, parse_name
 from reclaim.backends import s3 as s3_backend
 from reclaim.backends.s3 import Bucket, S3Bucket
-from reclaim.testing import check_backend
 
 if TYPE_CHECKING:
     from types_boto3_s3.client import S3Client
@@ -85,9 +88,11 @@ AWS_VARIABLES = (
 # --- the server and an independent client ----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    """moto's S3 server in a thread of this process, on a free port, for this module alone."""
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """moto's S3 server in a thread of this process, on a free port: its URL. Also for the kits'
+    cases (tests/test_crash_kit.py, tests/test_conformance.py), whose child processes and
+    watchdogs reach it over HTTP."""
     werkzeug = logging.getLogger("werkzeug")
     level = werkzeug.level
     werkzeug.setLevel(logging.ERROR)  # one INFO line per request otherwise
@@ -99,6 +104,22 @@ def moto_url() -> Iterator[str]:
     finally:
         server.stop()
         werkzeug.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    """moto's S3 server for this module alone."""
+    with moto_server() as url:
+        yield url
+
+
+def no_aws_environment(monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
+    """No AWS variable and no AWS file (``directory`` holds none) for this process and the
+    processes it starts: only what a backend is given, or its record holds, reaches boto3."""
+    for name in AWS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(directory / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(directory / "no-aws-credentials"))
 
 
 def raw_client(endpoint: str, region: str = REGION) -> S3Client:
@@ -117,10 +138,7 @@ def raw_client(endpoint: str, region: str = REGION) -> S3Client:
 def s3(moto_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[S3Client]:
     """The AWS variables point at moto; after the test, every bucket on it is emptied and
     deleted (the server is this module's alone), also when the test failed."""
-    for name in AWS_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    no_aws_environment(monkeypatch, tmp_path)
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
@@ -177,23 +195,6 @@ def entry_count(client: S3Client, name: str) -> tuple[int, int]:
 
 
 # --- the contract ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("region", [REGION, "us-east-1"])
-def test_conformance(
-    s3: S3Client, moto_url: str, tmp_path: Path, registry_path: str, region: str
-) -> None:
-    observer = raw_client(moto_url, region)
-
-    def delete_outside(record: Record) -> None:
-        observer.delete_bucket(Bucket=record["name"])
-
-    check_backend(
-        lambda: S3Bucket(region=region),
-        registry=tmp_path / "kit.sqlite3",
-        delete_outside=delete_outside,
-    )
-    assert bucket_names(s3) == set(), "the kit left a bucket behind"
 
 
 def test_entry_point() -> None:
@@ -590,7 +591,7 @@ def test_list_leftovers_refuses_other_urls(s3: S3Client) -> None:
         list(S3Bucket.list_leftovers("s3+http://127.0.0.1:1?prefix=../"))
 
 
-# --- crashes ----------------------------------------------------------------------------------
+# --- outages the crash kits do not stage ------------------------------------------------------
 
 HOLDER = """
 import json, os, sys, time
@@ -598,8 +599,6 @@ import reclaim
 from reclaim.backends.s3 import S3Bucket
 from reclaim._run import current_run
 
-if sys.argv[2] == "group":
-    os.setpgid(0, 0)
 with reclaim.Fixture("s3-holder") as f:
     bucket = f.acquire(S3Bucket(versioned=True, endpoint_url=sys.argv[1]))
     client = bucket.client()
@@ -621,44 +620,7 @@ def resource_states(registry_path: str) -> list[str]:
         reg.close()
 
 
-def test_sigkill_watchdog_deletes_the_bucket(
-    s3: S3Client, moto_url: str, spawn: Spawner, registry_path: str
-) -> None:
-    proc, held = spawn(HOLDER, moto_url, "-")
-    assert bucket_exists(s3, held["bucket"])
-    assert entry_count(s3, held["bucket"])[1] == 21  # 20 versions and a delete marker
-    status = reclaim_cli("status", "--json").stdout
-    assert held["bucket"] in status
-    assert SECRET not in status, "the secret key is redacted in status (I7)"
-    kill(proc)
-    wait_until(lambda: not bucket_exists(s3, held["bucket"]))
-    wait_until(lambda: resource_states(registry_path) == [])
-    wait_until(lambda: not alive(held["watchdog"]))
-
-
-def test_watchdog_killed_too_then_sweep_with_no_aws_environment(
-    s3: S3Client,
-    moto_url: str,
-    spawn: Spawner,
-    registry_path: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Owner and watchdog die together; a sweep that has no AWS variable at all releases the
-    bucket from the record alone (I2)."""
-    proc, held = spawn(HOLDER, moto_url, "group")
-    os.kill(held["watchdog"], signal.SIGKILL)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=CHILD_TIMEOUT)
-    assert bucket_exists(s3, held["bucket"]), "nobody released it yet"
-    for name in AWS_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    swept = json.loads(reclaim_cli("sweep", "--grace", "0", "--json").stdout)
-    assert (swept["released"], swept["failed"]) == (1, 0)
-    assert not bucket_exists(s3, held["bucket"])
-    assert json.loads(reclaim_cli("status", "--json").stdout) == {"runs": []}
-
-
-def test_server_down_at_exit_stays_failed_then_exit_retries(
+def test_an_outage_at_fixture_exit_names_bucket_and_endpoint_and_the_runs_end_retries(
     s3: S3Client, moto_url: str, registry_path: str
 ) -> None:
     """The server is unreachable when the fixture exits: the release fails with a clear error
@@ -701,7 +663,7 @@ def test_server_down_at_exit_stays_failed_then_exit_retries(
         proxy.stop()
 
 
-def test_server_down_for_the_watchdog_then_sweep(
+def test_a_watchdog_release_that_meets_a_dead_server_is_kept_then_swept(
     s3: S3Client, moto_url: str, spawn: Spawner, registry_path: str
 ) -> None:
     """The owner is killed while the server is down: the watchdog's release fails and keeps the
@@ -710,7 +672,7 @@ def test_server_down_for_the_watchdog_then_sweep(
     proxy = TcpProxy("127.0.0.1", port)
     proxy.start()
     try:
-        proc, held = spawn(HOLDER, f"http://127.0.0.1:{proxy.port}", "-")
+        proc, held = spawn(HOLDER, f"http://127.0.0.1:{proxy.port}")
         proxy.stop()
         kill(proc)
         wait_until(lambda: not alive(held["watchdog"]))

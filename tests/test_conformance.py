@@ -1,11 +1,12 @@
 """The conformance kit, ``reclaim.testing.check_backend``, over every built-in kind through one
 parametrisation, each on its real server (issue 12). A case gives the backend to check and a
-way to delete its resource behind reclaim's back with the server's own driver (never the
-backend under test), as an operator would.
+way to delete its resource behind reclaim's back with the server's own driver, or the
+stand-in's own state (never the backend under test), as an operator would.
 
-The SaaS kinds and S3 (stand-in servers and moto inside the test process) keep their calls in
-their own modules for now; ``test_every_built_in_kind_is_checked_or_said_not_to_be`` keeps the
-two lists complete.
+The SaaS kinds run on their stand-ins (``tests/providers``) and S3 on moto's server, each
+started in this process by its case. Docker's calls are in its own module (they pass more
+arguments), and the OAuth grants cannot pass the kit as written (``ELSEWHERE`` says why);
+``test_every_built_in_kind_is_checked_or_said_not_to_be`` keeps the two lists complete.
 """
 
 from __future__ import annotations
@@ -311,21 +312,255 @@ def _mqtt(_scratch: Path) -> Iterator[tuple[Make, Delete]]:
     yield (lambda: MqttTopic(url)), (lambda r: clear(url, r["name"]))
 
 
-#: Built-in kinds checked in their own modules, and why.
-ELSEWHERE: dict[str, str] = {
-    **{
-        kind: "its stand-in server (or moto) runs inside the test process; its module calls the kit"
-        for kind in (
-            "account.rest", "account.scim", "email.mailsac", "email.mailtm", "oauth.github",
-            "oauth.grant", "openfga.store", "openfga.tuples", "phone.smsactivate",
-            "phone.twilio", "s3.bucket",
+# --- the SaaS kinds, on their stand-ins in this process (tests/providers) ---------------------
+#
+# The stand-in is started by the case and stopped whatever happens; ``delete_outside`` changes
+# its state directly, as the provider's own console would. After the kit, the stand-in holds
+# nothing of the kit's.
+
+REST_FLAVOURS: dict[str, dict[str, Any]] = {
+    "account.rest": {},
+    "account.rest[envelope]": {"envelope": True},  # {"data": {...}}, lookups {"items": [...]}
+    "account.rest[location-only]": {"location_only": True},  # 201, no body: id from Location
+    "account.rest[gone-410]": {"gone_status": 410},
+}
+
+
+def _rest_case(flavour: str) -> Case:
+    @contextlib.contextmanager
+    def make_case(_scratch: Path) -> Iterator[tuple[Make, Delete]]:
+        from providers.scim import RestUsers  # noqa: PLC0415  (each case loads its stand-in)
+        from reclaim.backends.accounts import RestAccount  # noqa: PLC0415
+
+        id_field = "data.id" if flavour.endswith("[envelope]") else "id"
+        body = {"username": "{name}", "email": "{name}@example.test"}
+        with RestUsers(**REST_FLAVOURS[flavour]) as server:
+
+            def delete(record: Record) -> None:
+                del server.users[record["id"]]
+
+            yield (
+                lambda: RestAccount(server.collection, body, token=server.token, id_field=id_field),
+                delete,
+            )
+            assert server.users == {}
+
+    return make_case
+
+
+for _kind in REST_FLAVOURS:
+    CASES[_kind] = _rest_case(_kind)
+
+
+def _scim_case(domain: str | None) -> Case:
+    @contextlib.contextmanager
+    def make_case(_scratch: Path) -> Iterator[tuple[Make, Delete]]:
+        from providers.scim import ScimServer  # noqa: PLC0415  (each case loads its stand-in)
+        from reclaim.backends.accounts import ScimUser  # noqa: PLC0415
+
+        with ScimServer() as server:
+
+            def delete(record: Record) -> None:
+                del server.users[record["id"]]
+
+            yield (
+                lambda: ScimUser(server.base_url, token=server.token, email_domain=domain),
+                delete,
+            )
+            assert server.users == {}
+
+    return make_case
+
+
+CASES["account.scim"] = _scim_case(None)
+CASES["account.scim[email]"] = _scim_case("example.test")
+
+
+@case("email.mailtm")
+@contextlib.contextmanager
+def _mailtm(_scratch: Path) -> Iterator[tuple[Make, Delete]]:
+    from providers.mailtm import MailTmServer  # noqa: PLC0415  (each case loads its stand-in)
+    from reclaim.backends.email import MailTmInbox  # noqa: PLC0415
+
+    MailTmInbox._domains.clear()  # an earlier stand-in on this port may have had other domains
+    with MailTmServer() as server:
+        yield (
+            (lambda: MailTmInbox(base_url=server.url)),
+            lambda r: server.delete_account(r["address"]),
         )
-    },
+        assert server.addresses() == set()
+
+
+@case("email.mailsac")
+@contextlib.contextmanager
+def _mailsac(_scratch: Path) -> Iterator[tuple[Make, Delete]]:
+    from providers.mailsac import MailsacServer  # noqa: PLC0415  (each case loads its stand-in)
+    from reclaim.backends.email import MailsacInbox  # noqa: PLC0415
+
+    with MailsacServer() as server:
+        yield (
+            lambda: MailsacInbox(server.api_key, base_url=server.api_url, reserve=True),
+            lambda r: server.unreserve(r["address"]),
+        )
+        assert server.owners == {}
+
+
+FGA_TOKEN = "fga-preshared-key-4c3b2a"
+
+
+def _fga_store_case(with_model: bool) -> Case:
+    @contextlib.contextmanager
+    def make_case(_scratch: Path) -> Iterator[tuple[Make, Delete]]:
+        from providers.openfga import MODEL, OpenFgaServer  # noqa: PLC0415  (its stand-in)
+        from reclaim.backends.openfga import OpenFgaStore  # noqa: PLC0415
+
+        model = MODEL if with_model else None
+        with OpenFgaServer(token=FGA_TOKEN) as server:
+
+            def delete(record: Record) -> None:
+                server.stores[record["id"]]["deleted"] = True
+
+            yield (lambda: OpenFgaStore(server.url, api_token=FGA_TOKEN, model=model)), delete
+            assert server.live_stores() == {}
+
+    return make_case
+
+
+CASES["openfga.store"] = _fga_store_case(with_model=False)
+CASES["openfga.store[with-model]"] = _fga_store_case(with_model=True)
+
+
+@case("openfga.tuples")
+@contextlib.contextmanager
+def _fga_tuples(_scratch: Path) -> Iterator[tuple[Make, Delete]]:
+    """Our tuples in a store others share, whose tuples (one carrying a look-alike of a name)
+    stay."""
+    from providers.openfga import OpenFgaServer  # noqa: PLC0415  (each case loads its stand-in)
+    from reclaim.backends.openfga import OpenFgaTuples, TupleLike  # noqa: PLC0415
+
+    mine: list[TupleLike] = [
+        ("user:{name}", "owner", "document:{name}-1"),
+        {"user": "user:anne", "relation": "viewer", "object": "document:{name}-1"},
+    ]
+    with OpenFgaServer(token=FGA_TOKEN) as server:
+        shared = server.make_store("shared-e2e")
+        server.put(
+            shared,
+            ("user:anne", "viewer", "document:budget"),
+            ("user:carl", "viewer", "document:xrc_0a1b2c3d_tsq0g0_1"),
+        )
+        others = server.keys(shared)
+
+        def delete(_record: Record) -> None:
+            for key in server.keys(shared) - others:
+                del server.tuples[shared][key]
+
+        yield (
+            (lambda: OpenFgaTuples(shared, api_url=server.url, api_token=FGA_TOKEN, tuples=mine)),
+            delete,
+        )
+        assert server.keys(shared) == others, "only our tuples went, the others' stayed"
+
+
+@case("phone.twilio")
+@contextlib.contextmanager
+def _twilio(_scratch: Path) -> Iterator[tuple[Make, Delete]]:
+    from providers.twilio import TwilioServer  # noqa: PLC0415  (each case loads its stand-in)
+    from reclaim.backends.phone import TwilioNumber  # noqa: PLC0415
+
+    with TwilioServer() as server:
+        yield (
+            lambda: TwilioNumber(server.account_sid, server.auth_token, base_url=server.url),
+            lambda r: server.release_number(r["sid"]),
+        )
+        assert server.owned() == {}
+
+
+@case("phone.smsactivate")
+@contextlib.contextmanager
+def _smsactivate(_scratch: Path) -> Iterator[tuple[Make, Delete]]:
+    """With ``find_unrecorded`` the planned record finds the activation too (I1)."""
+    from providers.smsactivate import SmsActivateServer  # noqa: PLC0415  (its stand-in)
+    from reclaim.backends.phone import SmsActivateNumber  # noqa: PLC0415
+
+    with SmsActivateServer() as server:
+        yield (
+            lambda: SmsActivateNumber(
+                server.api_key, base_url=server.api_url, find_unrecorded=True
+            ),
+            lambda r: server.cancel(r["activation_id"]),
+        )
+        assert server.active() == {}
+
+
+# --- S3, on moto's server in this process ----------------------------------------------------
+
+
+def _s3_case(region: str | None) -> Case:
+    @contextlib.contextmanager
+    def make_case(scratch: Path) -> Iterator[tuple[Make, Delete]]:
+        from reclaim.backends.s3 import S3Bucket  # noqa: PLC0415
+        from test_backend_s3 import (  # noqa: PLC0415  (boto3 and moto only for this case)
+            KEY_ID,
+            REGION,
+            SECRET,
+            bucket_names,
+            moto_server,
+            no_aws_environment,
+            raw_client,
+            wipe,
+        )
+
+        where = region or REGION
+        with pytest.MonkeyPatch.context() as monkeypatch, moto_server() as url:
+            no_aws_environment(monkeypatch, scratch)  # only what the backend is given
+            observer = raw_client(url, where)
+            before = bucket_names(observer)
+
+            def delete(record: Record) -> None:
+                observer.delete_bucket(Bucket=record["name"])
+
+            try:
+                yield (
+                    lambda: S3Bucket(
+                        endpoint_url=url,
+                        region=where,
+                        access_key_id=KEY_ID,
+                        secret_access_key=SECRET,
+                    ),
+                    delete,
+                )
+                assert bucket_names(observer) == before, "the kit left a bucket behind"
+            finally:  # moto keeps its buckets per process, not per server: none for later tests
+                for name in bucket_names(observer) - before:
+                    wipe(observer, name)
+
+    return make_case
+
+
+CASES["s3.bucket"] = _s3_case(None)
+CASES["s3.bucket[us-east-1]"] = _s3_case("us-east-1")
+
+
+#: Built-in kinds whose ``check_backend`` calls are in their own modules, or that cannot pass
+#: it, and why.
+ELSEWHERE: dict[str, str] = {
+    "oauth.grant": (
+        "cannot pass check_backend as written: a given token is live before acquire (check 2:"
+        " 'exists() is true before acquire()'), and a client-credentials token is not in the"
+        " planned record (check 3, I1: the gap the README names); test_backend_oauth checks"
+        " each rule that applies"
+    ),
+    "oauth.github": (
+        "cannot pass check_backend as written: the user's token is live before acquire (check"
+        " 2: 'exists() is true before acquire()'); test_backend_oauth checks each rule that"
+        " applies"
+    ),
     **{
         kind: "its module's calls add make_lookalike and leftovers_url on the engine"
         for kind in ("docker.container", "docker.network", "docker.volume")
     },
-}  # fmt: skip
+}
 
 
 def _kind_of(case_id: str) -> str:

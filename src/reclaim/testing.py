@@ -5,7 +5,10 @@ Run it in your backend's tests against the real server::
     def test_bucket_backend(tmp_path):
         reclaim.testing.check_backend(lambda: Bucket(URL, TOKEN), registry=tmp_path / "r.db")
 
-Every built-in backend passes it, through one parametrisation in reclaim's own tests.
+Every built-in backend passes it, through one parametrisation in reclaim's own tests, except the
+two OAuth grant kinds, whose token can exist before acquire. ``check_crash`` (SIGKILL of a real
+holder, then of holder and watchdog together) and ``check_outage`` (the server down at release,
+staged with :class:`TcpProxy`) are the crash kits beside it; every built-in kind passes both.
 """
 
 from __future__ import annotations

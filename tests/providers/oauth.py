@@ -167,7 +167,10 @@ class GithubServer(JsonStandIn):
     ``DELETE /applications/{client_id}/grant`` removes every token of that user for the app
     (204; 404 for a token it does not know); ``DELETE .../token`` removes one token. A body
     without ``access_token`` is 422. Bad app credentials are 401 here (what GitHub answers then
-    is not documented).
+    is not documented). ``POST /login/oauth/access_token`` (the web flow's code exchange, on
+    github.com for the real one) gives a user token of the app to another process, as
+    :meth:`issue` does in this one: any code is taken (there is no browser login here), bad app
+    credentials answer ``{"error": "incorrect_client_credentials"}`` with 200, as GitHub does.
     """
 
     def __init__(self, apps: Mapping[str, str] | None = None) -> None:
@@ -187,6 +190,8 @@ class GithubServer(JsonStandIn):
             return token in self.tokens
 
     def route(self, request: JsonRequest) -> JsonReply:  # noqa: PLR0911  (a router: a return per route)
+        if request.path == "/login/oauth/access_token" and request.method == "POST":
+            return self._exchange(request)
         match = re.fullmatch(r"/applications/([^/]+)/(token|grant)", request.path)
         if match is None:
             return JsonReply(404, {"message": "Not Found"})
@@ -220,3 +225,13 @@ class GithubServer(JsonStandIn):
                     del self.tokens[other]
             return JsonReply(204)
         return JsonReply(404, {"message": "Not Found"})
+
+    def _exchange(self, request: JsonRequest) -> JsonReply:
+        form = request.form()
+        client_id = form.get("client_id", "")
+        if not client_id or self.apps.get(client_id) != form.get("client_secret"):
+            return JsonReply(200, {"error": "incorrect_client_credentials"})
+        if not form.get("code"):
+            return JsonReply(200, {"error": "bad_verification_code"})
+        token = self.issue(client_id=client_id)
+        return JsonReply(200, {"access_token": token, "token_type": "bearer", "scope": "read:user"})
