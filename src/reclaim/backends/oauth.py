@@ -25,6 +25,13 @@ access tokens of the grant), then the access token. Revocation answers 200 for u
 already revoked tokens too, so a second release is a no-op (I3). When a revocation call fails,
 introspection (RFC 7662) decides: every token inactive means released.
 
+Endpoints are discovered, not guessed: given the issuer, acquire reads the server's metadata
+(RFC 8414, then OpenID Connect Discovery) and journals the token, revocation and introspection
+endpoints in the record. Endpoints given explicitly win. A grant that could not be revoked is
+refused before a token is asked for or taken (``NotCreatedError``): servers serve revocation
+at paths of their own (node-oidc-provider at ``/token/revocation``), and a guessed
+``{issuer}/revoke`` would acquire a token that every release then fails to revoke.
+
 Only our own (I8): a token carries no name, so reclaim cannot ask the server whether a token
 is one a test handed it. What it checks is the record: its ``name`` must be a whole reclaim name
 (the guard in front of every release), which a hand-written or damaged row naming somebody's
@@ -41,11 +48,12 @@ import base64
 import dataclasses
 import os
 import re
+import secrets
 import time
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final, Literal
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, urlsplit
 
 from reclaim.backends import Record
 from reclaim.backends._http import (
@@ -58,6 +66,8 @@ from reclaim.backends._http import (
     Request,
     check_url,
     json_object,
+    provider_error,
+    request,
     send,
     send_or_gone,
     show_url,
@@ -103,23 +113,35 @@ class OAuthGrant(FlowBackend[Grant]):
 
         tokens = log_in_through_the_browser()          # the test's own login flow
         grant = persona.acquire(OAuthGrant(
-            "https://auth.test/realms/e2e/protocol/openid-connect",
+            "https://auth.test/realms/e2e",             # the issuer: its endpoints are discovered
             access_token=tokens["access_token"], refresh_token=tokens["refresh_token"],
-            revocation_url=".../revoke", introspection_url=".../token/introspect",
         ))
         # revoked here, or by the watchdog or the sweeper if the test dies
 
+    Endpoints. Given the issuer, acquire reads the server's metadata (RFC 8414
+    ``/.well-known/oauth-authorization-server``, then OpenID Connect's
+    ``/.well-known/openid-configuration``) and journals the token, revocation and introspection
+    endpoints it names in the record, with where each came from (``endpoints_from``,
+    ``metadata_url``). An endpoint given explicitly (argument or environment) always wins and
+    is not looked up. A server that publishes no metadata gets the conventional
+    ``{issuer}/token``, ``/revoke`` and ``/introspect``, and the guessed revocation endpoint is
+    asked first (a revocation of a made-up token, which RFC 7009 answers 200). A grant that
+    could not be revoked is never acquired: metadata without ``revocation_endpoint``, or a
+    guessed one that is not there, is a ``NotCreatedError`` before any token is asked for.
+
     Args:
-        issuer: the base URL of the endpoints (``{issuer}/token``, ``/revoke``, ``/introspect``
-            unless given one by one); ``OAUTH_ISSUER`` by default.
+        issuer: the authorization server's issuer URL, whose metadata names the endpoints;
+            ``OAUTH_ISSUER`` by default.
         access_token, refresh_token: tokens the test already holds. Never read from the
             environment: whatever is acquired is revoked at release. With neither, a token is
             asked for with the client credentials grant.
         client_id, client_secret: the client's credentials (``OAUTH_CLIENT_ID``,
             ``OAUTH_CLIENT_SECRET``); revocation and introspection authenticate with them.
         scope: the scope to ask for (client credentials only).
-        token_url, revocation_url, introspection_url: the endpoints, when they do not follow the
-            issuer (``OAUTH_TOKEN_URL``, ``OAUTH_REVOCATION_URL``, ``OAUTH_INTROSPECTION_URL``).
+        token_url, revocation_url, introspection_url: the endpoints, when they are not to be
+            discovered (``OAUTH_TOKEN_URL``, ``OAUTH_REVOCATION_URL``,
+            ``OAUTH_INTROSPECTION_URL``); without an issuer the revocation endpoint (and for
+            client credentials the token endpoint) must be given.
         client_auth: ``"basic"`` (``client_secret_basic``, the default) or ``"post"``
             (``client_secret_post``: the credentials in the form body).
         timeout: seconds per HTTP call.
@@ -145,23 +167,28 @@ class OAuthGrant(FlowBackend[Grant]):
         timeout: float = 10.0,
     ) -> None:
         base = (issuer or os.environ.get("OAUTH_ISSUER") or "").rstrip("/")
-
-        def endpoint(given: str | None, env: str, path: str) -> str:
-            url = given or os.environ.get(env) or (f"{base}{path}" if base else "")
-            if not url:
-                raise ValueError(
-                    f"OAuthGrant needs the {path.strip('/')} endpoint: pass issuer (or"
-                    f" OAUTH_ISSUER), or the endpoint's URL (or {env})"
-                )
-            return check_url(url, env.lower().removeprefix("oauth_"))
-
+        self.issuer = _check_issuer(base) if base else None
         self.given = bool(access_token or refresh_token)
         self._given = self.given  # a given token is owned before acquire (see the module)
-        self.revocation_url = endpoint(revocation_url, "OAUTH_REVOCATION_URL", "/revoke")
-        self.introspection_url = endpoint(
-            introspection_url, "OAUTH_INTROSPECTION_URL", "/introspect"
-        )
-        self.token_url = None if self.given else endpoint(token_url, "OAUTH_TOKEN_URL", "/token")
+        explicit = {
+            "token_url": None if self.given else token_url or os.environ.get("OAUTH_TOKEN_URL"),
+            "revocation_url": revocation_url or os.environ.get("OAUTH_REVOCATION_URL"),
+            "introspection_url": introspection_url or os.environ.get("OAUTH_INTROSPECTION_URL"),
+        }
+        for field in ("revocation_url", "token_url"):
+            if explicit[field] or self.issuer or (field == "token_url" and self.given):
+                continue
+            env = f"OAUTH_{field.upper()}"
+            raise ValueError(
+                f"OAuthGrant needs the {_ENDPOINTS[field].label}: pass issuer (or OAUTH_ISSUER),"
+                f" whose metadata names it, or the endpoint's URL ({field}, or {env})"
+            )
+        for field, url in explicit.items():
+            if url:
+                check_url(url, field)
+        self.token_url = explicit["token_url"]
+        self.revocation_url = explicit["revocation_url"]
+        self.introspection_url = explicit["introspection_url"]
         if client_auth not in ("basic", "post"):
             raise ValueError(f"client_auth must be 'basic' or 'post', not {client_auth!r}")
         self.client_id = client_id or os.environ.get("OAUTH_CLIENT_ID")
@@ -180,11 +207,16 @@ class OAuthGrant(FlowBackend[Grant]):
     def plan(self, name: str) -> Record:
         # A given token is journaled here, before acquire: from now on it is revoked whatever
         # happens (I1). A client-credentials token is not known yet (see the module's text).
+        # Endpoints not given are discovered by acquire (or, for a planned record, by release).
         return {
             "name": name,
             "grant": "given" if self.given else "client_credentials",
+            "issuer": self.issuer,
+            "token_url": self.token_url,
             "revocation_url": self.revocation_url,
             "introspection_url": self.introspection_url,
+            "endpoints_from": {f: "given" for f in _ENDPOINTS if getattr(self, f)},
+            "metadata_url": None,
             "client_id": self.client_id,
             "client_secret": self.client_secret,
             "client_auth": self.client_auth,
@@ -195,8 +227,15 @@ class OAuthGrant(FlowBackend[Grant]):
         }
 
     def _create_flow(self, record: Record) -> Flow[dict[str, Any]]:
+        # First the endpoints, and the proof that a grant can be revoked: before any token is
+        # asked for (client credentials) or taken (a given one).
+        yield from _find_endpoints(record, acquiring=True)
         if not self.given:
             return (yield from self._token_flow(record))
+        if not record.get("introspection_url"):
+            # The server has no introspection (Google's has none): the tokens are owned as they
+            # were given, since nothing can say whether they are still active.
+            return {"expires": None, "scope": None, "token_type": None}
         # Nothing is created for a given token: it is owned from the plan on. Only the server's
         # word that every token is dead proves there is nothing to own (NotCreatedError); a
         # server that cannot be asked leaves the tokens to release.
@@ -227,11 +266,10 @@ class OAuthGrant(FlowBackend[Grant]):
 
     def _token_flow(self, record: Record) -> Flow[dict[str, Any]]:
         """The client credentials grant (RFC 6749 section 4.4): a token of its own."""
-        assert self.token_url is not None
         form = {"grant_type": "client_credentials"}
         if self.scope:
             form["scope"] = self.scope
-        response = yield from send(_oauth_request(record, self.token_url, form), proof=True)
+        response = yield from send(_oauth_request(record, record["token_url"], form), proof=True)
         tokens = json_object(response)
         if not isinstance(tokens.get("access_token"), str):
             raise ProtocolError("the token endpoint answered 200 but sent no access_token")
@@ -260,6 +298,18 @@ class OAuthGrant(FlowBackend[Grant]):
     @classmethod
     def _release_flow(cls, record: Record) -> Flow[None]:
         fields = [f for f in ("refresh_token", "access_token") if record.get(f)]
+        if not fields:
+            return  # planned, never got a token: nothing to revoke, nothing to ask
+        if not record.get("revocation_url"):
+            # A planned record of given tokens (the owner died before acquire found the
+            # endpoints): find them now, from the issuer in the record.
+            record = dict(record)
+            yield from _find_endpoints(record, acquiring=False)
+            if not record.get("revocation_url"):
+                raise ProtocolError(
+                    "the server names no revocation endpoint, so reclaim cannot revoke these"
+                    " tokens: revoke them by hand, then `reclaim forget` this entry"
+                )
         errors: list[HttpError] = []
         for field in fields:  # the refresh token first: it takes its access tokens along
             form = {"token": record[field], "token_type_hint": field}
@@ -282,12 +332,203 @@ class OAuthGrant(FlowBackend[Grant]):
     @classmethod
     def _exists_flow(cls, record: Record) -> Flow[bool]:
         fields = [f for f in ("refresh_token", "access_token") if record.get(f)]
+        if fields and not record.get("introspection_url"):
+            record = dict(record)
+            yield from _find_endpoints(record, acquiring=False)
         return bool((yield from _active(record, fields)))
 
     @classmethod
     def describe(cls, record: Record) -> str:
         client = f" of client {record['client_id']}" if record.get("client_id") else ""
-        return f"OAuth grant {record.get('name')}{client} at {show_url(record['revocation_url'])}"
+        where = record.get("revocation_url") or record.get("issuer")
+        at = f" at {show_url(where)}" if isinstance(where, str) and where else ""
+        return f"OAuth grant {record.get('name')}{client}{at}"
+
+
+# --- endpoints: given, discovered (RFC 8414, OpenID Connect Discovery), or guessed -----------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Endpoint:
+    #: The endpoint's member in the server's metadata (RFC 8414 section 2).
+    member: str
+    #: The path below the issuer guessed when the server publishes no metadata.
+    guess: str
+    #: The endpoint in messages.
+    label: str
+
+
+_ENDPOINTS: Final = {
+    "token_url": _Endpoint("token_endpoint", "/token", "token endpoint"),
+    "revocation_url": _Endpoint("revocation_endpoint", "/revoke", "revocation endpoint"),
+    "introspection_url": _Endpoint(
+        "introspection_endpoint", "/introspect", "introspection endpoint"
+    ),
+}
+
+#: Answers to the probe of a guessed revocation endpoint that say there is none there.
+_NO_ENDPOINT: Final = frozenset({404, 405, 410, 501})
+
+
+def _check_issuer(issuer: str) -> str:
+    """An issuer URL: http(s), a host, no query or fragment (RFC 8414 section 2)."""
+    check_url(issuer, "issuer")
+    parts = urlsplit(issuer)
+    if parts.query or parts.fragment:
+        raise ValueError(f"issuer {show_url(issuer)!r} must have no query or fragment")
+    return issuer
+
+
+def _metadata_urls(issuer: str) -> list[str]:
+    """Where an issuer's metadata may be, in the order asked: RFC 8414's well-known URI
+    (inserted between host and path, section 3.1), OpenID Connect Discovery's (appended to the
+    issuer), and RFC 8414's appended too, as Keycloak and others serve it for a path issuer."""
+    parts = urlsplit(issuer)
+    root = f"{parts.scheme}://{parts.netloc}"
+    path = parts.path.rstrip("/")
+    urls = [
+        f"{root}/.well-known/oauth-authorization-server{path}",
+        f"{issuer}/.well-known/openid-configuration",
+    ]
+    if path:
+        urls.append(f"{issuer}/.well-known/oauth-authorization-server")
+    return urls
+
+
+def _metadata(issuer: str) -> Flow[tuple[dict[str, Any] | None, list[str]]]:
+    """The issuer's metadata and the URLs asked (the last one is where it was found), or None
+    when none of them serves it. A 5xx or a rate limit that does not end is an error: it says
+    nothing about what the server publishes."""
+    asked: list[str] = []
+    for url in _metadata_urls(issuer):
+        asked.append(url)
+        req = Request("GET", url, headers={"Accept": "application/json"}, creates=False)
+        response = yield from request(req)
+        status = response.status_code
+        if status >= 500 or status == 429:
+            raise HttpError(req.label, response)
+        if status != 200:
+            continue  # 404 and the like: not here
+        try:
+            body = response.json()
+        except ValueError:
+            continue  # a web page that answers every path: not metadata
+        if not isinstance(body, dict):
+            continue
+        named = body.get("issuer")
+        if isinstance(named, str) and named.rstrip("/") != issuer:
+            # RFC 8414 section 3.3: metadata of another issuer must not be used.
+            raise NothingMade(
+                ProtocolError(
+                    f"the metadata at {show_url(url)} is the issuer {named!r}'s, not"
+                    f" {issuer!r}'s: pass the issuer exactly as the server names it"
+                )
+            )
+        return body, asked
+    return None, asked
+
+
+def _find_endpoints(record: Record, *, acquiring: bool) -> Flow[None]:
+    """Fill in the endpoints ``record`` lacks: from the issuer's metadata, or guessed below the
+    issuer when it publishes none; journal where each came from. When ``acquiring``, prove the
+    grant can be revoked before any token is asked for or taken: ``NothingMade`` when the
+    server names no revocation endpoint or the guessed one is not there."""
+    client_credentials = record.get("grant") == "client_credentials"
+    wanted = [f for f in _ENDPOINTS if f != "token_url" or (acquiring and client_credentials)]
+    missing = [f for f in wanted if not record.get(f)]
+    issuer = record.get("issuer")
+    sources = dict(record.get("endpoints_from") or {})
+    asked: list[str] = []
+    if missing and isinstance(issuer, str) and issuer:
+        metadata, asked = yield from _metadata(_check_issuer(issuer))
+        if metadata is not None:
+            record["metadata_url"] = asked[-1]
+            for field in missing:
+                url = metadata.get(_ENDPOINTS[field].member)
+                if url is not None:
+                    record[field] = _metadata_endpoint(issuer, asked[-1], field, url)
+                    sources[field] = "metadata"
+        else:
+            for field in missing:
+                record[field] = issuer + _ENDPOINTS[field].guess
+                sources[field] = "guessed"
+    record["endpoints_from"] = sources
+    if not acquiring:
+        return
+    where = record.get("metadata_url")
+    if not record.get("revocation_url"):
+        raise _unrevocable(
+            record,
+            f"the server's metadata ({show_url(where)}) names no revocation_endpoint"
+            if isinstance(where, str)
+            else "no revocation endpoint is known",
+        )
+    if client_credentials and not record.get("token_url"):
+        raise NothingMade(
+            ProtocolError(
+                f"the server's metadata ({show_url(str(where))}) names no token_endpoint: pass"
+                " token_url (or OAUTH_TOKEN_URL)"
+            )
+        )
+    if sources.get("revocation_url") == "guessed":
+        yield from _probe_revocation(record, asked)
+
+
+def _metadata_endpoint(issuer: str, where: str, field: str, url: object) -> str:
+    """An endpoint the metadata at ``where`` names: an http(s) URL, https when the issuer is
+    (the client's secret goes there)."""
+    label = _ENDPOINTS[field].label
+    if not isinstance(url, str) or not url:
+        raise NothingMade(
+            ProtocolError(f"the metadata at {show_url(where)} names its {label} as {url!r}")
+        )
+    try:
+        check_url(url, f"the {label} of the metadata at {show_url(where)}")
+    except ValueError as exc:
+        raise NothingMade(ProtocolError(str(exc))) from None
+    if urlsplit(issuer).scheme == "https" and urlsplit(url).scheme != "https":
+        raise NothingMade(
+            ProtocolError(
+                f"the metadata at {show_url(where)} names an http:// {label} for an https://"
+                f" issuer ({show_url(url)}): the client's secret would travel in clear text"
+            )
+        )
+    return url
+
+
+def _probe_revocation(record: Record, asked: list[str]) -> Flow[None]:
+    """Ask the guessed revocation endpoint to revoke a made-up token: RFC 7009 answers 200 for
+    a token it does not know, so 200 proves that an endpoint is there and takes the client (as
+    does a 400 with an OAuth error code: some servers call a made-up token ``invalid_token``)."""
+    url = record["revocation_url"]
+    form = {"token": f"reclaim-probe-{secrets.token_urlsafe(16)}"}
+    req = dataclasses.replace(_oauth_request(record, url, form), creates=False)
+    response = yield from request(req)
+    status = response.status_code
+    if status == 200 or (status == 400 and provider_error(response)[0]):
+        return  # 200, or an OAuth error about the made-up token (Google's invalid_token)
+    if status in _NO_ENDPOINT:
+        shown = ", ".join(show_url(u) for u in asked) or "the well-known URLs"
+        raise _unrevocable(
+            record,
+            f"the server publishes no metadata ({shown}), and {show_url(url)}, guessed from"
+            f" the issuer, is not a revocation endpoint (HTTP {status})",
+        )
+    raise HttpError(req.label, response)
+
+
+def _unrevocable(record: Record, why: str) -> NothingMade:
+    """The refusal of a grant that could not be revoked: nothing is taken or asked for."""
+    if record.get("grant") == "given":
+        what = "reclaim does not take the token it was given (it stays as valid as it was)"
+    else:
+        what = "no token is asked for"
+    return NothingMade(
+        ProtocolError(
+            f"{why}: a token there could not be revoked, so {what}; pass revocation_url (or"
+            " OAUTH_REVOCATION_URL) if the server has a revocation endpoint"
+        )
+    )
 
 
 def _oauth_request(record: Record, url: str, form: Mapping[str, str]) -> Request:
@@ -317,8 +558,14 @@ def _active(record: Record, fields: list[str]) -> Flow[list[str]]:
 
 def _introspect(record: Record, field: str) -> Flow[dict[str, Any]]:
     """RFC 7662: ``{"active": false}`` for a token that is expired, revoked or unknown."""
+    url = record.get("introspection_url")
+    if not url:
+        raise ProtocolError(
+            "the server names no introspection endpoint, so whether a token is still active"
+            " cannot be asked (pass introspection_url, or OAUTH_INTROSPECTION_URL, if it has one)"
+        )
     form = {"token": record[field], "token_type_hint": field}
-    response = yield from send(_oauth_request(record, record["introspection_url"], form))
+    response = yield from send(_oauth_request(record, url, form))
     info = json_object(response)
     if not isinstance(info.get("active"), bool):
         raise ProtocolError("the introspection endpoint answered without the boolean 'active'")

@@ -2,7 +2,9 @@
 
 Works with AWS and with any S3-compatible server (MinIO, Ceph, R2, moto's server mode) through
 ``endpoint_url``. Release empties the bucket of every object version, delete marker and
-unfinished multipart upload, then deletes it; a bucket that is already gone is fine (I3).
+unfinished multipart upload, then deletes it; a bucket that is already gone is fine (I3). A
+server without ``ListObjectVersions`` or ``ListMultipartUploads`` (405 or 501, as npm's s3rver)
+is emptied with the plain listing, and what it lacked is logged (``reclaim.backends.s3``).
 
 Names. S3 bucket names allow lower case letters, digits, dots and hyphens (3-63 characters),
 never underscores, so reclaim's ``rc_<run>_<time>_<seq>`` becomes ``rc-<run>-<time>-<seq>``
@@ -36,6 +38,7 @@ that boto3 finds by itself (profiles, SSO, instance roles) are never stored eith
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -73,6 +76,8 @@ if TYPE_CHECKING:
 __all__ = ["Bucket", "S3Bucket"]
 
 _KIND: Final = "s3.bucket"
+
+_log = logging.getLogger("reclaim.backends.s3")
 
 #: What a user may put before reclaim's name: starts like a bucket name, ends with the hyphen
 #: before ``rc-``, at most 31 characters (or nothing at all). No dots: a dotted name breaks TLS
@@ -268,13 +273,20 @@ class S3Bucket(Backend[Bucket]):
     @classmethod
     def release(cls, record: Record) -> None:
         """Abort unfinished uploads, delete every object version and delete marker (in batches
-        of 1000), then the bucket. A bucket that does not exist is already released (I3)."""
+        of 1000), then the bucket. A bucket that does not exist is already released (I3).
+
+        A server that lacks ``ListMultipartUploads`` or ``ListObjectVersions`` (it answers
+        ``501 NotImplemented`` or ``405 MethodNotAllowed``, as npm's s3rver does) has no
+        uploads to abort, or no versions: its bucket is emptied with the plain listing
+        (``ListObjectsV2``). What the server lacked is logged (``reclaim.backends.s3``) and
+        named in the error if the release fails all the same."""
         client = _client(record)
         bucket = str(record["name"])
+        lacks: set[str] = set()
         try:
             for _ in range(_PASSES):
-                _abort_uploads(client, bucket)
-                _delete_versions(client, bucket)
+                _abort_uploads(client, bucket, lacks)
+                _delete_versions(client, bucket, lacks)
                 try:
                     client.delete_bucket(Bucket=bucket)
                 except ClientError as exc:
@@ -285,9 +297,9 @@ class S3Bucket(Backend[Bucket]):
         except ClientError as exc:
             if _code(exc) in _GONE:
                 return
-            _fail(ReleaseError, record, "delete the bucket", exc, _RELEASE_HINT)
+            _fail(ReleaseError, record, "delete the bucket", exc, _RELEASE_HINT, lacks=lacks)
         except (BotoCoreError, _Stuck) as exc:
-            _fail(ReleaseError, record, "delete the bucket", exc, _RELEASE_HINT)
+            _fail(ReleaseError, record, "delete the bucket", exc, _RELEASE_HINT, lacks=lacks)
         _fail(
             ReleaseError,
             record,
@@ -297,6 +309,7 @@ class S3Bucket(Backend[Bucket]):
                 " (or an object lock holds versions)"
             ),
             "",
+            lacks=lacks,
         )
 
     @classmethod
@@ -403,9 +416,16 @@ class _Stuck(Exception):
 
 
 def _fail(
-    error: type[BackendError], record: Record, doing: str, exc: Exception, hint: str
+    error: type[BackendError],
+    record: Record,
+    doing: str,
+    exc: Exception,
+    hint: str,
+    *,
+    lacks: Iterable[str] = (),
 ) -> NoReturn:
-    """Raise reclaim's ``error`` for ``exc``, with the toolkit's message and redaction."""
+    """Raise reclaim's ``error`` for ``exc``, with the toolkit's message and redaction; it
+    names what the server lacked (``lacks``: operations it answered as not supported)."""
     raise_backend_error(
         error,
         _KIND,
@@ -413,7 +433,7 @@ def _fail(
         doing,
         exc,
         where=str(record.get("endpoint_url") or "aws"),
-        reason=_reason(hint),
+        reason=_reason(hint, sorted(lacks)),
         secret_fields=S3Bucket.secret_fields,
         style=S3Bucket.name_style,
     )
@@ -446,11 +466,21 @@ def _client(record: Record) -> S3Client:
     )
 
 
-def _abort_uploads(client: S3Client, bucket: str) -> None:
+def _abort_uploads(client: S3Client, bucket: str, lacks: set[str]) -> None:
     """Unfinished multipart uploads, which also keep a bucket from being deleted. All pages are
-    listed first, for the same reason as in :func:`_delete_versions`."""
+    listed first, for the same reason as in :func:`_delete_versions`. A server without
+    ``ListMultipartUploads`` has none that it can list: skipped, and said (``lacks``)."""
+    if "ListMultipartUploads" in lacks:
+        return
     pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket)
-    uploads = [(u["Key"], u["UploadId"]) for page in pages for u in page.get("Uploads", [])]
+    try:
+        uploads = [(u["Key"], u["UploadId"]) for page in pages for u in page.get("Uploads", [])]
+    except ClientError as exc:
+        if not _unsupported(exc):
+            raise
+        then = "no unfinished upload is aborted"
+        _lacking(client, bucket, "ListMultipartUploads", exc, lacks, then=then)
+        return
     for key, upload_id in uploads:
         try:
             client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
@@ -459,26 +489,26 @@ def _abort_uploads(client: S3Client, bucket: str) -> None:
                 raise
 
 
-def _delete_versions(client: S3Client, bucket: str) -> None:
+def _delete_versions(client: S3Client, bucket: str, lacks: set[str]) -> None:
     """Every object version and delete marker: list (all pages), then delete in batches of 1000.
 
     Listing is finished before anything is deleted: paging on past entries that were deleted
     meanwhile is not something every S3-compatible server gets right (moto's server returns an
     empty page when the version id marker no longer exists). A huge bucket is done in rounds of
     at most ``_ROUND`` entries, each listing from the start again.
+
+    A server without ``ListObjectVersions`` (no versioning) gets the plain listing,
+    ``ListObjectsV2``: every object, deleted by key. Said in ``lacks``.
     """
-    paginator = client.get_paginator("list_object_versions")
     while True:
-        entries: list[Any] = []
-        complete = True
-        for page in paginator.paginate(Bucket=bucket):
-            entries += [
-                {"Key": v["Key"], "VersionId": v["VersionId"]}
-                for v in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
-            ]
-            if len(entries) >= _ROUND:
-                complete = False
-                break
+        try:
+            entries, complete = _list_entries(client, bucket, plain="ListObjectVersions" in lacks)
+        except ClientError as exc:
+            if "ListObjectVersions" in lacks or not _unsupported(exc):
+                raise
+            then = "it is emptied with the plain listing (ListObjectsV2)"
+            _lacking(client, bucket, "ListObjectVersions", exc, lacks, then=then)
+            continue
         for start in range(0, len(entries), _DELETE_BATCH):
             batch = entries[start : start + _DELETE_BATCH]
             out = client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
@@ -494,26 +524,99 @@ def _delete_versions(client: S3Client, bucket: str) -> None:
             return
 
 
+def _list_entries(client: S3Client, bucket: str, *, plain: bool) -> tuple[list[Any], bool]:
+    """The bucket's versions and delete markers (or, ``plain``, its objects) as
+    ``delete_objects`` takes them, at most ``_ROUND``; and whether that is all of them."""
+    entries: list[Any] = []
+    if plain:
+        for listed in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            entries += [{"Key": o["Key"]} for o in listed.get("Contents", [])]
+            if len(entries) >= _ROUND:
+                return entries, False
+        return entries, True
+    for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        entries += [
+            {"Key": v["Key"], "VersionId": v["VersionId"]}
+            for v in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
+        ]
+        if len(entries) >= _ROUND:
+            return entries, False
+    return entries, True
+
+
+#: What an S3 server answers for an operation it does not have: s3rver answers
+#: ``ListObjectVersions`` with 405 ``MethodNotAllowed`` and ``ListMultipartUploads`` with 501
+#: ``NotImplemented``.
+_UNSUPPORTED_CODES: Final = frozenset({"NotImplemented", "MethodNotAllowed"})
+_UNSUPPORTED_STATUS: Final = frozenset({405, 501})
+
+
+def _status(exc: ClientError) -> object:
+    return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+
+
+def _unsupported(exc: ClientError) -> bool:
+    """Whether the server answered that it does not have the operation (not a refusal)."""
+    return _code(exc) in _UNSUPPORTED_CODES or _status(exc) in _UNSUPPORTED_STATUS
+
+
+#: (endpoint, operation) pairs already logged as lacking, so a server is named once a process.
+_LOGGED: set[tuple[str, str]] = set()
+
+
+def _lacking(
+    client: S3Client, bucket: str, operation: str, exc: ClientError, lacks: set[str], *, then: str
+) -> None:
+    """Note that the server lacks ``operation``, and log it (once per server and process)."""
+    lacks.add(operation)
+    endpoint = str(client.meta.endpoint_url)
+    if (endpoint, operation) in _LOGGED:
+        return
+    _LOGGED.add((endpoint, operation))
+    _log.warning(
+        "%s %r at %s: the server does not support %s (HTTP %s %s): %s",
+        _KIND,
+        bucket,
+        endpoint,
+        operation,
+        _status(exc),
+        _code(exc),
+        then,
+    )
+
+
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def _reason(hint: str) -> Callable[[BaseException], str]:
+def _reason(hint: str, lacks: list[str] | None = None) -> Callable[[BaseException], str]:
     """The reason a failure gives: what S3 answered (operation, HTTP status, error code), and
-    what to check: ``hint`` for an answer of S3's, whether the endpoint is up when none came."""
+    what to check: ``hint`` for a refusal (401, 403, and answers of S3's that are not a server
+    failure), that the server lacks the operation for 405 and 501 (never the credentials), that
+    it failed for a 5xx, whether the endpoint is up when no answer came; and what the server
+    was found to lack before (``lacks``)."""
+    lacked = (
+        f" (this server lacks {' and '.join(lacks)}, which reclaim did without)" if lacks else ""
+    )
 
     def reason(exc: BaseException) -> str:
         if isinstance(exc, _Stuck):
-            return f"{exc}; {hint}" if hint else str(exc)
+            return f"{exc}{lacked}; {hint}" if hint else f"{exc}{lacked}"
         if isinstance(exc, ClientError):
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
+            status = _status(exc) or "?"
             error = exc.response.get("Error", {})
             operation = getattr(exc, "operation_name", "?")
+            if _unsupported(exc):
+                tip = f"the server does not support {operation}"
+            elif isinstance(status, int) and status >= 500:
+                tip = "the server failed; a later release or sweep tries again"
+            else:
+                tip = hint
             return (
                 f"{operation} answered HTTP {status} {error.get('Code', '?')}"
-                f" ({error.get('Message', 'no message')}); {hint}"
+                f" ({error.get('Message', 'no message')}){lacked}; {tip}"
             )
-        return f"{type(exc).__name__}: {exc}; {_UNREACHABLE_HINT}"
+        return f"{type(exc).__name__}: {exc}{lacked}; {_UNREACHABLE_HINT}"
 
     return reason
 
