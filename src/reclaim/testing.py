@@ -357,7 +357,7 @@ class _Crash:
     timeout: float
 
 
-def _crash_once(crash: _Crash, *, kill_watchdog: bool) -> float:  # noqa: PLR0912, PLR0915  (one script of checks reads best whole)
+def _crash_once(crash: _Crash, *, kill_watchdog: bool) -> float:
     factory, location, timeout = crash.factory, crash.location, crash.timeout
     env = {**os.environ, "RECLAIM_REGISTRY": location}
     child = subprocess.Popen(
@@ -409,18 +409,24 @@ def _crash_once(crash: _Crash, *, kill_watchdog: bool) -> float:  # noqa: PLR091
         assert not backend.exists(held["record"]), f"{held['kind']}: left behind by the crash"
         return elapsed
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(timeout=timeout)
-        for stream in (child.stdout, child.stderr):
-            if stream is not None:
-                stream.close()
-        if held:
-            reg = open_registry(location)
-            try:
-                sweep(reg, grace=0)
-            finally:
-                reg.close()
+        _clean_up(child, location, swept=bool(held), timeout=timeout)
+
+
+def _clean_up(child: subprocess.Popen[str], location: str, *, swept: bool, timeout: float) -> None:
+    """What every kit does whatever happened: kill its child, close its pipes, and sweep what
+    the child may have left (when it got as far as holding something)."""
+    if child.poll() is None:
+        child.kill()
+        child.wait(timeout=timeout)
+    for stream in (child.stdout, child.stderr):
+        if stream is not None:
+            stream.close()
+    if swept:
+        reg = open_registry(location)
+        try:
+            sweep(reg, grace=0)
+        finally:
+            reg.close()
 
 
 # --- the outage kit --------------------------------------------------------------------------
@@ -509,19 +515,8 @@ def check_outage(
             _check_outage_errors(kind, errors, err, secrets)
             _check_kept_then_swept(location, env, held, proxy, secrets)
         finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait(timeout=timeout)
-            for stream in (child.stdout, child.stderr):
-                if stream is not None:
-                    stream.close()
             proxy.start()
-            if held:
-                reg = open_registry(location)
-                try:
-                    sweep(reg, grace=0)
-                finally:
-                    reg.close()
+            _clean_up(child, location, swept=bool(held), timeout=timeout)
 
 
 def _check_kept_then_swept(
