@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reclaim._errors import AcquireError, NotCreatedError, ReclaimError
+from reclaim._errors import AcquireError, NotCreatedError, ReclaimError, RegistryError
 from reclaim._reaper import (
     NEVER_ACQUIRED_HINT,
     RetryPolicy,
@@ -26,15 +26,34 @@ from reclaim._reaper import (
 from reclaim._registry import Registry, ResourceState
 from reclaim.backends import Backend, Record, redact_text, secret_record
 
-__all__ = ["NEVER_ACQUIRED_HINT", "acquire_failed", "journal_plan"]
+__all__ = ["NEVER_ACQUIRED_HINT", "acquire_failed", "journal_plan", "unjournaled"]
 
 
 def journal_plan(
     registry: Registry, run_id: str, fixture: str, backend: Backend[Any], name: str
 ) -> tuple[int, Record]:
-    """Journal the planned record of ``name`` (I1); return its entry id and the record."""
+    """Journal the planned record of ``name`` (I1); return its entry id and the record.
+
+    Raises:
+        NotCreatedError: the registry could not journal it (see :func:`unjournaled`).
+    """
     record = secret_record(backend, backend.plan(name))  # its repr hides credentials (I7)
-    return registry.plan(run_id, fixture, backend.kind, name, record), record
+    try:
+        return registry.plan(run_id, fixture, backend.kind, name, record), record
+    except RegistryError as exc:
+        raise unjournaled(backend.kind, name, exc) from None
+
+
+def unjournaled(kind: str, name: str | None, exc: RegistryError) -> NotCreatedError:
+    """The error of an acquisition the registry could not journal (or open a run for): nothing
+    was created, since a backend creates nothing that is not journaled first (I1)."""
+    shown = name or "(no name drawn yet)"
+    return NotCreatedError(
+        f"{kind} {shown}: not created, because the registry cannot journal it: {exc}."
+        " Nothing was created; fix the registry (RECLAIM_REGISTRY) and try again",
+        kind=kind,
+        resource=shown,
+    )
 
 
 def acquire_failed(

@@ -34,7 +34,7 @@ from rich.text import Text
 from reclaim import __version__, _run
 from reclaim import _settings as settings
 from reclaim._acquire import acquire_failed, journal_plan
-from reclaim._errors import BackendNotFoundError, ReclaimError
+from reclaim._errors import BackendNotFoundError, NotCreatedError, ReclaimError
 from reclaim._follow import event_json, event_text, follow
 from reclaim._leftovers import (
     DEFAULT_OLDER_THAN,
@@ -1163,6 +1163,8 @@ def _acquire(
     except Exception as exc:
         if registry.get_run(run_id) is None:  # the run ended between the check and now
             _fail(f"run {run_id} ended before {kind} {name!r} could be planned")
+        if isinstance(exc, NotCreatedError):  # the registry could not journal it: says so
+            _fail(str(exc), 1)
         reason = redact_text(f"{type(exc).__name__}: {exc}", args, backend.secret_fields)
         _fail(f"{kind} {name!r} could not be planned: {reason}; nothing was created", 1)
     try:

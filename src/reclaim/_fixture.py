@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, Final, Protocol, TypeGuard, TypeVar
 
-from reclaim._acquire import acquire_failed, journal_plan
-from reclaim._errors import AcquireError, FixtureStateError, NotCreatedError, RegistryError
+from reclaim._acquire import acquire_failed, journal_plan, unjournaled
+from reclaim._errors import AcquireError, FixtureStateError, RegistryError
 from reclaim._reaper import RetryPolicy, release_resource
 from reclaim._registry import Registry, ResourceState
 from reclaim._run import Run, current_run
@@ -245,16 +245,13 @@ class Fixture:
         try:
             run = current_run(self._registry)
         except RegistryError as exc:
-            raise _unjournaled(backend.kind, None, exc) from None
+            raise unjournaled(backend.kind, None, exc) from None
         name = backend.adapt_name(run.next_name())
         # I1: the name is journaled before the backend creates anything (see _acquire.py).
         # Journaled and put on the stack as one step (I9): a signal between the two would
         # leave an entry this fixture does not know it has to release.
         with critical():
-            try:
-                resource_id, record = journal_plan(run.registry, run.id, self.name, backend, name)
-            except RegistryError as exc:
-                raise _unjournaled(backend.kind, name, exc) from None
+            resource_id, record = journal_plan(run.registry, run.id, self.name, backend, name)
             held = _Held(backend, run, resource_id, record)
             with self._lock:
                 self._stack.append(held)
@@ -766,15 +763,3 @@ def _close_awaitable(result: object) -> None:
     close = getattr(result, "close", None)
     if callable(close):
         close()
-
-
-def _unjournaled(kind: str, name: str | None, exc: RegistryError) -> NotCreatedError:
-    """The error of an acquisition the registry could not journal: nothing was created (I1:
-    a backend creates nothing that is not journaled first)."""
-    shown = name or "(no name drawn yet)"
-    return NotCreatedError(
-        f"{kind} {shown}: not created, because the registry cannot journal it: {exc}."
-        " Nothing was created; fix the registry (RECLAIM_REGISTRY) and try again",
-        kind=kind,
-        resource=shown,
-    )
