@@ -305,12 +305,14 @@ def reap_run(
     actor: str,
     policy: RetryPolicy | None = None,
     claimer: Identity | None = None,
+    on_outcome: Callable[[ReleaseOutcome], None] | None = None,
 ) -> list[ReleaseOutcome] | None:
     """Claim a dead run and release everything it holds, last in first out: first what is
     healthy, then what already failed to release (so that a server that is away, with its
     retries and back-off, does not hold up the releases that can succeed now).
 
-    Returns the outcomes, or None when another reaper holds the run.
+    Returns the outcomes, or None when another reaper holds the run. ``on_outcome`` is told
+    each outcome as soon as it is journaled.
     """
     token = claim_for_reaping(registry, run, claimer)
     if token is None:
@@ -321,9 +323,12 @@ def reap_run(
     failed = [r for r in held if r.state == ResourceState.FAILED]
     try:
         for resource in healthy + failed:
-            outcomes.append(
-                release_resource(registry, resource, actor=actor, states=ALL_STATES, policy=policy)
+            outcome = release_resource(
+                registry, resource, actor=actor, states=ALL_STATES, policy=policy
             )
+            outcomes.append(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
     finally:
         registry.finish_reap(run.id, token, actor=actor)
     return outcomes
