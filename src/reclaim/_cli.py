@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -45,7 +46,7 @@ from reclaim._leftovers import (
     redact_url,
     release_leftovers,
 )
-from reclaim._reaper import is_alive, release_resource
+from reclaim._reaper import ReleaseOutcome, is_alive, release_resource
 from reclaim._registry import (
     ENV_VAR,
     Registry,
@@ -403,8 +404,20 @@ def sweep_command(
     if every is not None:
         _sweep_every(location, every, grace, as_json)
         return
+    _sweep_once(location, grace, dry_run, as_json)
+
+
+def _sweep_once(location: str, grace: float, dry_run: bool, as_json: bool) -> None:
+    """One registry sweep (or dry run), reported for people or as one JSON object."""
     registry = _open(location, create=False)
-    report = SweepReport() if registry is None else sweep(registry, grace=grace, dry_run=dry_run)
+    if registry is None:
+        report = SweepReport()
+    elif as_json or dry_run:
+        report = sweep(registry, grace=grace, dry_run=dry_run)
+    else:
+        # Each outcome is shown as it happens (over a progress bar on a terminal), not after.
+        with _LiveSweep(_console) as live:
+            report = sweep(registry, grace=grace, progress=live)
     if as_json:
         data = report.to_json()
         if dry_run:
@@ -414,7 +427,7 @@ def sweep_command(
             ]
         click.echo(json.dumps(data))
     else:
-        _print_sweep(report, dry_run)
+        _print_sweep(report, dry_run, outcomes_shown=not dry_run and registry is not None)
     if report.failed:
         sys.exit(1)
 
@@ -491,7 +504,79 @@ def _log_pass(entry: dict[str, Any], as_json: bool, every: float) -> None:
     )
 
 
-def _print_sweep(report: SweepReport, dry_run: bool) -> None:
+def _outcome_lines(outcome: ReleaseOutcome) -> list[Text]:
+    """How one release's outcome is told (nothing for one another process held): the one
+    format of ``reclaim sweep``'s outcome lines, shown live or after the sweep. The error is
+    the journaled one, already redacted (I7)."""
+    r = outcome.resource
+    if r is None:
+        return []
+    if outcome.released:
+        return [_line(("released", "green"), f"  {r.kind}  {_describe(r)}")]
+    if outcome.error is None:
+        return []
+    return [
+        _line(("failed", "bold red"), f"    {r.kind}  {_describe(r)}"),
+        _line("          ", (str(outcome.error), "red")),
+    ]
+
+
+class _LiveSweep:
+    """The CLI's ``SweepProgress`` (``_sweep.py``): each outcome's lines as soon as it is journaled.
+
+    On a terminal they are printed above a progress bar (entries done / total) that goes away
+    once the sweep is over; elsewhere (a pipe, CI logs, cron) they are plain lines, each
+    flushed as it is written, with no bar and no escape codes. Use it as a context manager, so
+    that the bar is taken down however the sweep ends."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> _LiveSweep:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def begin(self, total: int) -> None:
+        if total == 0 or not self._console.is_terminal:
+            return
+        self._progress = Progress(
+            TextColumn("sweeping"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=self._console,  # the literal console: no markup, no highlighting
+            transient=True,
+            # What a backend writes to standard error goes above the bar too, unless standard
+            # error is not the terminal (`2>log`): then it stays where it was sent.
+            redirect_stderr=sys.stderr.isatty(),
+        )
+        self._task = self._progress.add_task("sweep", total=total)
+        self._progress.start()
+
+    def outcome(self, outcome: ReleaseOutcome) -> None:
+        self._advance(1)
+        for line in _outcome_lines(outcome):
+            # While the bar is up, the console prints above it (it is the bar's live console).
+            self._console.print(line)
+        self._console.file.flush()
+
+    def busy(self, count: int) -> None:
+        self._advance(count)
+
+    def _advance(self, count: int) -> None:
+        if self._progress is not None and self._task is not None:
+            # Redrawn now, so that the lines printed next come with the bar's new count.
+            self._progress.update(self._task, advance=count, refresh=True)
+
+
+def _print_sweep(report: SweepReport, dry_run: bool, *, outcomes_shown: bool = False) -> None:
+    """The end of ``reclaim sweep``: what a dry run would release, the outcomes unless
+    ``outcomes_shown`` (they were printed as they happened), and the summary line."""
     if dry_run:
         if not report.would_release:
             _console.print("Nothing to release.")
@@ -503,15 +588,10 @@ def _print_sweep(report: SweepReport, dry_run: bool) -> None:
                     (f"({there})", "dim"),
                 )
             )
-    for outcome in report.outcomes:
-        r = outcome.resource
-        if r is None:
-            continue
-        if outcome.released:
-            _console.print(_line(("released", "green"), f"  {r.kind}  {_describe(r)}"))
-        elif outcome.error is not None:
-            _console.print(_line(("failed", "bold red"), f"    {r.kind}  {_describe(r)}"))
-            _console.print(_line("          ", (str(outcome.error), "red")))
+    if not outcomes_shown:
+        for outcome in report.outcomes:
+            for text in _outcome_lines(outcome):
+                _console.print(text)
     skipped = []
     if report.skipped_live:
         skipped.append(f"{report.skipped_live} held by live runs")
