@@ -262,6 +262,47 @@ def _race(calls: list[Callable[[], Any]]) -> list[Any]:
     return results
 
 
+def test_claims_and_outcomes_in_batches_skip_what_another_holds(registry_path: str) -> None:
+    """``begin_release_many`` claims only what nobody else holds, in the order asked, and
+    racing it against a second registry object leaves each entry with one claimer (I6);
+    ``mark_released_many`` writes an event per entry (I5)."""
+    one, two = open_registry(registry_path), open_registry(registry_path)
+    try:
+        run = one.open_run("0000ba7c", DEAD, label="batch")
+        ids = [one.plan(run.id, "fx", "test.thing", f"rc_{run.id}_{n}", {}) for n in range(6)]
+        held = two.begin_release(ids[2], states=(ResourceState.PLANNED,))
+        assert held is not None
+        claimed = one.begin_release_many(ids, states=(ResourceState.PLANNED,))
+        assert [r.id for r in claimed] == [i for i in ids if i != ids[2]]
+        assert all(r.state == ResourceState.RELEASING for r in claimed)
+        assert one.begin_release_many(ids, states=(ResourceState.PLANNED,)) == []
+        after = one.last_event_id()
+        one.mark_released_many([ids[5], ids[0]], actor="batch")
+        released = [e for e in one.events(after) if e.event == "resource.released"]
+        assert [e.resource_id for e in released] == [ids[5], ids[0]]
+        assert {r.id for r in one.resources(run.id)} == set(ids[1:5])
+        one.mark_released_many([], actor="batch")  # nothing: no transaction, no error
+
+        rounds = []
+        for n in range(20):
+            more = [
+                one.plan(run.id, "fx", "test.thing", f"rc_{run.id}_{n}_{k}", {}) for k in range(8)
+            ]
+            won = _race(
+                [
+                    functools.partial(reg.begin_release_many, more, states=(ResourceState.PLANNED,))
+                    for reg in (one, two)
+                ]
+            )
+            ids_won = [r.id for claims in won for r in claims]
+            assert sorted(ids_won) == sorted(more), f"round {n}: {won}"
+            rounds.append(len(won[0]))
+        assert rounds
+    finally:
+        one.close()
+        two.close()
+
+
 def test_racing_claims_have_exactly_one_winner(registry_path: str) -> None:
     """Two registry objects (two connections), two threads, the same claim at the same instant,
     50 rounds: ``claim_run`` and ``begin_release`` have one winner each time (I6)."""

@@ -4,7 +4,7 @@ backend that keeps to its own, and they catch one that does not."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -79,3 +79,20 @@ def test_kit_catches_a_release_that_skips_the_guard(
     monkeypatch.setitem(backends._base._cache, "path.tempdir", Unguarded)
     with pytest.raises(AssertionError, match="refuse it with ForeignNameError"):
         check_backend(lambda: Unguarded(parent=scratch), registry=tmp_path / "kit.sqlite3")
+
+
+def test_kit_catches_a_batch_that_says_released_and_is_not(
+    scratch: Path, tmp_path: Path, registry_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Boasting(TempDir):
+        batch_size = 10
+
+        @classmethod
+        def release_many(cls, records: Sequence[Record]) -> Sequence[Exception | None]:
+            return [None] * len(records)  # says "gone" and deletes nothing
+
+    Boasting.kind = "path.tempdir"
+    monkeypatch.setitem(backends._base._cache, "path.tempdir", Boasting)
+    with pytest.raises(AssertionError, match="release_many left"):
+        check_backend(lambda: Boasting(parent=scratch), registry=tmp_path / "kit.sqlite3")
+    shutil.rmtree(scratch)

@@ -15,6 +15,7 @@ import inspect
 import os
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, Final, Protocol, TypeGuard, TypeVar
@@ -22,7 +23,7 @@ from typing import Any, Final, Protocol, TypeGuard, TypeVar
 from reclaim._acquire import acquire_failed, journal_plan, unjournaled
 from reclaim._errors import AcquireError, FixtureStateError, RegistryError
 from reclaim._reaper import RetryPolicy, release_resource
-from reclaim._registry import Registry, ResourceState
+from reclaim._registry import Registry, ResourceRecord, ResourceState
 from reclaim._run import Run, current_run
 from reclaim._signals import critical, protected
 from reclaim.backends import Backend, Record, secret_record
@@ -71,14 +72,35 @@ class _State(enum.Enum):
 class _Held:
     """One resource on the fixture's stack."""
 
-    __slots__ = ("backend", "record", "resource_id", "run", "value")
+    __slots__ = ("acquired_at", "backend", "fixture", "record", "resource_id", "run", "value")
 
-    def __init__(self, backend: Backend[Any], run: Run, resource_id: int, record: Record) -> None:
+    def __init__(
+        self, backend: Backend[Any], run: Run, fixture: str, resource_id: int, record: Record
+    ) -> None:
         self.backend = backend
         self.run = run
+        self.fixture = fixture
         self.resource_id = resource_id
         self.record = record
         self.value: Any = _NOTHING
+        self.acquired_at: float | None = None
+
+    def entry(self) -> ResourceRecord:
+        """The registry entry as this owner holds it (for a release without a claim)."""
+        return ResourceRecord(
+            id=self.resource_id,
+            run_id=self.run.id,
+            fixture=self.fixture,
+            kind=self.backend.kind,
+            name=str(self.record.get("name")),
+            record=self.record,
+            state=ResourceState.ACQUIRED if self.acquired_at else ResourceState.PLANNED,
+            attempts=0,
+            last_error=None,
+            created_at=self.acquired_at or 0.0,
+            updated_at=self.acquired_at or 0.0,
+            acquired_at=self.acquired_at,
+        )
 
     def __repr__(self) -> str:  # no record: it may hold credentials (I7)
         return f"<held {self.backend.kind} entry {self.resource_id}>"
@@ -252,7 +274,7 @@ class Fixture:
         # leave an entry this fixture does not know it has to release.
         with critical():
             resource_id, record = journal_plan(run.registry, run.id, self.name, backend, name)
-            held = _Held(backend, run, resource_id, record)
+            held = _Held(backend, run, self.name, resource_id, record)
             with self._lock:
                 self._stack.append(held)
         return held
@@ -260,7 +282,13 @@ class Fixture:
     def _acquired(self, held: _Held, value: Any, record: Record) -> None:
         with critical():
             try:
-                held.run.registry.mark_acquired(held.resource_id, record)
+                # A record that adds nothing to the planned one is journaled with the next
+                # write: a crash meanwhile leaves the planned entry, which every reaper
+                # releases all the same (I1). One that adds (an id the server chose, a token)
+                # is journaled before the test sees the resource.
+                held.run.registry.mark_acquired(
+                    held.resource_id, record, defer=_same_record(record, held.record)
+                )
             except RegistryError as exc:
                 # Made, and journaled as planned (I1): it stays on the stack, and the exit (or
                 # the watchdog, or a sweep) releases it from the planned record.
@@ -276,6 +304,7 @@ class Fixture:
                 ) from None
             held.record = secret_record(held.backend, record)
             held.value = value
+            held.acquired_at = time.time()
         self._note(f"acquired {_shown(held)} (entry {held.resource_id} of run {held.run.id})")
 
     def _acquire_failed(self, held: _Held, exc: BaseException) -> None:
@@ -615,11 +644,12 @@ class Fixture:
         """Release one resource; True when this call released it (False: somebody else had)."""
         outcome = release_resource(
             held.run.registry,
-            held.resource_id,  # released already, or held by a reaper: skipped (I3)
+            held.entry(),
             actor="fixture",
             states=_OWN_STATES,
             policy=IN_PROCESS_POLICY,
             backend=type(held.backend),
+            claim=False,  # the owner of a live run (see release_resource)
         )
         if outcome.error is not None:
             self._note(f"release failed: {outcome.error}")
@@ -748,6 +778,13 @@ def _merge(out: dict[str, Any], key: str, value: Any) -> None:
 
 def _is_content(value: object) -> TypeGuard[ContentLike]:
     return hasattr(value, "iter_bytes") and hasattr(value, "content_type")
+
+
+def _same_record(record: Record, planned: Record) -> bool:
+    try:
+        return dict(record) == dict(planned)
+    except Exception:  # a record whose values do not compare: journal it at once
+        return False
 
 
 def _shown(held: _Held) -> str:

@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from typing import Final
 
 from reclaim import _settings as settings
@@ -76,7 +77,10 @@ class Run:
             self._start_watchdog()
         # The owner renews the lease itself too: without a watchdog, or with a watchdog that
         # was killed, a run on a shared registry must not look dead to other hosts.
-        self._renewer = _Renewer(registry.reopen_location(), self.id, self.lease / 3)
+        # It writes the deferred acquired marks too, so none waits longer than a renewal.
+        self._renewer = _Renewer(
+            registry.reopen_location(), self.id, self.lease / 3, flush=registry.flush
+        )
 
     def _start_watchdog(self) -> None:
         read_end, write_end = os.pipe()  # both close-on-exec: no exec'd child inherits them
@@ -175,13 +179,16 @@ _ASYNC_SIGNALS: Final = signal.valid_signals() - {
 class _Renewer:
     """A daemon thread that renews a run's lease every ``interval`` seconds, on a connection
     of its own (opened at the first renewal). A renewal that fails (the registry is away) is
-    tried again at the next tick; the lease is long enough for a few to fail."""
+    tried again at the next tick; the lease is long enough for a few to fail. Each tick also
+    calls ``flush`` (the run's registry's: the acquired marks it deferred)."""
 
-    def __init__(self, location: str, run_id: str, interval: float) -> None:
+    def __init__(
+        self, location: str, run_id: str, interval: float, *, flush: Callable[[], None]
+    ) -> None:
         self._stopped = threading.Event()
         self._thread = threading.Thread(
             target=self._loop,
-            args=(location, run_id, interval),
+            args=(location, run_id, interval, flush),
             name=f"reclaim-lease-{run_id}",
             daemon=True,
         )
@@ -195,10 +202,12 @@ class _Renewer:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
-    def _loop(self, location: str, run_id: str, interval: float) -> None:
+    def _loop(self, location: str, run_id: str, interval: float, flush: Callable[[], None]) -> None:
         registry: Registry | None = None
         try:
             while not self._stopped.wait(interval):
+                with contextlib.suppress(Exception):  # the next tick, or the next write, retries
+                    flush()
                 try:
                     registry = registry or open_registry(location, create=False)
                     registry.heartbeat(run_id)

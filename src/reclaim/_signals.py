@@ -21,6 +21,7 @@ cost nothing. Standard library only: the registry and the watchdog import this.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # no stub; CPython's own C module
 import functools
 import inspect
 import os
@@ -120,7 +121,7 @@ class _Critical:
         global _depth  # noqa: PLW0603
         if threading.get_ident() != _main_ident:
             return  # signal handlers run in the main thread only
-        if _depth == 0 and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        if _depth == 0 and _raw_getsignal(_SIGINT) is signal.default_int_handler:
             # Ctrl-C must wait too, also where no run is open (the CLI's sweep). Installed for
             # good: outside sections ours raises KeyboardInterrupt exactly as the default does.
             signal.signal(signal.SIGINT, _on_signal)
@@ -136,6 +137,10 @@ class _Critical:
             raise _exception(signum)
 
 
+# The C function: signal.getsignal turns the handler into an enum first, which costs more
+# than the rest of a critical section (issue 15).
+_raw_getsignal: Final[Callable[[int], object]] = _signal.getsignal
+_SIGINT: Final = int(signal.SIGINT)
 _CRITICAL: Final = _Critical()
 _main_ident = threading.main_thread().ident
 

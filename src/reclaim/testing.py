@@ -32,7 +32,14 @@ from reclaim._errors import BackendNotFoundError, ForeignNameError
 from reclaim._identity import Identity, current_identity
 from reclaim._registry import open_registry
 from reclaim._sweep import sweep
-from reclaim.backends import Backend, Record, check_record, load_backend, make_name
+from reclaim.backends import (
+    Backend,
+    Record,
+    check_record,
+    load_backend,
+    make_name,
+    release_batch,
+)
 
 __all__ = [
     "FOREIGN_NAMES",
@@ -113,7 +120,10 @@ def check_backend(  # noqa: PLR0915  (a linear script of checks reads best in on
        refused by ``release`` and ``exists`` with :class:`~reclaim.ForeignNameError`;
     8. with ``make_lookalike``: objects named like a real resource's look-alikes, made outside
        reclaim, survive the sweeper's release of that resource, and (with ``leftovers_url``)
-       a registry-less ``sweep --leftovers`` pass.
+       a registry-less ``sweep --leftovers`` pass;
+    9. a batch, as the watchdog and the sweeper release a dead run (``release_many``, the
+       default's or yours): acquired records and a planned one never created all succeed, and
+       a foreign record in the batch is refused on its own.
 
     Args:
         make: returns a fresh backend instance each call.
@@ -188,6 +198,23 @@ def check_backend(  # noqa: PLR0915  (a linear script of checks reads best in on
         f"{cls.kind}: release(planned record) left the created resource behind (I1)"
     )
     b.discard(value)
+
+    # 9. a batch (as the watchdog and the sweeper release a dead run): every record released,
+    # a planned one that was never created included, and a foreign one refused on its own.
+    made = [fresh(seq) for seq in (10, 11)]
+    acquired = [(b, *b.acquire(name)) for b, name, _planned in made]
+    never = fresh(12)[2]
+    foreign = {**acquired[0][2], "name": "public"}
+    batch = [acquired[0][2], foreign, never, acquired[1][2]]
+    outcomes = release_batch(cls, [_round_trip(r, cls, "the batch's record") for r in batch])
+    assert isinstance(outcomes[1], ForeignNameError), (
+        f"{cls.kind}: release_many was given a record named 'public' (I8): {outcomes[1]!r}"
+    )
+    failed = [o for i, o in enumerate(outcomes) if i != 1 and o is not None]
+    assert not failed, f"{cls.kind}: release_many failed: {failed[0]!r}"
+    for b, value, record in acquired:
+        assert not cls.exists(record), f"{cls.kind}: release_many left {record['name']} behind"
+        b.discard(value)
 
     # 6. the sweeper releases a dead run's resource from the registry alone.
     reg = open_registry(os.fspath(registry))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from reclaim._identity import Identity
@@ -101,8 +102,18 @@ class Registry(abc.ABC):
         """Journal a resource before it is created (I1); returns its id."""
 
     @abc.abstractmethod
-    def mark_acquired(self, resource_id: int, record: dict[str, Any]) -> None:
-        """The backend created it; store its full record."""
+    def mark_acquired(
+        self, resource_id: int, record: dict[str, Any], *, defer: bool = False
+    ) -> None:
+        """The backend created it; store its full record.
+
+        With ``defer`` the mark may wait for this object's next write (or :meth:`flush`): for
+        a record that adds nothing to the planned one, which every reaper releases all the
+        same (I1), so a crash meanwhile loses nothing. A registry may write it at once."""
+
+    def flush(self) -> None:
+        """Write the deferred acquired marks now (a no-op for a registry that defers none)."""
+        return
 
     @abc.abstractmethod
     def begin_release(
@@ -114,6 +125,20 @@ class Registry(abc.ABC):
     @abc.abstractmethod
     def mark_released(self, resource_id: int, *, actor: str) -> None:
         """Released for good: the row goes, the event stays."""
+
+    def begin_release_many(
+        self, resource_ids: Sequence[int], *, states: tuple[ResourceState, ...]
+    ) -> list[ResourceRecord]:
+        """:meth:`begin_release` of each (one transaction where the registry can): the entries
+        claimed, in the order given; those somebody else holds are left out."""
+        claimed = (self.begin_release(rid, states=states) for rid in resource_ids)
+        return [r for r in claimed if r is not None]
+
+    def mark_released_many(self, resource_ids: Sequence[int], *, actor: str) -> None:
+        """:meth:`mark_released` of each (one transaction where the registry can); each
+        entry's outcome is still an event of its own (I5)."""
+        for rid in resource_ids:
+            self.mark_released(rid, actor=actor)
 
     @abc.abstractmethod
     def mark_failed(self, resource_id: int, error: str, *, attempts: int, actor: str) -> None:

@@ -46,7 +46,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import unquote
 
@@ -979,7 +979,9 @@ class PostgresRegistry(Registry):
 
         return self._transact(body, token=token)
 
-    def mark_acquired(self, resource_id: int, record: dict[str, Any]) -> None:
+    def mark_acquired(
+        self, resource_id: int, record: dict[str, Any], *, defer: bool = False
+    ) -> None:
         token = uuid.uuid4()
         text = json.dumps(record)
 
@@ -1042,6 +1044,51 @@ class PostgresRegistry(Registry):
                 )  # fmt: skip
 
         self._transact(body, token=token)
+
+    def begin_release_many(
+        self, resource_ids: Sequence[int], *, states: tuple[ResourceState, ...]
+    ) -> list[ResourceRecord]:
+        if not resource_ids:
+            return []
+        token = uuid.uuid4()  # as in begin_release: a retry finds the claims it left
+        ids = list(resource_ids)
+
+        def body(cur: Cursor[Any]) -> list[ResourceRecord]:
+            now = self._now(cur)
+            cur.execute(
+                "UPDATE resources SET state = %s, updated_at = %s, release_token = %s"  # noqa: S608
+                " WHERE id = ANY(%s) AND (state = ANY(%s)"
+                " OR (state = %s AND release_token = %s))"
+                f" RETURNING {RESOURCE_COLUMNS}",
+                (ResourceState.RELEASING.value, now, token, ids, [str(s) for s in states],
+                 ResourceState.RELEASING.value, token),
+            )  # fmt: skip
+            claimed = {r.id: r for r in map(resource_from_row, cur.fetchall())}
+            return [claimed[i] for i in ids if i in claimed]
+
+        return self._transact(body)
+
+    def mark_released_many(self, resource_ids: Sequence[int], *, actor: str) -> None:
+        if not resource_ids:
+            return
+        # An event token each; the first tells a retry whether a lost COMMIT landed.
+        tokens = {rid: uuid.uuid4() for rid in resource_ids}
+        position = {rid: i for i, rid in enumerate(tokens)}
+        detail = {"by": actor}
+
+        def body(cur: Cursor[Any]) -> None:
+            now = self._now(cur)
+            cur.execute(
+                "DELETE FROM resources WHERE id = ANY(%s) RETURNING id, run_id, kind, name",
+                (list(tokens),),
+            )
+            for row in sorted(cur.fetchall(), key=lambda r: position[r[0]]):
+                self._resource_event(
+                    cur, tokens[row[0]], "resource.released", row[0], row[1:], detail=detail,
+                    at=now,
+                )  # fmt: skip
+
+        self._transact(body, token=tokens[resource_ids[0]])
 
     def mark_failed(self, resource_id: int, error: str, *, attempts: int, actor: str) -> None:
         token = uuid.uuid4()

@@ -19,7 +19,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -46,7 +46,7 @@ from reclaim._signals import critical
 __all__ = ["SCHEMA_VERSION", "SQLiteRegistry"]
 
 #: The schema this reclaim writes. Bump it with a migration in ``_MIGRATIONS``.
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 _APPLICATION: Final = "reclaim"
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
@@ -104,6 +104,28 @@ _MIGRATIONS: Final[dict[int, str]] = {
     ALTER TABLE resources ADD COLUMN acquired_at REAL;
     UPDATE resources SET acquired_at = updated_at WHERE state != 'planned'
     """,
+    # 2 -> 3: leaner writes (issue 15). Every index is a page more in each write transaction,
+    # and AUTOINCREMENT one more (sqlite_sequence). `resources` holds live entries only, so a
+    # scan by run is cheap; events are pruned by a sweep only. Event ids stay increasing without
+    # AUTOINCREMENT because the newest event is never pruned (a follower's cursor needs that).
+    2: """
+    DROP INDEX IF EXISTS resources_by_run;
+    DROP INDEX IF EXISTS events_by_time;
+    CREATE TABLE events_v3 (
+        id          INTEGER PRIMARY KEY,
+        at          REAL NOT NULL,
+        event       TEXT NOT NULL,
+        run_id      TEXT,
+        resource_id INTEGER,
+        kind        TEXT,
+        name        TEXT,
+        detail      TEXT NOT NULL DEFAULT '{}'
+    );
+    INSERT INTO events_v3 SELECT id, at, event, run_id, resource_id, kind, name, detail FROM events;
+    DROP TABLE events;
+    ALTER TABLE events_v3 RENAME TO events;
+    DELETE FROM sqlite_sequence WHERE name = 'events'
+    """,
 }
 
 # Connections inherited through fork are kept, never closed: closing one in the child could
@@ -120,6 +142,9 @@ class SQLiteRegistry(Registry):
         self._lock = threading.RLock()
         self._conn_obj: sqlite3.Connection | None = None
         self._pid = -1
+        #: Acquired marks not written yet (``mark_acquired(defer=True)``): resource id ->
+        #: (record as JSON, when). Written by the next write transaction of this object.
+        self._pending: dict[int, tuple[str, float]] = {}
         self._create = create
         if not self.path.exists():
             if not create:
@@ -219,6 +244,8 @@ class SQLiteRegistry(Registry):
             return self._conn_obj
         if self._conn_obj is not None:
             _inherited.append(self._conn_obj)
+        # A forked child does not journal its parent's acquisitions: the parent does.
+        self._pending.clear()
         conn = sqlite3.connect(
             self.path,
             timeout=_BUSY_TIMEOUT_S,
@@ -314,7 +341,10 @@ class SQLiteRegistry(Registry):
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
                 raise self._unusable(exc) from None
+            written = dict(self._pending)
             try:
+                if written:
+                    self._write_pending(conn, written)
                 yield conn
             except sqlite3.IntegrityError:
                 conn.execute("ROLLBACK")
@@ -331,6 +361,30 @@ class SQLiteRegistry(Registry):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise self._unusable(exc) from None
+            for resource_id in written:  # only once committed: a rollback keeps them pending
+                self._pending.pop(resource_id, None)
+
+    def _write_pending(
+        self, conn: sqlite3.Connection, pending: dict[int, tuple[str, float]]
+    ) -> None:
+        for resource_id, (text, at) in pending.items():
+            self._acquired(conn, resource_id, text, at)
+
+    def _acquired(self, conn: sqlite3.Connection, resource_id: int, text: str, at: float) -> None:
+        row = conn.execute(
+            "UPDATE resources SET record = ?, state = ?, updated_at = ?, acquired_at = ?"
+            " WHERE id = ? AND state = ? RETURNING run_id, kind, name",
+            (text, ResourceState.ACQUIRED, at, at, resource_id, ResourceState.PLANNED),
+        ).fetchone()
+        if row is not None:
+            self._resource_event(conn, "resource.acquired", resource_id, row, at=at)
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._pending or self._pid != os.getpid():
+                return
+        with self._write():
+            pass  # the transaction writes what is pending
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -361,7 +415,7 @@ class SQLiteRegistry(Registry):
                 resource_id,
                 kind,
                 name,
-                json.dumps(detail or {}, separators=(",", ":")),
+                json.dumps(detail, separators=(",", ":")) if detail else "{}",
             ),
         )
 
@@ -514,23 +568,19 @@ class SQLiteRegistry(Registry):
             )
         return resource_id
 
-    def mark_acquired(self, resource_id: int, record: dict[str, Any]) -> None:
+    def mark_acquired(
+        self, resource_id: int, record: dict[str, Any], *, defer: bool = False
+    ) -> None:
         now = time.time()
+        text = json.dumps(record)
+        if defer:
+            with self._lock:
+                self._connection()  # drops a parent's marks in a forked child first
+                self._pending[resource_id] = (text, now)
+            return
         with self._write() as conn:
-            row = conn.execute(
-                "UPDATE resources SET record = ?, state = ?, updated_at = ?, acquired_at = ?"
-                " WHERE id = ? AND state = ? RETURNING run_id, kind, name",
-                (
-                    json.dumps(record),
-                    ResourceState.ACQUIRED,
-                    now,
-                    now,
-                    resource_id,
-                    ResourceState.PLANNED,
-                ),
-            ).fetchone()
-            if row is not None:
-                self._resource_event(conn, "resource.acquired", resource_id, row, at=now)
+            self._pending.pop(resource_id, None)
+            self._acquired(conn, resource_id, text, now)
 
     def begin_release(
         self, resource_id: int, *, states: tuple[ResourceState, ...]
@@ -555,6 +605,36 @@ class SQLiteRegistry(Registry):
                 self._resource_event(
                     conn, "resource.released", resource_id, row, detail={"by": actor}, at=now
                 )
+
+    def begin_release_many(
+        self, resource_ids: Sequence[int], *, states: tuple[ResourceState, ...]
+    ) -> list[ResourceRecord]:
+        marks = ", ".join("?" for _ in states)
+        claim = (
+            "UPDATE resources SET state = ?, updated_at = ?"
+            f" WHERE id = ? AND state IN ({marks}) RETURNING {RESOURCE_COLUMNS}"
+        )
+        now = time.time()
+        claimed: list[ResourceRecord] = []
+        with self._write() as conn:
+            for rid in resource_ids:
+                row = conn.execute(claim, (ResourceState.RELEASING, now, rid, *states)).fetchone()
+                if row is not None:
+                    claimed.append(resource_from_row(row))
+        return claimed
+
+    def mark_released_many(self, resource_ids: Sequence[int], *, actor: str) -> None:
+        if not resource_ids:
+            return
+        now = time.time()
+        detail = {"by": actor}
+        with self._write() as conn:
+            for rid in resource_ids:
+                row = conn.execute(
+                    "DELETE FROM resources WHERE id = ? RETURNING run_id, kind, name", (rid,)
+                ).fetchone()
+                if row is not None:
+                    self._resource_event(conn, "resource.released", rid, row, detail=detail, at=now)
 
     def mark_failed(self, resource_id: int, error: str, *, attempts: int, actor: str) -> None:
         now = time.time()
@@ -674,13 +754,23 @@ class SQLiteRegistry(Registry):
 
     def prune_events(self, older_than: float) -> int:
         with self._write() as conn:
-            return conn.execute("DELETE FROM events WHERE at < ?", (older_than,)).rowcount
+            # Never the newest: ids are max + 1, and a follower's cursor must never see one again.
+            return conn.execute(
+                "DELETE FROM events WHERE at < ? AND id < (SELECT max(id) FROM events)",
+                (older_than,),
+            ).rowcount
 
     def close(self) -> None:
         with self._lock:
+            if self._pending and self._conn_obj is not None and self._pid == os.getpid():
+                # Best effort: an acquired mark that is not written leaves a planned entry,
+                # which every reaper releases all the same (I1).
+                with contextlib.suppress(RegistryError):
+                    self.flush()
             if self._conn_obj is not None and self._pid == os.getpid():
                 self._conn_obj.close()
             self._conn_obj = None
+            self._pending.clear()
 
 
 def _set_wal(conn: sqlite3.Connection) -> None:

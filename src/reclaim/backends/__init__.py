@@ -54,6 +54,7 @@ from reclaim.backends._base import (
     load_backend,
     redact_record,
     redact_text,
+    release_batch,
     secret_record,
 )
 from reclaim.backends._guard import check_leftover, check_record, refuse
@@ -103,6 +104,7 @@ __all__ = [
     "redact_text",
     "redact_url",
     "refuse",
+    "release_batch",
     "require_extra",
     "secret_record",
     "split_url",

@@ -88,6 +88,10 @@ class TempDir(Backend[Path]):
             ) from exc
         return path, record
 
+    #: The watchdog and the sweeper release a dead run's directories 256 at a time: one
+    #: registry transaction for the claims and one for the outcomes (rmtree each stays its own).
+    batch_size = 256
+
     @classmethod
     def release(cls, record: Record) -> None:
         path = record["path"]

@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -263,6 +263,32 @@ class RedisNamespace(Backend[str]):
         with _translated(ReleaseError, _NAMESPACE, record, f"delete the keys under {prefix!r}"):
             unlink_prefix(client, prefix)
 
+    #: A dead run's namespaces are released 1000 at a time: one SCAN of the database for
+    #: them all, where a release on its own scans the whole database for its one prefix.
+    batch_size = 1000
+
+    @classmethod
+    def release_many(cls, records: Sequence[Record]) -> Sequence[Exception | None]:
+        """One ``SCAN`` per server for every namespace there, then ``UNLINK`` in batches: a key
+        goes only when its whole prefix (user prefix, name, ``":"``) is one of the records'
+        (I8); a namespace of the same run that is not in the batch is never touched."""
+        groups: dict[tuple[str, str | None, str], list[int]] = {}
+        for i, record in enumerate(records):
+            key = (str(record["url"]), record.get("password"), str(record.get("user_prefix", "")))
+            groups.setdefault(key, []).append(i)
+        outcomes: list[Exception | None] = [None] * len(records)
+        for (url, password, user), members in groups.items():
+            first = records[members[0]]
+            doing = f"delete the keys of {len(members)} namespaces under {user!r}"
+            try:
+                with _translated(ReleaseError, _NAMESPACE, first, doing):
+                    prefixes = {str(records[i]["prefix"]) for i in members}
+                    unlink_prefixes(_client(url, password), user, prefixes)
+            except Exception as exc:
+                for i in members:
+                    outcomes[i] = exc
+        return outcomes
+
     @classmethod
     def exists(cls, record: Record) -> bool:
         """Is any key under the prefix there (the marker, or anything the test wrote)?"""
@@ -476,9 +502,30 @@ def unlink_prefix(client: redis.Redis, prefix: str) -> int:
 
     Public for benchmarks and for users who clean a prefix by hand.
     """
+    return _unlink(client, _scan(client, prefix))
+
+
+def unlink_prefixes(client: redis.Redis, user_prefix: str, prefixes: set[str]) -> int:
+    """Delete every key under any of ``prefixes``, each ``user_prefix + name + ":"``, with one
+    SCAN of the database (matching what they all start with). Returns how many keys were
+    deleted. A key counts as under a prefix only when the text up to its first ``":"`` after
+    ``user_prefix`` is exactly one of them: never a look-alike such as ``name_backup:``."""
+    owned = {p.encode() for p in prefixes}
+    user = user_prefix.encode()
+    separator = SEPARATOR.encode()
+
+    def owned_key(key: bytes) -> bool:
+        head, sep, _rest = key[len(user) :].partition(separator)
+        return bool(sep) and key.startswith(user) and user + head + sep in owned
+
+    return _unlink(client, filter(owned_key, _scan(client, _common_start(prefixes))))
+
+
+def _unlink(client: redis.Redis, keys: Iterable[bytes]) -> int:
+    """``UNLINK`` the keys in batches; how many were deleted."""
     deleted = 0
     batch: list[bytes] = []
-    for key in _scan(client, prefix):
+    for key in keys:
         batch.append(key)
         if len(batch) >= _UNLINK_BATCH:
             deleted += int(client.unlink(*batch))
@@ -486,6 +533,15 @@ def unlink_prefix(client: redis.Redis, prefix: str) -> int:
     if batch:
         deleted += int(client.unlink(*batch))
     return deleted
+
+
+def _common_start(texts: set[str]) -> str:
+    """What all of ``texts`` start with (the first and last in order share it with the rest)."""
+    first, last = min(texts), max(texts)
+    n = 0
+    while n < min(len(first), len(last)) and first[n] == last[n]:
+        n += 1
+    return first[:n]
 
 
 def _scan(client: redis.Redis, prefix: str) -> Iterator[bytes]:
