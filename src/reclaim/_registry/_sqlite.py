@@ -595,46 +595,58 @@ class SQLiteRegistry(Registry):
         return None if row is None else resource_from_row(row)
 
     def mark_released(self, resource_id: int, *, actor: str) -> None:
-        now = time.time()
-        with self._write() as conn:
-            row = conn.execute(
-                "DELETE FROM resources WHERE id = ? RETURNING run_id, kind, name",
-                (resource_id,),
-            ).fetchone()
-            if row is not None:
-                self._resource_event(
-                    conn, "resource.released", resource_id, row, detail={"by": actor}, at=now
-                )
+        self.mark_released_many((resource_id,), actor=actor)
 
     def begin_release_many(
         self, resource_ids: Sequence[int], *, states: tuple[ResourceState, ...]
     ) -> list[ResourceRecord]:
+        if not resource_ids:
+            return []
         marks = ", ".join("?" for _ in states)
-        claim = (
-            "UPDATE resources SET state = ?, updated_at = ?"
-            f" WHERE id = ? AND state IN ({marks}) RETURNING {RESOURCE_COLUMNS}"
-        )
-        now = time.time()
-        claimed: list[ResourceRecord] = []
+        ids = ", ".join("?" for _ in resource_ids)  # a batch is far below SQLite's 32766
         with self._write() as conn:
-            for rid in resource_ids:
-                row = conn.execute(claim, (ResourceState.RELEASING, now, rid, *states)).fetchone()
-                if row is not None:
-                    claimed.append(resource_from_row(row))
-        return claimed
+            rows = conn.execute(
+                "UPDATE resources SET state = ?, updated_at = ?"
+                f" WHERE id IN ({ids}) AND state IN ({marks}) RETURNING {RESOURCE_COLUMNS}",
+                (ResourceState.RELEASING, time.time(), *resource_ids, *states),
+            ).fetchall()
+        claimed = {r.id: r for r in map(resource_from_row, rows)}
+        return [claimed[rid] for rid in resource_ids if rid in claimed]
 
     def mark_released_many(self, resource_ids: Sequence[int], *, actor: str) -> None:
         if not resource_ids:
             return
         now = time.time()
-        detail = {"by": actor}
-        with self._write() as conn:
-            for rid in resource_ids:
-                row = conn.execute(
-                    "DELETE FROM resources WHERE id = ? RETURNING run_id, kind, name", (rid,)
-                ).fetchone()
-                if row is not None:
-                    self._resource_event(conn, "resource.released", rid, row, detail=detail, at=now)
+        released = json.dumps({"by": actor}, separators=(",", ":"))
+        ids = ", ".join("?" for _ in resource_ids)
+        with self._lock:
+            # A deferred acquired mark of an entry released now is only its event: the row goes.
+            marks = {rid: self._pending.pop(rid) for rid in resource_ids if rid in self._pending}
+            try:
+                with self._write() as conn:
+                    rows = conn.execute(
+                        f"DELETE FROM resources WHERE id IN ({ids})"
+                        " RETURNING id, run_id, kind, name",
+                        tuple(resource_ids),
+                    ).fetchall()
+                    found = {row[0]: row for row in rows}
+                    events = []
+                    for rid in resource_ids:
+                        row = found.get(rid)
+                        if row is None:
+                            continue
+                        if rid in marks:
+                            events.append((marks[rid][1], "resource.acquired", *row[1:], rid, "{}"))
+                        events.append((now, "resource.released", *row[1:], rid, released))
+                    conn.executemany(
+                        "INSERT INTO events (at, event, run_id, kind, name, resource_id, detail)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        events,
+                    )
+            except BaseException:
+                for rid, mark in marks.items():  # not written: still pending
+                    self._pending.setdefault(rid, mark)
+                raise
 
     def mark_failed(self, resource_id: int, error: str, *, attempts: int, actor: str) -> None:
         now = time.time()
