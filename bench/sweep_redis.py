@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import redis
+from _timing import TimedRelease
 
 from reclaim._registry import open_registry
 from reclaim._sweep import sweep
@@ -108,37 +109,6 @@ def stats_delta(
     return out
 
 
-class TimedRelease:
-    """Wraps ``RedisNamespace.release`` and ``release_many`` to add up the time spent inside
-    the backend (a record that a batch failed is released on its own, and counted there)."""
-
-    METHODS: Final = ("release", "release_many")
-
-    def __init__(self) -> None:
-        self.ns = 0
-        self.calls = 0
-        self.originals = {m: RedisNamespace.__dict__[m] for m in self.METHODS}
-
-    def __enter__(self) -> TimedRelease:
-        for method, original in self.originals.items():
-            func = original.__func__
-
-            def timed(cls: type[RedisNamespace], records: Any, _func: Any = func) -> Any:
-                t0 = time.perf_counter_ns()
-                try:
-                    return _func(cls, records)
-                finally:
-                    self.ns += time.perf_counter_ns() - t0
-                    self.calls += 1
-
-            setattr(RedisNamespace, method, classmethod(timed))
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        for method, original in self.originals.items():
-            setattr(RedisNamespace, method, original)
-
-
 def _journal(url: str, n: int, keys: int, workdir: Path) -> tuple[Any, list[tuple[str, str]]]:
     """A dead run's registry holding ``n`` acquired namespaces, which exist on the server."""
     run_id = secrets.token_hex(4)
@@ -159,7 +129,7 @@ def reclaim_sweep(url: str, n: int, keys: int, workdir: Path) -> dict[str, Any]:
     client = redis.Redis.from_url(url)
     try:
         before = server_stats(client)
-        with TimedRelease() as timer:
+        with TimedRelease(RedisNamespace) as timer:
             t0 = time.perf_counter_ns()
             report = sweep(registry, grace=0)
             elapsed = time.perf_counter_ns() - t0
@@ -293,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"| reclaim sweep | {reclaim_rate:.0f} | {1e6 / reclaim_rate:.0f} |\n"
         f"| raw SCAN+UNLINK, one client | {raw_rate:.0f} | {1e6 / raw_rate:.0f} |\n\n"
         f"reclaim / raw: {reclaim_rate / raw_rate:.2f}; of reclaim's time per namespace,"
-        f" {inside:.0f} µs are the backend's SCAN+UNLINK ({scans:.1f} SCAN calls, {in_server:.0f}"
+        f" {inside:.0f} µs are the backend's SCAN+UNLINK ({scans:.3f} SCAN calls, {in_server:.0f}"
         f" µs of them inside the server) and {per:.0f} µs reclaim's bookkeeping"
     )
     if profile is not None:
