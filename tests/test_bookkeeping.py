@@ -219,6 +219,15 @@ def test_prune_keeps_the_newest_event_so_ids_never_come_back(tmp_path: Path) -> 
     assert [e.id for e in reg.events()] == [newest]
     reg.add_event("test.after")
     assert reg.last_event_id() == newest + 1
+    # Old events before new ones: only the old go.
+    raw = sqlite3.connect(reg.path)
+    raw.execute("UPDATE events SET at = 1.0")
+    raw.commit()
+    raw.close()
+    for n in range(3):
+        reg.add_event(f"test.new.{n}")
+    assert reg.prune_events(time.time() - 3600) == 2
+    assert [e.event for e in reg.events()] == ["test.new.0", "test.new.1", "test.new.2"]
     reg.close()
 
 

@@ -51,6 +51,8 @@ SCHEMA_VERSION: Final = 3
 _APPLICATION: Final = "reclaim"
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 _BUSY_TIMEOUT_S: Final = 60.0
+_CHECKPOINT_PAGES: Final = 10_000
+_WAL_KEPT_BYTES: Final = 4 * 1024 * 1024
 
 _SCHEMA_V1: Final = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -257,6 +259,11 @@ class SQLiteRegistry(Registry):
             self._refuse_foreign(conn)  # before anything is written to the file
             _set_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
+            # A checkpoint (the WAL copied back, with two fsyncs) every 10,000 pages rather than
+            # every 1,000: it cost about 14 µs per resource amortised (issue 15). The WAL is cut
+            # back to 4 MiB after each, so it does not stay at its 40 MiB high-water mark.
+            conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
+            conn.execute(f"PRAGMA journal_size_limit = {_WAL_KEPT_BYTES}")
             conn.execute("PRAGMA foreign_keys = ON")
             if sqlite3.sqlite_version_info < (3, 35, 0):
                 raise RegistryError(
@@ -766,9 +773,14 @@ class SQLiteRegistry(Registry):
 
     def prune_events(self, older_than: float) -> int:
         with self._write() as conn:
-            # Never the newest: ids are max + 1, and a follower's cursor must never see one again.
+            # Events are appended in time order, so everything before the first one that is new
+            # enough is old: found by walking the ids from the oldest (no index on `at` to pay
+            # for in every write), and the walk stops there. Never the newest: ids are max + 1,
+            # and a follower's cursor must never see one again.
             return conn.execute(
-                "DELETE FROM events WHERE at < ? AND id < (SELECT max(id) FROM events)",
+                "DELETE FROM events WHERE id < COALESCE("
+                " (SELECT id FROM events WHERE at >= ? ORDER BY id LIMIT 1),"
+                " (SELECT max(id) FROM events))",
                 (older_than,),
             ).rowcount
 
