@@ -13,8 +13,7 @@ What it measures, per operation, all in one run:
   f.acquire(NoopBackend())``, with a backend that creates nothing, so what remains is reclaim's
   own cost (run lookup, naming, the registry calls, the release loop).
 - ``raw SQLite commit``: ``BEGIN IMMEDIATE; INSERT one row; COMMIT`` on a plain ``sqlite3``
-  connection with the registry's settings (WAL, ``synchronous=NORMAL``, its checkpoint interval,
-  autocommit mode).
+  connection with the registry's settings (WAL, ``synchronous=NORMAL``, autocommit mode).
 
 Every variant uses its own database file in one temporary directory. The variants run in
 rounds, each round doing ``--n`` operations of every variant (in a rotated order), so machine
@@ -50,7 +49,7 @@ from typing import Any, ClassVar, Final
 import reclaim
 from reclaim._identity import current_identity
 from reclaim._registry import ENV_VAR, ResourceState
-from reclaim._registry._sqlite import _CHECKPOINT_PAGES, SQLiteRegistry
+from reclaim._registry._sqlite import SQLiteRegistry
 from reclaim._run import existing_run
 from reclaim.backends import Backend, Record
 
@@ -172,7 +171,6 @@ class RawCommit:
         self.conn = sqlite3.connect(path, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute("PRAGMA synchronous = NORMAL")
-        self.conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
         self.conn.execute(
             "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, at REAL NOT NULL, v TEXT)"
         )

@@ -3,9 +3,10 @@ sweep throughput of dead resources with 1 and 4 sweepers.
 
 Part 1, per resource, all in one run (rounds rotate the order so noise hits all alike):
 
-- ``sqlite cycle``: the registry calls of one resource's life that a Fixture makes (``plan``,
-  ``mark_acquired``, ``get_resource``, ``begin_release``, ``mark_released``: four write
-  transactions and one read) on an SQLite registry;
+- ``sqlite cycle``: the registry calls of one resource released with a claim, as a reaper
+  releases an entry on its own (``plan``, ``mark_acquired``, ``get_resource``,
+  ``begin_release``, ``mark_released``: four write transactions and one read; a Fixture's own
+  release needs two or three of them, see ``bench/bookkeeping.py``) on an SQLite registry;
 - ``postgres cycle``: the same calls on a PostgreSQL registry (a schema of its own);
 - ``raw postgres txn``: ``BEGIN; INSERT one row; COMMIT`` on a plain psycopg connection to the
   same server, the least one journaled write can cost; the cycle needs four of them and a read.

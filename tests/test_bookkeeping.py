@@ -259,3 +259,19 @@ def test_a_version_1_registry_keeps_its_events_and_loses_its_indexes(tmp_path: P
     raw.close()
     assert indexes == []
     assert version == (str(SCHEMA_VERSION),)
+
+
+def test_postponed_checkpoints_wait_for_the_close(tmp_path: Path) -> None:
+    """The watchdog's connection never stops for a checkpoint (two fsyncs) between a death and
+    the last release: its commits leave the WAL to grow, and its close checkpoints it."""
+    reg = SQLiteRegistry(tmp_path / "r.sqlite3")
+    wal = Path(f"{reg.path}-wal")
+    reg.postpone_checkpoints()
+    for n in range(600):  # each its own transaction: far more than SQLite's 1000-page interval
+        reg.add_event("test.big", detail={"n": n, "pad": "x" * 6000})
+    other = sqlite3.connect(reg.path)
+    _busy, frames, _done = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    other.close()
+    assert frames > 1000, f"the WAL held {frames} frames: a checkpoint restarted it meanwhile"
+    reg.close()
+    assert not wal.exists() or wal.stat().st_size == 0, "the close did not checkpoint it"

@@ -116,6 +116,7 @@ def reap(location: str, run_id: str, registry: Any = None) -> None:
         run = registry.get_run(run_id)
         if run is None or run.state not in (RunState.OPEN, RunState.REAPING):
             return  # closed cleanly (a death right after close), or reaped by somebody else
+        registry.postpone_checkpoints()  # to the close below, after the last release
         reap_run(registry, run, actor="watchdog")
     finally:
         registry.close()

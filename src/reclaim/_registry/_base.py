@@ -111,6 +111,12 @@ class Registry(abc.ABC):
         a record that adds nothing to the planned one, which every reaper releases all the
         same (I1), so a crash meanwhile loses nothing. A registry may write it at once."""
 
+    def postpone_checkpoints(self) -> None:
+        """Leave the registry's own housekeeping (SQLite's WAL checkpoints, each with two
+        fsyncs) to other connections and to :meth:`close`: for the watchdog, whose releases
+        after a death should wait for nothing. A no-op where there is none."""
+        return
+
     def flush(self) -> None:
         """Write the deferred acquired marks now (a no-op for a registry that defers none)."""
         return

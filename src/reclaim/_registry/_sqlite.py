@@ -51,8 +51,6 @@ SCHEMA_VERSION: Final = 3
 _APPLICATION: Final = "reclaim"
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 _BUSY_TIMEOUT_S: Final = 60.0
-_CHECKPOINT_PAGES: Final = 10_000
-_WAL_KEPT_BYTES: Final = 4 * 1024 * 1024
 
 _SCHEMA_V1: Final = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -259,11 +257,6 @@ class SQLiteRegistry(Registry):
             self._refuse_foreign(conn)  # before anything is written to the file
             _set_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
-            # A checkpoint (the WAL copied back, with two fsyncs) every 10,000 pages rather than
-            # every 1,000: it cost about 14 µs per resource amortised (issue 15). The WAL is cut
-            # back to 4 MiB after each, so it does not stay at its 40 MiB high-water mark.
-            conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
-            conn.execute(f"PRAGMA journal_size_limit = {_WAL_KEPT_BYTES}")
             conn.execute("PRAGMA foreign_keys = ON")
             if sqlite3.sqlite_version_info < (3, 35, 0):
                 raise RegistryError(
@@ -385,6 +378,13 @@ class SQLiteRegistry(Registry):
         ).fetchone()
         if row is not None:
             self._resource_event(conn, "resource.acquired", resource_id, row, at=at)
+
+    def postpone_checkpoints(self) -> None:
+        with self._lock:
+            try:
+                self._connection().execute("PRAGMA wal_autocheckpoint = 0")
+            except sqlite3.Error as exc:
+                raise self._unusable(exc) from None
 
     def flush(self) -> None:
         with self._lock:
