@@ -121,30 +121,29 @@ class Registry(abc.ABC):
         """Write the deferred acquired marks now (a no-op for a registry that defers none)."""
         return
 
-    @abc.abstractmethod
     def begin_release(
         self, resource_id: int, *, states: tuple[ResourceState, ...]
     ) -> ResourceRecord | None:
         """Compare-and-set the resource from one of ``states`` to releasing. None when somebody
         else holds it (or it is gone)."""
+        claimed = self.begin_release_many((resource_id,), states=states)
+        return claimed[0] if claimed else None
 
-    @abc.abstractmethod
     def mark_released(self, resource_id: int, *, actor: str) -> None:
         """Released for good: the row goes, the event stays."""
+        self.mark_released_many((resource_id,), actor=actor)
 
+    @abc.abstractmethod
     def begin_release_many(
         self, resource_ids: Sequence[int], *, states: tuple[ResourceState, ...]
     ) -> list[ResourceRecord]:
-        """:meth:`begin_release` of each (one transaction where the registry can): the entries
-        claimed, in the order given; those somebody else holds are left out."""
-        claimed = (self.begin_release(rid, states=states) for rid in resource_ids)
-        return [r for r in claimed if r is not None]
+        """:meth:`begin_release` of each, in one transaction: the entries claimed, in the
+        order given; those somebody else holds are left out."""
 
+    @abc.abstractmethod
     def mark_released_many(self, resource_ids: Sequence[int], *, actor: str) -> None:
-        """:meth:`mark_released` of each (one transaction where the registry can); each
-        entry's outcome is still an event of its own (I5)."""
-        for rid in resource_ids:
-            self.mark_released(rid, actor=actor)
+        """:meth:`mark_released` of each, in one transaction; each entry's outcome is still an
+        event of its own (I5)."""
 
     @abc.abstractmethod
     def mark_failed(self, resource_id: int, error: str, *, attempts: int, actor: str) -> None:

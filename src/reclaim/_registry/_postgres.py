@@ -999,58 +999,14 @@ class PostgresRegistry(Registry):
 
         self._transact(body, token=token)
 
-    def begin_release(
-        self, resource_id: int, *, states: tuple[ResourceState, ...]
-    ) -> ResourceRecord | None:
-        # No event: the outcome writes one. A retry after a lost COMMIT finds its own claim by
-        # the token it left in the row.
-        token = uuid.uuid4()
-
-        def body(cur: Cursor[Any]) -> ResourceRecord | None:
-            now = self._now(cur)
-            cur.execute(
-                "UPDATE resources SET state = %s, updated_at = %s, release_token = %s"  # noqa: S608
-                " WHERE id = %s AND (state = ANY(%s)"
-                " OR (state = %s AND release_token = %s))"
-                f" RETURNING {RESOURCE_COLUMNS}",
-                (
-                    ResourceState.RELEASING.value,
-                    now,
-                    token,
-                    resource_id,
-                    [str(s) for s in states],
-                    ResourceState.RELEASING.value,
-                    token,
-                ),
-            )
-            row = cur.fetchone()
-            return None if row is None else resource_from_row(row)
-
-        return self._transact(body)
-
-    def mark_released(self, resource_id: int, *, actor: str) -> None:
-        token = uuid.uuid4()
-
-        def body(cur: Cursor[Any]) -> None:
-            now = self._now(cur)
-            cur.execute(
-                "DELETE FROM resources WHERE id = %s RETURNING run_id, kind, name", (resource_id,)
-            )
-            row = cur.fetchone()
-            if row is not None:
-                self._resource_event(
-                    cur, token, "resource.released", resource_id, row, detail={"by": actor},
-                    at=now,
-                )  # fmt: skip
-
-        self._transact(body, token=token)
-
     def begin_release_many(
         self, resource_ids: Sequence[int], *, states: tuple[ResourceState, ...]
     ) -> list[ResourceRecord]:
         if not resource_ids:
             return []
-        token = uuid.uuid4()  # as in begin_release: a retry finds the claims it left
+        # No event: the outcome writes one. A retry after a lost COMMIT finds its own claims by
+        # the token it left in the rows.
+        token = uuid.uuid4()
         ids = list(resource_ids)
 
         def body(cur: Cursor[Any]) -> list[ResourceRecord]:

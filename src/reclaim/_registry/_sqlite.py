@@ -589,21 +589,6 @@ class SQLiteRegistry(Registry):
             self._pending.pop(resource_id, None)
             self._acquired(conn, resource_id, text, now)
 
-    def begin_release(
-        self, resource_id: int, *, states: tuple[ResourceState, ...]
-    ) -> ResourceRecord | None:
-        marks = ", ".join("?" for _ in states)
-        with self._write() as conn:
-            row = conn.execute(
-                "UPDATE resources SET state = ?, updated_at = ?"
-                f" WHERE id = ? AND state IN ({marks}) RETURNING {RESOURCE_COLUMNS}",
-                (ResourceState.RELEASING, time.time(), resource_id, *states),
-            ).fetchone()
-        return None if row is None else resource_from_row(row)
-
-    def mark_released(self, resource_id: int, *, actor: str) -> None:
-        self.mark_released_many((resource_id,), actor=actor)
-
     def begin_release_many(
         self, resource_ids: Sequence[int], *, states: tuple[ResourceState, ...]
     ) -> list[ResourceRecord]:
