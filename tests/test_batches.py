@@ -76,12 +76,14 @@ def token(redis_url: str) -> Iterator[str]:
             client.delete(*keys)
 
 
-def _namespaces(url: str, run_id: str, count: int, keys: int = 2) -> list[Record]:
+def _namespaces(
+    url: str, run_id: str, count: int, keys: int = 2, *, first: int = 1
+) -> list[Record]:
     client = redis.Redis.from_url(url)
     backend = RedisNamespace(url)
     records = []
     pipe = client.pipeline(transaction=False)
-    for seq in range(1, count + 1):
+    for seq in range(first, first + count):
         record = backend.plan(make_name(run_id, seq))
         pipe.set(record["prefix"] + MARKER, record["name"])
         for k in range(keys):
@@ -101,7 +103,7 @@ def test_one_scan_serves_a_whole_batch_and_spares_the_look_alikes(
 ) -> None:
     client = redis.Redis.from_url(redis_url)
     records = _namespaces(redis_url, token, 200)
-    held_back = _namespaces(redis_url, token, 201)[200]  # same run, not in the batch
+    (held_back,) = _namespaces(redis_url, token, 1, first=201)  # same run, not in the batch
     first = records[0]["name"]
     look_alikes = [f"{first}_backup:x", f"{first}x:k", first, f"user:{token}:k"]
     client.mset(dict.fromkeys(look_alikes, "precious"))

@@ -16,6 +16,7 @@ import reclaim
 from conftest import alive
 from reclaim import AcquireError, FixtureStateError, ReleaseError
 from reclaim._registry import open_registry
+from reclaim._run import existing_run
 from reclaim.backends import Backend, Record
 from reclaim.backends.path import TempDir
 from reclaim.backends.process import Process
@@ -63,6 +64,13 @@ class HalfMade(Backend[str]):
         return TempDir.exists(record)
 
 
+def _flush(registry_path: str) -> None:
+    """Write the marks the owner deferred: what another process sees after the write delay."""
+    run = existing_run(registry_path)
+    assert run is not None
+    run.registry.flush()
+
+
 def test_releases_last_in_first_out(registry_path: str, scratch: Path) -> None:
     order: list[str] = []
     with reclaim.Fixture("lifo") as f:
@@ -74,6 +82,7 @@ def test_releases_last_in_first_out(registry_path: str, scratch: Path) -> None:
     assert order == ["cleanup sees second: True", "cleanup sees first: True"]
     assert not first.exists()
     assert not second.exists()
+    _flush(registry_path)
     reg = open_registry(registry_path)
     events = [e.event for e in reg.events() if e.event.startswith("resource.")]
     assert events == ["resource.planned", "resource.acquired"] * 2 + ["resource.released"] * 2
@@ -160,6 +169,7 @@ def test_every_release_failure_is_kept(registry_path: str, scratch: Path) -> Non
     assert isinstance(error, ReleaseError)
     assert error.kind == "test.broken"
     assert "stays in state failed" in str(error)
+    _flush(registry_path)
     reg = open_registry(registry_path)
     (kept,) = reg.resources()
     assert kept.state == "failed"

@@ -124,6 +124,9 @@ def acquire_and_release(scratch: Path) -> Path:
         path = fx.acquire(TempDir(parent=scratch))
         assert path.is_dir()
     assert not path.exists()
+    run = existing_run()
+    assert run is not None
+    run.registry.flush()  # in the log now, not within the write delay
     return path
 
 

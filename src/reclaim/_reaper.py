@@ -100,6 +100,7 @@ def release_resource(
     backend: type[Backend[Any]] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     claim: bool = True,
+    defer: bool = False,
 ) -> ReleaseOutcome:
     """Release one resource: claim it, call its backend with retries, journal the outcome.
 
@@ -113,6 +114,9 @@ def release_resource(
             judged the run dead takes over a ``releasing`` entry all the same, so the claim
             would not keep the two apart; a double release is a no-op (I3). The outcome is
             journaled as always.
+        defer: only with ``claim=False``: a success may be journaled with the owner's next
+            write (see :meth:`Registry.mark_released`); a crash meanwhile leaves an entry
+            that a reaper releases again, a no-op.
 
     Returns the outcome; the error in it is a :class:`ReleaseError` (or the
     :class:`BackendNotFoundError`), already journaled as ``failed``.
@@ -121,6 +125,8 @@ def release_resource(
     arrives meanwhile is raised once the outcome is journaled, so a release is never left
     ``releasing`` by Ctrl-C or SIGTERM, and the resource is never left behind half-deleted.
     """
+    if defer and claim:
+        raise ValueError("release_resource(defer=True) is for the owner's claim=False only")
     with critical():
         return _release_resource(
             registry,
@@ -131,6 +137,7 @@ def release_resource(
             backend=backend,
             sleep=sleep,
             claim=claim,
+            defer=defer,
         )
 
 
@@ -144,6 +151,7 @@ def _release_resource(
     backend: type[Backend[Any]] | None,
     sleep: Callable[[float], None],
     claim: bool,
+    defer: bool,
 ) -> ReleaseOutcome:
     policy = policy or RetryPolicy()
     if claim:
@@ -184,7 +192,7 @@ def _release_resource(
             except Exception as exc:
                 last = exc
                 continue
-            registry.mark_released(claimed.id, actor=actor)
+            registry.mark_released(claimed.id, actor=actor, defer=defer)
             return ReleaseOutcome(claimed, released=True)
     except BaseException:
         # Interrupted by something other than a signal (signals wait for the section's end):

@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Final
 
@@ -55,6 +56,8 @@ class Run:
         self.owner = owner
         self._seq = itertools.count(1)
         self.lease = lease_seconds()
+        #: How long the marks that a crash does not need may wait (0: written at once).
+        self.write_delay = write_delay_seconds()
         parent = settings.PARENT_RUN.get() or None
         for _ in range(5):
             run_id = secrets.token_hex(4)
@@ -77,9 +80,13 @@ class Run:
             self._start_watchdog()
         # The owner renews the lease itself too: without a watchdog, or with a watchdog that
         # was killed, a run on a shared registry must not look dead to other hosts.
-        # It writes the deferred acquired marks too, so none waits longer than a renewal.
+        # It writes the deferred marks too, so none waits longer than the write delay.
         self._renewer = _Renewer(
-            registry.reopen_location(), self.id, self.lease / 3, flush=registry.flush
+            registry.reopen_location(),
+            self.id,
+            self.lease / 3,
+            flush=registry.flush,
+            flush_every=min(self.write_delay or self.lease / 3, self.lease / 3),
         )
 
     def _start_watchdog(self) -> None:
@@ -168,6 +175,15 @@ def lease_seconds() -> float:
     return seconds
 
 
+def write_delay_seconds() -> float:
+    """``RECLAIM_WRITE_DELAY``: how long the marks a crash does not need may wait (0: none)."""
+    text = settings.WRITE_DELAY.get()
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ValueError(f"{settings.WRITE_DELAY.name}: {exc}") from None
+
+
 #: Signals a background thread of reclaim's blocks: all but those the kernel raises in the
 #: thread that faults, and the two that cannot be blocked.
 _ASYNC_SIGNALS: Final = signal.valid_signals() - {
@@ -179,18 +195,24 @@ _ASYNC_SIGNALS: Final = signal.valid_signals() - {
 class _Renewer:
     """A daemon thread that renews a run's lease every ``interval`` seconds, on a connection
     of its own (opened at the first renewal). A renewal that fails (the registry is away) is
-    tried again at the next tick; the lease is long enough for a few to fail. Each tick also
-    calls ``flush`` (the run's registry's: the acquired marks it deferred)."""
+    tried again at the next tick; the lease is long enough for a few to fail. Every
+    ``flush_every`` seconds it calls ``flush`` (the run's registry's: the marks it deferred),
+    which writes nothing when nothing waits."""
 
     def __init__(
-        self, location: str, run_id: str, interval: float, *, flush: Callable[[], None]
+        self,
+        location: str,
+        run_id: str,
+        interval: float,
+        *,
+        flush: Callable[[], None],
+        flush_every: float,
     ) -> None:
         self._stopped = threading.Event()
+        self._location, self._run_id, self._interval = location, run_id, interval
+        self._flush, self._flush_every = flush, flush_every
         self._thread = threading.Thread(
-            target=self._loop,
-            args=(location, run_id, interval, flush),
-            name=f"reclaim-lease-{run_id}",
-            daemon=True,
+            target=self._loop, name=f"reclaim-lease-{run_id}", daemon=True
         )
         # Born with every asynchronous signal blocked: a signal sent to the process must reach
         # a thread of the user's, not this one. (One taken here runs its Python handler all
@@ -202,15 +224,21 @@ class _Renewer:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
-    def _loop(self, location: str, run_id: str, interval: float, flush: Callable[[], None]) -> None:
+    def _loop(self) -> None:
         registry: Registry | None = None
+        renew_at = time.monotonic() + self._interval
         try:
-            while not self._stopped.wait(interval):
+            while not self._stopped.wait(
+                min(self._flush_every, max(0.0, renew_at - time.monotonic()))
+            ):
                 with contextlib.suppress(Exception):  # the next tick, or the next write, retries
-                    flush()
+                    self._flush()
+                if time.monotonic() < renew_at:
+                    continue
+                renew_at = time.monotonic() + self._interval
                 try:
-                    registry = registry or open_registry(location, create=False)
-                    registry.heartbeat(run_id)
+                    registry = registry or open_registry(self._location, create=False)
+                    registry.heartbeat(self._run_id)
                 except Exception:  # noqa: S112  (away for now: the next tick retries)
                     continue
         finally:

@@ -31,6 +31,7 @@ __all__ = [
     "WATCHDOG",
     "WATCHDOG_PIDFD",
     "WATCHDOG_REGISTRY",
+    "WRITE_DELAY",
     "Setting",
 ]
 
@@ -79,6 +80,13 @@ LEASE: Final = Setting(
     "60s",
     "how long a run on another host (or in another pid namespace) counts as alive after its"
     " last lease renewal; owner and watchdog renew it every third of that",
+)
+WRITE_DELAY: Final = Setting(
+    "RECLAIM_WRITE_DELAY",
+    "1s",
+    "how long at most a run keeps the registry marks that a crash does not need (its own"
+    " releases, an acquired mark adding nothing to the plan) before writing them; other"
+    " processes see them that much later; `0` writes each at once",
 )
 HOST_ID: Final = Setting(
     "RECLAIM_HOST_ID",
@@ -163,6 +171,7 @@ SETTINGS: Final = (
     WATCHDOG_PIDFD,
     WATCHDOG_REGISTRY,
     LEASE,
+    WRITE_DELAY,
     HOST_ID,
     LABEL,
     PARENT_RUN,

@@ -118,7 +118,7 @@ class Registry(abc.ABC):
         return
 
     def flush(self) -> None:
-        """Write the deferred acquired marks now (a no-op for a registry that defers none)."""
+        """Write the deferred marks now (a no-op for a registry that defers none)."""
         return
 
     def begin_release(
@@ -129,9 +129,14 @@ class Registry(abc.ABC):
         claimed = self.begin_release_many((resource_id,), states=states)
         return claimed[0] if claimed else None
 
-    def mark_released(self, resource_id: int, *, actor: str) -> None:
-        """Released for good: the row goes, the event stays."""
-        self.mark_released_many((resource_id,), actor=actor)
+    def mark_released(self, resource_id: int, *, actor: str, defer: bool = False) -> None:
+        """Released for good: the row goes, the event stays.
+
+        With ``defer`` the mark may wait for this object's next write (or :meth:`flush`), as a
+        deferred acquired mark does: only for the owner of a live run releasing its own entry.
+        A crash meanwhile leaves the entry, which the watchdog or the sweeper releases again,
+        and releasing what is gone is a no-op (I3). A registry may write it at once."""
+        self.mark_released_many((resource_id,), actor=actor, defer=defer)
 
     @abc.abstractmethod
     def begin_release_many(
@@ -141,7 +146,9 @@ class Registry(abc.ABC):
         order given; those somebody else holds are left out."""
 
     @abc.abstractmethod
-    def mark_released_many(self, resource_ids: Sequence[int], *, actor: str) -> None:
+    def mark_released_many(
+        self, resource_ids: Sequence[int], *, actor: str, defer: bool = False
+    ) -> None:
         """:meth:`mark_released` of each, in one transaction; each entry's outcome is still an
         event of its own (I5)."""
 

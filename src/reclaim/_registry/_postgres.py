@@ -1024,7 +1024,10 @@ class PostgresRegistry(Registry):
 
         return self._transact(body)
 
-    def mark_released_many(self, resource_ids: Sequence[int], *, actor: str) -> None:
+    def mark_released_many(
+        self, resource_ids: Sequence[int], *, actor: str, defer: bool = False
+    ) -> None:
+        # Written at once, deferred or not: each write is a round trip of its own here.
         if not resource_ids:
             return
         # An event token each; the first tells a retry whether a lost COMMIT landed.

@@ -51,6 +51,11 @@ SCHEMA_VERSION: Final = 3
 _APPLICATION: Final = "reclaim"
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 _BUSY_TIMEOUT_S: Final = 60.0
+#: Deferred released marks are written once this many wait, whatever comes first: it bounds
+#: what a crash leaves for a reaper to release again (a no-op each, I3).
+_MAX_DEFERRED_RELEASES: Final = 256
+#: Ids per ``IN (...)`` list: far below SQLite's limit on host parameters.
+_IDS_PER_STATEMENT: Final = 500
 
 _SCHEMA_V1: Final = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -142,9 +147,11 @@ class SQLiteRegistry(Registry):
         self._lock = threading.RLock()
         self._conn_obj: sqlite3.Connection | None = None
         self._pid = -1
-        #: Acquired marks not written yet (``mark_acquired(defer=True)``): resource id ->
-        #: (record as JSON, when). Written by the next write transaction of this object.
+        #: Marks not written yet, written by the next write transaction of this object:
+        #: acquired (``mark_acquired(defer=True)``), resource id -> (record as JSON, when), and
+        #: released (``mark_released(defer=True)``), resource id -> (event detail, when).
         self._pending: dict[int, tuple[str, float]] = {}
+        self._released: dict[int, tuple[str, float]] = {}
         self._create = create
         if not self.path.exists():
             if not create:
@@ -244,8 +251,9 @@ class SQLiteRegistry(Registry):
             return self._conn_obj
         if self._conn_obj is not None:
             _inherited.append(self._conn_obj)
-        # A forked child does not journal its parent's acquisitions: the parent does.
+        # A forked child does not journal its parent's acquisitions or releases: the parent does.
         self._pending.clear()
+        self._released.clear()
         conn = sqlite3.connect(
             self.path,
             timeout=_BUSY_TIMEOUT_S,
@@ -341,10 +349,10 @@ class SQLiteRegistry(Registry):
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
                 raise self._unusable(exc) from None
-            written = dict(self._pending)
+            marks, releases = dict(self._pending), dict(self._released)
             try:
-                if written:
-                    self._write_pending(conn, written)
+                if marks or releases:
+                    self._write_pending(conn, marks, releases)
                 yield conn
             except sqlite3.IntegrityError:
                 conn.execute("ROLLBACK")
@@ -361,14 +369,43 @@ class SQLiteRegistry(Registry):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise self._unusable(exc) from None
-            for resource_id in written:  # only once committed: a rollback keeps them pending
+            for resource_id in marks:  # only once committed: a rollback keeps them pending
                 self._pending.pop(resource_id, None)
+            for resource_id in releases:
+                self._released.pop(resource_id, None)
 
     def _write_pending(
-        self, conn: sqlite3.Connection, pending: dict[int, tuple[str, float]]
+        self,
+        conn: sqlite3.Connection,
+        marks: dict[int, tuple[str, float]],
+        releases: dict[int, tuple[str, float]],
     ) -> None:
-        for resource_id, (text, at) in pending.items():
-            self._acquired(conn, resource_id, text, at)
+        for resource_id, (text, at) in marks.items():
+            if resource_id not in releases:
+                self._acquired(conn, resource_id, text, at)
+        ids = list(releases)
+        for start in range(0, len(ids), _IDS_PER_STATEMENT):
+            chunk = ids[start : start + _IDS_PER_STATEMENT]
+            rows = conn.execute(
+                f"DELETE FROM resources WHERE id IN ({', '.join('?' for _ in chunk)})"
+                " RETURNING id, run_id, kind, name",
+                chunk,
+            ).fetchall()
+            found = {row[0]: row for row in rows}
+            events = []
+            for rid in chunk:
+                row = found.get(rid)
+                if row is None:
+                    continue
+                if rid in marks:  # a mark of an entry released meanwhile is only its event
+                    events.append((marks[rid][1], "resource.acquired", *row[1:], rid, "{}"))
+                detail, at = releases[rid]
+                events.append((at, "resource.released", *row[1:], rid, detail))
+            conn.executemany(
+                "INSERT INTO events (at, event, run_id, kind, name, resource_id, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                events,
+            )
 
     def _acquired(self, conn: sqlite3.Connection, resource_id: int, text: str, at: float) -> None:
         row = conn.execute(
@@ -388,13 +425,14 @@ class SQLiteRegistry(Registry):
 
     def flush(self) -> None:
         with self._lock:
-            if not self._pending or self._pid != os.getpid():
+            if not (self._pending or self._released) or self._pid != os.getpid():
                 return
         with self._write():
             pass  # the transaction writes what is pending
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
+            self.flush()  # what this object reads includes what it deferred
             try:
                 return self._connection().execute(sql, args).fetchall()
             except sqlite3.Error as exc:
@@ -605,39 +643,26 @@ class SQLiteRegistry(Registry):
         claimed = {r.id: r for r in map(resource_from_row, rows)}
         return [claimed[rid] for rid in resource_ids if rid in claimed]
 
-    def mark_released_many(self, resource_ids: Sequence[int], *, actor: str) -> None:
+    def mark_released_many(
+        self, resource_ids: Sequence[int], *, actor: str, defer: bool = False
+    ) -> None:
         if not resource_ids:
             return
-        now = time.time()
-        released = json.dumps({"by": actor}, separators=(",", ":"))
-        ids = ", ".join("?" for _ in resource_ids)
+        mark = (json.dumps({"by": actor}, separators=(",", ":")), time.time())
         with self._lock:
-            # A deferred acquired mark of an entry released now is only its event: the row goes.
-            marks = {rid: self._pending.pop(rid) for rid in resource_ids if rid in self._pending}
+            self._connection()  # drops a parent's marks in a forked child first
+            added = [rid for rid in resource_ids if rid not in self._released]
+            for rid in added:
+                self._released[rid] = mark
+            if defer and len(self._released) < _MAX_DEFERRED_RELEASES:
+                return
             try:
-                with self._write() as conn:
-                    rows = conn.execute(
-                        f"DELETE FROM resources WHERE id IN ({ids})"
-                        " RETURNING id, run_id, kind, name",
-                        tuple(resource_ids),
-                    ).fetchall()
-                    found = {row[0]: row for row in rows}
-                    events = []
-                    for rid in resource_ids:
-                        row = found.get(rid)
-                        if row is None:
-                            continue
-                        if rid in marks:
-                            events.append((marks[rid][1], "resource.acquired", *row[1:], rid, "{}"))
-                        events.append((now, "resource.released", *row[1:], rid, released))
-                    conn.executemany(
-                        "INSERT INTO events (at, event, run_id, kind, name, resource_id, detail)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        events,
-                    )
+                with self._write():
+                    pass  # the transaction writes what is pending, these with the rest
             except BaseException:
-                for rid, mark in marks.items():  # not written: still pending
-                    self._pending.setdefault(rid, mark)
+                if not defer:  # the caller learns that these were not journaled
+                    for rid in added:
+                        self._released.pop(rid, None)
                 raise
 
     def mark_failed(self, resource_id: int, error: str, *, attempts: int, actor: str) -> None:
@@ -771,15 +796,17 @@ class SQLiteRegistry(Registry):
 
     def close(self) -> None:
         with self._lock:
-            if self._pending and self._conn_obj is not None and self._pid == os.getpid():
-                # Best effort: an acquired mark that is not written leaves a planned entry,
-                # which every reaper releases all the same (I1).
+            if self._conn_obj is not None and self._pid == os.getpid():
+                # Best effort: an acquired mark that is not written leaves a planned entry, a
+                # released mark an entry released already; every reaper releases either all
+                # the same, and releasing what is gone is a no-op (I1, I3).
                 with contextlib.suppress(RegistryError):
                     self.flush()
             if self._conn_obj is not None and self._pid == os.getpid():
                 self._conn_obj.close()
             self._conn_obj = None
             self._pending.clear()
+            self._released.clear()
 
 
 def _set_wal(conn: sqlite3.Connection) -> None:
