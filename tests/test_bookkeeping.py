@@ -82,6 +82,10 @@ def test_an_unchanged_record_is_journaled_with_the_next_write(
         states = _states(registry_path)
         assert states[first][0] == "acquired"
         assert states[first][1] is not None
+        raw = sqlite3.connect(registry_path)
+        (record,) = raw.execute("SELECT record FROM resources WHERE id = ?", (first,)).fetchone()
+        raw.close()
+        assert json.loads(record)["path"].startswith(str(scratch)), "the planned record stays"
         second = max(states)
         assert states[second] == ("planned", None)
     assert list(scratch.iterdir()) == []

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CHILD_TIMEOUT, Spawner, alive, kill, reclaim_cli, wait_until
+from reclaim._identity import current_identity
 from reclaim._registry import open_registry
 
 HOLDER = """
@@ -200,18 +201,19 @@ while True:
 
 
 @pytest.mark.slow
-def test_chaos_kills_leave_nothing(scratch: Path, registry_path: str) -> None:
+def test_chaos_kills_leave_nothing(scratch: Path, registry_path: str, tmp_path: Path) -> None:
     """SIGKILL at random moments (and on purpose inside acquire and inside release), 24 times;
     after each, once the watchdog is done, nothing is on disk, no process of the loop runs, and
     the registry holds nothing of the killed run."""
     rng = random.Random(20261121)
     env = {**os.environ, "RECLAIM_TEST_ANNOUNCE": "1"}
     windows = {"in-acquire": 0, "in-release": 0, "random": 0}
+    stderr = (tmp_path / "stderr.log").open("w")  # the owners' and their watchdogs'
     for n in range(24):
         proc = subprocess.Popen(
             [sys.executable, "-c", CHAOS, str(scratch)],
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=stderr,
             text=True,
             env=env,
         )
@@ -230,7 +232,30 @@ def test_chaos_kills_leave_nothing(scratch: Path, registry_path: str) -> None:
             windows[target] += 1
             reg = open_registry(registry_path)
             try:
-                wait_until(lambda: not reg.list_runs() and not any(scratch.iterdir()))  # noqa: B023  (called at once)
+                try:
+                    wait_until(lambda: not reg.list_runs() and not any(scratch.iterdir()))  # noqa: B023  (called at once)
+                except AssertionError as exc:
+                    left = [
+                        (
+                            r.id,
+                            r.state,
+                            [(e.kind, e.state, e.last_error) for e in reg.resources(r.id)],
+                        )
+                        for r in reg.list_runs()
+                    ]
+                    ps = subprocess.run(
+                        ["ps", "-eo", "pid,ppid,stat,etimes,args"],
+                        capture_output=True,
+                        text=True,
+                        check=False,
+                    ).stdout
+                    dogs = [line for line in ps.splitlines() if "_watchdog.py" in line]
+                    stderr.flush()
+                    raise AssertionError(
+                        f"kill {n} ({target}): runs left {left}, on disk"
+                        f" {sorted(p.name for p in scratch.iterdir())}, watchdogs {dogs},"
+                        f" stderr {(tmp_path / 'stderr.log').read_text()[-3000:]}"
+                    ) from exc
                 runs = {e.run_id for e in reg.events(limit=100_000) if e.event == "run.opened"}
             finally:
                 reg.close()
@@ -242,6 +267,7 @@ def test_chaos_kills_leave_nothing(scratch: Path, registry_path: str) -> None:
                 proc.wait()
             if proc.stdout:
                 proc.stdout.close()
+    stderr.close()
     assert windows == {"in-acquire": 8, "in-release": 8, "random": 8}
 
 
@@ -260,3 +286,69 @@ def _marked_processes(run_ids: set[str | None]) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+BEFORE_THE_ROW = """
+import os, secrets, sys, time
+import reclaim
+from reclaim._registry import open_registry
+from reclaim.backends.path import TempDir
+
+registry = open_registry(os.environ["RECLAIM_REGISTRY"])
+if len(sys.argv) > 2:
+    secrets.token_hex = lambda _n: sys.argv[2]  # the id another process's run holds already
+
+
+def stuck(self, *args, **kwargs):
+    print('{"stuck": "before the run row"}', flush=True)  # its watchdog runs already
+    time.sleep(600)
+
+
+type(registry).open_run = stuck
+reclaim.Fixture("early").__enter__().acquire(TempDir(parent=sys.argv[1]))
+"""
+
+
+def _watchdog_of(pid: int) -> int:
+    """The one child of ``pid`` (its watchdog)."""
+    children: list[str] = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            children += f.read().split()
+    assert len(children) == 1, f"children of the owner: {children}"
+    return int(children[0])
+
+
+@pytest.mark.parametrize("collide", [False, True], ids=["fresh id", "id of a live run"])
+def test_an_owner_killed_before_its_runs_row_leaves_no_run_and_touches_none(
+    spawn: Spawner, scratch: Path, registry_path: str, collide: bool
+) -> None:
+    """The watchdog starts before the run's row is written, so a SIGKILL between the two leaves
+    no open run behind (nobody would reap it until a sweep). Its watchdog then finds no run of
+    its owner's and exits; under an id that another live process's run holds (a collision the
+    row's insert would have refused), that run and what it holds are left alone (I4)."""
+    argv = [str(scratch)]
+    other_dir = scratch / "the other run's"
+    if collide:
+        registry = open_registry(registry_path)
+        registry.open_run("feedf00d", current_identity(), label="alive", lease_seconds=60)
+        other_dir.mkdir()
+        registry.plan("feedf00d", "f", "path.tempdir", "rc_feedf00d_1_a", {"path": str(other_dir)})
+        registry.close()
+        argv.append("feedf00d")
+    child, line = spawn(BEFORE_THE_ROW, *argv)
+    assert line == {"stuck": "before the run row"}
+    watchdog = _watchdog_of(child.pid)
+    kill(child)
+    wait_until(lambda: not alive(watchdog), CHILD_TIMEOUT)
+    registry = open_registry(registry_path)
+    try:
+        runs = [(r.id, r.state) for r in registry.list_runs()]
+        if collide:
+            assert runs == [("feedf00d", "open")], "the live run was touched"
+            assert [r.state for r in registry.resources("feedf00d")] == ["planned"]
+            assert other_dir.is_dir()
+        else:
+            assert runs == [], "a run was left open"
+    finally:
+        registry.close()

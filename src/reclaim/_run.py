@@ -59,25 +59,32 @@ class Run:
         #: How long the marks that a crash does not need may wait (0: written at once).
         self.write_delay = write_delay_seconds()
         parent = settings.PARENT_RUN.get() or None
-        for _ in range(5):
-            run_id = secrets.token_hex(4)
-            try:
-                registry.open_run(
-                    run_id, owner, label=label, parent_id=parent, lease_seconds=self.lease
-                )
-            except Exception as exc:  # an id collision: draw again
-                if "unique" not in str(exc).lower():
-                    raise
-                continue
-            self.id = run_id
-            break
-        else:  # pragma: no cover - five collisions in 2**32
-            raise RuntimeError("could not draw a unique run id")
         self.closed = False
         self.watchdog: subprocess.Popen[bytes] | None = None
         self._pipe: int | None = None
-        if settings.WATCHDOG.get() != "0":
-            self._start_watchdog()
+        watched: tuple[str, dict[str, object]] | None = None
+        for _ in range(5):
+            self.id = secrets.token_hex(4)
+            # The watchdog before the run's row: an owner killed between the two would leave
+            # an open run that nobody reaps until a sweep. The watchdog of a row that never
+            # came finds no run of its owner's, and exits.
+            if settings.WATCHDOG.get() != "0":
+                watched = self._start_watchdog()
+            try:
+                registry.open_run(
+                    self.id, owner, label=label, parent_id=parent, lease_seconds=self.lease
+                )
+            except Exception as exc:  # an id collision: draw again
+                self._release_watchdog()  # told the run closed: it exits, touching nothing
+                self.watchdog = None
+                if "unique" not in str(exc).lower():
+                    raise
+                continue
+            break
+        else:  # pragma: no cover - five collisions in 2**32
+            raise RuntimeError("could not draw a unique run id")
+        if watched is not None:
+            registry.add_event(watched[0], run_id=self.id, detail=watched[1])
         # The owner renews the lease itself too: without a watchdog, or with a watchdog that
         # was killed, a run on a shared registry must not look dead to other hosts.
         # It writes the deferred marks too, so none waits longer than the write delay.
@@ -89,7 +96,8 @@ class Run:
             flush_every=min(self.write_delay or self.lease / 3, self.lease / 3),
         )
 
-    def _start_watchdog(self) -> None:
+    def _start_watchdog(self) -> tuple[str, dict[str, object]]:
+        """Start the watchdog of run ``self.id``; the event to journal once the run is open."""
         read_end, write_end = os.pipe()  # both close-on-exec: no exec'd child inherits them
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(_watchdog.__file__)))
         # The registry's location may hold a password: it goes in the environment, which only
@@ -116,17 +124,12 @@ class Run:
             )
         except OSError as exc:
             os.close(write_end)
-            self.registry.add_event(
-                "run.unwatched", run_id=self.id, detail={"error": f"watchdog failed: {exc}"}
-            )
-            return
+            return "run.unwatched", {"error": f"watchdog failed: {exc}"}
         finally:
             os.close(read_end)
         self._pipe = write_end
         _pipes.add(write_end)
-        self.registry.add_event(
-            "run.watched", run_id=self.id, detail={"watchdog_pid": self.watchdog.pid}
-        )
+        return "run.watched", {"watchdog_pid": self.watchdog.pid}
 
     def next_name(self) -> str:
         """A fresh name for a resource of this run."""

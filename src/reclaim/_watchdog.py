@@ -101,9 +101,17 @@ def wait_for_owner(
             next_tick = time.monotonic() + tick()
 
 
-def reap(location: str, run_id: str, registry: Any = None) -> None:
+def reap(
+    location: str,
+    run_id: str,
+    registry: Any = None,
+    *,
+    owner: tuple[int, int] | None = None,
+) -> None:
     """The owner is dead: release what its run still holds (if it is still open), through
-    ``registry`` when one is open already."""
+    ``registry`` when one is open already. With ``owner`` (pid, start time), only a run of
+    that process: the watchdog starts before its run's row is written, and an id another
+    process drew first must never be taken for ours (I4)."""
     from reclaim._reaper import reap_run  # noqa: PLC0415  (imported ahead by _Ready, or now)
     from reclaim._registry import RunState, open_registry  # noqa: PLC0415  (see _Ready)
 
@@ -116,6 +124,8 @@ def reap(location: str, run_id: str, registry: Any = None) -> None:
         run = registry.get_run(run_id)
         if run is None or run.state not in (RunState.OPEN, RunState.REAPING):
             return  # closed cleanly (a death right after close), or reaped by somebody else
+        if owner is not None and (run.owner.pid, run.owner.start_time) != owner:
+            return  # the id is another process's run: ours died before its row was written
         registry.postpone_checkpoints()  # to the close below, after the last release
         reap_run(registry, run, actor="watchdog")
     finally:
@@ -193,7 +203,7 @@ def main(argv: list[str]) -> int:
         registry = ready.take_registry()
     finally:
         ready.close()
-    reap(location, run_id, registry)
+    reap(location, run_id, registry, owner=(int(pid), int(start)))
     return 0
 
 

@@ -107,9 +107,10 @@ class Registry(abc.ABC):
     ) -> None:
         """The backend created it; store its full record.
 
-        With ``defer`` the mark may wait for this object's next write (or :meth:`flush`): for
-        a record that adds nothing to the planned one, which every reaper releases all the
-        same (I1), so a crash meanwhile loses nothing. A registry may write it at once."""
+        With ``defer`` the mark may wait for this object's next write (or :meth:`flush`): only
+        for a record that adds nothing to the planned one (the entry keeps the planned record),
+        which every reaper releases all the same (I1), so a crash meanwhile loses nothing. A
+        registry may write it at once."""
 
     def postpone_checkpoints(self) -> None:
         """Leave the registry's own housekeeping (SQLite's WAL checkpoints, each with two

@@ -13,6 +13,7 @@ process and temp directory of the earlier boot is gone anyway.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -148,9 +149,10 @@ class SQLiteRegistry(Registry):
         self._conn_obj: sqlite3.Connection | None = None
         self._pid = -1
         #: Marks not written yet, written by the next write transaction of this object:
-        #: acquired (``mark_acquired(defer=True)``), resource id -> (record as JSON, when), and
-        #: released (``mark_released(defer=True)``), resource id -> (event detail, when).
-        self._pending: dict[int, tuple[str, float]] = {}
+        #: acquired (``mark_acquired(defer=True)``), resource id -> (None: the planned record
+        #: stays, when), and released (``mark_released(defer=True)``), resource id -> (event
+        #: detail, when).
+        self._pending: dict[int, tuple[str | None, float]] = {}
         self._released: dict[int, tuple[str, float]] = {}
         self._create = create
         if not self.path.exists():
@@ -377,7 +379,7 @@ class SQLiteRegistry(Registry):
     def _write_pending(
         self,
         conn: sqlite3.Connection,
-        marks: dict[int, tuple[str, float]],
+        marks: dict[int, tuple[str | None, float]],
         releases: dict[int, tuple[str, float]],
     ) -> None:
         for resource_id, (text, at) in marks.items():
@@ -407,9 +409,12 @@ class SQLiteRegistry(Registry):
                 events,
             )
 
-    def _acquired(self, conn: sqlite3.Connection, resource_id: int, text: str, at: float) -> None:
+    def _acquired(
+        self, conn: sqlite3.Connection, resource_id: int, text: str | None, at: float
+    ) -> None:
         row = conn.execute(
-            "UPDATE resources SET record = ?, state = ?, updated_at = ?, acquired_at = ?"
+            "UPDATE resources SET record = COALESCE(?, record), state = ?, updated_at = ?,"
+            " acquired_at = ?"
             " WHERE id = ? AND state = ? RETURNING run_id, kind, name",
             (text, ResourceState.ACQUIRED, at, at, resource_id, ResourceState.PLANNED),
         ).fetchone()
@@ -617,12 +622,12 @@ class SQLiteRegistry(Registry):
         self, resource_id: int, record: dict[str, Any], *, defer: bool = False
     ) -> None:
         now = time.time()
-        text = json.dumps(record)
-        if defer:
+        if defer:  # the record is the planned one, which the row holds already
             with self._lock:
                 self._connection()  # drops a parent's marks in a forked child first
-                self._pending[resource_id] = (text, now)
+                self._pending[resource_id] = (None, now)
             return
+        text = json.dumps(record)
         with self._write() as conn:
             self._pending.pop(resource_id, None)
             self._acquired(conn, resource_id, text, now)
@@ -648,7 +653,7 @@ class SQLiteRegistry(Registry):
     ) -> None:
         if not resource_ids:
             return
-        mark = (json.dumps({"by": actor}, separators=(",", ":")), time.time())
+        mark = (_by(actor), time.time())
         with self._lock:
             self._connection()  # drops a parent's marks in a forked child first
             added = [rid for rid in resource_ids if rid not in self._released]
@@ -807,6 +812,12 @@ class SQLiteRegistry(Registry):
             self._conn_obj = None
             self._pending.clear()
             self._released.clear()
+
+
+@functools.lru_cache(maxsize=16)
+def _by(actor: str) -> str:
+    """The detail of a released event: who released it (a handful of actors, so cached)."""
+    return json.dumps({"by": actor}, separators=(",", ":"))
 
 
 def _set_wal(conn: sqlite3.Connection) -> None:
