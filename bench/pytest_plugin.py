@@ -87,7 +87,7 @@ db.execute("CREATE TABLE IF NOT EXISTS e (id INTEGER PRIMARY KEY, at REAL, what 
 @pytest.fixture
 def workdir():
     db.execute("BEGIN IMMEDIATE")
-    db.execute("INSERT INTO t (name, record) VALUES ('rc_x', '{\"path\": \"/tmp/rc_x\"}')")
+    db.execute("INSERT INTO t (name, record) VALUES (?, ?)", ("rc_x", '{"path": "/tmp/rc_x"}'))
     db.execute("INSERT INTO e (at, what) VALUES (1.0, 'planned')")
     db.execute("DELETE FROM t WHERE id < (SELECT max(id) FROM t)")
     db.execute("COMMIT")
