@@ -289,7 +289,7 @@ class Fixture:
                 held.run.registry.mark_acquired(
                     held.resource_id,
                     record,
-                    defer=held.run.write_delay > 0 and _same_record(record, held.record),
+                    defer=held.run.defers_marks and _same_record(record, held.record),
                 )
             except RegistryError as exc:
                 # Made, and journaled as planned (I1): it stays on the stack, and the exit (or
@@ -652,7 +652,7 @@ class Fixture:
             policy=IN_PROCESS_POLICY,
             backend=type(held.backend),
             claim=False,  # the owner of a live run (see release_resource)
-            defer=held.run.write_delay > 0,  # journaled with the next write, or flushed
+            defer=held.run.defers_marks,  # journaled with the next write, or flushed
         )
         if outcome.error is not None:
             self._note(f"release failed: {outcome.error}")

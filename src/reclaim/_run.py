@@ -32,7 +32,6 @@ from typing import Final
 
 from reclaim import _settings as settings
 from reclaim import _signals, _watchdog
-from reclaim._duration import parse_duration
 from reclaim._identity import Identity, current_identity
 from reclaim._reaper import release_resource
 from reclaim._registry import Registry, ResourceState, default_location, open_registry
@@ -57,7 +56,7 @@ class Run:
         self._seq = itertools.count(1)
         self.lease = lease_seconds()
         #: How long the marks that a crash does not need may wait (0: written at once).
-        self.write_delay = write_delay_seconds()
+        self.write_delay = settings.WRITE_DELAY.seconds()
         parent = settings.PARENT_RUN.get() or None
         self.closed = False
         self.watchdog: subprocess.Popen[bytes] | None = None
@@ -93,7 +92,7 @@ class Run:
             self.id,
             self.lease / 3,
             flush=registry.flush,
-            flush_every=min(self.write_delay or self.lease / 3, self.lease / 3),
+            flush_every=self.write_delay,
         )
 
     def _start_watchdog(self) -> tuple[str, dict[str, object]]:
@@ -162,29 +161,23 @@ class Run:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.watchdog.wait(timeout=5)
 
+    @property
+    def defers_marks(self) -> bool:
+        """Whether the owner's marks that a crash does not need may wait (the write delay)."""
+        return self.write_delay > 0
+
     def __repr__(self) -> str:
         return f"<Run {self.id} pid={self.owner.pid} registry={self.registry.location!r}>"
 
 
 def lease_seconds() -> float:
     """The lease of a run (``RECLAIM_LEASE``), at least one second."""
-    text = settings.LEASE.get()
-    try:
-        seconds = parse_duration(text)
-    except ValueError as exc:
-        raise ValueError(f"{settings.LEASE.name}: {exc}") from None
+    seconds = settings.LEASE.seconds()
     if seconds < 1:
-        raise ValueError(f"{settings.LEASE.name}={text!r}: a lease must be at least 1 second")
+        raise ValueError(
+            f"{settings.LEASE.name}={settings.LEASE.get()!r}: a lease must be at least 1 second"
+        )
     return seconds
-
-
-def write_delay_seconds() -> float:
-    """``RECLAIM_WRITE_DELAY``: how long the marks a crash does not need may wait (0: none)."""
-    text = settings.WRITE_DELAY.get()
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise ValueError(f"{settings.WRITE_DELAY.name}: {exc}") from None
 
 
 #: Signals a background thread of reclaim's blocks: all but those the kernel raises in the
@@ -199,8 +192,8 @@ class _Renewer:
     """A daemon thread that renews a run's lease every ``interval`` seconds, on a connection
     of its own (opened at the first renewal). A renewal that fails (the registry is away) is
     tried again at the next tick; the lease is long enough for a few to fail. Every
-    ``flush_every`` seconds it calls ``flush`` (the run's registry's: the marks it deferred),
-    which writes nothing when nothing waits."""
+    ``flush_every`` seconds (0: at each renewal; never less often) it calls ``flush`` (the
+    run's registry's: the marks it deferred), which writes nothing when nothing waits."""
 
     def __init__(
         self,
@@ -213,7 +206,7 @@ class _Renewer:
     ) -> None:
         self._stopped = threading.Event()
         self._location, self._run_id, self._interval = location, run_id, interval
-        self._flush, self._flush_every = flush, flush_every
+        self._flush, self._flush_every = flush, min(flush_every or interval, interval)
         self._thread = threading.Thread(
             target=self._loop, name=f"reclaim-lease-{run_id}", daemon=True
         )

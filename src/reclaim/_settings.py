@@ -4,7 +4,8 @@ One place for each: the core reads its settings through :class:`Setting`, and th
 docs/settings.md is tested against :data:`SETTINGS` (as is every ``RECLAIM_...`` name in the
 source), so a variable cannot be added, renamed or given another default in one place only.
 Backends read their own variables (listed here too, with ``owner``), because a backend imports
-nothing of reclaim's core. Standard library only: the watchdog imports this.
+nothing of reclaim's core. Standard library only (and ``_duration``, which is too): the watchdog
+imports this.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import os
 from typing import Final
+
+from reclaim._duration import parse_duration
 
 __all__ = [
     "BACKENDS",
@@ -53,6 +56,17 @@ class Setting:
     def get(self) -> str:
         """Its value, stripped; the default when it is unset or empty."""
         return os.environ.get(self.name, "").strip() or self.default
+
+    def seconds(self) -> float:
+        """Its value as a duration (``90``, ``90s``, ``30m``...).
+
+        Raises:
+            ValueError: it is not a duration; the message names the variable.
+        """
+        try:
+            return parse_duration(self.get())
+        except ValueError as exc:
+            raise ValueError(f"{self.name}: {exc}") from None
 
 
 REGISTRY: Final = Setting(
