@@ -9,6 +9,9 @@ Four generated suites of ``--tests`` tests each, run as real ``pytest`` processe
 - ``yield fixture + one SQLite commit``: the yield fixture that also commits one small
   transaction (two rows) to a SQLite file in WAL mode beside reclaim's registry: the floor of
   any journal that writes one transaction per test, which is what reclaim's registry does.
+- ``yield fixture + two appended lines``: the yield fixture that also appends one line to a
+  file before ``mkdtemp`` and one after ``rmtree`` (one ``write(2)`` each, ``O_APPEND``): the
+  floor of a journal of lines, which is what reclaim's Fixture writes now (a plan, a release).
 - ``plugin loaded, unused``: trivial tests, reclaim's plugin loaded as it is once installed.
 - ``plugin disabled``: the same trivial tests with ``-p no:reclaim``.
 
@@ -49,6 +52,7 @@ RESULTS: Final = Path(__file__).resolve().parent / "results" / "pytest_plugin.js
 RECLAIM: Final = "reclaim fixture"
 YIELD: Final = "yield fixture"
 COMMIT: Final = "yield fixture + one SQLite commit"
+APPEND: Final = "yield fixture + two appended lines"
 LOADED: Final = "plugin loaded, unused"
 DISABLED: Final = "plugin disabled"
 
@@ -94,6 +98,24 @@ def workdir():
     path = pathlib.Path(tempfile.mkdtemp(dir=os.environ["SCRATCH"]))
     yield path
     shutil.rmtree(path)
+
+@pytest.mark.parametrize("n", range(int(os.environ["TESTS"])))
+def test_it(workdir, n):
+    (workdir / "f").write_text("x")
+""",
+    APPEND: """
+import json, os, shutil, tempfile, pathlib, pytest
+
+fd = os.open(os.environ["FLOOR_DB"] + ".lines", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+@pytest.fixture
+def workdir():
+    line = ["p", 1, "f", "path.tempdir", "rc_x", {"path": "/tmp/rc_x"}, 1.0]
+    os.write(fd, json.dumps(line).encode() + b"\\n")
+    path = pathlib.Path(tempfile.mkdtemp(dir=os.environ["SCRATCH"]))
+    yield path
+    shutil.rmtree(path)
+    os.write(fd, b'["a",1,1.0]\\n["r",1,1.0,{"by":"fixture"}]\\n')
 
 @pytest.mark.parametrize("n", range(int(os.environ["TESTS"])))
 def test_it(workdir, n):
@@ -175,6 +197,7 @@ def main() -> None:
     ratios = {
         RECLAIM: (med[RECLAIM] / med[YIELD], paired(RECLAIM, YIELD)),
         COMMIT: (med[COMMIT] / med[YIELD], paired(COMMIT, YIELD)),
+        APPEND: (med[APPEND] / med[YIELD], paired(APPEND, YIELD)),
         LOADED: (med[LOADED] / med[DISABLED], paired(LOADED, DISABLED)),
     }
     result = {
@@ -188,6 +211,8 @@ def main() -> None:
         "paired_ratio_reclaim_to_yield": ratios[RECLAIM][1],
         "ratio_commit_to_yield": ratios[COMMIT][0],
         "paired_ratio_commit_to_yield": ratios[COMMIT][1],
+        "ratio_append_to_yield": ratios[APPEND][0],
+        "paired_ratio_append_to_yield": ratios[APPEND][1],
         "ratio_loaded_to_disabled": ratios[LOADED][0],
         "paired_ratio_loaded_to_disabled": ratios[LOADED][1],
         "crash_safety_ms_per_test": per_test_ms,
@@ -200,7 +225,7 @@ def main() -> None:
     print(f"{args.tests} tests per suite, median of {args.rounds} rounds (whole pytest process)\n")
     print("| suite | median wall time | ratio of medians | median ratio per round |")
     print("|---|---:|---:|---:|")
-    for variant in (YIELD, COMMIT, RECLAIM, DISABLED, LOADED):
+    for variant in (YIELD, COMMIT, APPEND, RECLAIM, DISABLED, LOADED):
         of_medians, per_round = ratios.get(variant, (1.0, 1.0))
         print(f"| {variant} | {med[variant]:.2f} s | {of_medians:.2f} | {per_round:.2f} |")
     print(

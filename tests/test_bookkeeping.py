@@ -1,8 +1,10 @@
-"""The lean bookkeeping of the SQLite registry (issue 15): acquired marks that add nothing to
-the planned record wait for the next write, and so do the owner's released marks (it releases
-without a claim's transaction): one write transaction per resource, and the schema has no
-index a write pays for. Each rule is checked where it could lose
-something: a real SIGKILL in the window, a rolled-back write, a fork, a migration."""
+"""The lean bookkeeping of the SQLite registry (issue 15): a Fixture's plans and its own
+releases are lines appended to its run's journal file, merged into the tables by its next
+write, its renewal thread (within the write delay), any listing and the run's reaper; acquired
+marks that add nothing to the planned record wait in memory. No write transaction per
+resource, and the schema has no index a write pays for. Each rule is checked where it could
+lose something: a real SIGKILL in the window, a damaged or half-written line, a rolled-back
+write, a fork, a migration."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import json
 import os
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -25,7 +28,7 @@ from conftest import CHILD_TIMEOUT
 from reclaim._identity import current_identity
 from reclaim._registry import ResourceState
 from reclaim._registry._sqlite import (
-    _MAX_DEFERRED_RELEASES,
+    _MAX_WAITING,
     _SCHEMA_V1,
     SCHEMA_VERSION,
     SQLiteRegistry,
@@ -43,6 +46,23 @@ def _states(path: str | Path) -> dict[int, tuple[str, float | None]]:
     finally:
         raw.close()
     return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def _journal(path: str | Path) -> list[list[Any]]:
+    """The lines of every run's journal file beside the registry at ``path``."""
+    folder = Path(f"{path}-plans")
+    return [
+        json.loads(line) for f in sorted(folder.iterdir()) for line in f.read_text().splitlines()
+    ]
+
+
+def _seen(path: str | Path) -> dict[int, str]:
+    """What another process's listing sees (it merges the journals first)."""
+    reg = SQLiteRegistry(path, create=False)
+    try:
+        return {r.id: r.state.value for r in reg.resources()}
+    finally:
+        reg.close()
 
 
 def _events(path: str | Path) -> list[tuple[str, int | None]]:
@@ -71,61 +91,67 @@ class WithToken(Backend[str]):
         return False
 
 
-def test_an_unchanged_record_is_journaled_with_the_next_write(
+def test_a_fixtures_entries_wait_in_its_journal_until_a_merge(
     registry_path: str, scratch: Path
 ) -> None:
     with reclaim.Fixture("deferred") as f:
         f.acquire(TempDir(parent=str(scratch)))
-        (first,) = _states(registry_path)
-        assert _states(registry_path)[first] == ("planned", None), "not written yet"
-        f.acquire(TempDir(parent=str(scratch)))  # the next write carries the first mark
-        states = _states(registry_path)
-        assert states[first][0] == "acquired"
-        assert states[first][1] is not None
-        raw = sqlite3.connect(registry_path)
-        (record,) = raw.execute("SELECT record FROM resources WHERE id = ?", (first,)).fetchone()
-        raw.close()
-        assert json.loads(record)["path"].startswith(str(scratch)), "the planned record stays"
-        second = max(states)
-        assert states[second] == ("planned", None)
+        ((tag, first, *_),) = _journal(registry_path)
+        assert tag == "p"
+        assert _states(registry_path) == {}, "a plan is no write transaction"
+        assert _seen(registry_path) == {first: "planned"}, "a listing merges it"
+        assert _states(registry_path) == {first: ("planned", None)}
+        f.acquire(TempDir(parent=str(scratch)))
+        second = _journal(registry_path)[-1][1]
+        assert second != first
+        assert set(_states(registry_path)) == {first}, "the second waits in the journal"
     assert list(scratch.iterdir()) == []
-    # The owner's released marks wait too: another process still sees both entries.
-    assert set(_states(registry_path)) == {first, second}
+    # The releases are journal lines too, each after the acquired mark that waited in memory.
+    assert [line[:2] for line in _journal(registry_path)[2:]] == [
+        ["a", second], ["r", second], ["a", first], ["r", first],
+    ]  # fmt: skip
+    assert set(_states(registry_path)) == {first}, "not merged yet"
     current_run(registry_path).registry.flush()
     assert _states(registry_path) == {}
     assert _events(registry_path) == [
-        ("resource.planned", first),
-        ("resource.acquired", first),
+        ("resource.planned", first),  # merged by the listing
+        ("resource.acquired", first),  # the rest in the order of their times, not the file's
         ("resource.planned", second),
-        ("resource.acquired", second),  # written with the releases, before them
+        ("resource.acquired", second),
         ("resource.released", second),
         ("resource.released", first),
     ]
 
 
-def test_the_owners_own_reads_see_its_deferred_releases(registry_path: str, scratch: Path) -> None:
+def test_the_owners_own_reads_see_its_journal(registry_path: str, scratch: Path) -> None:
     with reclaim.Fixture("deferred") as f:
         f.acquire(TempDir(parent=str(scratch)))
     registry = current_run(registry_path).registry
-    assert _states(registry_path) != {}, "not written yet"
-    assert registry.resources() == []  # a read of the object that deferred writes them first
-    assert _states(registry_path) == {}
+    assert _events(registry_path) == [], "not merged yet"
+    assert registry.resources() == []  # a read of the object that deferred merges first
+    assert [e for e, _ in _events(registry_path)] == [
+        "resource.planned", "resource.acquired", "resource.released",
+    ]  # fmt: skip
 
 
-def test_a_next_plan_carries_the_release_of_the_last_one(registry_path: str, scratch: Path) -> None:
-    """One write transaction per resource: the plan of the next takes the marks of the last."""
-    with reclaim.Fixture("one") as f:
-        f.acquire(TempDir(parent=str(scratch)))
-    (first,) = _states(registry_path)
-    with reclaim.Fixture("two") as f:
-        f.acquire(TempDir(parent=str(scratch)))
-        (second,) = _states(registry_path)
-        assert second != first
-    assert _events(registry_path)[-3:] == [
-        ("resource.acquired", first),
-        ("resource.released", first),
-        ("resource.planned", second),
-    ]
+def test_a_fixtures_resources_take_no_write_transaction(registry_path: str, scratch: Path) -> None:
+    """Proved by SQLite's own counter of other connections' commits: many resources acquired
+    and released, and the registry file does not change until the merge."""
+    with reclaim.Fixture("warm") as f:
+        f.acquire(TempDir(parent=str(scratch)))  # opens the run, reserves a block of ids
+    raw = sqlite3.connect(registry_path)
+    try:
+        before = raw.execute("PRAGMA data_version").fetchone()
+        for _ in range(20):
+            with reclaim.Fixture("many") as f:
+                f.acquire(TempDir(parent=str(scratch)))
+        assert raw.execute("PRAGMA data_version").fetchone() == before
+        current_run(registry_path).registry.flush()
+        assert raw.execute("PRAGMA data_version").fetchone() != before
+    finally:
+        raw.close()
+    released = [rid for e, rid in _events(registry_path) if e == "resource.released"]
+    assert len(set(released)) == 21
 
 
 def test_a_record_that_adds_is_journaled_before_the_test_sees_it(registry_path: str) -> None:
@@ -188,12 +214,16 @@ def test_an_owner_killed_before_its_mark_is_written_is_reclaimed_from_the_plan(
     directory from the planned record (I1), as it would a crash in the middle of the acquire."""
     with _owner(OWNER, scratch) as (child, made):
         assert made.is_dir()
-        assert [s for s, _ in _states(registry_path).values()] == ["planned"]
+        assert _states(registry_path) == {}, "journaled, not merged"
+        assert [line[0] for line in _journal(registry_path)] == ["p"]
         _kill(child)
         _wait_for(lambda: not made.exists() and not _states(registry_path), CHILD_TIMEOUT)
         assert not made.exists(), "the watchdog left the directory behind"
         assert _states(registry_path) == {}, "the entry was not settled"
-        assert ("resource.acquired", None) not in _events(registry_path)
+        events = _events(registry_path)
+        assert [e for e, _ in events] == ["resource.planned", "resource.released"]
+        folder = Path(f"{registry_path}-plans")
+        assert _wait_for(lambda: not any(folder.iterdir())), "the journal outlived its run"
 
 
 RELEASED_THEN_KILLED = """
@@ -208,29 +238,30 @@ time.sleep(600)
 """
 
 
-def test_an_owner_killed_before_its_released_mark_is_written_leaves_nothing(
-    registry_path: str, scratch: Path
-) -> None:
-    """SIGKILL after the owner released a directory, before the mark is written: the entry is
-    still there, the watchdog releases it again (a no-op, I3) and settles it. What sits beside
-    it under a look-alike name is never touched (I8)."""
+def test_an_owner_killed_after_its_release_loses_no_mark(registry_path: str, scratch: Path) -> None:
+    """SIGKILL after the owner released a directory, before anything is merged: its journal
+    holds the plan, the acquired mark and the release, and the watchdog merges them all, so
+    the release is the fixture's and nothing is released twice. What sits beside it under a
+    look-alike name is never touched (I8)."""
     with _owner(RELEASED_THEN_KILLED, scratch) as (child, released):
         assert not released.exists(), "the owner did not release it"
-        assert len(_states(registry_path)) == 1, "the mark was written at once"
+        assert _events(registry_path) == [], "merged at once"
+        assert [line[0] for line in _journal(registry_path)] == ["p", "a", "r"]
         backup = released.with_name(released.name + "_backup")
         backup.mkdir()
         (backup / "keep").write_text("the user's")
         _kill(child)
-        _wait_for(lambda: not _states(registry_path), CHILD_TIMEOUT)
-        assert _states(registry_path) == {}, "the entry was not settled"
+        folder = Path(f"{registry_path}-plans")
+        assert _wait_for(lambda: not any(folder.iterdir()), CHILD_TIMEOUT), "never reaped"
+        assert _states(registry_path) == {}
         assert not released.exists()
         assert (backup / "keep").read_text() == "the user's"
         raw = sqlite3.connect(registry_path)
-        (by,) = raw.execute(
+        by = raw.execute(
             "SELECT json_extract(detail, '$.by') FROM events WHERE event = 'resource.released'"
-        ).fetchone()
+        ).fetchall()
         raw.close()
-        assert by == "watchdog"
+        assert by == [("fixture",)]
 
 
 def _wait_for(check: Any, seconds: float = 20) -> Any:
@@ -250,7 +281,7 @@ def test_the_write_delay_bounds_how_long_a_mark_waits(
     end_run(registry_path)
     with reclaim.Fixture("delayed") as f:
         f.acquire(TempDir(parent=str(scratch)))
-        assert [s for s, _ in _states(registry_path).values()] == ["planned"]
+        assert _states(registry_path) == {}, "merged at once"
         assert _wait_for(lambda: [s for s, _ in _states(registry_path).values()] == ["acquired"])
     assert _wait_for(lambda: _states(registry_path) == {}), "the released mark still waits"
     end_run(registry_path)
@@ -325,7 +356,7 @@ def test_deferred_released_marks_are_written_before_too_many_wait(tmp_path: Path
     reg.open_run("0000feed", current_identity(), label="t")
     ids = [
         reg.plan("0000feed", "f", "test.noop", f"rc_0000feed_1_{n}", {"name": f"rc_0000feed_1_{n}"})
-        for n in range(1, _MAX_DEFERRED_RELEASES + 1)
+        for n in range(1, _MAX_WAITING + 1)
     ]
     for rid in ids[:-1]:
         reg.mark_released(rid, actor="fixture", defer=True)
@@ -432,3 +463,169 @@ def test_postponed_checkpoints_wait_for_the_close(tmp_path: Path) -> None:
     assert frames > 1000, f"the WAL held {frames} frames: a checkpoint restarted it meanwhile"
     reg.close()
     assert not wal.exists() or wal.stat().st_size == 0, "the close did not checkpoint it"
+
+
+# --- the journal's failure modes --------------------------------------------------------------
+
+
+def _journaling(tmp_path: Path) -> tuple[SQLiteRegistry, str]:
+    reg = SQLiteRegistry(tmp_path / "r.sqlite3")
+    reg.open_run("0000feed", current_identity(), label="t")
+    return reg, "0000feed"
+
+
+def _plan(reg: SQLiteRegistry, run_id: str, n: int, **extra: Any) -> int:
+    name = f"rc_{run_id}_{n}_a"
+    return reg.plan(run_id, "f", "test.noop", name, {"name": name, **extra}, defer=True)
+
+
+def test_a_half_written_last_line_is_never_merged_and_nothing_else_is_lost(
+    tmp_path: Path,
+) -> None:
+    """The owner died inside its write(2): the line has no newline, so its backend never ran.
+    Every whole line before it is merged; the rest of the file is left as it is."""
+    reg, run_id = _journaling(tmp_path)
+    ids = [_plan(reg, run_id, n) for n in (1, 2)]
+    journal = Path(f"{reg.path}-plans") / run_id
+    whole = journal.read_bytes()
+    with journal.open("ab") as f:
+        f.write(b'["p",999,"f","test.noop","rc_0000feed_3_a",{"na')  # cut off by the kill
+    assert set(_seen(reg.path)) == set(ids)
+    raw = sqlite3.connect(reg.path)
+    (merged,) = raw.execute("SELECT plans_merged FROM runs").fetchone()
+    raw.close()
+    assert merged == len(whole)
+    assert _seen(reg.path) == dict.fromkeys(ids, "planned"), "merged twice, or the tail taken"
+    reg.close()
+
+
+def test_a_damaged_line_is_refused_naming_the_file_and_loses_nothing(tmp_path: Path) -> None:
+    reg, run_id = _journaling(tmp_path)
+    first = _plan(reg, run_id, 1)
+    journal = Path(f"{reg.path}-plans") / run_id
+    with journal.open("ab") as f:
+        f.write(b'["p","not an id"]\n')
+    _plan_line_after = journal.read_bytes()
+    other = SQLiteRegistry(reg.path)
+    with pytest.raises(reclaim.RegistryCorruptError, match=r"damaged line at byte \d+") as info:
+        other.resources()
+    assert str(journal) in str(info.value)
+    assert journal.read_bytes() == _plan_line_after, "the file was changed"
+    assert _states(reg.path) == {}, "a part of a damaged stretch was merged"
+    # Moved away by the user, as the error says: what was before it is in the file they keep.
+    assert any(line.startswith(f'["p",{first},'.encode()) for line in _plan_line_after.split(b"\n"))
+    other.close()
+    reg.close()
+
+
+FILLED = """
+import os, resource, signal, sys
+import reclaim
+from reclaim.backends.path import TempDir
+
+folder = sys.argv[1]
+with reclaim.Fixture("full") as f:
+    f.acquire(TempDir(parent=folder))  # opens the run and its journal
+    journal = next(p for p in os.scandir(os.environ["RECLAIM_REGISTRY"] + "-plans"))
+    size = os.stat(journal.path).st_size
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 40, resource.RLIM_INFINITY))
+    try:
+        f.acquire(TempDir(parent=folder))  # its line is longer than 40 bytes: written in part
+    except reclaim.NotCreatedError as exc:
+        print("refused:", exc, flush=True)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    print("sizes", size, os.stat(journal.path).st_size, len(os.listdir(folder)), flush=True)
+    f.acquire(TempDir(parent=folder))
+print("done", flush=True)
+"""
+
+
+def test_a_write_that_fails_half_way_is_cut_off_and_nothing_is_created(
+    registry_path: str, scratch: Path
+) -> None:
+    """A real short write (the file-size limit, as a full disk would do it): the acquisition
+    is refused before anything is made, the part written is cut off again, and the next line
+    is whole."""
+    out = subprocess.run(
+        [sys.executable, "-c", FILLED, str(scratch)],
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("refused: path.tempdir"), lines
+    assert "cannot journal the plan" in lines[0]
+    _, before, after, made = lines[1].split()
+    assert before == after, "the part written was not cut off"
+    assert made == "1", "a directory was made for a plan that was never journaled"
+    assert lines[2] == "done"
+    assert list(scratch.iterdir()) == []
+    assert _seen(registry_path) == {}
+    events = _events(registry_path)
+    assert [e for e, _ in events].count("resource.released") == 2
+
+
+def test_the_journal_is_private_and_goes_with_its_run(registry_path: str, scratch: Path) -> None:
+    """Records may hold credentials (I7): 0700 folder, 0600 file. The run's close deletes it."""
+    with reclaim.Fixture("private") as f:
+        f.acquire(TempDir(parent=str(scratch)))
+        folder = Path(f"{registry_path}-plans")
+        (journal,) = folder.iterdir()
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        assert stat.S_IMODE(journal.stat().st_mode) == 0o600
+    end_run(registry_path)
+    assert list(folder.iterdir()) == []
+
+
+def test_an_orphaned_journal_goes_only_when_old_and_without_its_run(tmp_path: Path) -> None:
+    """A crash between the close that deleted a run's row and the file's deletion leaves the
+    file (merged whole by that close); a listing deletes it once it is a minute old. A live
+    run's file is never taken for one, however old."""
+    reg, run_id = _journaling(tmp_path)
+    _plan(reg, run_id, 1)
+    folder = Path(f"{reg.path}-plans")
+    orphan, young = folder / "0000dead", folder / "0000beef"
+    orphan.write_text('["p",5,"f","test.noop","rc_0000dead_1_a",{},1.0]\n')
+    young.write_text(orphan.read_text())
+    old = time.time() - 3600
+    for path in (orphan, folder / run_id):
+        os.utime(path, (old, old))
+    assert len(reg.resources()) == 1
+    assert not orphan.exists()
+    assert young.exists(), "an orphan younger than a minute"
+    assert (folder / run_id).exists(), "a live run's journal"
+    reg.close()
+
+
+def test_a_forked_child_draws_no_id_of_its_parents_block(tmp_path: Path) -> None:
+    """The reserved block and the open file are the parent's: a child that plans (here, for
+    the same run, as no real child would) reserves its own ids and opens the file anew."""
+    reg, run_id = _journaling(tmp_path)
+    first = _plan(reg, run_id, 1)
+    journal = Path(f"{reg.path}-plans") / run_id
+    before = journal.read_bytes()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a deferred plan of its own, then gone
+        code = 0
+        try:
+            os.write(write_end, str(_plan(reg, run_id, 2)).encode())
+        except BaseException:
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    os.close(write_end)
+    child_id = int(os.read(read_end, 64))
+    os.close(read_end)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert child_id != first, "the child drew an id from the parent's block"
+    after = journal.read_bytes()
+    assert after.startswith(before)
+    assert after.count(b"\n") == 2, "the child's line was not whole, or it wrote the parent's"
+    second = _plan(reg, run_id, 3)
+    assert second not in {first, child_id}
+    assert set(_seen(reg.path)) == {first, child_id, second}
+    reg.close()

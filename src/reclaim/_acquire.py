@@ -30,16 +30,23 @@ __all__ = ["NEVER_ACQUIRED_HINT", "acquire_failed", "journal_plan", "unjournaled
 
 
 def journal_plan(
-    registry: Registry, run_id: str, fixture: str, backend: Backend[Any], name: str
+    registry: Registry,
+    run_id: str,
+    fixture: str,
+    backend: Backend[Any],
+    name: str,
+    *,
+    defer: bool = False,
 ) -> tuple[int, Record]:
     """Journal the planned record of ``name`` (I1); return its entry id and the record.
+    ``defer`` only for the owner of the live run (see :meth:`Registry.plan`).
 
     Raises:
         NotCreatedError: the registry could not journal it (see :func:`unjournaled`).
     """
     record = secret_record(backend, backend.plan(name))  # its repr hides credentials (I7)
     try:
-        return registry.plan(run_id, fixture, backend.kind, name, record), record
+        return registry.plan(run_id, fixture, backend.kind, name, record, defer=defer), record
     except RegistryError as exc:
         raise unjournaled(backend.kind, name, exc) from None
 

@@ -273,7 +273,9 @@ class Fixture:
         # Journaled and put on the stack as one step (I9): a signal between the two would
         # leave an entry this fixture does not know it has to release.
         with critical():
-            resource_id, record = journal_plan(run.registry, run.id, self.name, backend, name)
+            resource_id, record = journal_plan(
+                run.registry, run.id, self.name, backend, name, defer=run.defers_marks
+            )
             held = _Held(backend, run, self.name, resource_id, record)
             with self._lock:
                 self._stack.append(held)

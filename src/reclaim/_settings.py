@@ -98,9 +98,11 @@ LEASE: Final = Setting(
 WRITE_DELAY: Final = Setting(
     "RECLAIM_WRITE_DELAY",
     "1s",
-    "how long at most a run keeps the registry marks that a crash does not need (its own"
-    " releases, an acquired mark adding nothing to the plan) before writing them; other"
-    " processes see them that much later; `0` writes each at once",
+    "how long at most a run's journal lines (a Fixture's plans and releases, appended to"
+    " `<registry>-plans/<run id>`) and its acquired marks that add nothing to the plan wait"
+    " before they are merged into the registry's tables; other processes' listings merge them"
+    " first, `reclaim follow` sees their events that much later; `0` writes each in the"
+    " tables at once",
 )
 HOST_ID: Final = Setting(
     "RECLAIM_HOST_ID",

@@ -98,8 +98,22 @@ class Registry(abc.ABC):
     # --- resources -------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def plan(self, run_id: str, fixture: str, kind: str, name: str, record: dict[str, Any]) -> int:
-        """Journal a resource before it is created (I1); returns its id."""
+    def plan(
+        self,
+        run_id: str,
+        fixture: str,
+        kind: str,
+        name: str,
+        record: dict[str, Any],
+        *,
+        defer: bool = False,
+    ) -> int:
+        """Journal a resource before it is created (I1); returns its id.
+
+        With ``defer`` (only for the owner of the live run ``run_id``) the registry may make the
+        entry durable in a cheaper way than its tables, and other processes may see it only
+        with this object's next write (or :meth:`flush`); every reaper of the run sees it, and
+        anything this object reads includes it. A registry may write it at once."""
 
     @abc.abstractmethod
     def mark_acquired(

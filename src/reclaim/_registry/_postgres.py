@@ -947,7 +947,16 @@ class PostgresRegistry(Registry):
 
     # --- resources -------------------------------------------------------------------------
 
-    def plan(self, run_id: str, fixture: str, kind: str, name: str, record: dict[str, Any]) -> int:
+    def plan(
+        self,
+        run_id: str,
+        fixture: str,
+        kind: str,
+        name: str,
+        record: dict[str, Any],
+        *,
+        defer: bool = False,  # written at once: one round trip either way
+    ) -> int:
         token = uuid.uuid4()
         text = json.dumps(record)
 

@@ -8,13 +8,32 @@ writer wait its turn instead. Readers never block writers in WAL mode.
 Durability: ``synchronous=NORMAL``. A committed write survives the death of any process (the
 crash model of reclaim); only a power cut can lose the last commits, and after a power cut every
 process and temp directory of the earlier boot is gone anyway.
+
+Journaled plans: the owner of a live run may plan an entry without a transaction
+(``plan(defer=True)``, what a :class:`reclaim.Fixture` does): the entry is one line appended,
+with one ``write(2)``, to the run's file ``<registry>-plans/<run id>`` (mode 0600 in a 0700
+folder, like the registry: records may hold credentials), and the write has returned before the
+backend creates anything (I1). The line is in the page cache from then on, as durable against
+the death of a process as a commit with ``synchronous=NORMAL``. The lines are merged into the
+tables (the entry and its ``resource.planned`` event, with the entry's id reserved beforehand
+from AUTOINCREMENT's sequence, so that no other writer can take it) by the owner's next write
+(at most the write delay later), by any listing of resources (``status``, a reaper's, a
+watchdog's), and by the close or reap that deletes the run. How far a run's file is merged is
+its row's ``plans_merged`` (bytes), moved in the merging transaction, so a merge is never lost
+and never done twice. Only whole lines are merged: a line without its newline is one whose
+``write`` never returned (the owner died in it, or it failed and could not be cut off again),
+so nothing was created for it. A line that cannot be read is refused with an error naming the
+file, and the file is kept. The file is deleted once its run's row is: everything in it was
+merged by the transaction that deleted the row, and no owner writes to a closed or dead run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
+import operator
 import os
 import sqlite3
 import stat
@@ -47,16 +66,24 @@ from reclaim._signals import critical
 __all__ = ["SCHEMA_VERSION", "SQLiteRegistry"]
 
 #: The schema this reclaim writes. Bump it with a migration in ``_MIGRATIONS``.
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 _APPLICATION: Final = "reclaim"
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 _BUSY_TIMEOUT_S: Final = 60.0
-#: Deferred released marks are written once this many wait, whatever comes first: it bounds
-#: what a crash leaves for a reaper to release again (a no-op each, I3).
-_MAX_DEFERRED_RELEASES: Final = 256
+#: Deferred released marks are written once this many wait, and journaled plans are merged
+#: once this many wait, whatever comes first: it bounds what a crash leaves for a reaper to merge
+#: and to release again (a no-op each, I3), to a few ms of its time.
+_MAX_WAITING: Final = 4096
 #: Ids per ``IN (...)`` list: far below SQLite's limit on host parameters.
 _IDS_PER_STATEMENT: Final = 500
+#: The folder of the runs' journaled plans: the registry's path and this (see the module's doc).
+_PLANS_SUFFIX: Final = "-plans"
+#: Entry ids reserved at once for journaled plans (one write transaction per this many plans).
+_ID_BLOCK: Final = 256
+#: An orphaned plans file (its run's row is gone, so it was merged whole) is deleted by a listing
+#: once it is this old: the close that deleted the row deletes its file itself, right after.
+_ORPHAN_AFTER_S: Final = 60.0
 
 _SCHEMA_V1: Final = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -132,6 +159,11 @@ _MIGRATIONS: Final[dict[int, str]] = {
     ALTER TABLE events_v3 RENAME TO events;
     DELETE FROM sqlite_sequence WHERE name = 'events'
     """,
+    # 3 -> 4: journaled plans (issue 15): how many bytes of the run's plans file are merged. An
+    # older reclaim, which would not know to merge them, refuses a registry of version 4.
+    3: """
+    ALTER TABLE runs ADD COLUMN plans_merged INTEGER NOT NULL DEFAULT 0
+    """,
 }
 
 # Connections inherited through fork are kept, never closed: closing one in the child could
@@ -154,6 +186,13 @@ class SQLiteRegistry(Registry):
         #: detail, when).
         self._pending: dict[int, tuple[str | None, float]] = {}
         self._released: dict[int, tuple[str, float]] = {}
+        #: The journal files this object appends to (``plan(defer=True)``), by run id; the
+        #: file of each entry planned there and not released yet; and the block of reserved
+        #: entry ids it draws from (next, last).
+        self._plans: dict[str, _PlansFile] = {}
+        self._journaled: dict[int, _PlansFile] = {}
+        self._ids = (1, 0)
+        self.plans_dir = Path(str(self.path) + _PLANS_SUFFIX)
         self._create = create
         if not self.path.exists():
             if not create:
@@ -254,8 +293,11 @@ class SQLiteRegistry(Registry):
         if self._conn_obj is not None:
             _inherited.append(self._conn_obj)
         # A forked child does not journal its parent's acquisitions or releases: the parent does.
+        # Nor does it draw from the parent's reserved ids, or append to its plans files.
         self._pending.clear()
         self._released.clear()
+        self._drop_plans_files()
+        self._ids = (1, 0)
         conn = sqlite3.connect(
             self.path,
             timeout=_BUSY_TIMEOUT_S,
@@ -352,7 +394,17 @@ class SQLiteRegistry(Registry):
             except sqlite3.OperationalError as exc:
                 raise self._unusable(exc) from None
             marks, releases = dict(self._pending), dict(self._released)
+            waiting = [f for f in self._plans.values() if f.waiting]
             try:
+                for plans in waiting:  # first: the marks below may be of these entries
+                    if not self._merge(conn, plans.run_id):
+                        raise RegistryError(
+                            f"run {plans.run_id} is not in the reclaim registry {self.path} any"
+                            f" more, yet this process journaled plans for it in {plans.path};"
+                            " they are kept there, and what they name is released when its"
+                            " fixture exits",
+                            path=str(self.path),
+                        )
                 if marks or releases:
                     self._write_pending(conn, marks, releases)
                 yield conn
@@ -375,6 +427,8 @@ class SQLiteRegistry(Registry):
                 self._pending.pop(resource_id, None)
             for resource_id in releases:
                 self._released.pop(resource_id, None)
+            for plans in waiting:
+                plans.waiting = 0
 
     def _write_pending(
         self,
@@ -430,10 +484,15 @@ class SQLiteRegistry(Registry):
 
     def flush(self) -> None:
         with self._lock:
-            if not (self._pending or self._released) or self._pid != os.getpid():
+            if self._pid != os.getpid():
+                return
+            if not (self._pending or self._released or any(self._waiting_plans())):
                 return
         with self._write():
             pass  # the transaction writes what is pending
+
+    def _waiting_plans(self) -> Iterator[int]:
+        return (f.waiting for f in self._plans.values())
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -527,6 +586,7 @@ class SQLiteRegistry(Registry):
     def close_run(self, run_id: str) -> None:
         now = time.time()
         with self._write() as conn:
+            self._merge(conn, run_id)
             left = self._count(conn, run_id)
             if left:
                 conn.execute(
@@ -536,6 +596,8 @@ class SQLiteRegistry(Registry):
             else:
                 conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
             self._event(conn, "run.closed", run_id=run_id, detail={"left": left}, at=now)
+        if not left:
+            self._delete_plans_file(run_id)
 
     def heartbeat(self, run_id: str) -> None:
         with self._write() as conn:
@@ -577,6 +639,7 @@ class SQLiteRegistry(Registry):
     def finish_reap(self, run_id: str, claimer: str, *, actor: str) -> None:
         now = time.time()
         with self._write() as conn:
+            self._merge(conn, run_id)
             left = self._count(conn, run_id)
             if left:
                 conn.execute(
@@ -584,11 +647,19 @@ class SQLiteRegistry(Registry):
                     " WHERE id = ? AND claimed_by = ?",
                     (RunState.REAPED, run_id, claimer),
                 )
+                deleted = False
             else:
-                conn.execute("DELETE FROM runs WHERE id = ? AND claimed_by = ?", (run_id, claimer))
+                deleted = (
+                    conn.execute(
+                        "DELETE FROM runs WHERE id = ? AND claimed_by = ?", (run_id, claimer)
+                    ).rowcount
+                    == 1
+                )
             self._event(
                 conn, "run.reaped", run_id=run_id, detail={"by": actor, "left": left}, at=now
             )
+        if deleted:
+            self._delete_plans_file(run_id)
 
     @staticmethod
     def _count(conn: sqlite3.Connection, run_id: str) -> int:
@@ -597,8 +668,22 @@ class SQLiteRegistry(Registry):
 
     # --- resources -------------------------------------------------------------------------
 
-    def plan(self, run_id: str, fixture: str, kind: str, name: str, record: dict[str, Any]) -> int:
+    def plan(
+        self,
+        run_id: str,
+        fixture: str,
+        kind: str,
+        name: str,
+        record: dict[str, Any],
+        *,
+        defer: bool = False,
+    ) -> int:
         now = time.time()
+        if defer:
+            with self._lock:
+                plans = self._plans_file(run_id)
+                if plans is not None:
+                    return self._journal_plan(plans, [fixture, kind, name, record, now])
         with self._write() as conn:
             cur = conn.execute(
                 "INSERT INTO resources (run_id, fixture, kind, name, record, state, created_at,"
@@ -656,10 +741,14 @@ class SQLiteRegistry(Registry):
         mark = (_by(actor), time.time())
         with self._lock:
             self._connection()  # drops a parent's marks in a forked child first
+            if defer:
+                resource_ids = self._journal_releases(resource_ids, mark)
+                if not resource_ids:
+                    return
             added = [rid for rid in resource_ids if rid not in self._released]
             for rid in added:
                 self._released[rid] = mark
-            if defer and len(self._released) < _MAX_DEFERRED_RELEASES:
+            if defer and len(self._released) < _MAX_WAITING:
                 return
             try:
                 with self._write():
@@ -690,6 +779,7 @@ class SQLiteRegistry(Registry):
 
     def close_planned(self, resource_id: int, reason: str, *, actor: str) -> bool:
         now = time.time()
+        self._journaled.pop(resource_id, None)
         with self._write() as conn:
             row = conn.execute(
                 "DELETE FROM resources WHERE id = ? AND state = ? RETURNING run_id, kind, name",
@@ -707,6 +797,7 @@ class SQLiteRegistry(Registry):
         return row is not None
 
     def resources(self, run_id: str | None = None) -> list[ResourceRecord]:
+        self._merge_waiting(run_id)
         if run_id is None:
             rows = self._read(f"SELECT {RESOURCE_COLUMNS} FROM resources ORDER BY id")
         else:
@@ -721,6 +812,7 @@ class SQLiteRegistry(Registry):
         return resource_from_row(rows[0]) if rows else None
 
     def forget(self, resource_id: int, *, actor: str) -> ResourceRecord | None:
+        self._journaled.pop(resource_id, None)
         with self._write() as conn:
             row = conn.execute(
                 f"DELETE FROM resources WHERE id = ? RETURNING {RESOURCE_COLUMNS}", (resource_id,)
@@ -812,6 +904,360 @@ class SQLiteRegistry(Registry):
             self._conn_obj = None
             self._pending.clear()
             self._released.clear()
+            self._drop_plans_files()
+
+    # --- journaled plans (see the module's doc) --------------------------------------------
+
+    def _plans_file(self, run_id: str) -> _PlansFile | None:
+        """This object's plans file of ``run_id``, opened on first use; None when plans cannot
+        be journaled there (they go to the tables instead)."""
+        self._connection()  # a forked child drops its parent's files first
+        plans = self._plans.get(run_id)
+        if plans is None:
+            try:
+                plans = _PlansFile(self.plans_dir, run_id)
+            except OSError:
+                return None  # a folder that cannot be made or a foreign file: the tables
+            self._plans[run_id] = plans
+        return None if plans.broken else plans
+
+    def _journal_plan(self, plans: _PlansFile, entry: list[Any]) -> int:
+        """Append ``entry`` (fixture, kind, name, record, time) to ``plans``; its new id."""
+        resource_id = self._reserve_id()
+        line = json.dumps(["p", resource_id, *entry], separators=(",", ":"))
+        kind, name = entry[1], entry[2]
+        try:
+            plans.append(line.encode() + b"\n")
+            self._journaled[resource_id] = plans
+        except OSError as exc:
+            raise RegistryError(
+                f"cannot journal the plan of {kind} {name!r} in {plans.path}:"
+                f" {exc.strerror or exc}; check the folder's free space and mode, or set"
+                " RECLAIM_WRITE_DELAY=0 to journal plans in the registry's tables",
+                path=str(self.path),
+            ) from None
+        if plans.waiting >= _MAX_WAITING:
+            # Journaled already: a merge that fails now is retried by the next write.
+            with contextlib.suppress(RegistryError):
+                self.flush()
+        return resource_id
+
+    def _reserve_id(self) -> int:
+        """An entry id no other writer takes: drawn from a block that moved AUTOINCREMENT's
+        sequence past it (the sequence is never lowered, by an insert of a smaller id either)."""
+        low, high = self._ids
+        if low > high:
+            with self._write() as conn:
+                row = conn.execute(
+                    "SELECT max(COALESCE((SELECT seq FROM sqlite_sequence"
+                    " WHERE name = 'resources'), 0), COALESCE((SELECT max(id) FROM resources), 0))"
+                ).fetchone()
+                low, high = int(row[0]) + 1, int(row[0]) + _ID_BLOCK
+                if (
+                    conn.execute(
+                        "UPDATE sqlite_sequence SET seq = ? WHERE name = 'resources'", (high,)
+                    ).rowcount
+                    == 0
+                ):
+                    conn.execute(
+                        "INSERT INTO sqlite_sequence (name, seq) VALUES ('resources', ?)", (high,)
+                    )
+        self._ids = (low + 1, high)
+        return low
+
+    def _merge(self, conn: sqlite3.Connection, run_id: str) -> bool:
+        """Merge the whole lines of ``run_id``'s plans file not merged yet (in the caller's
+        write transaction, which also moves the run's ``plans_merged``). False: no such run."""
+        path = self.plans_dir / run_id
+        row = conn.execute("SELECT plans_merged FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            return False
+        start = int(row[0])
+        try:
+            with open(path, "rb") as f:
+                f.seek(start)
+                data = f.read()
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            raise RegistryError(
+                f"cannot read the journaled plans of run {run_id} in {path}: {exc.strerror};"
+                " make the file readable for this user",
+                path=str(self.path),
+            ) from None
+        end = data.rfind(b"\n") + 1  # after it: a line whose write never returned
+        if not end:
+            return True
+        lines = []
+        at_byte = start
+        for line in data[:end].splitlines(keepends=True):
+            parsed = _journal_line(line)
+            if parsed is None:
+                raise RegistryCorruptError(
+                    f"the journal of run {run_id} in {path} has a damaged line at byte"
+                    f" {at_byte}; reclaim keeps the file and merges nothing of it: check it, and"
+                    " move it away to go on without its entries (`reclaim sweep --leftovers`"
+                    " finds what they named by reclaim's prefix)",
+                    path=str(self.path),
+                )
+            lines.append(parsed)
+            at_byte += len(line)
+        try:
+            self._apply(conn, run_id, lines)
+        except sqlite3.IntegrityError as exc:
+            raise RegistryCorruptError(
+                f"the journal of run {run_id} in {path} names an entry the registry holds"
+                f" already ({exc}); reclaim keeps the file and merges nothing of it",
+                path=str(self.path),
+            ) from None
+        conn.execute("UPDATE runs SET plans_merged = ? WHERE id = ?", (start + end, run_id))
+        return True
+
+    @staticmethod
+    def _apply(conn: sqlite3.Connection, run_id: str, lines: list[tuple[Any, ...]]) -> None:
+        """Write a stretch of a run's journal: what is still held at its end goes into
+        ``resources`` (an entry planned and released within it never does), and every line's
+        event into ``events``, in the order of their times (an acquired mark that waited in
+        memory is journaled with its release, later than the next plan)."""
+        planned: dict[int, tuple[Any, ...]] = {}
+        acquired: dict[int, float] = {}
+        released: set[int] = set()
+        order: list[tuple[float, str, int, str]] = []
+        for line in lines:
+            tag, resource_id = line[0], line[1]
+            if tag == "p":
+                planned[resource_id] = line
+                order.append((line[6], "resource.planned", resource_id, "{}"))
+            elif tag == "a":
+                acquired[resource_id] = line[2]
+                order.append((line[2], "resource.acquired", resource_id, "{}"))
+            else:
+                released.add(resource_id)
+                order.append((line[2], "resource.released", resource_id, line[3]))
+        names = {rid: (line[3], line[4]) for rid, line in planned.items()}
+        earlier = [rid for rid in {*acquired, *released} if rid not in planned]
+        for at in range(0, len(earlier), _IDS_PER_STATEMENT):
+            chunk = earlier[at : at + _IDS_PER_STATEMENT]
+            for rid, kind, name in conn.execute(
+                f"SELECT id, kind, name FROM resources WHERE id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            ):
+                names[rid] = (kind, name)
+        held = [
+            (rid, run_id, fixture, kind, name, record,
+             ResourceState.ACQUIRED if rid in acquired else ResourceState.PLANNED,
+             at, acquired.get(rid, at), acquired.get(rid))
+            for rid, (_, _, fixture, kind, name, record, at) in planned.items()
+            if rid not in released
+        ]  # fmt: skip
+        conn.executemany(
+            "INSERT INTO resources (id, run_id, fixture, kind, name, record, state, created_at,"
+            " updated_at, acquired_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            held,
+        )
+        conn.executemany(
+            "UPDATE resources SET state = ?, updated_at = ?, acquired_at = ?"
+            " WHERE id = ? AND state = ?",
+            [
+                (ResourceState.ACQUIRED, at, at, rid, ResourceState.PLANNED)
+                for rid, at in acquired.items()
+                if rid not in planned and rid not in released
+            ],
+        )
+        conn.executemany(
+            "DELETE FROM resources WHERE id = ?",
+            [(rid,) for rid in released if rid not in planned],
+        )
+        conn.executemany(
+            "INSERT INTO events (at, event, run_id, resource_id, kind, name, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (at, event, run_id, rid, *names[rid], detail)
+                for at, event, rid, detail in sorted(order, key=operator.itemgetter(0))
+                if rid in names
+            ],
+        )
+
+    def _merge_waiting(self, run_id: str | None) -> None:
+        """Before a listing: merge what waits in the plans files (of ``run_id``, or of every
+        run), whoever wrote them; delete the files of runs whose row is gone."""
+        with self._lock:
+            self.flush()  # this object's own first
+            if run_id is not None:
+                names = [run_id]
+            else:
+                try:
+                    names = os.listdir(self.plans_dir)
+                except OSError:
+                    return  # none yet (or unreadable: then nothing of it can be merged anyway)
+            sizes: dict[str, tuple[int, float]] = {}
+            for name in names:
+                try:
+                    info = os.stat(self.plans_dir / name)
+                except OSError:
+                    continue
+                sizes[name] = (info.st_size, info.st_mtime)
+            if not sizes:
+                return
+            marks = ", ".join("?" * len(sizes))
+            sql = f"SELECT id, plans_merged FROM runs WHERE id IN ({marks})"
+            merged = dict(self._read_now(sql, (*sizes,)))
+            waiting = [n for n, (size, _) in sizes.items() if n in merged and size > merged[n]]
+            if waiting:
+                with self._write() as conn:
+                    for name in waiting:
+                        self._merge(conn, name)
+            if run_id is None:
+                now = time.time()
+                for name, (_, mtime) in sizes.items():
+                    if name not in merged and now - mtime > _ORPHAN_AFTER_S:
+                        self._delete_plans_file(name)
+
+    def _read_now(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        try:
+            return self._connection().execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise self._unusable(exc) from None
+
+    def _delete_plans_file(self, run_id: str) -> None:
+        """The run's row is gone, and with it everything its plans file held (merged by the
+        transaction that deleted it): the file goes too."""
+        with self._lock:
+            plans = self._plans.pop(run_id, None)
+            if plans is not None:
+                plans.close()
+        with contextlib.suppress(OSError):  # gone already, or left for the next listing
+            os.unlink(self.plans_dir / run_id)
+
+    def _drop_plans_files(self) -> None:
+        for plans in self._plans.values():
+            plans.close()
+        self._plans.clear()
+        self._journaled.clear()
+
+    def _journal_releases(self, resource_ids: Sequence[int], mark: tuple[str, float]) -> list[int]:
+        """Append the owner's releases of entries it journaled to their files (with a deferred
+        acquired mark before each, so that a death loses neither); the ids that are not."""
+        rest: list[int] = []
+        by_file: dict[_PlansFile, list[int]] = {}
+        for rid in resource_ids:
+            plans = self._journaled.get(rid)
+            if plans is None or plans.broken or plans.fd < 0:
+                rest.append(rid)
+            else:
+                by_file.setdefault(plans, []).append(rid)
+        detail, at = mark
+        for plans, rids in by_file.items():
+            text = "".join(
+                (f'["a",{rid},{self._pending[rid][1]!r}]\n' if rid in self._pending else "")
+                + f'["r",{rid},{at!r},{detail}]\n'
+                for rid in rids
+            )
+            try:
+                plans.append(text.encode())
+            except OSError:
+                rest.extend(rids)  # as before the journal: kept to be written with the tables
+                continue
+            for rid in rids:
+                self._pending.pop(rid, None)
+                del self._journaled[rid]
+        if any(f.waiting >= _MAX_WAITING for f in by_file):
+            with contextlib.suppress(RegistryError):  # journaled already; the next write retries
+                self.flush()
+        return rest
+
+
+class _PlansFile:
+    """The owner's append-only file of one run's journaled plans (see the module's doc)."""
+
+    def __init__(self, directory: Path, run_id: str) -> None:
+        try:
+            info = os.lstat(directory)
+        except FileNotFoundError:
+            directory.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
+            info = os.lstat(directory)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            raise OSError(errno.EPERM, "not a folder of this user", str(directory))
+        self.path = directory / run_id
+        self.run_id = run_id
+        self.fd = os.open(
+            self.path,
+            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+            0o600,
+        )
+        try:
+            info = os.fstat(self.fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+                raise OSError(errno.EPERM, "not a regular file of this user", str(self.path))
+            if stat.S_IMODE(info.st_mode) & 0o077:
+                os.fchmod(self.fd, 0o600)  # it may hold credentials (I7)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.size = info.st_size
+        self.pid = os.getpid()
+        #: Lines appended since the last merge by this object.
+        self.waiting = 0
+        #: A write failed and its part could not be cut off: no line may follow it.
+        self.broken = False
+
+    def append(self, line: bytes) -> None:
+        """One ``write(2)`` of one whole line; on a failure the file is as it was, or broken."""
+        try:
+            written = os.write(self.fd, line)
+        except OSError:
+            self._cut()
+            raise
+        if written != len(line):
+            self._cut()
+            raise OSError(errno.ENOSPC, "the line was written in part")
+        self.size += written
+        self.waiting += 1
+
+    def _cut(self) -> None:
+        # What a failed write left is cut off, so that the next line starts a line of its own.
+        # If that fails too, the file ends in a line without its newline, which no merge takes
+        # (nothing was created for it), and nothing more is appended here.
+        try:
+            os.ftruncate(self.fd, self.size)
+        except OSError:
+            self.broken = True
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+
+def _journal_line(line: bytes) -> tuple[Any, ...] | None:
+    """A journal line, checked: ``("p", id, fixture, kind, name, record as JSON, time)``,
+    ``("a", id, time)`` or ``("r", id, time, detail as JSON)``; None: damaged."""
+    try:
+        fields = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(fields, list) or len(fields) < 3:
+        return None
+    tag, resource_id = fields[0], fields[1]
+    if type(resource_id) is not int or resource_id <= 0:
+        tag = None
+    if tag == "p" and len(fields) == 7:
+        _, _, fixture, kind, name, record, at = fields
+        if all(isinstance(x, str) for x in (fixture, kind, name)) and isinstance(record, dict):
+            return _timed("p", resource_id, fixture, kind, name, json.dumps(record), at=at)
+    elif tag == "a" and len(fields) == 3:
+        return _timed("a", resource_id, at=fields[2])
+    elif tag == "r" and len(fields) == 4 and isinstance(fields[3], dict):
+        return _timed("r", resource_id, at=fields[2], detail=json.dumps(fields[3]))
+    return None
+
+
+def _timed(*fields: Any, at: Any, detail: str | None = None) -> tuple[Any, ...] | None:
+    if type(at) not in (int, float):
+        return None
+    return (*fields, float(at)) if detail is None else (*fields, float(at), detail)
 
 
 @functools.lru_cache(maxsize=16)
