@@ -59,6 +59,26 @@ def test_names_carry_prefix_run_and_time() -> None:
     assert len(name) <= 30
 
 
+@pytest.mark.parametrize("run_id", ["00000000", "0a1b2c3d", "ffffffff"])
+def test_every_name_made_is_a_whole_name_of_its_parts(run_id: str) -> None:
+    """make_name checks its parts, not what they make: what they make must parse back."""
+    for seq in (1, 9, 10, 12345, 10**20 - 1):
+        for now in (0, 1, 35, 36, 1_800_000_000, 36**8 - 1):
+            parsed = parse_name(make_name(run_id, seq, now=now))
+            assert parsed is not None, (run_id, seq, now)
+            assert (parsed.run_id, parsed.seq, parsed.created_at) == (run_id, seq, float(now))
+
+
+@pytest.mark.parametrize(
+    ("run_id", "seq", "now"),
+    [("0A1B2C3D", 1, 0), ("0a1b2c3", 1, 0), ("0a1b2c3d0", 1, 0), ("0a1b2c3d", 0, 0),
+     ("0a1b2c3d", -1, 0), ("0a1b2c3d", 10**20, 0), ("0a1b2c3d", True, 0), ("0a1b2c3d", 1, -1)],
+)  # fmt: skip
+def test_parts_that_make_no_name_are_refused(run_id: str, seq: int, now: float) -> None:
+    with pytest.raises(ValueError, match="do not make a reclaim name"):
+        make_name(run_id, seq, now=now)
+
+
 def test_tempdir_removes_read_only_trees(registry_path: str, scratch: Path) -> None:
     backend = TempDir(prefix="ro-", parent=scratch)
     path, record = backend.acquire(backend.adapt_name("rc_00000000_a_1"))

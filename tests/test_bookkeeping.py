@@ -499,12 +499,24 @@ def test_a_half_written_last_line_is_never_merged_and_nothing_else_is_lost(
     reg.close()
 
 
-def test_a_damaged_line_is_refused_naming_the_file_and_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "damage",
+    [
+        b'["p","not an id"]\n',
+        b'["p",7,"f","test.noop","rc_0000feed_2_\xff",{},1.0]\n',  # not UTF-8
+        b'["r",7,1.0,"by the fixture"]\n',
+        b'["x",7,1.0]\n',
+        b"\n",
+    ],
+)
+def test_a_damaged_line_is_refused_naming_the_file_and_loses_nothing(
+    tmp_path: Path, damage: bytes
+) -> None:
     reg, run_id = _journaling(tmp_path)
     first = _plan(reg, run_id, 1)
     journal = Path(f"{reg.path}-plans") / run_id
     with journal.open("ab") as f:
-        f.write(b'["p","not an id"]\n')
+        f.write(damage)
     _plan_line_after = journal.read_bytes()
     other = SQLiteRegistry(reg.path)
     with pytest.raises(reclaim.RegistryCorruptError, match=r"damaged line at byte \d+") as info:

@@ -990,8 +990,8 @@ class SQLiteRegistry(Registry):
             return True
         lines = []
         at_byte = start
-        for line in data[:end].splitlines(keepends=True):
-            parsed = _journal_line(line)
+        for raw in data[: end - 1].split(b"\n"):
+            parsed = _journal_line(raw)
             if parsed is None:
                 raise RegistryCorruptError(
                     f"the journal of run {run_id} in {path} has a damaged line at byte"
@@ -1001,7 +1001,7 @@ class SQLiteRegistry(Registry):
                     path=str(self.path),
                 )
             lines.append(parsed)
-            at_byte += len(line)
+            at_byte += len(raw) + 1
         try:
             self._apply(conn, run_id, lines)
         except sqlite3.IntegrityError as exc:
@@ -1044,7 +1044,7 @@ class SQLiteRegistry(Registry):
             ):
                 names[rid] = (kind, name)
         held = [
-            (rid, run_id, fixture, kind, name, record,
+            (rid, run_id, fixture, kind, name, json.dumps(record),
              ResourceState.ACQUIRED if rid in acquired else ResourceState.PLANNED,
              at, acquired.get(rid, at), acquired.get(rid))
             for rid, (_, _, fixture, kind, name, record, at) in planned.items()
@@ -1232,32 +1232,29 @@ class _PlansFile:
 
 
 def _journal_line(line: bytes) -> tuple[Any, ...] | None:
-    """A journal line, checked: ``("p", id, fixture, kind, name, record as JSON, time)``,
-    ``("a", id, time)`` or ``("r", id, time, detail as JSON)``; None: damaged."""
+    """A journal line, checked: ``("p", id, fixture, kind, name, record, time)``,
+    ``("a", id, time)`` or ``("r", id, time, detail as JSON)``; None: damaged. A record stays
+    a dict: only an entry still held when its stretch ends is written as a row."""
     try:
-        fields = json.loads(line)
-    except ValueError:
+        fields = json.loads(line.decode())  # a str: json does not guess its encoding then
+    except ValueError:  # UnicodeDecodeError too
+        fields = None
+    if type(fields) is not list or len(fields) < 3:
         return None
-    if not isinstance(fields, list) or len(fields) < 3:
-        return None
-    tag, resource_id = fields[0], fields[1]
-    if type(resource_id) is not int or resource_id <= 0:
+    tag, resource_id, at = fields[0], fields[1], fields[-1 if fields[0] != "r" else 2]
+    if type(resource_id) is not int or resource_id <= 0 or type(at) not in (int, float):
         tag = None
     if tag == "p" and len(fields) == 7:
-        _, _, fixture, kind, name, record, at = fields
-        if all(isinstance(x, str) for x in (fixture, kind, name)) and isinstance(record, dict):
-            return _timed("p", resource_id, fixture, kind, name, json.dumps(record), at=at)
+        if type(fields[2]) is type(fields[3]) is type(fields[4]) is str and type(fields[5]) is dict:
+            return (*fields[:6], float(at))
     elif tag == "a" and len(fields) == 3:
-        return _timed("a", resource_id, at=fields[2])
-    elif tag == "r" and len(fields) == 4 and isinstance(fields[3], dict):
-        return _timed("r", resource_id, at=fields[2], detail=json.dumps(fields[3]))
+        return ("a", resource_id, float(at))
+    elif tag == "r" and len(fields) == 4 and type(fields[3]) is dict:
+        detail = fields[3]
+        by = detail.get("by")
+        text = _by(by) if len(detail) == 1 and type(by) is str else json.dumps(detail)
+        return ("r", resource_id, float(at), text)
     return None
-
-
-def _timed(*fields: Any, at: Any, detail: str | None = None) -> tuple[Any, ...] | None:
-    if type(at) not in (int, float):
-        return None
-    return (*fields, float(at)) if detail is None else (*fields, float(at), detail)
 
 
 @functools.lru_cache(maxsize=16)

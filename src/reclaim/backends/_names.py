@@ -15,6 +15,7 @@ never re-implemented.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import time
 from typing import Final, NamedTuple
@@ -126,13 +127,26 @@ def make_name(run_id: str, seq: int, now: float | None = None) -> str:
     PostgreSQL identifier, a Redis key prefix, a queue, stream or directory name.
     """
     seconds = int(time.time() if now is None else now)
-    name = f"{NAME_PREFIX}{run_id}_{_base36(seconds)}_{seq}"
-    if NAMES.parse(name) is None:
+    # Each part checked on its own (the run id once): what they make is then a name of the
+    # default style by construction, which a test checks against ``NAMES.parse``.
+    if not (
+        _is_run_id(run_id) and type(seq) is int and 0 < seq < _MAX_SEQ and 0 <= seconds < _MAX_TIME
+    ):
         raise ValueError(
             f"run id {run_id!r} and sequence {seq!r} do not make a reclaim name"
             " (eight hex digits; a positive number)"
         )
-    return name
+    return f"{NAME_PREFIX}{run_id}_{_base36(seconds)}_{seq}"
+
+
+_RUN_ID: Final = re.compile(r"[0-9a-f]{8}")
+_MAX_SEQ: Final = 10**20  # the pattern's 20 digits
+_MAX_TIME: Final = 36**8  # its 8 base-36 digits of seconds
+
+
+@functools.lru_cache(maxsize=64)
+def _is_run_id(run_id: object) -> bool:
+    return isinstance(run_id, str) and _RUN_ID.fullmatch(run_id) is not None
 
 
 def parse_name(text: object) -> ReclaimName | None:
@@ -140,6 +154,7 @@ def parse_name(text: object) -> ReclaimName | None:
     return NAMES.parse(text)
 
 
+@functools.lru_cache(maxsize=4)  # the seconds of the names made now: the same for many
 def _base36(n: int) -> str:
     out = ""
     while True:

@@ -48,10 +48,16 @@ class TempDir(Backend[Path]):
         if prefix is not None and ("/" in prefix or "\0" in prefix):
             raise ValueError(f"TempDir prefix {prefix!r} must not contain '/' or NUL")
         self.prefix = prefix or ""
-        self.parent = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+        self._parent = os.fspath(parent) if parent is not None else tempfile.gettempdir()
+
+    @property
+    def parent(self) -> Path:
+        return Path(self._parent)
 
     def plan(self, name: str) -> Record:
-        path = os.path.normpath(self.parent.absolute() / f"{self.prefix}{name}")
+        # os.path, not pathlib: this runs twice per directory, on the path of every test.
+        parent = self._parent if os.path.isabs(self._parent) else os.path.abspath(self._parent)
+        path = os.path.normpath(f"{parent}/{self.prefix}{name}")
         return {"name": name, "path": path, "prefix": self.prefix}
 
     @classmethod
