@@ -209,9 +209,7 @@ class SQLiteRegistry(Registry):
         parent = self.path.parent
         if not parent.exists():
             try:
-                parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                # mkdir's mode is filtered by the umask; say it once more.
-                os.chmod(parent, 0o700)
+                _private_folder(parent)
             except OSError as exc:
                 raise RegistryError(
                     f"cannot create the folder of the reclaim registry {self.path}:"
@@ -486,13 +484,12 @@ class SQLiteRegistry(Registry):
         with self._lock:
             if self._pid != os.getpid():
                 return
-            if not (self._pending or self._released or any(self._waiting_plans())):
+            if not (
+                self._pending or self._released or any(f.waiting for f in self._plans.values())
+            ):
                 return
         with self._write():
             pass  # the transaction writes what is pending
-
-    def _waiting_plans(self) -> Iterator[int]:
-        return (f.waiting for f in self._plans.values())
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -936,11 +933,15 @@ class SQLiteRegistry(Registry):
                 " RECLAIM_WRITE_DELAY=0 to journal plans in the registry's tables",
                 path=str(self.path),
             ) from None
-        if plans.waiting >= _MAX_WAITING:
-            # Journaled already: a merge that fails now is retried by the next write.
+        self._merge_if_full(plans)
+        return resource_id
+
+    def _merge_if_full(self, *files: _PlansFile) -> None:
+        """Merge now when too many lines wait (``_MAX_WAITING``). What waits is journaled
+        already, so a merge that fails here is retried by the next write."""
+        if any(f.waiting >= _MAX_WAITING for f in files):
             with contextlib.suppress(RegistryError):
                 self.flush()
-        return resource_id
 
     def _reserve_id(self) -> int:
         """An entry id no other writer takes: drawn from a block that moved AUTOINCREMENT's
@@ -1101,7 +1102,7 @@ class SQLiteRegistry(Registry):
                 return
             marks = ", ".join("?" * len(sizes))
             sql = f"SELECT id, plans_merged FROM runs WHERE id IN ({marks})"
-            merged = dict(self._read_now(sql, (*sizes,)))
+            merged = dict(self._read(sql, (*sizes,)))
             waiting = [n for n, (size, _) in sizes.items() if n in merged and size > merged[n]]
             if waiting:
                 with self._write() as conn:
@@ -1112,12 +1113,6 @@ class SQLiteRegistry(Registry):
                 for name, (_, mtime) in sizes.items():
                     if name not in merged and now - mtime > _ORPHAN_AFTER_S:
                         self._delete_plans_file(name)
-
-    def _read_now(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        try:
-            return self._connection().execute(sql, args).fetchall()
-        except sqlite3.Error as exc:
-            raise self._unusable(exc) from None
 
     def _delete_plans_file(self, run_id: str) -> None:
         """The run's row is gone, and with it everything its plans file held (merged by the
@@ -1161,9 +1156,7 @@ class SQLiteRegistry(Registry):
             for rid in rids:
                 self._pending.pop(rid, None)
                 del self._journaled[rid]
-        if any(f.waiting >= _MAX_WAITING for f in by_file):
-            with contextlib.suppress(RegistryError):  # journaled already; the next write retries
-                self.flush()
+        self._merge_if_full(*by_file)
         return rest
 
 
@@ -1174,8 +1167,7 @@ class _PlansFile:
         try:
             info = os.lstat(directory)
         except FileNotFoundError:
-            directory.mkdir(mode=0o700, exist_ok=True)
-            os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
+            _private_folder(directory)
             info = os.lstat(directory)
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
             raise OSError(errno.EPERM, "not a folder of this user", str(directory))
@@ -1196,7 +1188,6 @@ class _PlansFile:
             os.close(self.fd)
             raise
         self.size = info.st_size
-        self.pid = os.getpid()
         #: Lines appended since the last merge by this object.
         self.waiting = 0
         #: A write failed and its part could not be cut off: no line may follow it.
@@ -1238,23 +1229,32 @@ def _journal_line(line: bytes) -> tuple[Any, ...] | None:
     try:
         fields = json.loads(line.decode())  # a str: json does not guess its encoding then
     except ValueError:  # UnicodeDecodeError too
-        fields = None
-    if type(fields) is not list or len(fields) < 3:
         return None
-    tag, resource_id, at = fields[0], fields[1], fields[-1 if fields[0] != "r" else 2]
-    if type(resource_id) is not int or resource_id <= 0 or type(at) not in (int, float):
-        tag = None
-    if tag == "p" and len(fields) == 7:
-        if type(fields[2]) is type(fields[3]) is type(fields[4]) is str and type(fields[5]) is dict:
-            return (*fields[:6], float(at))
-    elif tag == "a" and len(fields) == 3:
-        return ("a", resource_id, float(at))
-    elif tag == "r" and len(fields) == 4 and type(fields[3]) is dict:
-        detail = fields[3]
+    if not (type(fields) is list and len(fields) >= 3 and type(fields[1]) is int and fields[1] > 0):
+        return None
+    tag, shape = fields[0], len(fields)
+    extra: tuple[str, ...] = ()
+    if tag == "p" and shape == 7 and _texts(fields[2:5]) and type(fields[5]) is dict:
+        head, at = fields[:6], fields[6]
+    elif tag == "a" and shape == 3:
+        head, at = fields[:2], fields[2]
+    elif tag == "r" and shape == 4 and type(fields[3]) is dict:
+        head, at, detail = fields[:2], fields[2], fields[3]
         by = detail.get("by")
-        text = _by(by) if len(detail) == 1 and type(by) is str else json.dumps(detail)
-        return ("r", resource_id, float(at), text)
-    return None
+        extra = (_by(by) if len(detail) == 1 and type(by) is str else json.dumps(detail),)
+    else:
+        return None
+    return (*head, float(at), *extra) if type(at) in (int, float) else None
+
+
+def _texts(values: list[Any]) -> bool:
+    return all(type(v) is str for v in values)
+
+
+def _private_folder(path: Path) -> None:
+    """Make ``path`` (and its parents) a folder only this user can enter (I7)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask; say it once more
 
 
 @functools.lru_cache(maxsize=16)

@@ -24,6 +24,8 @@ __all__ = ["NAMES", "NAME_PREFIX", "NameStyle", "ReclaimName", "make_name", "par
 
 #: Every name reclaim proposes starts with this (in the default style).
 NAME_PREFIX: Final = "rc_"
+#: A run's id in a name (and ``make_name``'s check of one): eight hex digits.
+_RUN_ID_PATTERN: Final = "[0-9a-f]{8}"
 
 _B36: Final = "0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -71,7 +73,7 @@ class NameStyle:
         s = re.escape(self.separator)
         before = f"(?P<user>{self.user_prefix})" if self.user_prefix is not None else "(?P<user>)"
         pattern = (
-            f"{before}rc{s}(?P<run>[0-9a-f]{{8}}){s}(?P<time>0|[1-9a-z][0-9a-z]{{0,7}})"
+            f"{before}rc{s}(?P<run>{_RUN_ID_PATTERN}){s}(?P<time>0|[1-9a-z][0-9a-z]{{0,7}})"
             f"{s}(?P<seq>[1-9][0-9]{{0,19}})"
         )
         object.__setattr__(self, "_pattern", re.compile(pattern))
@@ -139,7 +141,7 @@ def make_name(run_id: str, seq: int, now: float | None = None) -> str:
     return f"{NAME_PREFIX}{run_id}_{_base36(seconds)}_{seq}"
 
 
-_RUN_ID: Final = re.compile(r"[0-9a-f]{8}")
+_RUN_ID: Final = re.compile(_RUN_ID_PATTERN)
 _MAX_SEQ: Final = 10**20  # the pattern's 20 digits
 _MAX_TIME: Final = 36**8  # its 8 base-36 digits of seconds
 
