@@ -79,6 +79,12 @@ def test_parts_that_make_no_name_are_refused(run_id: str, seq: int, now: float) 
         make_name(run_id, seq, now=now)
 
 
+def test_a_run_id_of_another_type_is_refused_the_same_way() -> None:
+    for run_id in (["0a1b2c3d"], None, b"0a1b2c3d", 12345678):
+        with pytest.raises(ValueError, match="do not make a reclaim name"):
+            make_name(run_id, 1)  # type: ignore[arg-type]
+
+
 def test_tempdir_removes_read_only_trees(registry_path: str, scratch: Path) -> None:
     backend = TempDir(prefix="ro-", parent=scratch)
     path, record = backend.acquire(backend.adapt_name("rc_00000000_a_1"))

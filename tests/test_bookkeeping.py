@@ -612,6 +612,43 @@ def test_an_orphaned_journal_goes_only_when_old_and_without_its_run(tmp_path: Pa
     reg.close()
 
 
+def test_files_in_the_journal_folder_that_are_no_journal_are_never_deleted(
+    tmp_path: Path,
+) -> None:
+    """I8 for the folder reclaim keeps its journals in: an old file without a run row is
+    deleted only once it is proved a journal. A user's notes, an empty file, a journal's
+    look-alike with one line that is not ours, a link and a folder all stay, untouched."""
+    reg, run_id = _journaling(tmp_path)
+    _plan(reg, run_id, 1)
+    folder = Path(f"{reg.path}-plans")
+    outside = tmp_path / "precious"
+    outside.write_text('["p",5,"f","test.noop","rc_0000dead_1_a",{},1.0]\n')
+    kept = {
+        "0000cafe": b"my notes\n",
+        "notes.txt": b"my notes, no newline",
+        "0000f00d": b"",
+        "0000babe": b'["p",5,"f","test.noop","rc_0000babe_1_a",{},1.0]\nnot ours\n',
+    }
+    for name, content in kept.items():
+        (folder / name).write_bytes(content)
+    (folder / "0000beef").symlink_to(outside)
+    (folder / "0000face").mkdir()
+    orphan = folder / "0000dead"
+    orphan.write_text('["p",5,"f","test.noop","rc_0000dead_1_a",{},1.0]\n["r",5,2.0,{"by":"x"}]\n')
+    old = time.time() - 3600
+    for path in [orphan, outside, folder / "0000face", *(folder / n for n in kept)]:
+        os.utime(path, (old, old))
+    os.utime(folder / "0000beef", (old, old), follow_symlinks=False)
+    reg.resources()
+    assert not orphan.exists(), "a proved orphan stayed"
+    for name, content in kept.items():
+        assert (folder / name).read_bytes() == content, name
+    assert (folder / "0000beef").is_symlink()
+    assert outside.read_text().startswith('["p",5,')
+    assert (folder / "0000face").is_dir()
+    reg.close()
+
+
 def test_a_forked_child_draws_no_id_of_its_parents_block(tmp_path: Path) -> None:
     """The reserved block and the open file are the parent's: a child that plans (here, for
     the same run, as no real child would) reserves its own ids and opens the file anew."""

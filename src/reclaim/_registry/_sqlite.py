@@ -1081,7 +1081,8 @@ class SQLiteRegistry(Registry):
 
     def _merge_waiting(self, run_id: str | None) -> None:
         """Before a listing: merge what waits in the plans files (of ``run_id``, or of every
-        run), whoever wrote them; delete the files of runs whose row is gone."""
+        run), whoever wrote them; delete the files of runs whose row is gone, once each is
+        proved to be a journal (I8: the folder may hold a file reclaim never wrote)."""
         with self._lock:
             self.flush()  # this object's own first
             if run_id is not None:
@@ -1094,10 +1095,11 @@ class SQLiteRegistry(Registry):
             sizes: dict[str, tuple[int, float]] = {}
             for name in names:
                 try:
-                    info = os.stat(self.plans_dir / name)
+                    info = os.lstat(self.plans_dir / name)
                 except OSError:
                     continue
-                sizes[name] = (info.st_size, info.st_mtime)
+                if stat.S_ISREG(info.st_mode):  # a link or a folder is none of ours
+                    sizes[name] = (info.st_size, info.st_mtime)
             if not sizes:
                 return
             marks = ", ".join("?" * len(sizes))
@@ -1111,7 +1113,8 @@ class SQLiteRegistry(Registry):
             if run_id is None:
                 now = time.time()
                 for name, (_, mtime) in sizes.items():
-                    if name not in merged and now - mtime > _ORPHAN_AFTER_S:
+                    old = now - mtime > _ORPHAN_AFTER_S
+                    if name not in merged and old and _is_journal(self.plans_dir / name):
                         self._delete_plans_file(name)
 
     def _delete_plans_file(self, run_id: str) -> None:
@@ -1245,6 +1248,18 @@ def _journal_line(line: bytes) -> tuple[Any, ...] | None:
     else:
         return None
     return (*head, float(at), *extra) if type(at) in (int, float) else None
+
+
+def _is_journal(path: Path) -> bool:
+    """Whether ``path`` holds journal lines, each one whole but perhaps the last (a write cut
+    off): only such a file is deleted as an orphan. An empty file proves nothing, and stays."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    end = data.rfind(b"\n") + 1
+    return end > 0 and all(_journal_line(raw) is not None for raw in data[: end - 1].split(b"\n"))
 
 
 def _texts(values: list[Any]) -> bool:

@@ -132,7 +132,11 @@ def make_name(run_id: str, seq: int, now: float | None = None) -> str:
     # Each part checked on its own (the run id once): what they make is then a name of the
     # default style by construction, which a test checks against ``NAMES.parse``.
     if not (
-        _is_run_id(run_id) and type(seq) is int and 0 < seq < _MAX_SEQ and 0 <= seconds < _MAX_TIME
+        isinstance(run_id, str)  # before the cache, which needs a hashable key
+        and _is_run_id(run_id)
+        and type(seq) is int
+        and 0 < seq < _MAX_SEQ
+        and 0 <= seconds < _MAX_TIME
     ):
         raise ValueError(
             f"run id {run_id!r} and sequence {seq!r} do not make a reclaim name"
@@ -147,8 +151,8 @@ _MAX_TIME: Final = 36**8  # its 8 base-36 digits of seconds
 
 
 @functools.lru_cache(maxsize=64)
-def _is_run_id(run_id: object) -> bool:
-    return isinstance(run_id, str) and _RUN_ID.fullmatch(run_id) is not None
+def _is_run_id(run_id: str) -> bool:
+    return _RUN_ID.fullmatch(run_id) is not None
 
 
 def parse_name(text: object) -> ReclaimName | None:
