@@ -22,7 +22,7 @@ from typing import Any, Final, Protocol, TypeGuard, TypeVar
 
 from reclaim._acquire import acquire_failed, journal_plan, unjournaled
 from reclaim._errors import AcquireError, FixtureStateError, RegistryError
-from reclaim._reaper import RetryPolicy, release_resource
+from reclaim._reaper import RetryPolicy, release_held
 from reclaim._registry import Registry, ResourceRecord, ResourceState
 from reclaim._run import Run, current_run
 from reclaim._signals import critical, protected
@@ -56,8 +56,6 @@ LOG_DETAIL: Final = "reclaim"
 
 #: In-process releases retry quickly: a test suite should not stall; the sweeper retries later.
 IN_PROCESS_POLICY: Final = RetryPolicy(attempts=3, first_delay=0.05, factor=4.0, max_delay=1.0)
-
-_OWN_STATES: Final = (ResourceState.PLANNED, ResourceState.ACQUIRED, ResourceState.FAILED)
 
 
 class _State(enum.Enum):
@@ -125,6 +123,13 @@ class _Child:
 _NOTHING: Final = object()
 _Entry = _Held | _Cleanup | _Child
 
+_ACQUIRED: Final = "acquired"
+_RELEASED: Final = "released"
+#: A line of the "reclaim" detail: text, or an acquisition or release said when it is read
+#: (what, the backend, the record, the entry, the run): not the held object, whose value the
+#: log must not keep alive.
+_LogLine = str | tuple[str, type[Backend[Any]], Record, int, str]
+
 
 class Fixture:
     """A context manager (sync and async) that owns resources for the length of a block.
@@ -164,7 +169,7 @@ class Fixture:
         self._details: dict[str, Detail] = {}
         self._children: list[Fixture] = []
         self._foreign: list[Any] = []  # fixtures-library fixtures used through useFixture
-        self._log: list[str] = []  # what it acquired and released: the "reclaim" detail
+        self._log: list[_LogLine] = []  # what it acquired and released: the "reclaim" detail
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
@@ -270,46 +275,45 @@ class Fixture:
             raise unjournaled(backend.kind, None, exc) from None
         name = backend.adapt_name(run.next_name())
         # I1: the name is journaled before the backend creates anything (see _acquire.py).
-        # Journaled and put on the stack as one step (I9): a signal between the two would
-        # leave an entry this fixture does not know it has to release.
-        with critical():
-            resource_id, record = journal_plan(
-                run.registry, run.id, self.name, backend, name, defer=run.defers_marks
-            )
-            held = _Held(backend, run, self.name, resource_id, record)
-            with self._lock:
-                self._stack.append(held)
+        # Journaled and put on the stack as one step (I9): the caller's critical section
+        # holds back a signal that would leave an entry this fixture does not know it holds.
+        resource_id, record = journal_plan(
+            run.registry, run.id, self.name, backend, name, defer=run.defers_marks
+        )
+        held = _Held(backend, run, self.name, resource_id, record)
+        with self._lock:
+            self._stack.append(held)
         return held
 
     def _acquired(self, held: _Held, value: Any, record: Record) -> None:
-        with critical():
-            try:
-                # A record that adds nothing to the planned one is journaled with the next
-                # write: a crash meanwhile leaves the planned entry, which every reaper
-                # releases all the same (I1). One that adds (an id the server chose, a token)
-                # is journaled before the test sees the resource.
-                held.run.registry.mark_acquired(
-                    held.resource_id,
-                    record,
-                    defer=held.run.defers_marks and _same_record(record, held.record),
-                )
-            except RegistryError as exc:
-                # Made, and journaled as planned (I1): it stays on the stack, and the exit (or
-                # the watchdog, or a sweep) releases it from the planned record.
-                name = str(held.record.get("name"))
-                raise AcquireError(
-                    f"{held.backend.kind} {name!r} was created, but the registry could not"
-                    f" journal it as acquired: {exc}. It stays held under its planned entry"
-                    f" {held.resource_id} and is released when the fixture exits",
-                    kind=held.backend.kind,
-                    resource=name,
-                    run_id=held.run.id,
-                    resource_id=held.resource_id,
-                ) from None
+        # Inside the caller's critical section (acquire, aacquire), as _plan is.
+        same = held.run.defers_marks and _same_record(record, held.record)
+        try:
+            # A record that adds nothing to the planned one is journaled with the next write:
+            # a crash meanwhile leaves the planned entry, which every reaper releases all the
+            # same (I1). One that adds (an id the server chose, a token) is journaled before
+            # the test sees the resource.
+            held.run.registry.mark_acquired(held.resource_id, record, defer=same)
+        except RegistryError as exc:
+            # Made, and journaled as planned (I1): it stays on the stack, and the exit (or the
+            # watchdog, or a sweep) releases it from the planned record.
+            name = str(held.record.get("name"))
+            raise AcquireError(
+                f"{held.backend.kind} {name!r} was created, but the registry could not"
+                f" journal it as acquired: {exc}. It stays held under its planned entry"
+                f" {held.resource_id} and is released when the fixture exits",
+                kind=held.backend.kind,
+                resource=name,
+                run_id=held.run.id,
+                resource_id=held.resource_id,
+            ) from None
+        if not same:  # the planned record is a SecretRecord of the backend already
             held.record = secret_record(held.backend, record)
-            held.value = value
-            held.acquired_at = time.time()
-        self._note(f"acquired {_shown(held)} (entry {held.resource_id} of run {held.run.id})")
+        held.value = value
+        held.acquired_at = time.time()
+        self._log.append(
+            (_ACQUIRED, type(held.backend), held.record, held.resource_id, held.run.id)
+        )
 
     def _acquire_failed(self, held: _Held, exc: BaseException) -> None:
         if not isinstance(exc, Exception):
@@ -440,7 +444,7 @@ class Fixture:
         return found
 
     def _note(self, line: str) -> None:
-        self._log.append(line)
+        self._log.append(line)  # acquisitions and releases go as tuples: see _log_line
 
     def _snapshot_details(self) -> None:
         # Set-up failed: read callables now, before releasing destroys what they read.
@@ -645,27 +649,26 @@ class Fixture:
         return await _to_the_end(work, cancelled, trio)
 
     def _release_held(self, held: _Held) -> bool:
-        """Release one resource; True when this call released it (False: somebody else had)."""
-        outcome = release_resource(
+        """Release one resource it holds (True: released; the error is raised otherwise)."""
+        error = release_held(
             held.run.registry,
-            held.entry(),
+            held.resource_id,
+            held.record,
+            type(held.backend),
+            entry=held.entry,
             actor="fixture",
-            states=_OWN_STATES,
             policy=IN_PROCESS_POLICY,
-            backend=type(held.backend),
-            claim=False,  # the owner of a live run (see release_resource)
             defer=held.run.defers_marks,  # journaled with the next write, or flushed
         )
-        if outcome.error is not None:
-            self._note(f"release failed: {outcome.error}")
-            raise outcome.error
-        if outcome.released:
-            self._note(f"released {_shown(held)}")
-            if held.value is not _NOTHING:
-                held.backend.discard(held.value)
-        else:
-            self._note(f"{_shown(held)} was released by another process")
-        return outcome.released
+        if error is not None:
+            self._note(f"release failed: {error}")
+            raise error
+        self._log.append(
+            (_RELEASED, type(held.backend), held.record, held.resource_id, held.run.id)
+        )
+        if held.value is not _NOTHING:
+            held.backend.discard(held.value)
+        return True
 
 
 async def _run_to_end(
@@ -768,8 +771,20 @@ def _read_chunks(value: Detail) -> list[bytes]:
     return [data.encode() if isinstance(data, str) else data]
 
 
-def _log_text(log: list[str]) -> str:
-    return "\n".join(log) + "\n" if log else "nothing acquired\n"
+def _log_text(log: list[_LogLine]) -> str:
+    return "".join(f"{_log_line(line)}\n" for line in log) if log else "nothing acquired\n"
+
+
+def _log_line(line: _LogLine) -> str:
+    """A line of the "reclaim" detail. Acquisitions and releases, on the path of every test,
+    are kept as tuples and said only here, when the detail is read."""
+    if isinstance(line, str):
+        return line
+    what, backend, record, resource_id, run_id = line
+    shown = _shown(backend, record)
+    if what == _ACQUIRED:
+        return f"acquired {shown} (entry {resource_id} of run {run_id})"
+    return f"released {shown}"
 
 
 def _merge(out: dict[str, Any], key: str, value: Any) -> None:
@@ -792,13 +807,13 @@ def _same_record(record: Record, planned: Record) -> bool:
         return False
 
 
-def _shown(held: _Held) -> str:
+def _shown(backend: type[Backend[Any]], record: Record) -> str:
     """A held resource for people (the details' log): its kind and what it is."""
     try:
-        what = type(held.backend).describe(held.record)
+        what = backend.describe(record)
     except Exception:
-        what = str(held.record.get("name", "?"))
-    return f"{held.backend.kind} {what!r}"
+        what = str(record.get("name", "?"))
+    return f"{backend.kind} {what!r}"
 
 
 def _close_awaitable(result: object) -> None:

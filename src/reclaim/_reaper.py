@@ -42,6 +42,7 @@ __all__ = [
     "claim_for_reaping",
     "is_alive",
     "reap_run",
+    "release_held",
     "release_resource",
 ]
 
@@ -176,6 +177,57 @@ def _release_resource(
             # releases it, or the user forgets it explicitly.
             registry.mark_failed(claimed.id, str(exc), attempts=1, actor=actor)
             return ReleaseOutcome(claimed, released=False, error=exc)
+    record = secret_record(backend, claimed.record)
+    last, attempts = _attempt(
+        registry, claimed.id, record, backend, actor=actor, policy=policy, sleep=sleep, defer=defer
+    )
+    if last is None:
+        return ReleaseOutcome(claimed, released=True)
+    error = _failed(registry, claimed, last, attempts, backend, actor=actor)
+    return ReleaseOutcome(claimed, released=False, error=error)
+
+
+def release_held(
+    registry: Registry,
+    resource_id: int,
+    record: Record,
+    backend: type[Backend[Any]],
+    *,
+    entry: Callable[[], ResourceRecord],
+    actor: str,
+    policy: RetryPolicy,
+    defer: bool,
+) -> BaseException | None:
+    """The owner's release of an entry of its live run that it holds (a Fixture's):
+    :func:`release_resource` with ``claim=False``, without building the entry's
+    :class:`ResourceRecord` unless the release fails (``entry`` makes it, for the error).
+    ``record`` is the held record, a :class:`SecretRecord` of ``backend``.
+
+    Returns None when it is released (journaled, or waiting as ``defer`` allows), else the
+    error, already journaled as ``failed``. One critical section (I9), as there."""
+    with critical():
+        last, attempts = _attempt(
+            registry, resource_id, record, backend, actor=actor, policy=policy,
+            sleep=time.sleep, defer=defer,
+        )  # fmt: skip
+        if last is None:
+            return None
+        return _failed(registry, entry(), last, attempts, backend, actor=actor)
+
+
+def _attempt(
+    registry: Registry,
+    resource_id: int,
+    record: Record,
+    backend: type[Backend[Any]],
+    *,
+    actor: str,
+    policy: RetryPolicy,
+    sleep: Callable[[float], None],
+    defer: bool,
+) -> tuple[Exception | None, int]:
+    """Call the backend's release with the policy's retries and journal a success: (None, the
+    attempts) once released, else (the last error, the attempts), not journaled yet."""
     last: Exception | None = None
     attempts = 0
     try:
@@ -184,25 +236,37 @@ def _release_resource(
                 sleep(delay)
             attempts += 1
             try:
-                backend.release(secret_record(backend, claimed.record))
+                backend.release(record)
             except ForeignNameError as exc:
                 # Not ours (I8): no retry can make it ours. Kept as failed, with the reason.
-                last = exc
-                break
+                return exc, attempts
             except Exception as exc:
                 last = exc
                 continue
-            registry.mark_released(claimed.id, actor=actor, defer=defer)
-            return ReleaseOutcome(claimed, released=True)
+            registry.mark_released(resource_id, actor=actor, defer=defer)
+            return None, attempts
     except BaseException:
         # Interrupted by something other than a signal (signals wait for the section's end):
         # a backend that raised KeyboardInterrupt or SystemExit. Keep the entry for the next
         # reaper.
         registry.mark_failed(
-            claimed.id, "interrupted while releasing", attempts=attempts, actor=actor
+            resource_id, "interrupted while releasing", attempts=attempts, actor=actor
         )
         raise
     assert last is not None
+    return last, attempts
+
+
+def _failed(
+    registry: Registry,
+    claimed: ResourceRecord,
+    last: Exception,
+    attempts: int,
+    backend: type[Backend[Any]],
+    *,
+    actor: str,
+) -> BaseException:
+    """Journal a release that failed after its attempts as ``failed`` (I5); its error."""
     reason = redact_text(f"{type(last).__name__}: {last}", claimed.record, backend.secret_fields)
     registry.mark_failed(claimed.id, reason, attempts=attempts, actor=actor)
     error = (
@@ -211,7 +275,7 @@ def _release_resource(
         else _release_error(claimed, reason, attempts)
     )
     add_redacted_cause(error, last, claimed.record, backend.secret_fields)
-    return ReleaseOutcome(claimed, released=False, error=error)
+    return error
 
 
 def add_redacted_cause(

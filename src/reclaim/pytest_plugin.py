@@ -322,13 +322,13 @@ def reclaim_fixture(
 
 def _finish(fixture: Fixture, state: _Session, label: str) -> None:
     """Exit the fixture; release failures become warnings unless strict."""
-    from reclaim._errors import ReclaimWarning, ReleaseError  # noqa: PLC0415  (loading the plugin imports nothing heavy)
-
     try:
         fixture.__exit__(None, None, None)
     except BaseExceptionGroup as group:
         if state.strict:
             raise
+        from reclaim._errors import ReclaimWarning, ReleaseError  # noqa: PLC0415  (loading the plugin imports nothing heavy)
+
         failed, rest = group.split(ReleaseError)
         for exc in _leaves(failed):
             warnings.warn(
