@@ -507,6 +507,8 @@ def test_a_half_written_last_line_is_never_merged_and_nothing_else_is_lost(
         b'["r",7,1.0,"by the fixture"]\n',
         b'["x",7,1.0]\n',
         b"\n",
+        b'["a",7,1.0]["a",7,1.0]\n',  # two values on one line
+        b'["a",7,\n1.0]\n',  # one value over two lines
     ],
 )
 def test_a_damaged_line_is_refused_naming_the_file_and_loses_nothing(
@@ -527,6 +529,19 @@ def test_a_damaged_line_is_refused_naming_the_file_and_loses_nothing(
     # Moved away by the user, as the error says: what was before it is in the file they keep.
     assert any(line.startswith(f'["p",{first},'.encode()) for line in _plan_line_after.split(b"\n"))
     other.close()
+    reg.close()
+
+
+def test_lines_the_one_pass_reader_declines_are_judged_one_by_one(tmp_path: Path) -> None:
+    """A merge reads a stretch in one pass of json's scanner; a line that it declines but that
+    is a journal line (spaces around its value) is still merged, as the line-by-line reader,
+    the only judge, takes it."""
+    reg, run_id = _journaling(tmp_path)
+    kept, gone = _plan(reg, run_id, 1), _plan(reg, run_id, 2)
+    journal = Path(f"{reg.path}-plans") / run_id
+    with journal.open("ab") as f:
+        f.write(f' ["r",{gone},2.0,{{"by":"fixture"}}] \n'.encode())
+    assert _seen(reg.path) == {kept: "planned"}
     reg.close()
 
 

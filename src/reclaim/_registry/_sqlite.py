@@ -39,7 +39,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -84,6 +84,10 @@ _ID_BLOCK: Final = 256
 #: An orphaned plans file (its run's row is gone, so it was merged whole) is deleted by a listing
 #: once it is this old: the close that deleted the row deletes its file itself, right after.
 _ORPHAN_AFTER_S: Final = 60.0
+#: ``json.dumps(..., separators=(",", ":"))`` without building an encoder per call.
+_compact: Final = json.JSONEncoder(separators=(",", ":")).encode
+#: json's C scanner: one value from a position of a str, and where it ends.
+_scan: Final[Callable[[str, int], tuple[Any, int]]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # set by __init__; no stub
 
 _SCHEMA_V1: Final = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -521,7 +525,7 @@ class SQLiteRegistry(Registry):
                 resource_id,
                 kind,
                 name,
-                json.dumps(detail, separators=(",", ":")) if detail else "{}",
+                _compact(detail) if detail else "{}",
             ),
         )
 
@@ -921,7 +925,7 @@ class SQLiteRegistry(Registry):
     def _journal_plan(self, plans: _PlansFile, entry: list[Any]) -> int:
         """Append ``entry`` (fixture, kind, name, record, time) to ``plans``; its new id."""
         resource_id = self._reserve_id()
-        line = json.dumps(["p", resource_id, *entry], separators=(",", ":"))
+        line = _compact(["p", resource_id, *entry])
         kind, name = entry[1], entry[2]
         try:
             plans.append(line.encode() + b"\n")
@@ -939,9 +943,11 @@ class SQLiteRegistry(Registry):
     def _merge_if_full(self, *files: _PlansFile) -> None:
         """Merge now when too many lines wait (``_MAX_WAITING``). What waits is journaled
         already, so a merge that fails here is retried by the next write."""
-        if any(f.waiting >= _MAX_WAITING for f in files):
-            with contextlib.suppress(RegistryError):
-                self.flush()
+        for plans in files:
+            if plans.waiting >= _MAX_WAITING:
+                with contextlib.suppress(RegistryError):
+                    self.flush()
+                return
 
     def _reserve_id(self) -> int:
         """An entry id no other writer takes: drawn from a block that moved AUTOINCREMENT's
@@ -989,20 +995,22 @@ class SQLiteRegistry(Registry):
         end = data.rfind(b"\n") + 1  # after it: a line whose write never returned
         if not end:
             return True
-        lines = []
-        at_byte = start
-        for raw in data[: end - 1].split(b"\n"):
-            parsed = _journal_line(raw)
-            if parsed is None:
-                raise RegistryCorruptError(
-                    f"the journal of run {run_id} in {path} has a damaged line at byte"
-                    f" {at_byte}; reclaim keeps the file and merges nothing of it: check it, and"
-                    " move it away to go on without its entries (`reclaim sweep --leftovers`"
-                    " finds what they named by reclaim's prefix)",
-                    path=str(self.path),
-                )
-            lines.append(parsed)
-            at_byte += len(raw) + 1
+        lines = _journal_lines(data[:end])
+        if lines is None:
+            lines = []
+            at_byte = start
+            for raw in data[: end - 1].split(b"\n"):
+                parsed = _journal_line(raw)
+                if parsed is None:
+                    raise RegistryCorruptError(
+                        f"the journal of run {run_id} in {path} has a damaged line at byte"
+                        f" {at_byte}; reclaim keeps the file and merges nothing of it: check"
+                        " it, and move it away to go on without its entries (`reclaim sweep"
+                        " --leftovers` finds what they named by reclaim's prefix)",
+                        path=str(self.path),
+                    )
+                lines.append(parsed)
+                at_byte += len(raw) + 1
         try:
             self._apply(conn, run_id, lines)
         except sqlite3.IntegrityError as exc:
@@ -1145,14 +1153,16 @@ class SQLiteRegistry(Registry):
             else:
                 by_file.setdefault(plans, []).append(rid)
         detail, at = mark
+        released = f",{at!r},{detail}]\n"
         for plans, rids in by_file.items():
-            text = "".join(
-                (f'["a",{rid},{self._pending[rid][1]!r}]\n' if rid in self._pending else "")
-                + f'["r",{rid},{at!r},{detail}]\n'
-                for rid in rids
-            )
+            parts = []
+            for rid in rids:
+                acquired = self._pending.get(rid)
+                if acquired is not None:
+                    parts.append(f'["a",{rid},{acquired[1]!r}]\n')
+                parts.append(f'["r",{rid}{released}')
             try:
-                plans.append(text.encode())
+                plans.append("".join(parts).encode())
             except OSError:
                 rest.extend(rids)  # as before the journal: kept to be written with the tables
                 continue
@@ -1225,6 +1235,32 @@ class _PlansFile:
             self.fd = -1
 
 
+def _journal_lines(data: bytes) -> list[tuple[Any, ...]] | None:
+    """Whole journal lines (``data`` ends in a newline), each checked as :func:`_journal_line`
+    checks one, read with json's scanner in one pass; None if any line is not one, and the
+    caller reads them one by one to say which (and where), as the only judge."""
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        return None
+    lines = []
+    pos, size = 0, len(text)
+    while pos < size:
+        newline = text.index("\n", pos)  # there is one: data ends with it
+        try:
+            fields, after = _scan(text, pos)
+        except (StopIteration, ValueError):
+            return None
+        if after != newline:  # one value per line, the whole line (JSON lets it span lines)
+            return None
+        parsed = _checked(fields)
+        if parsed is None:
+            return None
+        lines.append(parsed)
+        pos = after + 1
+    return lines
+
+
 def _journal_line(line: bytes) -> tuple[Any, ...] | None:
     """A journal line, checked: ``("p", id, fixture, kind, name, record, time)``,
     ``("a", id, time)`` or ``("r", id, time, detail as JSON)``; None: damaged. A record stays
@@ -1233,6 +1269,11 @@ def _journal_line(line: bytes) -> tuple[Any, ...] | None:
         fields = json.loads(line.decode())  # a str: json does not guess its encoding then
     except ValueError:  # UnicodeDecodeError too
         return None
+    return _checked(fields)
+
+
+def _checked(fields: Any) -> tuple[Any, ...] | None:
+    """A journal line's value as :func:`_journal_line` gives it; None: not one."""
     if not (type(fields) is list and len(fields) >= 3 and type(fields[1]) is int and fields[1] > 0):
         return None
     tag, shape = fields[0], len(fields)
@@ -1275,7 +1316,7 @@ def _private_folder(path: Path) -> None:
 @functools.lru_cache(maxsize=16)
 def _by(actor: str) -> str:
     """The detail of a released event: who released it (a handful of actors, so cached)."""
-    return json.dumps({"by": actor}, separators=(",", ":"))
+    return _compact({"by": actor})
 
 
 def _set_wal(conn: sqlite3.Connection) -> None:
