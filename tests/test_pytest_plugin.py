@@ -185,6 +185,46 @@ def test_uses_it(half_built):
     assert held(registry_path) == []
 
 
+NAMES = """
+import json, os, pathlib
+import pytest
+
+SCRATCH = pathlib.Path(os.environ["SCRATCH"])
+
+def _note(fixture, key):
+    (SCRATCH / f"{key}.json").write_text(json.dumps(fixture.name))
+
+@pytest.fixture
+def uses_reclaim(reclaim):
+    return reclaim
+
+def test_first(reclaim):
+    _note(reclaim, "first")
+
+def test_second(uses_reclaim):
+    _note(uses_reclaim, "second")
+
+def test_late(request):
+    _note(request.getfixturevalue("reclaim"), "late")
+"""
+
+
+def test_each_tests_fixture_is_named_by_its_test(suite: pytest.Pytester, scratch: Path) -> None:
+    """The ``reclaim`` fixture's name (its entries' ``fixture``, its warnings' label) is the
+    node id of the test it serves, asked for directly, through another fixture or late."""
+    suite.makepyfile(test_names=NAMES)
+    suite.runpytest_subprocess().assert_outcomes(passed=3)
+    names = {
+        key: json.loads((scratch / f"{key}.json").read_text())
+        for key in ("first", "second", "late")
+    }
+    assert names == {
+        "first": "test_names.py::test_first",
+        "second": "test_names.py::test_second",
+        "late": "test_names.py::test_late",
+    }
+
+
 FLAKY = """
 import os, pathlib
 from reclaim_test_backends import Flaky

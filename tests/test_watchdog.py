@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pytest
 
+import reclaim
 from conftest import CHILD_TIMEOUT, Spawner, alive, kill, reclaim_cli, wait_until
 from reclaim._identity import current_identity
 from reclaim._registry import open_registry
+from reclaim._run import end_run, existing_run
+from reclaim.backends.path import TempDir
 
 HOLDER = """
 import json, os, sys, time
@@ -134,6 +137,29 @@ def test_clean_exit_stops_the_watchdog_without_work(scratch: Path, registry_path
     assert "run.reaped" not in events
     assert list(scratch.iterdir()) == []
     reg.close()
+
+
+def test_a_closed_runs_watchdog_exits_and_is_reaped_in_the_background(
+    monkeypatch: pytest.MonkeyPatch, scratch: Path, registry_path: str
+) -> None:
+    """A close does not wait for the watchdog's interpreter to exit; a thread reaps it, so no
+    zombie is left while the owner lives, and it exits having done nothing."""
+    monkeypatch.delenv("RECLAIM_WATCHDOG", raising=False)
+    with reclaim.Fixture("reaped") as f:
+        f.acquire(TempDir(parent=scratch))
+    run = existing_run(registry_path)
+    assert run is not None
+    assert run.watchdog is not None
+    watchdog = run.watchdog
+    end_run(registry_path)
+    wait_until(lambda: watchdog.returncode is not None, timeout=5)  # waited for: no zombie
+    assert watchdog.returncode == 0
+    assert not alive(watchdog.pid)
+    reg = open_registry(registry_path)
+    events = [e.event for e in reg.events() if e.run_id == run.id]
+    reg.close()
+    assert events[-1] == "run.closed"
+    assert "run.reaped" not in events
 
 
 SIGNALLED = """

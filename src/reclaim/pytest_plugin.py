@@ -265,8 +265,25 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 # --- fixtures -------------------------------------------------------------------------------
 
 
-def _provide(request: pytest.FixtureRequest, label: str) -> Iterator[Fixture]:
-    state = request.config.stash[_STATE]
+#: The tests running now, the innermost last (pytester runs a session inside a test): their
+#: plugin states and node ids, for the ``reclaim`` fixture.
+_running: list[tuple[_Session, str]] = []
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    """Note the test that runs now: the ``reclaim`` fixture names itself by it. (The fixture
+    asks for no other fixture: pytest makes the ``request`` fixture's definition anew, with a
+    signature to inspect, each time a fixture that depends on it, ``pytestconfig`` included,
+    is set up, which would cost more than all of reclaim's own work for a test.)"""
+    _running.append((item.config.stash[_STATE], item.nodeid))
+    try:
+        return (yield)
+    finally:
+        _running.pop()
+
+
+def _provide(state: _Session, label: str) -> Iterator[Fixture]:
     fixture = _fixture_class()(label, state=state)
     fixture.__enter__()
     yield fixture
@@ -274,16 +291,19 @@ def _provide(request: pytest.FixtureRequest, label: str) -> Iterator[Fixture]:
 
 
 @pytest.fixture
-def reclaim(request: pytest.FixtureRequest) -> Iterator[Fixture]:
+def reclaim() -> Iterator[Fixture]:
     """A :class:`reclaim.Fixture` for this test: what it acquires is released at teardown."""
-    yield from _provide(request, request.node.nodeid)
+    if not _running:
+        raise RuntimeError("the reclaim fixture is for tests that pytest runs")
+    state, test = _running[-1]
+    yield from _provide(state, test)
 
 
 @pytest.fixture(scope="session")
-def reclaim_session(request: pytest.FixtureRequest) -> Iterator[Fixture]:
+def reclaim_session(pytestconfig: pytest.Config) -> Iterator[Fixture]:
     """A :class:`reclaim.Fixture` for the whole session (per xdist worker): for expensive
     infrastructure created once, released when the session ends."""
-    yield from _provide(request, "session")
+    yield from _provide(pytestconfig.stash[_STATE], "session")
 
 
 @pytest.fixture
@@ -314,7 +334,7 @@ def reclaim_fixture(
     """
 
     def _scoped(request: pytest.FixtureRequest) -> Iterator[Fixture]:
-        yield from _provide(request, request.node.nodeid or scope)
+        yield from _provide(request.config.stash[_STATE], request.node.nodeid or scope)
 
     _scoped.__name__ = name or f"reclaim_{scope}"
     return pytest.fixture(scope=scope, name=_scoped.__name__)(_scoped)
