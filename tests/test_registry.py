@@ -131,6 +131,24 @@ def test_schema_records_runs_resources_events(registry_path: str) -> None:
         raw.close()
 
 
+def test_events_with_the_same_detail_each_get_their_own(registry_path: str) -> None:
+    """A page of events decodes each distinct detail once; every event still has a dict of
+    its own, so that changing one changes no other."""
+    reg = open_registry(registry_path)
+    after = reg.last_event_id()
+    for n in range(3):
+        reg.add_event("test.same", detail={"by": "fixture", "n": 0})
+        reg.add_event("test.other", detail={"by": "sweeper", "n": n})
+    events = reg.events(after_id=after)
+    reg.close()
+    same = [e for e in events if e.event == "test.same"]
+    assert [e.detail for e in same] == [{"by": "fixture", "n": 0}] * 3
+    assert [e.detail["n"] for e in events if e.event == "test.other"] == [0, 1, 2]
+    same[0].detail["n"] = 99
+    assert [e.detail["n"] for e in same] == [99, 0, 0]
+    assert all(type(e.id) is int and e.id > after for e in events)
+
+
 def test_a_version_1_registry_is_migrated_and_keeps_its_entries(tmp_path: Path) -> None:
     path = tmp_path / "v1.sqlite3"
     raw = sqlite3.connect(path)

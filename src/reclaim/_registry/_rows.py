@@ -7,7 +7,13 @@ import json
 from typing import Any, Final
 
 from reclaim._identity import Identity
-from reclaim._registry._model import ResourceRecord, ResourceState, RunRecord, RunState
+from reclaim._registry._model import (
+    EventRecord,
+    ResourceRecord,
+    ResourceState,
+    RunRecord,
+    RunState,
+)
 
 __all__ = [
     "RESOURCE_COLUMNS",
@@ -120,3 +126,24 @@ def opened_detail(owner: Identity, label: str, parent_id: str | None) -> dict[st
         "label": label,
         **({"parent": parent_id} if parent_id else {}),
     }
+
+
+def events_from_rows(rows: list[tuple[Any, ...]]) -> list[EventRecord]:
+    """Rows of ``id, at, event, run_id, resource_id, kind, name, detail`` (as text) as
+    events. A page of the log holds few distinct details (``{}``, who released it): each is
+    decoded once per page, and every event gets a copy of its own."""
+    decoded: dict[str, dict[str, Any]] = {}
+    out = []
+    for r in rows:
+        text = r[7]
+        detail = decoded.get(text)
+        if detail is None:
+            detail = decoded[text] = json.loads(text)
+        resource_id = r[4]
+        out.append(
+            EventRecord(
+                int(r[0]), r[1], r[2], r[3], None if resource_id is None else int(resource_id),
+                r[5], r[6], dict(detail),
+            )
+        )  # fmt: skip
+    return out

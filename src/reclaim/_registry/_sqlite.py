@@ -56,6 +56,7 @@ from reclaim._registry._model import (
 from reclaim._registry._rows import (
     RESOURCE_COLUMNS,
     RUN_COLUMNS,
+    events_from_rows,
     opened_detail,
     opened_run,
     resource_from_row,
@@ -861,19 +862,7 @@ class SQLiteRegistry(Registry):
             " WHERE id > ? ORDER BY id LIMIT ?",
             (after_id, limit),
         )
-        return [
-            EventRecord(
-                id=r[0],
-                at=r[1],
-                event=r[2],
-                run_id=r[3],
-                resource_id=r[4],
-                kind=r[5],
-                name=r[6],
-                detail=json.loads(r[7]),
-            )
-            for r in rows
-        ]
+        return events_from_rows(rows)
 
     def last_event_id(self) -> int:
         rows = self._read("SELECT COALESCE(MAX(id), 0) FROM events", ())
