@@ -1263,21 +1263,29 @@ def _journal_line(line: bytes) -> tuple[Any, ...] | None:
 
 def _checked(fields: Any) -> tuple[Any, ...] | None:
     """A journal line's value as :func:`_journal_line` gives it; None: not one."""
-    if not (type(fields) is list and len(fields) >= 3 and type(fields[1]) is int and fields[1] > 0):
+    # Plain comparisons, no helper: a merge runs this for every line (issue 15).
+    if type(fields) is not list or len(fields) < 3:
         return None
-    tag, shape = fields[0], len(fields)
-    extra: tuple[str, ...] = ()
-    if tag == "p" and shape == 7 and _texts(fields[2:5]) and type(fields[5]) is dict:
-        head, at = fields[:6], fields[6]
+    tag, resource_id, shape = fields[0], fields[1], len(fields)
+    line: tuple[Any, ...] | None = None
+    if tag == "p" and shape == 7:
+        if (
+            type(fields[2]) is str
+            and type(fields[3]) is str
+            and type(fields[4]) is str
+            and type(fields[5]) is dict
+            and type(fields[6]) in (int, float)
+        ):
+            line = ("p", resource_id, fields[2], fields[3], fields[4], fields[5], float(fields[6]))
     elif tag == "a" and shape == 3:
-        head, at = fields[:2], fields[2]
-    elif tag == "r" and shape == 4 and type(fields[3]) is dict:
-        head, at, detail = fields[:2], fields[2], fields[3]
+        if type(fields[2]) in (int, float):
+            line = ("a", resource_id, float(fields[2]))
+    elif tag == "r" and shape == 4 and type(fields[2]) in (int, float) and type(fields[3]) is dict:
+        detail = fields[3]
         by = detail.get("by")
-        extra = (_by(by) if len(detail) == 1 and type(by) is str else json.dumps(detail),)
-    else:
-        return None
-    return (*head, float(at), *extra) if type(at) in (int, float) else None
+        text = _by(by) if len(detail) == 1 and type(by) is str else json.dumps(detail)
+        line = ("r", resource_id, float(fields[2]), text)
+    return line if type(resource_id) is int and resource_id > 0 else None
 
 
 def _is_journal(path: Path) -> bool:
@@ -1290,10 +1298,6 @@ def _is_journal(path: Path) -> bool:
         return False
     end = data.rfind(b"\n") + 1
     return end > 0 and all(_journal_line(raw) is not None for raw in data[: end - 1].split(b"\n"))
-
-
-def _texts(values: list[Any]) -> bool:
-    return all(type(v) is str for v in values)
 
 
 def _private_folder(path: Path) -> None:
