@@ -564,7 +564,7 @@ class Fixture:
         if not self._begin_release():
             return errors
         try:
-            while True:
+            while self._stack:  # nothing else takes from it, and nothing adds while closing
                 try:
                     # Taken off the stack and run as one step (I9): a signal in between would
                     # lose the entry. The signal is raised after it, and the rest still runs.

@@ -49,16 +49,21 @@ class TempDir(Backend[Path]):
             raise ValueError(f"TempDir prefix {prefix!r} must not contain '/' or NUL")
         self.prefix = prefix or ""
         self._parent = os.fspath(parent) if parent is not None else tempfile.gettempdir()
+        self._planned: tuple[str, str] | None = None  # (name, path): plan runs twice per name
 
     @property
     def parent(self) -> Path:
         return Path(self._parent)
 
     def plan(self, name: str) -> Record:
-        # os.path, not pathlib: this runs twice per directory, on the path of every test.
-        parent = self._parent if os.path.isabs(self._parent) else os.path.abspath(self._parent)
-        path = os.path.normpath(f"{parent}/{self.prefix}{name}")
-        return {"name": name, "path": path, "prefix": self.prefix}
+        # os.path, not pathlib, and once per name: this runs twice per directory (the journal's
+        # plan, then acquire), on the path of every test. A relative parent is resolved once,
+        # so both see the same path.
+        planned = self._planned
+        if planned is None or planned[0] != name:
+            parent = self._parent if os.path.isabs(self._parent) else os.path.abspath(self._parent)
+            planned = self._planned = (name, os.path.normpath(f"{parent}/{self.prefix}{name}"))
+        return {"name": name, "path": planned[1], "prefix": self.prefix}
 
     @classmethod
     def owned_identities(
@@ -77,9 +82,9 @@ class TempDir(Backend[Path]):
 
     def acquire(self, name: str) -> tuple[Path, Record]:
         record = self.plan(name)
-        path = Path(record["path"])
         try:
-            path.mkdir(mode=0o700)  # fails if something is there already: never adopt a stranger
+            # Fails if something is there already: never adopt a stranger.
+            os.mkdir(record["path"], 0o700)
         except OSError as exc:
             # mkdir is one system call: when it fails, nothing was made (a name too long, no
             # parent, no permission), and what is there already is not ours to remove.
@@ -89,10 +94,10 @@ class TempDir(Backend[Path]):
                 record,
                 "make the directory",
                 exc,
-                where=_shorten(str(path)),
+                where=_shorten(record["path"]),
                 reason=_os_reason,
             ) from exc
-        return path, record
+        return Path(record["path"]), record
 
     #: The watchdog and the sweeper release a dead run's directories 256 at a time: one
     #: registry transaction for the claims and one for the outcomes (rmtree each stays its own).
