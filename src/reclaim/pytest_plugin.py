@@ -35,6 +35,7 @@ command line               ini option            meaning
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import secrets
 import sys
@@ -594,33 +595,38 @@ def _counts(state: _Session) -> tuple[_Counts, str | None]:
 def _session_events(
     registry: Registry, parent: str, after: int
 ) -> tuple[dict[str, dict[str, Any]], dict[int, _Entry]]:
-    """(the session's runs, each with its ``run.opened`` detail; their resources' histories)."""
+    """(the session's runs, each with its ``run.opened`` detail; their resources' histories).
+    Read as the log's rows: a detail is decoded only where it is needed, once per text (three
+    events a test, most with the same detail)."""
     runs: dict[str, dict[str, Any]] = {}
     entries: dict[int, _Entry] = {}
-    while page := registry.events(after_id=after, limit=5000):
-        after = page[-1].id
-        for event in page:
-            if event.event == "run.opened":
-                if event.detail.get("parent") == parent and event.run_id is not None:
-                    runs[event.run_id] = event.detail
+    details: dict[str, dict[str, Any]] = {}
+    while page := registry.event_rows(after_id=after, limit=5000):
+        after = page[-1][0]
+        for _id, _at, event, run_id, resource_id, kind, name, text in page:
+            if event == "run.opened":
+                detail = json.loads(text)
+                if detail.get("parent") == parent and run_id is not None:
+                    runs[run_id] = detail
                 continue
-            if event.run_id not in runs or event.resource_id is None:
+            if run_id not in runs or resource_id is None:
                 continue
-            entry = entries.get(event.resource_id)
-            if event.event == "resource.planned":
-                entries[event.resource_id] = _Entry(
-                    str(event.run_id), str(event.kind), str(event.name)
-                )
+            if event == "resource.planned":
+                entries[resource_id] = _Entry(str(run_id), str(kind), str(name))
                 continue
+            entry = entries.get(resource_id)
             if entry is None:
                 continue  # planned before the session began
-            outcome = event.event.removeprefix("resource.")
+            outcome = event.removeprefix("resource.")
             if outcome == "acquired":
                 entry.acquired = True
             elif outcome in ("released", "failed", "not_created", "forgotten"):
+                detail = details.get(text)
+                if detail is None:
+                    detail = details[text] = json.loads(text)  # only read, never changed
                 entry.outcome = outcome
-                entry.by = event.detail.get("by")
-                entry.error = event.detail.get("error")
+                entry.by = detail.get("by")
+                entry.error = detail.get("error")
     return runs, entries
 
 

@@ -8,7 +8,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from reclaim._identity import Identity
-from reclaim._registry._model import EventRecord, ResourceRecord, ResourceState, RunRecord
+from reclaim._registry._model import (
+    EventRecord,
+    EventRow,
+    ResourceRecord,
+    ResourceState,
+    RunRecord,
+)
+from reclaim._registry._rows import events_from_rows
 
 __all__ = ["Registry"]
 
@@ -202,8 +209,14 @@ class Registry(abc.ABC):
     ) -> None: ...
 
     @abc.abstractmethod
+    def event_rows(self, after_id: int = 0, limit: int = 1000) -> list[EventRow]:
+        """:meth:`events` as the log stores them: ``(id, at, event, run_id, resource_id,
+        kind, name, detail as JSON text)``, for a reader of many that needs few details (the
+        pytest summary)."""
+
     def events(self, after_id: int = 0, limit: int = 1000) -> list[EventRecord]:
         """Events with an id above ``after_id``, oldest first."""
+        return events_from_rows(self.event_rows(after_id, limit))
 
     def last_event_id(self) -> int:
         """The id of the newest event (0 when there is none): where a follower starts."""

@@ -96,3 +96,8 @@ class EventRecord:
     kind: str | None
     name: str | None
     detail: dict[str, Any]
+
+
+#: An event as the log stores it: ``(id, at, event, run_id, resource_id, kind, name, detail as
+#: JSON text)`` (:meth:`Registry.event_rows`).
+EventRow = tuple[int, float, str, str | None, int | None, str | None, str | None, str]

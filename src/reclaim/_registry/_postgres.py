@@ -59,7 +59,7 @@ from reclaim._errors import (
 from reclaim._identity import Identity
 from reclaim._registry._base import Registry
 from reclaim._registry._model import (
-    EventRecord,
+    EventRow,
     ResourceRecord,
     ResourceState,
     RunRecord,
@@ -68,7 +68,6 @@ from reclaim._registry._model import (
 from reclaim._registry._rows import (
     RESOURCE_COLUMNS,
     RUN_COLUMNS,
-    events_from_rows,
     opened_detail,
     opened_run,
     resource_from_row,
@@ -1169,13 +1168,12 @@ class PostgresRegistry(Registry):
 
         return self._transact(body)
 
-    def events(self, after_id: int = 0, limit: int = 1000) -> list[EventRecord]:
-        rows = self._read_log(
+    def event_rows(self, after_id: int = 0, limit: int = 1000) -> list[EventRow]:
+        return self._read_log(
             "SELECT id, at, event, run_id, resource_id, kind, name, detail FROM events"
             " WHERE id > %s ORDER BY id LIMIT %s",
             (after_id, limit),
         )
-        return events_from_rows(rows)
 
     def last_event_id(self) -> int:
         rows = self._read_log("SELECT COALESCE(MAX(id), 0) FROM events")

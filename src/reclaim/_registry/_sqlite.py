@@ -47,7 +47,7 @@ from reclaim._errors import RegistryCorruptError, RegistryError, RegistryVersion
 from reclaim._identity import Identity
 from reclaim._registry._base import Registry
 from reclaim._registry._model import (
-    EventRecord,
+    EventRow,
     ResourceRecord,
     ResourceState,
     RunRecord,
@@ -56,7 +56,6 @@ from reclaim._registry._model import (
 from reclaim._registry._rows import (
     RESOURCE_COLUMNS,
     RUN_COLUMNS,
-    events_from_rows,
     opened_detail,
     opened_run,
     resource_from_row,
@@ -856,13 +855,12 @@ class SQLiteRegistry(Registry):
                 detail=detail,
             )
 
-    def events(self, after_id: int = 0, limit: int = 1000) -> list[EventRecord]:
-        rows = self._read(
+    def event_rows(self, after_id: int = 0, limit: int = 1000) -> list[EventRow]:
+        return self._read(
             "SELECT id, at, event, run_id, resource_id, kind, name, detail FROM events"
             " WHERE id > ? ORDER BY id LIMIT ?",
             (after_id, limit),
         )
-        return events_from_rows(rows)
 
     def last_event_id(self) -> int:
         rows = self._read("SELECT COALESCE(MAX(id), 0) FROM events", ())
