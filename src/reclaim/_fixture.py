@@ -311,9 +311,7 @@ class Fixture:
             held.record = secret_record(held.backend, record)
         held.value = value
         held.acquired_at = time.time()
-        self._log.append(
-            (_ACQUIRED, type(held.backend), held.record, held.resource_id, held.run.id)
-        )
+        self._log.append(_logged(_ACQUIRED, held))
 
     def _acquire_failed(self, held: _Held, exc: BaseException) -> None:
         if not isinstance(exc, Exception):
@@ -663,9 +661,7 @@ class Fixture:
         if error is not None:
             self._note(f"release failed: {error}")
             raise error
-        self._log.append(
-            (_RELEASED, type(held.backend), held.record, held.resource_id, held.run.id)
-        )
+        self._log.append(_logged(_RELEASED, held))
         if held.value is not _NOTHING:
             held.backend.discard(held.value)
         return True
@@ -773,6 +769,10 @@ def _read_chunks(value: Detail) -> list[bytes]:
 
 def _log_text(log: list[_LogLine]) -> str:
     return "".join(f"{_log_line(line)}\n" for line in log) if log else "nothing acquired\n"
+
+
+def _logged(what: str, held: _Held) -> _LogLine:
+    return (what, type(held.backend), held.record, held.resource_id, held.run.id)
 
 
 def _log_line(line: _LogLine) -> str:

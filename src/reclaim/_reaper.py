@@ -100,24 +100,14 @@ def release_resource(
     policy: RetryPolicy | None = None,
     backend: type[Backend[Any]] | None = None,
     sleep: Callable[[float], None] = time.sleep,
-    claim: bool = True,
-    defer: bool = False,
 ) -> ReleaseOutcome:
     """Release one resource: claim it, call its backend with retries, journal the outcome.
+    (A Fixture releasing what it holds goes without the claim: :func:`release_held`.)
 
     Args:
         actor: who releases ("fixture", "exit", "watchdog", "sweeper"), for the event log.
         states: the states it may be taken from; a resource in another state is left alone.
         backend: the class, when the caller has it; otherwise found by kind (entry points).
-        claim: False only for the owner of a live run releasing an entry it holds (a Fixture),
-            given as the ``ResourceRecord`` it holds: the release goes without the claim's
-            transaction. Nobody else releases a live run's entries (I4), and a reaper that
-            judged the run dead takes over a ``releasing`` entry all the same, so the claim
-            would not keep the two apart; a double release is a no-op (I3). The outcome is
-            journaled as always.
-        defer: only with ``claim=False``: a success may be journaled with the owner's next
-            write (see :meth:`Registry.mark_released`); a crash meanwhile leaves an entry
-            that a reaper releases again, a no-op.
 
     Returns the outcome; the error in it is a :class:`ReleaseError` (or the
     :class:`BackendNotFoundError`), already journaled as ``failed``.
@@ -126,20 +116,11 @@ def release_resource(
     arrives meanwhile is raised once the outcome is journaled, so a release is never left
     ``releasing`` by Ctrl-C or SIGTERM, and the resource is never left behind half-deleted.
     """
-    if defer and claim:
-        raise ValueError("release_resource(defer=True) is for the owner's claim=False only")
     with critical():
         return _release_resource(
-            registry,
-            resource,
-            actor=actor,
-            states=states,
-            policy=policy,
-            backend=backend,
+            registry, resource, actor=actor, states=states, policy=policy, backend=backend,
             sleep=sleep,
-            claim=claim,
-            defer=defer,
-        )
+        )  # fmt: skip
 
 
 def _release_resource(
@@ -151,19 +132,12 @@ def _release_resource(
     policy: RetryPolicy | None,
     backend: type[Backend[Any]] | None,
     sleep: Callable[[float], None],
-    claim: bool,
-    defer: bool,
 ) -> ReleaseOutcome:
     policy = policy or RetryPolicy()
-    if claim:
-        resource_id = resource if isinstance(resource, int) else resource.id
-        claimed = registry.begin_release(resource_id, states=states)
-        if claimed is None:
-            return ReleaseOutcome(None, released=False, skipped=True)
-    else:
-        if isinstance(resource, int):
-            raise TypeError("release_resource(claim=False) takes the ResourceRecord held")
-        claimed = resource
+    resource_id = resource if isinstance(resource, int) else resource.id
+    claimed = registry.begin_release(resource_id, states=states)
+    if claimed is None:
+        return ReleaseOutcome(None, released=False, skipped=True)
     if claimed.damaged is not None:
         # Nobody knows what a damaged row names (I8): kept, reported by id, never released.
         assert claimed.last_error is not None
@@ -179,7 +153,7 @@ def _release_resource(
             return ReleaseOutcome(claimed, released=False, error=exc)
     record = secret_record(backend, claimed.record)
     last, attempts = _attempt(
-        registry, claimed.id, record, backend, actor=actor, policy=policy, sleep=sleep, defer=defer
+        registry, claimed.id, record, backend, actor=actor, policy=policy, sleep=sleep, defer=False
     )
     if last is None:
         return ReleaseOutcome(claimed, released=True)
@@ -198,13 +172,18 @@ def release_held(
     policy: RetryPolicy,
     defer: bool,
 ) -> BaseException | None:
-    """The owner's release of an entry of its live run that it holds (a Fixture's):
-    :func:`release_resource` with ``claim=False``, without building the entry's
-    :class:`ResourceRecord` unless the release fails (``entry`` makes it, for the error).
-    ``record`` is the held record, a :class:`SecretRecord` of ``backend``.
+    """The owner's release of an entry of its live run that it holds (a Fixture's): the
+    attempts and outcomes of :func:`release_resource`, without the claim's transaction.
+    Nobody else releases a live run's entries (I4), and a reaper that judged the run dead
+    takes over a ``releasing`` entry all the same, so the claim would not keep the two apart;
+    a double release is a no-op (I3). The entry's :class:`ResourceRecord` is built only for
+    an error (``entry`` makes it). ``record`` is the held record, a :class:`SecretRecord` of
+    ``backend``.
 
-    Returns None when it is released (journaled, or waiting as ``defer`` allows), else the
-    error, already journaled as ``failed``. One critical section (I9), as there."""
+    With ``defer`` a success may be journaled with the owner's next write (see
+    :meth:`Registry.mark_released`); a crash meanwhile leaves an entry that a reaper releases
+    again, a no-op. Returns None when it is released, else the error, already journaled as
+    ``failed``. One critical section (I9), as there."""
     with critical():
         last, attempts = _attempt(
             registry, resource_id, record, backend, actor=actor, policy=policy,
