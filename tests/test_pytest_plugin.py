@@ -116,11 +116,29 @@ def test_a_suite_that_acquires_nothing_creates_nothing(
 ) -> None:
     pytester.makeini(INI)
     pytester.makepyfile("def test_plain(): pass\n")
-    result = pytester.runpytest_subprocess()
+    # What of reclaim the session imported, once its last hook (the summary) has run.
+    pytester.makeconftest(
+        "import json, sys\n"
+        "def pytest_unconfigure(config):\n"
+        "    names = sorted(m for m in sys.modules if m.split('.')[0] == 'reclaim')\n"
+        "    print('reclaim modules: ' + json.dumps(names))\n"
+    )
+    result = pytester.runpytest_subprocess("-s")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["plugins: *reclaim-*"])  # loaded through its entry point
     assert "reclaim:" not in result.stdout.str()
     assert not registry_exists(registry_path), "no registry is created when nothing is acquired"
+    if "://" in registry_path:
+        return  # a shared registry is opened to learn whether its tables exist
+    # Nor is a registry file's code imported: the plugin costs such a suite its options only.
+    line = next(ln for ln in result.stdout.lines if ln.startswith("reclaim modules: "))
+    imported = json.loads(line.removeprefix("reclaim modules: "))
+    assert imported == [
+        "reclaim",
+        "reclaim._duration",
+        "reclaim._settings",
+        "reclaim.pytest_plugin",
+    ]
 
 
 def test_the_session_pattern_shared_database_cheap_per_test_cleanup(

@@ -36,6 +36,7 @@ __all__ = [
     "WATCHDOG_REGISTRY",
     "WRITE_DELAY",
     "Setting",
+    "default_location",
 ]
 
 
@@ -212,3 +213,16 @@ DEFAULT_SWEEP_GRACE: Final = 300.0
 #: re-running a suite wants the last run's leftovers gone; on the same host a dead owner is
 #: certain from its pid and start time, and its watchdog has had ten seconds.
 DEFAULT_PYTEST_GRACE: Final = 10.0
+
+
+def default_location() -> str:
+    """The registry's location: ``$RECLAIM_REGISTRY``, else
+    ``$XDG_STATE_HOME/reclaim/registry.sqlite3`` (by default under ``~/.local/state``). Here,
+    not in the registry's package, so that the pytest plugin learns it without importing the
+    registry: a suite that acquires nothing has none to open."""
+    configured = REGISTRY.get()
+    if configured:
+        return configured
+    state_home = os.environ.get("XDG_STATE_HOME", "").strip()
+    base = state_home or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "reclaim", "registry.sqlite3")

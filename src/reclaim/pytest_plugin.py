@@ -645,9 +645,7 @@ def _parent(session_id: str) -> str:
 
 
 def _location() -> str:
-    from reclaim._registry import default_location  # noqa: PLC0415  (loading the plugin imports nothing heavy)
-
-    return default_location()
+    return settings.default_location()
 
 
 def _shown(location: str) -> str:

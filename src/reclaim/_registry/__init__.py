@@ -7,9 +7,6 @@ here knows of backends, fixtures or the reaper.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from reclaim import _settings as settings
 from reclaim._registry._base import Registry
 from reclaim._registry._model import (
@@ -19,6 +16,7 @@ from reclaim._registry._model import (
     RunRecord,
     RunState,
 )
+from reclaim._settings import default_location
 
 __all__ = [
     "EventRecord",
@@ -33,17 +31,6 @@ __all__ = [
 ]
 
 ENV_VAR = settings.REGISTRY.name
-
-
-def default_location() -> str:
-    """``$RECLAIM_REGISTRY``, else ``$XDG_STATE_HOME/reclaim/registry.sqlite3`` (by default under
-    ``~/.local/state``)."""
-    configured = settings.REGISTRY.get()
-    if configured:
-        return configured
-    state_home = os.environ.get("XDG_STATE_HOME", "").strip()
-    base = Path(state_home) if state_home else Path.home() / ".local" / "state"
-    return str(base / "reclaim" / "registry.sqlite3")
 
 
 def shown_location(location: str) -> str:
