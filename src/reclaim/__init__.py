@@ -43,7 +43,8 @@ if TYPE_CHECKING:
     from reclaim._fixture import Fixture
     from reclaim._persona import AsyncPersona, Persona
     from reclaim._reaper import RetryPolicy
-    from reclaim._registry import ResourceState, RunState, default_location, open_registry
+    from reclaim._registry import ResourceState, RunState, open_registry
+    from reclaim._settings import default_location
     from reclaim._signals import Terminated
     from reclaim._sweep import SweepReport, sweep
 
@@ -77,7 +78,7 @@ _EXPORTS: dict[str, str] = {
     "sweep": "reclaim._sweep",
     "ResourceState": "reclaim._registry",
     "RunState": "reclaim._registry",
-    "default_location": "reclaim._registry",
+    "default_location": "reclaim._settings",
     "open_registry": "reclaim._registry",
     "Terminated": "reclaim._signals",
 }

@@ -225,7 +225,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     state = session.config.stash[_STATE]
     if state.worker is not None:
         return  # only the controller sweeps
-    location = _location()
+    location = settings.default_location()
     if not _registry_exists(location):
         return  # nothing was ever acquired here: nothing to sweep, and nothing is created
     try:
@@ -258,7 +258,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         failed = f"; {state.swept_failed} failed (`reclaim status`)" if state.swept_failed else ""
         return [
             f"reclaim: reclaimed {state.swept_released} resources of {state.swept_runs} dead"
-            f" runs from {_shown(_location())}{failed}"
+            f" runs from {_shown(settings.default_location())}{failed}"
         ]
     return []
 
@@ -434,7 +434,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         from reclaim._run import end_run  # noqa: PLC0415  (loading the plugin imports nothing heavy)
 
         try:
-            end_run(_location())
+            end_run(settings.default_location())
         except ReclaimError as exc:
             state.end_error = f"ending this session's run failed: {exc}"
     workeroutput: dict[str, Any] | None = getattr(session.config, "workeroutput", None)
@@ -462,7 +462,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if "reclaim._run" in sys.modules:
         from reclaim._run import end_run  # noqa: PLC0415  (loading the plugin imports nothing heavy)
 
-        end_run(_location())
+        end_run(settings.default_location())
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -545,7 +545,7 @@ def _counts(state: _Session) -> tuple[_Counts, str | None]:
     """The summary's counts, read from the registry's event log; and what went wrong reading
     it, if anything."""
     counts = _Counts()
-    location = _location()
+    location = settings.default_location()
     if not _registry_exists(location):
         return counts, None  # nothing was acquired: no registry was created
     try:
@@ -642,10 +642,6 @@ def _label(worker: str | None, session_id: str) -> str:
 def _parent(session_id: str) -> str:
     """What the runs of a pytest session record as their parent."""
     return f"pytest-session:{session_id}"
-
-
-def _location() -> str:
-    return settings.default_location()
 
 
 def _shown(location: str) -> str:
