@@ -10,7 +10,6 @@ imports this.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Final
 
@@ -40,19 +39,29 @@ __all__ = [
 ]
 
 
-@dataclasses.dataclass(frozen=True)
 class Setting:
-    """One environment variable."""
+    """One environment variable.
 
-    #: Its name.
-    name: str
-    #: What an unset or empty variable means ("" when it has no default).
-    default: str
-    #: What it does, in one sentence (the docs table shows it).
-    meaning: str
-    #: Who reads it: "core", a backend's module, "tests"; or "set by reclaim" for a variable
-    #: reclaim writes for others to read.
-    owner: str = "core"
+    Args:
+        name: its name.
+        default: what an unset or empty variable means ("" when it has no default).
+        meaning: what it does, in one sentence (the docs table shows it).
+        owner: who reads it: "core", a backend's module, "tests"; or "set by reclaim" for a
+            variable reclaim writes for others to read.
+    """
+
+    # A plain class, not a dataclass, which costs about 0.4 ms to define: the pytest plugin
+    # imports this module in every pytest run of the environment (issue 15).
+    __slots__ = ("default", "meaning", "name", "owner")
+
+    def __init__(self, name: str, default: str, meaning: str, owner: str = "core") -> None:
+        self.name = name
+        self.default = default
+        self.meaning = meaning
+        self.owner = owner
+
+    def __repr__(self) -> str:
+        return f"Setting({self.name!r}, default={self.default!r})"
 
     def get(self) -> str:
         """Its value, stripped; the default when it is unset or empty."""
