@@ -27,7 +27,7 @@ from _services import TcpProxy, closed_port, with_port
 from conftest import drop_postgres_registry, postgres_registry_url, reclaim_cli
 from reclaim import RegistryCorruptError, RegistryError, RegistryVersionError
 from reclaim._identity import Identity, current_identity
-from reclaim._registry import ResourceState, _postgres, default_location, open_registry
+from reclaim._registry import ResourceState, _postgres, _rows, default_location, open_registry
 from reclaim._registry._postgres import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from reclaim._registry._postgres import PostgresRegistry
 from reclaim._registry._sqlite import _SCHEMA_V1, SCHEMA_VERSION
@@ -147,6 +147,79 @@ def test_events_with_the_same_detail_each_get_their_own(registry_path: str) -> N
     same[0].detail["n"] = 99
     assert [e.detail["n"] for e in same] == [99, 0, 0]
     assert all(type(e.id) is int and e.id > after for e in events)
+
+
+def _histories_from_events(reg: Any, after: int) -> list[tuple[Any, ...]]:
+    """What ``resource_histories`` must say, walked from the events one by one (the oracle)."""
+    planned: dict[int, list[Any]] = {}
+    for _id, _at, event, run_id, rid, kind, name, detail in reg.event_rows(after, 100_000):
+        if rid is None:
+            continue
+        if event == "resource.planned":
+            planned[rid] = [rid, run_id, kind, name, 0, None, None]
+        elif rid in planned and event == "resource.acquired":
+            planned[rid][4] = 1
+        elif rid in planned and event in _rows.OUTCOME_EVENTS:
+            planned[rid][5:] = [event, detail]
+    return [tuple(h) for h in planned.values()]
+
+
+def test_resource_histories_say_what_the_events_say(registry_path: str) -> None:
+    """The pytest summary reads each resource's life grouped by the database; it must say what
+    the events say one by one: every way a life ends, journaled plans merged first, a resource
+    planned before the cursor left out, and the last outcome winning."""
+    reg = open_registry(registry_path)
+    one = reg.open_run("00001001", current_identity(), label="one")
+    two = reg.open_run("00001002", current_identity(), label="two")
+    before = reg.plan(one.id, "fx", "path.tempdir", "rc_before", {"name": "rc_before"})
+    after = reg.last_event_id()
+    reg.mark_acquired(before, {"name": "rc_before"})  # planned before the cursor: left out
+
+    def planned(run: str, name: str, *, defer: bool = False) -> int:
+        return reg.plan(run, "fx", "path.tempdir", name, {"name": name}, defer=defer)
+
+    held = planned(one.id, "rc_held")
+    reg.mark_acquired(held, {"name": "rc_held"})
+    released = planned(two.id, "rc_released")
+    reg.mark_acquired(released, {"name": "rc_released", "path": "/x"})
+    reg.mark_released(released, actor="fixture")
+    retried = planned(one.id, "rc_retried")
+    reg.mark_acquired(retried, {"name": "rc_retried"})
+    reg.mark_failed(retried, "boom", attempts=3, actor="watchdog")
+    reg.mark_released(retried, actor="sweeper")  # the last outcome wins
+    failed = planned(two.id, "rc_failed")
+    reg.mark_failed(failed, "no such server", attempts=1, actor="fixture")
+    never = planned(one.id, "rc_never")
+    assert reg.close_planned(never, "the server said no", actor="fixture")
+    forgotten = planned(two.id, "rc_forgotten")
+    assert reg.forget(forgotten, actor="cli") is not None
+    journaled = planned(one.id, "rc_journaled", defer=True)  # a line of the run's journal
+    reg.mark_acquired(journaled, {"name": "rc_journaled"}, defer=True)
+    reg.mark_released(journaled, actor="fixture", defer=True)
+    only_planned = planned(one.id, "rc_only_planned", defer=True)
+
+    histories = reg.resource_histories(after)
+    expected = _histories_from_events(reg, after)
+    openings = reg.run_openings(0)
+    reg.close()
+    assert histories == expected
+    by_id = {h[0]: h for h in histories}
+    assert [h[0] for h in histories] == [
+        held, released, retried, failed, never, forgotten, journaled, only_planned
+    ]  # fmt: skip
+    assert before not in by_id
+    assert by_id[held][4:6] == (1, None)
+    assert by_id[released][1:6] == (two.id, "path.tempdir", "rc_released", 1, "resource.released")
+    assert by_id[retried][5] == "resource.released"
+    assert json.loads(by_id[retried][6] or "")["by"] == "sweeper"
+    assert by_id[failed][4:6] == (0, "resource.failed")
+    assert json.loads(by_id[failed][6] or "")["error"] == "no such server"
+    assert by_id[never][5] == "resource.not_created"
+    assert by_id[forgotten][5] == "resource.forgotten"
+    assert by_id[journaled][4:6] == (1, "resource.released")
+    assert by_id[only_planned][4:6] == (0, None)
+    assert [run_id for run_id, _ in openings] == [one.id, two.id]
+    assert json.loads(openings[0][1])["label"] == "one"
 
 
 def test_a_version_1_registry_is_migrated_and_keeps_its_entries(tmp_path: Path) -> None:

@@ -640,37 +640,29 @@ def _session_events(
     registry: Registry, parent: str, after: int
 ) -> tuple[dict[str, dict[str, Any]], dict[int, _Entry]]:
     """(the session's runs, each with its ``run.opened`` detail; their resources' histories).
-    Read as the log's rows: a detail is decoded only where it is needed, once per text (three
-    events a test, most with the same detail)."""
+    The registry groups a resource's events itself (three a test): a detail is decoded only
+    where a resource ended, once per text (most say the same)."""
     runs: dict[str, dict[str, Any]] = {}
+    for run_id, text in registry.run_openings(after):
+        detail = json.loads(text)
+        if detail.get("parent") == parent and run_id is not None:
+            runs[run_id] = detail
     entries: dict[int, _Entry] = {}
     details: dict[str, dict[str, Any]] = {}
-    while page := registry.event_rows(after_id=after, limit=5000):
-        after = page[-1][0]
-        for _id, _at, event, run_id, resource_id, kind, name, text in page:
-            if event == "run.opened":
-                detail = json.loads(text)
-                if detail.get("parent") == parent and run_id is not None:
-                    runs[run_id] = detail
-                continue
-            if run_id not in runs or resource_id is None:
-                continue
-            if event == "resource.planned":
-                entries[resource_id] = _Entry(str(run_id), str(kind), str(name))
-                continue
-            entry = entries.get(resource_id)
-            if entry is None:
-                continue  # planned before the session began
-            outcome = event.removeprefix("resource.")
-            if outcome == "acquired":
-                entry.acquired = True
-            elif outcome in ("released", "failed", "not_created", "forgotten"):
-                detail = details.get(text)
-                if detail is None:
-                    detail = details[text] = json.loads(text)  # only read, never changed
-                entry.outcome = outcome
-                entry.by = detail.get("by")
-                entry.error = detail.get("error")
+    for resource_id, run_id, kind, name, acquired, outcome, said in registry.resource_histories(
+        after
+    ):
+        if run_id not in runs:
+            continue
+        entry = entries[resource_id] = _Entry(str(run_id), str(kind), str(name))
+        entry.acquired = bool(acquired)
+        if outcome is not None and said is not None:
+            detail = details.get(said)
+            if detail is None:
+                detail = details[said] = json.loads(said)  # only read, never changed
+            entry.outcome = outcome.removeprefix("resource.")
+            entry.by = detail.get("by")
+            entry.error = detail.get("error")
     return runs, entries
 
 

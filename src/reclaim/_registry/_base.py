@@ -11,6 +11,7 @@ from reclaim._identity import Identity
 from reclaim._registry._model import (
     EventRecord,
     EventRow,
+    HistoryRow,
     ResourceRecord,
     ResourceState,
     RunRecord,
@@ -213,6 +214,20 @@ class Registry(abc.ABC):
         """:meth:`events` as the log stores them: ``(id, at, event, run_id, resource_id,
         kind, name, detail as JSON text)``, for a reader of many that needs few details (the
         pytest summary)."""
+
+    @abc.abstractmethod
+    def run_openings(self, after_id: int) -> list[tuple[str | None, str]]:
+        """``(run_id, detail as JSON text)`` of every ``run.opened`` event after ``after_id``,
+        oldest first."""
+
+    @abc.abstractmethod
+    def resource_histories(self, after_id: int) -> list[HistoryRow]:
+        """Every resource planned after the event ``after_id``, in the order of their plans:
+        ``(resource_id, run_id, kind, name, acquired, outcome, detail)``. ``acquired`` is 1
+        when it was journaled as acquired; ``outcome`` is the last of its ``released``,
+        ``failed``, ``not_created`` and ``forgotten`` events (None: none yet), with that
+        event's detail. What :meth:`event_rows` would tell of it, read without a row per
+        event (the pytest summary; three events a test)."""
 
     def events(self, after_id: int = 0, limit: int = 1000) -> list[EventRecord]:
         """Events with an id above ``after_id``, oldest first."""

@@ -101,3 +101,8 @@ class EventRecord:
 #: An event as the log stores it: ``(id, at, event, run_id, resource_id, kind, name, detail as
 #: JSON text)`` (:meth:`Registry.event_rows`).
 EventRow = tuple[int, float, str, str | None, int | None, str | None, str | None, str]
+
+#: A resource's life in the log, as :meth:`Registry.resource_histories` gives it:
+#: ``(resource_id, run_id, kind, name, acquired 0/1, outcome event or None, its detail as JSON
+#: text or None)``.
+HistoryRow = tuple[int, str, str, str, int, str | None, str | None]

@@ -60,12 +60,15 @@ from reclaim._identity import Identity
 from reclaim._registry._base import Registry
 from reclaim._registry._model import (
     EventRow,
+    HistoryRow,
     ResourceRecord,
     ResourceState,
     RunRecord,
     RunState,
 )
 from reclaim._registry._rows import (
+    HISTORIES_SQL,
+    OPENINGS_SQL,
     RESOURCE_COLUMNS,
     RUN_COLUMNS,
     opened_detail,
@@ -1174,6 +1177,12 @@ class PostgresRegistry(Registry):
             " WHERE id > %s ORDER BY id LIMIT %s",
             (after_id, limit),
         )
+
+    def run_openings(self, after_id: int) -> list[tuple[str | None, str]]:
+        return self._read_log(OPENINGS_SQL.format(p="%s"), (after_id,))
+
+    def resource_histories(self, after_id: int) -> list[HistoryRow]:
+        return self._read_log(HISTORIES_SQL.format(p="%s"), (after_id,))
 
     def last_event_id(self) -> int:
         rows = self._read_log("SELECT COALESCE(MAX(id), 0) FROM events")

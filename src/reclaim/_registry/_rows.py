@@ -16,6 +16,9 @@ from reclaim._registry._model import (
 )
 
 __all__ = [
+    "HISTORIES_SQL",
+    "OPENINGS_SQL",
+    "OUTCOME_EVENTS",
     "RESOURCE_COLUMNS",
     "RUN_COLUMNS",
     "opened_detail",
@@ -32,6 +35,39 @@ RESOURCE_COLUMNS: Final = (
     "id, run_id, fixture, kind, name, record, state, attempts, last_error, created_at,"
     " updated_at, acquired_at"
 )
+
+#: The events that end a resource's life in the log; the last of them is where it ended.
+OUTCOME_EVENTS: Final = (
+    "resource.released",
+    "resource.failed",
+    "resource.not_created",
+    "resource.forgotten",
+)
+
+# The queries of a reader that needs every resource of a stretch of the log, not its events
+# (the pytest summary, three events a test): the database does the per-event work. The same
+# SQL for both registries, with ``{p}`` for the parameter mark. Events have no index but their
+# id: the ids after ``{p}`` are a range of it, and the grouping is the database's own.
+
+#: ``(run_id, detail as JSON text)`` of every ``run.opened`` event after an id, oldest first.
+OPENINGS_SQL: Final = (
+    "SELECT run_id, detail FROM events WHERE id > {p} AND event = 'run.opened' ORDER BY id"
+)
+
+#: ``(resource_id, run_id, kind, name, acquired 0/1, outcome event or NULL, its detail)``
+#: of every resource planned after an id, in the order of their plans: grouped by resource
+#: and run, as every event of a resource carries the run of its row.
+HISTORIES_SQL: Final = (  # noqa: S608  (constants only)
+    "SELECT g.resource_id, g.run_id, p.kind, p.name, g.acquired, o.event, o.detail FROM ("
+    " SELECT resource_id, run_id,"
+    " min(CASE WHEN event = 'resource.planned' THEN id END) AS planned,"
+    " max(CASE WHEN event = 'resource.acquired' THEN 1 ELSE 0 END) AS acquired,"
+    " max(CASE WHEN event IN ({outcomes}) THEN id END) AS outcome"
+    " FROM events WHERE id > {{p}} AND resource_id IS NOT NULL AND run_id IS NOT NULL"
+    " GROUP BY resource_id, run_id"
+    ") AS g JOIN events AS p ON p.id = g.planned LEFT JOIN events AS o ON o.id = g.outcome"
+    " ORDER BY g.planned"
+).format(outcomes=", ".join(f"'{e}'" for e in OUTCOME_EVENTS))
 
 
 def _owner(text: Any) -> Identity:
