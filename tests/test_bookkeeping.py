@@ -123,6 +123,26 @@ def test_a_fixtures_entries_wait_in_its_journal_until_a_merge(
     ]
 
 
+def test_a_plan_line_is_the_json_of_its_fields(tmp_path: Path) -> None:
+    """The plan line is put together by hand: it must be what json writes for the same fields
+    (times to the microsecond), and merge back to the same strings, whatever they hold."""
+    reg = SQLiteRegistry(tmp_path / "registry.sqlite3")
+    run = reg.open_run("0000b00a", current_identity(), label="line")
+    odd = 'fx "quoted" \\ back\nline \u00e9t\u00e9 \U0001d11e \x00'
+    record = {"name": "rc_odd", "path": "/tmp/é", "n": 1.5, "list": [1, None, True]}
+    rid = reg.plan(run.id, odd, "path.tempdir", "rc_odd", record, defer=True)
+    (raw,) = (tmp_path / "registry.sqlite3-plans" / run.id).read_bytes().splitlines()
+    fields = json.loads(raw)
+    at = fields[6]
+    assert raw.decode() == json.dumps(
+        ["p", rid, odd, "path.tempdir", "rc_odd", record, 0.0], separators=(",", ":")
+    ).replace(",0.0]", f",{at:.6f}]")
+    assert abs(at - time.time()) < 60
+    (row,) = reg.resources(run.id)
+    assert (row.fixture, row.record) == (odd, record)
+    reg.close()
+
+
 def test_the_owners_own_reads_see_its_journal(registry_path: str, scratch: Path) -> None:
     with reclaim.Fixture("deferred") as f:
         f.acquire(TempDir(parent=str(scratch)))
