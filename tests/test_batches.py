@@ -268,3 +268,35 @@ def test_a_dead_runs_directories_go_with_two_registry_transactions(
     assert writes == ["begin_release_many", "mark_released_many"] * 2
     assert len(_events(path, "resource.released")) == 300
     reg.close()
+
+
+def test_a_batch_of_directories_removes_each_whole_and_nothing_beside_it(tmp_path: Path) -> None:
+    """``TempDir.release_many`` tries one ``rmdir`` first: an empty directory goes in one call,
+    one that holds files goes the whole way, a symlink at the path goes and its target stays, a
+    file at the path goes; a record that points at a look-alike is refused, and the look-alike,
+    empty as it is, stays (I8)."""
+    scratch, elsewhere = tmp_path / "scratch", tmp_path / "elsewhere"
+    scratch.mkdir()
+    elsewhere.mkdir()
+    backend = TempDir(parent=str(scratch))
+    run_id = secrets.token_hex(4)
+    empty, full, linked, filed, gone = (
+        backend.acquire(make_name(run_id, seq))[1] for seq in range(1, 6)
+    )
+    (Path(full["path"]) / "sub").mkdir()
+    (Path(full["path"]) / "sub" / "f").write_text("x")
+    target = elsewhere / "kept"
+    target.mkdir()
+    Path(linked["path"]).rmdir()
+    Path(linked["path"]).symlink_to(target)
+    Path(filed["path"]).rmdir()
+    Path(filed["path"]).write_text("a file where the directory was")
+    Path(gone["path"]).rmdir()
+    look_alike = scratch / f"{make_name(run_id, 9)}_backup"
+    look_alike.mkdir()
+    hostile = {"name": make_name(run_id, 9), "path": str(look_alike), "prefix": ""}
+    outcomes = TempDir.release_many([empty, full, linked, hostile, filed, gone])
+    assert [o is None for o in outcomes] == [True, True, True, False, True, True]
+    assert isinstance(outcomes[3], ForeignNameError)
+    assert sorted(p.name for p in scratch.iterdir()) == [look_alike.name]
+    assert target.is_dir(), "what the symlink pointed at stays"

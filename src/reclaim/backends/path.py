@@ -14,17 +14,19 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from reclaim.backends import (
     Backend,
+    ForeignNameError,
     Leftover,
     NotCreatedError,
     ReclaimName,
     Record,
     backend_error,
+    check_record,
     parse_name,
 )
 
@@ -102,6 +104,32 @@ class TempDir(Backend[Path]):
     #: The watchdog and the sweeper release a dead run's directories 256 at a time: one
     #: registry transaction for the claims and one for the outcomes (rmtree each stays its own).
     batch_size = 256
+
+    @classmethod
+    def release_many(cls, records: Sequence[Record]) -> Sequence[Exception | None]:
+        """A dead run's directories: each is tried with one ``rmdir`` first, which removes an
+        empty directory at exactly that path and nothing else (never a file, never what a
+        symlink points at; a directory that holds anything is refused with ENOTEMPTY), and
+        goes the whole way of :meth:`release` otherwise. An empty directory, as a crash often
+        leaves, costs one system call instead of seven."""
+        outcomes: list[Exception | None] = [None] * len(records)
+        rest: list[int] = []
+        for i, record in enumerate(records):
+            try:
+                check_record(cls, record)  # as every release is (I8), also when called directly
+            except ForeignNameError as exc:
+                outcomes[i] = exc  # refused: nothing was touched
+                continue
+            try:
+                os.rmdir(record["path"])
+            except FileNotFoundError:
+                pass  # gone already (I3)
+            except OSError:
+                rest.append(i)  # not empty, not a directory, not ours to remove alone
+        whole_way = super().release_many([records[i] for i in rest])
+        for i, outcome in zip(rest, whole_way, strict=True):
+            outcomes[i] = outcome
+        return outcomes
 
     @classmethod
     def release(cls, record: Record) -> None:
