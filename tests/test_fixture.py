@@ -347,3 +347,15 @@ def test_at_exit_releases_what_is_still_held(registry_path: str, scratch: Path) 
     assert reg.list_runs() == []
     assert [e.detail.get("by") for e in reg.events() if e.event == "resource.released"] == ["exit"]
     reg.close()
+
+
+def test_a_name_that_is_not_text_is_refused_before_anything_is_journaled(
+    registry_path: str,
+) -> None:
+    """The name is journaled as text: a number or a path is refused at once, with a message
+    that says so, rather than as a damaged journal line later."""
+    with pytest.raises(TypeError, match=r"a Fixture's name is a str .* not int 5"):
+        reclaim.Fixture(5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="not PosixPath"):
+        reclaim.Fixture(Path("/tmp"))  # type: ignore[arg-type]
+    assert not os.path.exists(registry_path), "nothing was journaled, nor a registry made"

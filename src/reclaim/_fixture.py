@@ -161,6 +161,11 @@ class Fixture:
     """
 
     def __init__(self, name: str = "fixture", *, registry: Registry | str | None = None) -> None:
+        if not isinstance(name, str):
+            raise TypeError(
+                f"a Fixture's name is a str (a persona, a test, a role), not"
+                f" {type(name).__name__} {name!r}: the registry journals it as text"
+            )
         self.name = name
         self._registry = registry
         self._state = _State.IDLE
