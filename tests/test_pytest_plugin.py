@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -139,6 +140,35 @@ def test_a_suite_that_acquires_nothing_creates_nothing(
         "reclaim._settings",
         "reclaim.pytest_plugin",
     ]
+
+
+def test_reclaims_own_modules_load_without_assertion_rewriting(
+    suite: pytest.Pytester, scratch: Path
+) -> None:
+    """pytest marks a plugin's whole package for assertion rewriting; the plugin keeps only
+    ``reclaim.testing`` (the kits' asserts are for users), and the rest loads as Python loads
+    it."""
+    suite.makepyfile(
+        """
+import os, sys
+from reclaim.backends.path import TempDir
+
+def test_loaders(reclaim):
+    reclaim.acquire(TempDir(parent=os.environ["SCRATCH"]))
+    import reclaim.testing
+    for name in ("reclaim._fixture", "reclaim._run", "reclaim.testing"):
+        print("loader", name, type(sys.modules[name].__loader__).__name__)
+"""
+    )
+    result = suite.runpytest_subprocess("-s")
+    result.assert_outcomes(passed=1)
+    loaders = dict(re.findall(r"loader (reclaim\S*) (\w+)", result.stdout.str()))
+    assert loaders == {
+        "reclaim._fixture": "SourceFileLoader",
+        "reclaim._run": "SourceFileLoader",
+        "reclaim.testing": "AssertionRewritingHook",
+    }
+    assert leftovers(scratch) == []
 
 
 def test_the_session_pattern_shared_database_cheap_per_test_cleanup(

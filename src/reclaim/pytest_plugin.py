@@ -202,6 +202,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     from reclaim._duration import parse_duration  # noqa: PLC0415  (loading the plugin imports nothing heavy)
 
+    _load_without_rewriting(config)
+
     grace_text = config.getoption("reclaim_grace") or config.getini("reclaim_grace")
     try:
         grace = parse_duration(str(grace_text))
@@ -239,6 +241,29 @@ def pytest_configure(config: pytest.Config) -> None:
         sweep=bool(config.getini("reclaim_sweep") if sweep is None else sweep),
         grace=grace,
     )
+
+
+#: The one module of reclaim whose asserts are meant for users: the kits' checks.
+_REWRITTEN: Final = "reclaim.testing"
+
+
+def _load_without_rewriting(config: pytest.Config) -> None:
+    """pytest marks the whole package of every plugin for assertion rewriting, so each module
+    of reclaim a session imports would be loaded through pytest's import hook (a pyc of its
+    own, read object by object from the file): 67M instructions a session, about a third of
+    what reclaim costs a suite beside its tests (issue 15). Only :mod:`reclaim.testing` has
+    asserts meant for users, the conformance and crash kits' checks: it stays rewritten, and
+    the rest load as Python loads them. The marks are the hook's private set; where a pytest
+    has none, nothing changes but the speed."""
+    hook = getattr(config.pluginmanager, "rewrite_hook", None)
+    marks = getattr(hook, "_must_rewrite", None)
+    if not isinstance(marks, set) or "reclaim" not in marks:
+        return
+    marks.discard("reclaim")
+    marks.add(_REWRITTEN)
+    cache = getattr(hook, "_marked_for_rewrite_cache", None)
+    if isinstance(cache, dict):
+        cache.clear()
 
 
 @pytest.hookimpl(optionalhook=True)
