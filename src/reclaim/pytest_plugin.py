@@ -596,14 +596,23 @@ class _Entry:
 
     __slots__ = ("acquired", "by", "error", "kind", "name", "outcome", "run_id")
 
-    def __init__(self, run_id: str, kind: str, name: str) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        kind: str,
+        name: str,
+        *,
+        acquired: bool,
+        outcome: str | None,  # the last of released, failed, not_created, forgotten
+        detail: dict[str, Any],  # its event's
+    ) -> None:
         self.run_id = run_id
         self.kind = kind
         self.name = name
-        self.acquired = False
-        self.outcome: str | None = None  # the last of released, failed, not_created, forgotten
-        self.by: str | None = None
-        self.error: str | None = None
+        self.acquired = acquired
+        self.outcome = outcome
+        self.by: str | None = detail.get("by")
+        self.error: str | None = detail.get("error")
 
 
 #: The actors that release for a dead owner: what they did, its process had not.
@@ -679,15 +688,18 @@ def _session_events(
     ):
         if run_id not in runs:
             continue
-        entry = entries[resource_id] = _Entry(str(run_id), str(kind), str(name))
-        entry.acquired = bool(acquired)
-        if outcome is not None and said is not None:
-            detail = details.get(said)
-            if detail is None:
-                detail = details[said] = json.loads(said)  # only read, never changed
-            entry.outcome = outcome.removeprefix("resource.")
-            entry.by = detail.get("by")
-            entry.error = detail.get("error")
+        ended: dict[str, Any] = {}  # the outcome's detail, once it ended
+        if said is not None:
+            cached = details.get(said)
+            ended = cached if cached is not None else details.setdefault(said, json.loads(said))
+        entries[resource_id] = _Entry(
+            str(run_id),
+            str(kind),
+            str(name),
+            acquired=bool(acquired),
+            outcome=None if outcome is None else outcome.removeprefix("resource."),
+            detail=ended,  # only read, never changed
+        )
     return runs, entries
 
 
